@@ -1,0 +1,155 @@
+"""Measured temporaries of one optimizer ``step()``, in bytes and in units of the parameter size.
+
+CPU: the autograd profiler with ``profile_memory=True`` records one ``[memory]`` event per
+allocation (+nbytes) and free (-nbytes) made through the c10 CPU allocator. Replaying them in time
+order and taking the max of the running sum gives the exact peak above the level at entry. No GPU
+is needed, so "zero param-sized temporaries" is testable in CI.
+
+CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
+``memory_allocated`` at entry (both synchronized).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch._C._autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ["StepMemory", "measure_step_peak_bytes", "measure_temporaries"]
+
+Closure = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Peak bytes allocated by one step above the level at entry, and the parameter sizes."""
+
+    peak_bytes: int
+    param_bytes: int  # sum of numel * element_size over params that have a grad
+    largest_param_bytes: int
+
+    @property
+    def units(self) -> float:
+        """Temporaries in units of the parameter size (1.0 = one full copy of all params)."""
+        return self.peak_bytes / self.param_bytes if self.param_bytes else 0.0
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _peak_from_memory_events(events: Iterable[tuple[int, int]]) -> int:
+    """Max of the running sum of signed byte counts, replayed in time order; never below 0."""
+    running = peak = 0
+    # Stable sort: events sharing a timestamp keep their recording order (alloc before its free).
+    for _, nbytes in sorted(events, key=lambda e: e[0]):
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def _cpu_step_peak_bytes(optimizer: torch.optim.Optimizer, closure: Closure | None) -> int:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _step(optimizer, closure)
+    # Raw kineto events, not ``prof.events()``: on torch 2.13 the FunctionEvent view folds most
+    # ``[memory]`` events into the owning op's ``cpu_memory_usage`` (a net sum, so an alloc+free
+    # pair inside one op vanishes) and keeps only a few stray ones. The raw list has every event,
+    # with a signed ``nbytes()`` and ``start_ns()``, already in recording order.
+    results = prof.profiler.kineto_results if prof.profiler is not None else None
+    if results is None:  # pragma: no cover - profiler API drift
+        raise RuntimeError("torch profiler returned no kineto results; cannot measure CPU memory")
+    events = [
+        (ev.start_ns(), ev.nbytes())
+        for ev in results.events()
+        if ev.name() == "[memory]" and ev.device_type() == DeviceType.CPU
+    ]
+    return _peak_from_memory_events(events)
+
+
+def _cuda_step_peak_bytes(
+    optimizer: torch.optim.Optimizer, closure: Closure | None, device: torch.device
+) -> int:
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    _step(optimizer, closure)
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - before)
+
+
+def _step(optimizer: torch.optim.Optimizer, closure: Closure | None) -> None:
+    if closure is None:
+        optimizer.step()
+    else:
+        optimizer.step(closure)
+
+
+def measure_step_peak_bytes(
+    optimizer: torch.optim.Optimizer, closure: Closure | None = None
+) -> int:
+    """Peak bytes allocated above the level at entry during one ``optimizer.step(closure)``.
+
+    The device is that of the first parameter. With a closure, its allocations (forward/backward)
+    count too. Memory freed during the step that was allocated before it lowers the running level
+    but the peak is floored at 0.
+    """
+    params = _params(optimizer)
+    device = params[0].device if params else torch.device("cpu")
+    if device.type == "cuda":
+        return _cuda_step_peak_bytes(optimizer, closure, device)
+    if device.type != "cpu":
+        raise ValueError(f"measure_step_peak_bytes supports cpu and cuda, got {device}")
+    return _cpu_step_peak_bytes(optimizer, closure)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def measure_temporaries(
+    make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    warmup_steps: int = 2,
+    seed: int = 0,
+) -> StepMemory:
+    """Build params of ``shapes`` with random grads, warm up, and measure one step's temporaries.
+
+    Warm-up steps create lazily initialised state (momentum buffers, step counters) so that it is
+    not counted as a temporary. Grads are refreshed in place before each step (an R-variant leaves
+    scratch in them), so the refresh allocates nothing inside the measured step.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dev = torch.device(device)
+
+    def randn(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=dtype).to(dev)
+
+    params = [torch.nn.Parameter(randn(shape)) for shape in shapes]
+    for p in params:
+        p.grad = randn(tuple(p.shape))
+    optimizer = make_optimizer(params)
+
+    def refresh_grads() -> None:
+        for p in params:
+            assert p.grad is not None
+            p.grad.copy_(randn(tuple(p.shape)))  # the fresh tensor is freed before the step
+
+    for _ in range(warmup_steps):
+        refresh_grads()
+        optimizer.step()
+    refresh_grads()
+    # Sizes before the step: a step may legally rebind or drop p.grad.
+    with_grad = [_nbytes(p) for p in _params(optimizer) if p.grad is not None]
+    peak = measure_step_peak_bytes(optimizer)
+    return StepMemory(
+        peak_bytes=peak,
+        param_bytes=sum(with_grad),
+        largest_param_bytes=max(with_grad, default=0),
+    )
