@@ -1,3 +1,3 @@
-"""gsr-rewrite: gradient space reutilization for PyTorch optimizers, as a source-to-source compiler."""
+"""gsr-rewrite: gradient space reutilization for PyTorch optimizers."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The op catalog (rules/op_catalog.toml): which torch ops allocate, and their allocation-free forms."""
+"""The op catalog (rules/op_catalog.toml): which torch ops allocate, and allocation-free forms."""
 
 from __future__ import annotations
 

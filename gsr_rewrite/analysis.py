@@ -1,0 +1,136 @@
+"""Stage 3, analyse: points-to, escapes and liveness over `step` and every helper it reaches.
+
+`step` is solved first; each helper is then solved with what its call sites pass in (entry
+points-to) and with what the callers still need after the call (exit liveness). Escapes found in
+any of them apply to the whole class: a gradient that escapes anywhere is never used as scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite.catalog import OpCatalog
+from gsr_rewrite.dataflow import (
+    Fact,
+    FunctionFlow,
+    PointsTo,
+    build_flow,
+    solve_liveness,
+    solve_points_to,
+)
+from gsr_rewrite.effects import EMPTY, Evaluator, Value, buffers, is_role, scalar_state_keys
+from gsr_rewrite.locate import OptimizerClass, SourceModule
+
+
+@dataclass
+class FunctionAnalysis:
+    name: str
+    func: cst.FunctionDef
+    is_method: bool
+    flow: FunctionFlow
+    entry_pt: PointsTo = field(default_factory=dict)
+    exit_live: frozenset[Fact] = frozenset()
+
+
+@dataclass
+class ClassAnalysis:
+    cls: OptimizerClass
+    functions: dict[str, FunctionAnalysis]  # step first, then helpers in call order
+    escapes: list[tuple[str, str, str]]  # (buffer, reason, file:line:col)
+
+
+class _Sites:
+    """Maps an allocating expression to its buffer name, tmp@LINE:COL."""
+
+    def __init__(self, src: SourceModule) -> None:
+        self.src = src
+        self.names: dict[int, str] = {}
+        self.taken: set[str] = set()
+
+    def __getitem__(self, node: cst.CSTNode) -> str:
+        if id(node) not in self.names:
+            line, col = self.src.positions.get(node, (0, 0))
+            name, k = f"tmp@{line}:{col + 1}", 1
+            while name in self.taken:  # nested nodes may start at the same column
+                k += 1
+                name = f"tmp@{line}:{col + 1}#{k}"
+            self.taken.add(name)
+            self.names[id(node)] = name
+        return self.names[id(node)]
+
+
+def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], list[str]]:
+    pos = [p.name.value for p in (*func.params.posonly_params, *func.params.params)]
+    if is_method and pos:
+        pos = pos[1:]
+    return pos, [p.name.value for p in func.params.kwonly_params]
+
+
+def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassAnalysis:
+    helpers = set(src.functions) | {m for m in cls.methods if m != "step"}
+    sites = _Sites(src)
+    scalar_keys = scalar_state_keys(src.module)
+    funcs: dict[str, FunctionAnalysis] = {}
+
+    def lookup(name: str) -> tuple[cst.FunctionDef, bool] | None:
+        if name in cls.methods:
+            return cls.methods[name], True
+        if name in src.functions:
+            return src.functions[name], False
+        return None
+
+    def solve(fa: FunctionAnalysis) -> None:
+        pos, kw = _param_names(fa.func, fa.is_method)
+        local = set(pos) | set(kw)
+
+        def make_eval(pt: PointsTo) -> Evaluator:
+            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys)
+
+        solve_points_to(fa.flow, fa.entry_pt, make_eval)
+        exit_live = fa.exit_live
+        if fa.name == "step":  # params and optimizer state outlive the step; gradients do not
+            roles = {b for n in fa.flow.nodes for v in n.pt_out().values() for b in buffers(v)
+                     if is_role(b) and b != "grad"} | {"param"}
+            exit_live = frozenset(("@" + b, b) for b in roles)
+        solve_liveness(fa.flow, exit_live)
+
+    step = cls.methods["step"]
+    order = ["step"]
+    funcs["step"] = FunctionAnalysis("step", step, True, build_flow(step, src.where))
+    for _ in range(10):  # helpers of helpers; stops early once nothing changes
+        changed = False
+        for name in list(order):
+            fa = funcs[name]
+            solve(fa)
+            for n in fa.flow.nodes:
+                for callee, pos_v, kw_v, _call in n.eff.calls:
+                    found = lookup(callee)
+                    if found is None:
+                        continue
+                    if callee not in funcs:
+                        funcs[callee] = FunctionAnalysis(callee, found[0], found[1],
+                                                         build_flow(found[0], src.where))
+                        order.append(callee)
+                    target = funcs[callee]
+                    changed |= _bind(target, pos_v, kw_v, n.live_out)
+        if not changed:
+            break
+    for name in order:
+        solve(funcs[name])
+    escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
+               for b, why, node in n.eff.escapes]
+    return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes)
+
+
+def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
+          live_after: frozenset[Fact]) -> bool:
+    pos, kw = _param_names(fa.func, fa.is_method)
+    before = (dict(fa.entry_pt), fa.exit_live)
+    for name, v in [*zip(pos, pos_v, strict=False), *kw_v.items()]:
+        if name in pos or name in kw:
+            fa.entry_pt[name] = fa.entry_pt.get(name, EMPTY) | v
+    needed = {b for _, b in live_after}
+    fa.exit_live = fa.exit_live | frozenset(("@" + b, b) for b in needed)
+    return (dict(fa.entry_pt), fa.exit_live) != before

@@ -1,0 +1,429 @@
+"""Control-flow graph of one function, points-to (forward) and content liveness (backward).
+
+Liveness facts are pairs (variable, buffer): "the current contents of `buffer` may still be read
+through `variable`". Rebinding a variable kills its pairs; overwriting every element of a buffer
+(`copy_`, `zero_`, `out=`) kills every pair of that buffer. In a loop over parameters (or over
+param groups) each iteration touches different elements, so the loop's back edge drops the pairs
+of element roles that the next iteration would read (see `_per_element`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite.effects import EMPTY, Effects, Evaluator, Value, buffers, is_role
+from gsr_rewrite.errors import RewriteError
+
+Fact = tuple[str, str]  # (variable, buffer)
+PointsTo = dict[str, Value]
+
+
+@dataclass(eq=False)
+class Node:
+    kind: str  # entry | exit | stmt | test | for | with | latch | def
+    node: cst.CSTNode | None = None
+    line: cst.SimpleStatementLine | None = None  # the line holding a small statement
+    succ: list[Node] = field(default_factory=list)
+    after_loop: Node | None = None  # latch only: where the loop exits to
+    per_element: bool = False  # latch only
+    pt_in: PointsTo = field(default_factory=dict)
+    eff: Effects = field(default_factory=Effects)
+    live_in: frozenset[Fact] = frozenset()
+    live_out: frozenset[Fact] = frozenset()
+
+    def pt_out(self) -> PointsTo:
+        out = dict(self.pt_in)
+        for name, v in self.eff.weak.items():
+            out[name] = out.get(name, EMPTY) | v
+        out.update(self.eff.assigns)
+        return out
+
+
+@dataclass
+class FunctionFlow:
+    func: cst.FunctionDef
+    nodes: list[Node]  # in source order (entry first, exit last)
+    entry: Node
+    exit: Node
+
+
+class _Builder:
+    def __init__(self, where: Callable[[cst.CSTNode], str]) -> None:
+        self.nodes: list[Node] = []
+        self.exit = Node("exit")
+        self.where = where
+
+    def new(self, kind: str, node: cst.CSTNode | None = None, **kw: object) -> Node:
+        n = Node(kind, node, **kw)  # type: ignore[arg-type]
+        self.nodes.append(n)
+        return n
+
+    def block(self, stmts: Sequence[cst.BaseStatement], nxt: Node,
+              loop: tuple[Node, Node] | None) -> Node:
+        """Build `stmts` so that control falls through to `nxt`; returns the first node."""
+        first = nxt
+        built: list[tuple[Node, Node]] = []  # (head, placeholder for linking)
+        for stmt in stmts:
+            head = self.statement(stmt, loop)
+            built.append(head)
+        # link: each statement's tail continues into the next statement's head
+        for i in range(len(built) - 1, -1, -1):
+            head, tail = built[i]
+            target = built[i + 1][0] if i + 1 < len(built) else nxt
+            for t in _open_tails(tail):
+                t.succ.append(target)
+            first = head
+        return first if built else nxt
+
+    def statement(self, stmt: cst.BaseStatement, loop: tuple[Node, Node] | None
+                  ) -> tuple[Node, Node]:
+        """Returns (head, tail); the tail's successors are filled in by `block`."""
+        if isinstance(stmt, cst.SimpleStatementLine):
+            nodes = [self.new("stmt", s, line=stmt) for s in stmt.body
+                     if not isinstance(s, cst.Pass)]
+            if not nodes:
+                n = self.new("stmt", None)
+                return n, n
+            for a, b in zip(nodes, nodes[1:], strict=False):
+                a.succ.append(b)
+            for n in nodes:
+                if isinstance(n.node, cst.Return):
+                    n.succ = [self.exit]
+                    n.kind = "return"
+                elif isinstance(n.node, cst.Raise):
+                    n.succ = []
+                    n.kind = "raise"
+                elif isinstance(n.node, (cst.Continue, cst.Break)):
+                    if loop is None:
+                        raise RewriteError(self.where(n.node), "break/continue outside a loop")
+                    n.succ = [loop[0] if isinstance(n.node, cst.Continue) else loop[1]]
+                    n.kind = "jump"
+            return nodes[0], _Tail(nodes[-1])
+        if isinstance(stmt, cst.If):
+            test = self.new("test", stmt.test)
+            join = self.new("join")
+            body = self.block(stmt.body.body, join, loop)
+            if stmt.orelse is None:
+                other = join
+            elif isinstance(stmt.orelse, cst.If):
+                h, t = self.statement(stmt.orelse, loop)
+                for x in _open_tails(t):
+                    x.succ.append(join)
+                other = h
+            else:
+                other = self.block(stmt.orelse.body.body, join, loop)
+            test.succ = [body, other]
+            return test, _Tail(join)
+        if isinstance(stmt, (cst.For, cst.While)):
+            head = self.new("for" if isinstance(stmt, cst.For) else "test",
+                            stmt if isinstance(stmt, cst.For) else stmt.test)
+            after = self.new("join")
+            latch = self.new("latch", stmt, after_loop=after)
+            latch.succ = [head]
+            body = self.block(stmt.body.body, latch, (latch, after))
+            exit_to = after if stmt.orelse is None else self.block(stmt.orelse.body.body, after,
+                                                                   loop)
+            head.succ = [body, exit_to]
+            return head, _Tail(after)
+        if isinstance(stmt, cst.With):
+            head = self.new("with", stmt)
+            join = self.new("join")
+            head.succ = [self.block(stmt.body.body, join, loop)]
+            return head, _Tail(join)
+        if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
+            n = self.new("def", stmt)
+            return n, _Tail(n)
+        if isinstance(stmt, cst.Try):
+            # Handlers are entered from the start and the end of the body (an approximation that
+            # keeps everything read in a handler live across the whole body).
+            join = self.new("join")
+            fin = self.block(stmt.finalbody.body, join, loop) if stmt.finalbody else join
+            body_end = self.new("join")
+            handlers = [self.block(h.body.body, fin, loop) for h in stmt.handlers]
+            orelse = self.block(stmt.orelse.body.body, fin, loop) if stmt.orelse else fin
+            body_end.succ = [orelse, *handlers]
+            start = self.new("join")
+            start.succ = [self.block(stmt.body.body, body_end, loop), *handlers]
+            return start, _Tail(join)
+        raise RewriteError(self.where(stmt), f"unsupported statement `{type(stmt).__name__}` in "
+                           "an optimizer step; rewrite it with if/for/while")
+
+
+@dataclass
+class _Tail:
+    node: Node
+
+
+def _open_tails(t: Node | _Tail) -> list[Node]:
+    if isinstance(t, _Tail):
+        n = t.node
+        return [] if n.kind in ("return", "raise", "jump") else [n]
+    return [t]
+
+
+def build_flow(func: cst.FunctionDef, where: Callable[[cst.CSTNode], str]) -> FunctionFlow:
+    b = _Builder(where)
+    entry = b.new("entry", func)
+    body = func.body.body if isinstance(func.body, cst.IndentedBlock) else []
+    entry.succ = [b.block(body, b.exit, None)]
+    b.nodes.append(b.exit)
+    return FunctionFlow(func, b.nodes, entry, b.exit)
+
+
+# -- evaluation of one node ----------------------------------------------------------------------
+def node_effects(n: Node, ev: Evaluator) -> Effects:
+    s = n.node
+    if n.kind in ("stmt", "return", "raise") and s is not None:
+        _small_statement(s, ev)
+    elif n.kind == "test" and isinstance(s, cst.BaseExpression):
+        ev.value(s)
+    elif n.kind == "for" and isinstance(s, cst.For):
+        _bind_for(s, ev)
+    elif n.kind == "with" and isinstance(s, cst.With):
+        for item in s.items:
+            v = ev.value(item.item)
+            if item.asname is not None:
+                _assign(item.asname.name, v, ev)
+    elif n.kind == "def" and s is not None:
+        ev._capture(s, "captured by a nested function or class")
+    return ev.eff
+
+
+def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
+    if isinstance(s, cst.Assign):
+        v = ev.value(s.value)
+        for t in s.targets:
+            _assign(t.target, v, ev, s.value)
+    elif isinstance(s, cst.AnnAssign) and s.value is not None:
+        _assign(s.target, ev.value(s.value), ev, s.value)
+    elif isinstance(s, cst.AugAssign):
+        rhs = ev.read(s.value)
+        target = ev.read(s.target)
+        name = s.target.value if isinstance(s.target, cst.Name) else "@expr"
+        for b in buffers(target):
+            ev.eff.writes.append((name, b))
+        if not buffers(target) and isinstance(s.target, cst.Name) and buffers(rhs):
+            ev.eff.assigns[s.target.value] = rhs
+    elif isinstance(s, cst.Expr):
+        ev.value(s.value)
+    elif isinstance(s, cst.Return) and s.value is not None:
+        for b in buffers(ev.read(s.value)):
+            ev.eff.escapes.append((b, "returned from the function", s))
+    elif isinstance(s, cst.Del):
+        for t in _targets(s.target):
+            if isinstance(t, cst.Name):
+                ev.eff.assigns[t.value] = EMPTY
+    else:
+        for child in s.children:
+            if isinstance(child, cst.BaseExpression):
+                ev.value(child)
+
+
+def _targets(t: cst.BaseExpression) -> list[cst.BaseExpression]:
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [x for el in t.elements for x in _targets(el.value)]
+    return [t]
+
+
+def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
+            value: cst.BaseExpression | None = None) -> None:
+    if isinstance(target, cst.Name):
+        ev.eff.assigns[target.value] = v
+    elif isinstance(target, (cst.Tuple, cst.List)):
+        parts = (value.elements if isinstance(value, (cst.Tuple, cst.List))
+                 and len(value.elements) == len(target.elements) else None)
+        for i, el in enumerate(target.elements):
+            sub = ev.value(parts[i].value) if parts is not None else v
+            _assign(el.value, sub, ev)
+    elif isinstance(target, cst.Subscript):
+        base = ev.peek(target.value)
+        if "%pstate" in base:  # state["k"] = v: v becomes persistent optimizer state
+            for b in buffers(v):
+                if is_role(b):
+                    ev.eff.escapes.append((b, "stored in optimizer state", target))
+                else:
+                    ev.eff.persistent.add(b)
+        else:
+            for b in buffers(base):
+                ev.eff.writes.append(("@expr", b))
+            for b in buffers(v):
+                ev.eff.escapes.append((b, "stored into a container or tensor", target))
+    elif isinstance(target, cst.Attribute):
+        for b in buffers(v):
+            ev.eff.escapes.append((b, f"stored on attribute `.{target.attr.value}`", target))
+
+
+def _bind_for(s: cst.For, ev: Evaluator) -> None:
+    it = s.iter
+    if isinstance(it, cst.Call) and isinstance(it.func, cst.Name) and \
+            it.func.value in ("zip", "enumerate") and isinstance(s.target, cst.Tuple):
+        vals = [ev.value(a.value) for a in it.args if a.keyword is None]
+        if it.func.value == "enumerate":
+            vals = [EMPTY, *vals[:1]]
+        vals = [_element(v) for v in vals]
+        for el, v in zip(s.target.elements, vals, strict=False):
+            _assign(el.value, v, ev)
+        return
+    _assign(s.target, _element(ev.value(it)), ev)
+
+
+def _element(v: Value) -> Value:
+    """What iterating over `v` yields: a group from self.param_groups, else the same buffers."""
+    return frozenset("%group" if b == "%groups" else b for b in v if b != "%list")
+
+
+# -- fixpoints -------------------------------------------------------------------------------
+def preds_of(nodes: Sequence[Node]) -> dict[int, list[Node]]:
+    preds: dict[int, list[Node]] = {id(n): [] for n in nodes}
+    for n in nodes:
+        for m in n.succ:
+            preds[id(m)].append(n)
+    return preds
+
+
+def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
+                    make_eval: Callable[[PointsTo], Evaluator]) -> None:
+    preds = preds_of(flow.nodes)
+    flow.entry.pt_in = dict(entry_pt)
+    for _ in range(50):
+        changed = False
+        for n in flow.nodes:
+            if n is not flow.entry:
+                merged: PointsTo = {}
+                for p in preds[id(n)]:
+                    for k, v in p.pt_out().items():
+                        merged[k] = merged.get(k, EMPTY) | v
+                if merged != n.pt_in:
+                    n.pt_in, changed = merged, True
+            n.eff = node_effects(n, make_eval(n.pt_in))
+        if not changed:
+            return
+    raise RuntimeError("points-to analysis did not converge")
+
+
+def solve_liveness(flow: FunctionFlow, exit_live: frozenset[Fact]) -> None:
+    for n in flow.nodes:
+        if n.kind == "latch":
+            n.per_element = _per_element(n)
+    flow.exit.live_in = exit_live
+    for _ in range(100):
+        changed = False
+        for n in reversed(flow.nodes):
+            if n is flow.exit:
+                continue
+            out: set[Fact] = set()
+            for m in n.succ:
+                out |= m.live_in
+            if n.kind == "latch" and n.per_element and n.after_loop is not None:
+                out = {f for f in out if not is_role(f[1])} | set(n.after_loop.live_in)
+            pt = n.pt_out()  # after n, a variable holds only what points-to says it may
+            live_out = frozenset(f for f in out if f[0].startswith("@") or f[0] not in pt
+                                 or f[1] in pt[f[0]])
+            killed_vars = set(n.eff.assigns)
+            fresh = {a.site for a in n.eff.allocs}  # allocated here: no earlier contents needed
+            gone = n.eff.kills | fresh
+            keep = {f for f in live_out if f[0] not in killed_vars and f[1] not in gone}
+            live_in = frozenset(keep | {(v, b) for v, b, _ in n.eff.reads if b not in fresh})
+            if live_out != n.live_out or live_in != n.live_in:
+                n.live_out, n.live_in, changed = live_out, live_in, True
+        if not changed:
+            return
+    raise RuntimeError("liveness analysis did not converge")
+
+
+def _per_element(latch: Node) -> bool:
+    """True when each iteration of this for-loop touches only its own parameter's buffers.
+
+    The loop must iterate over parameters, tensor lists (directly, zipped or enumerated) or param
+    groups, and its body may reach tensor lists defined outside the loop only as `lst[i]`, with
+    `i` the loop's index.
+    """
+    loop = latch.node
+    if not isinstance(loop, cst.For):
+        return False
+    head = next(n for n in _all_reachable(latch) if n.kind == "for" and n.node is loop)
+    bound = list(head.eff.assigns.values())
+    elements = [v for v in bound if v]
+    if not elements or not all(v <= frozenset({"%group"}) or all(is_role(b) for b in v)
+                               for v in elements):
+        return False
+    assigned = _assigned_names(loop)
+    outer = {k for k, v in head.pt_in.items() if buffers(v) and k not in assigned}
+    return _only_indexed(loop.body, outer, _index_var(loop))
+
+
+def _assigned_names(loop: cst.For) -> set[str]:
+    names: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+            names.update(_names(node.target))
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            names.update(_names(node.target))
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            names.update(_names(node.target))
+
+        def visit_For(self, node: cst.For) -> None:
+            names.update(_names(node.target))
+
+        def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+            names.update(_names(node.target))
+
+    loop.visit(_V())
+    return names
+
+
+def _names(t: cst.BaseExpression) -> list[str]:
+    return [x.value for x in _targets(t) if isinstance(x, cst.Name)]
+
+
+def _index_var(loop: cst.For) -> str | None:
+    it = loop.iter
+    if isinstance(it, cst.Call) and isinstance(it.func, cst.Name):
+        if it.func.value == "enumerate" and isinstance(loop.target, cst.Tuple):
+            first = loop.target.elements[0].value
+            return first.value if isinstance(first, cst.Name) else None
+        if it.func.value == "range" and isinstance(loop.target, cst.Name):
+            return loop.target.value
+    return None
+
+
+def _only_indexed(body: cst.CSTNode, outer: set[str], index: str | None) -> bool:
+    ok = True
+
+    class _V(cst.CSTVisitor):
+        def visit_Subscript(self, node: cst.Subscript) -> bool:
+            if isinstance(node.value, cst.Name) and node.value.value in outer:
+                idx = node.slice[0].slice if len(node.slice) == 1 else None
+                if (index is not None and isinstance(idx, cst.Index)
+                        and isinstance(idx.value, cst.Name) and idx.value.value == index):
+                    return False  # lst[i]: this iteration's element
+            return True
+
+        def visit_Name(self, node: cst.Name) -> None:
+            nonlocal ok
+            if node.value in outer:
+                ok = False
+
+    body.visit(_V())
+    return ok
+
+
+def _all_reachable(start: Node) -> list[Node]:
+    seen: dict[int, Node] = {}
+    stack = [start]
+    while stack:
+        n = stack.pop()
+        if id(n) not in seen:
+            seen[id(n)] = n
+            stack.extend(n.succ)
+    return list(seen.values())
+
+
+def live_buffers(facts: frozenset[Fact]) -> set[str]:
+    return {b for _, b in facts}

@@ -1,0 +1,442 @@
+"""What one statement or expression does to tensor buffers: the abstract semantics of the analysis.
+
+Values are sets of abstract buffers. Element roles name one parameter's buffers: "param", "grad",
+"state:KEY"; every allocating tensor op is its own buffer "tmp@LINE:COL". Values that are not
+tensors but lead to them carry a "%" marker: "%self", "%statedict", "%pstate" (self.state[p]),
+"%groups", "%group". Scalars are the empty set.
+
+Reads are recorded as (variable, buffer) pairs: the variable through which the buffer's *contents*
+are read. Root accesses such as `p.grad` or `state["exp_avg"]` read through the pseudo-variables
+"@grad", "@state:exp_avg".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite.catalog import OpCatalog
+
+Buf = str
+Value = frozenset[Buf]
+EMPTY: Value = frozenset()
+LIST: Value = frozenset({"%list"})  # marks a list of tensors (foreach operands)
+BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter"}
+HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "max", "min",
+                     "abs", "print", "any", "all", "type", "id", "hasattr", "getattr", "round",
+                     "RuntimeError", "ValueError", "TypeError", "NotImplementedError"}
+
+
+def is_buffer(b: Buf) -> bool:
+    return not b.startswith("%")
+
+
+def is_role(b: Buf) -> bool:
+    return b in ("param", "grad") or b.startswith("state:")
+
+
+def buffers(v: Value) -> Value:
+    return frozenset(b for b in v if is_buffer(b))
+
+
+def dotted(node: cst.BaseExpression) -> str | None:
+    """`torch._foreach_add_` -> "torch._foreach_add_"; None unless names and attributes."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted(node.value)
+        return None if base is None else f"{base}.{node.attr.value}"
+    return None
+
+
+@dataclass
+class Alloc:
+    """A tensor op that allocates a parameter-sized result: a temporary."""
+
+    node: cst.BaseExpression
+    site: Buf
+    op: str  # catalog name: "sqrt", "add", ... or creation "clone", "zeros_like"
+    form: str  # "operator" | "method" | "function" | "foreach" | "creation"
+    operands: list[cst.BaseExpression]
+    in_comprehension: bool = False
+
+
+@dataclass
+class Effects:
+    reads: list[tuple[str, Buf, cst.CSTNode]] = field(default_factory=list)
+    writes: list[tuple[str, Buf]] = field(default_factory=list)  # read-modify-write, via variable
+    kills: set[Buf] = field(default_factory=set)  # every element overwritten, contents not read
+    allocs: list[Alloc] = field(default_factory=list)
+    escapes: list[tuple[Buf, str, cst.CSTNode]] = field(default_factory=list)
+    assigns: dict[str, Value] = field(default_factory=dict)  # strong updates
+    weak: dict[str, Value] = field(default_factory=dict)  # list.append / extend
+    calls: list[tuple[str, list[Value], dict[str, Value], cst.Call]] = field(default_factory=list)
+    persistent: set[Buf] = field(default_factory=set)  # temporaries stored into state
+
+
+class Evaluator:
+    """Abstract evaluation of expressions under a points-to map; effects accumulate in `eff`."""
+
+    def __init__(self, pt: Mapping[str, Value], catalog: OpCatalog, helpers: set[str],
+                 site_of: Mapping[cst.CSTNode, str], local_callables: set[str],
+                 scalar_keys: frozenset[str] = frozenset()) -> None:
+        self.pt = pt
+        self.cat = catalog
+        self.helpers = helpers  # module functions and self-methods the analysis follows
+        self.site_of = site_of
+        self.local_callables = local_callables
+        self.scalar_keys = scalar_keys  # state entries that only ever hold scalars ("step")
+        self.eff = Effects()
+        self._comprehension = 0
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, node: cst.BaseExpression) -> Value:
+        """Evaluate `node` as a consumed operand: its buffers' contents are read."""
+        return self._note_read(node, self.value(node))
+
+    def _note_read(self, node: cst.BaseExpression, v: Value) -> Value:
+        var = self._var_of(node, v)
+        for b in buffers(v):
+            self.eff.reads.append((var, b, node))
+        return v
+
+    def _var_of(self, node: cst.BaseExpression, v: Value) -> str:
+        if isinstance(node, cst.Name):
+            return node.value
+        roles = [b for b in buffers(v) if is_role(b)]
+        return "@" + roles[0] if len(roles) == 1 else "@expr"
+
+    def peek(self, node: cst.BaseExpression) -> Value:
+        """Evaluate without reading contents (metadata, `is None`, targets of overwrites)."""
+        return self.value(node)
+
+    # -- values ------------------------------------------------------------------------------
+    def value(self, node: cst.BaseExpression) -> Value:
+        if isinstance(node, cst.Name):
+            if node.value == "self":
+                return frozenset({"%self"})
+            if node.value not in self.pt and node.value in self.helpers:
+                return frozenset({"%fn:" + node.value})  # a helper function used as a value
+            return self.pt.get(node.value, EMPTY)
+        if isinstance(node, cst.Attribute):
+            return self._attribute(node)
+        if isinstance(node, cst.Subscript):
+            return self._subscript(node)
+        if isinstance(node, cst.Call):
+            return self._call(node)
+        if isinstance(node, cst.BinaryOperation):
+            left, right = self.read(node.left), self.read(node.right)
+            return self._alloc(node, _BINOPS.get(type(node.operator), "?"), "operator",
+                               [node.left, node.right], left | right)
+        if isinstance(node, cst.UnaryOperation):
+            v = self.read(node.expression)
+            if isinstance(node.operator, cst.Minus):
+                return self._alloc(node, "neg", "operator", [node.expression], v)
+            return EMPTY
+        if isinstance(node, cst.IfExp):
+            self.peek(node.test)
+            return self.value(node.body) | self.value(node.orelse)
+        if isinstance(node, cst.Comparison):
+            ident = all(isinstance(c.operator, (cst.Is, cst.IsNot, cst.In, cst.NotIn))
+                        for c in node.comparisons)
+            (self.peek if ident else self.read)(node.left)
+            for c in node.comparisons:
+                (self.peek if ident else self.read)(c.comparator)
+            return EMPTY
+        if isinstance(node, cst.BooleanOperation):
+            return self.value(node.left) | self.value(node.right)
+        if isinstance(node, (cst.Tuple, cst.List)):
+            out: set[Buf] = set()
+            for el in node.elements:
+                out |= self.value(el.value)
+            return frozenset(out) | LIST if buffers(frozenset(out)) else frozenset(out)
+        if isinstance(node, (cst.ListComp, cst.GeneratorExp)):
+            return self._comprehension_value(node)
+        if isinstance(node, cst.Lambda):
+            self._capture(node.body, "captured by a lambda")
+            return EMPTY
+        if isinstance(node, cst.NamedExpr):
+            v = self.value(node.value)
+            if isinstance(node.target, cst.Name):
+                self.eff.assigns[node.target.value] = v
+            return v
+        if isinstance(node, (cst.Dict, cst.Set, cst.DictComp, cst.SetComp)):
+            self._capture(node, "stored in a container the analysis does not follow")
+            return EMPTY
+        for child in node.children:  # constants, f-strings, ...
+            if isinstance(child, cst.BaseExpression):
+                self.peek(child)
+        return EMPTY
+
+    def _attribute(self, node: cst.Attribute) -> Value:
+        base = self.peek(node.value)
+        attr = node.attr.value
+        if "%self" in base:
+            return {"state": frozenset({"%statedict"}),
+                    "param_groups": frozenset({"%groups"})}.get(attr, EMPTY)
+        if attr == "grad" and "param" in base:
+            return frozenset({"grad"})
+        if attr in ("data", "T", "mT", "real", "imag"):
+            return base
+        return EMPTY  # metadata (shape, dtype, is_sparse, ...) or non-tensor attribute
+
+    def _subscript(self, node: cst.Subscript) -> Value:
+        base = self.peek(node.value)
+        key = _const_key(node)
+        for el in node.slice:
+            if isinstance(el.slice, cst.Index):
+                self.peek(el.slice.value)
+        if "%statedict" in base:
+            return frozenset({"%pstate"})
+        if "%pstate" in base:
+            if key in self.scalar_keys:
+                return EMPTY
+            return frozenset({f"state:{key}"}) if key else frozenset({"state:?"})
+        if "%groups" in base:
+            return frozenset({"%group"})
+        if "%group" in base:
+            return frozenset({"param"}) | LIST if key == "params" else EMPTY
+        return base - LIST  # element of a tensor list, or a view into a tensor
+
+    def _comprehension_value(self, node: cst.ListComp | cst.GeneratorExp) -> Value:
+        saved = dict(self.pt)
+        scope = dict(self.pt)
+        for f in _for_ins(node.for_in):
+            it = self.value(f.iter)
+            for name in _target_names(f.target):
+                scope[name] = it
+        self.pt = scope
+        self._comprehension += 1
+        try:
+            v = self.read(node.elt)
+            return v | LIST if buffers(v) else v
+        finally:
+            self._comprehension -= 1
+            self.pt = saved
+
+    def _capture(self, node: cst.CSTNode, why: str) -> None:
+        for name in _names_in(node):
+            for b in buffers(self.pt.get(name, EMPTY)):
+                self.eff.escapes.append((b, f"`{name}` {why}", node))
+
+    # -- calls -------------------------------------------------------------------------------
+    def _call(self, node: cst.Call) -> Value:
+        func = node.func
+        name = dotted(func)
+        if isinstance(func, cst.Name) and func.value in self.pt:
+            targets = [b[len("%fn:"):] for b in self.pt[func.value] if b.startswith("%fn:")]
+            if targets:  # `func = _multi if foreach else _single; func(...)`
+                for t in targets:
+                    self._helper_call(t, node)
+                return EMPTY
+        if isinstance(func, cst.Attribute) and (name is None or not name.startswith("torch.")):
+            if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name):
+                v = self.value(node.args[0].value) if node.args else EMPTY
+                lst = func.value.value
+                self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
+                return EMPTY
+            recv = self.peek(func.value)
+            if buffers(recv) or name is None:
+                return self._method(node, func, recv)
+            if "%self" in recv and func.attr.value in self.helpers:
+                return self._helper_call(func.attr.value, node)
+        if name is not None and name.startswith("torch."):
+            return self._torch(node, name[len("torch."):])
+        if name in self.helpers:
+            return self._helper_call(name, node)
+        args = [self.read(a.value) for a in node.args]
+        if name in BUILTIN_CONTAINERS:
+            return frozenset().union(*args) if args else EMPTY
+        if name in HARMLESS_BUILTINS or (name or "").startswith("math."):
+            return EMPTY
+        if name in self.local_callables:  # e.g. closure(): runs arbitrary code on params/grads
+            self.eff.reads.append(("@grad", "grad", node))
+            self.eff.writes.append(("@grad", "grad"))
+        for a, v in zip(node.args, args, strict=True):
+            for b in buffers(v):
+                self.eff.escapes.append((b, f"passed to unknown function `{name}`", a))
+        return EMPTY
+
+    def _helper_call(self, name: str, node: cst.Call) -> Value:
+        pos = [self.read(a.value) for a in node.args if a.keyword is None]
+        kw = {a.keyword.value: self.read(a.value) for a in node.args if a.keyword is not None}
+        for v in [*pos, *kw.values()]:
+            for b in buffers(v):
+                self.eff.writes.append(("@call", b))
+        self.eff.calls.append((name, pos, kw, node))
+        return EMPTY
+
+    def _method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value:
+        m = func.attr.value
+        cat = self.cat
+        if m in cat.metadata:
+            return EMPTY
+        if m in cat.view:
+            return self._note_read(func.value, recv) if m == "contiguous" else recv
+        if m in cat.reduce:
+            self._note_read(func.value, recv)
+            for a in node.args:
+                self.read(a.value)
+            return EMPTY
+        if m in cat.inplace_kill:
+            for a in node.args:
+                self.read(a.value)
+            self._overwrite(func.value, recv)
+            return recv
+        if m in cat.creation:  # x.clone()
+            self._note_read(func.value, recv)
+            return self._alloc(node, m, "method", [func.value], recv)
+        if m in cat.elementwise:
+            operands = [func.value, *[a.value for a in node.args if a.keyword is None]]
+            v = self._note_read(func.value, recv)
+            for a in node.args:
+                v |= self.read(a.value)
+            return self._alloc(node, m, "method", operands, v)
+        if m.endswith("_") and (cat.inplace_base(m) or m[:-1] in cat.elementwise):
+            self._note_read(func.value, recv)
+            for a in node.args:
+                self.read(a.value)
+            var = func.value.value if isinstance(func.value, cst.Name) else "@expr"
+            for b in buffers(recv):
+                self.eff.writes.append((var, b))
+            return recv
+        self._note_read(func.value, recv)
+        for b in buffers(recv):
+            self.eff.escapes.append((b, f"method `.{m}()` is not in the op catalog", node))
+        for a in node.args:
+            self.read(a.value)
+        return EMPTY
+
+    def _torch(self, node: cst.Call, fn: str) -> Value:
+        cat = self.cat
+        pos = [a.value for a in node.args if a.keyword is None]
+        out_arg = next((a.value for a in node.args if a.keyword and a.keyword.value == "out"), None)
+        if fn.startswith("_foreach_"):
+            base = fn[len("_foreach_"):]
+            if base in cat.inplace_kill or fn in cat.inplace_kill:  # _foreach_copy_, _foreach_zero_
+                for a in pos[1:]:
+                    self.read(a)
+                self._overwrite(pos[0], self.peek(pos[0]))
+                return EMPTY
+            if base.endswith("_"):
+                target = self.read(pos[0])
+                for a in node.args[1:]:
+                    self.read(a.value)
+                var = pos[0].value if isinstance(pos[0], cst.Name) else "@expr"
+                for b in buffers(target):
+                    self.eff.writes.append((var, b))
+                return EMPTY
+            v = EMPTY
+            for a in node.args:
+                v |= self.read(a.value)
+            if base in cat.elementwise:
+                return self._alloc(node, base, "foreach", pos, v)
+            return EMPTY  # _foreach_norm and friends: not parameter-sized
+        args_v = EMPTY
+        for a in node.args:
+            if a is not None and (out_arg is None or a.value is not out_arg):
+                args_v |= self.read(a.value)
+        if out_arg is not None:
+            target = self.peek(out_arg)
+            var = out_arg.value if isinstance(out_arg, cst.Name) else "@expr"
+            for b in buffers(target):
+                self.eff.writes.append((var, b))
+            return target
+        if fn in cat.creation:
+            return self._alloc(node, fn, "creation", pos[:1], args_v)
+        if fn in cat.elementwise:
+            return self._alloc(node, fn, "function", pos, args_v)
+        if fn in cat.reduce or fn.startswith("linalg."):
+            return EMPTY
+        return args_v  # unknown torch function: its result may alias its arguments
+
+    def _overwrite(self, target: cst.BaseExpression, v: Value) -> None:
+        bufs = buffers(v)
+        if len(bufs) == 1:
+            self.eff.kills |= bufs
+        var = target.value if isinstance(target, cst.Name) else "@expr"
+        for b in bufs:
+            self.eff.writes.append((var, b))
+
+    def _alloc(self, node: cst.BaseExpression, op: str, form: str,
+               operands: list[cst.BaseExpression], inputs: Value) -> Value:
+        if not buffers(inputs):
+            return EMPTY  # scalar arithmetic
+        site = self.site_of[node]
+        self.eff.allocs.append(Alloc(node, site, op, form, operands, self._comprehension > 0))
+        return frozenset({site}) | (LIST if form == "foreach" else EMPTY)
+
+
+_BINOPS: dict[type, str] = {cst.Add: "add", cst.Subtract: "sub", cst.Multiply: "mul",
+                            cst.Divide: "div", cst.Power: "pow"}
+
+
+def _const_key(node: cst.Subscript) -> str | None:
+    if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        v = node.slice[0].slice.value
+        if isinstance(v, cst.SimpleString):
+            return str(v.evaluated_value)
+    return None
+
+
+def _for_ins(f: cst.CompFor) -> list[cst.CompFor]:
+    out = [f]
+    while f.inner_for_in is not None:
+        f = f.inner_for_in
+        out.append(f)
+    return out
+
+
+def _target_names(t: cst.BaseExpression) -> list[str]:
+    if isinstance(t, cst.Name):
+        return [t.value]
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [n for el in t.elements for n in _target_names(el.value)]
+    return []
+
+
+def _names_in(node: cst.CSTNode) -> set[str]:
+    found: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, n: cst.Name) -> None:
+            found.add(n.value)
+
+    node.visit(_V())
+    return found
+
+
+_SCALAR_MAKERS = {"torch.tensor", "torch.zeros", "torch.ones", "torch.full", "torch.as_tensor"}
+
+
+def scalar_state_keys(module: cst.Module) -> frozenset[str]:
+    """State keys that every assignment in the module gives a scalar (`0`, `torch.tensor(0.)`).
+
+    A key assigned anything else even once (`zeros_like(p)`, `grad.clone()`) is a tensor buffer.
+    """
+    scalar: set[str] = set()
+    tensor: set[str] = set()
+
+    def is_scalar(v: cst.BaseExpression) -> bool:
+        if isinstance(v, (cst.Integer, cst.Float)):
+            return True
+        if isinstance(v, cst.UnaryOperation):
+            return is_scalar(v.expression)
+        if isinstance(v, cst.Call) and dotted(v.func) in _SCALAR_MAKERS:
+            first = v.args[0].value if v.args else None
+            return first is None or isinstance(first, (cst.Integer, cst.Float, cst.Tuple,
+                                                       cst.List, cst.UnaryOperation))
+        return False
+
+    class _V(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                if isinstance(t.target, cst.Subscript):
+                    key = _const_key(t.target)
+                    if key is not None:
+                        (scalar if is_scalar(node.value) else tensor).add(key)
+
+    module.visit(_V())
+    return frozenset(scalar - tensor)

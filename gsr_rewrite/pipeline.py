@@ -1,0 +1,306 @@
+"""The whole compiler in one place: locate -> analyse -> plan -> rewrite -> emit.
+
+`rewrite_source` turns an optimizer module's source into the source of its R-variant module and a
+report. Validation (numeric equivalence and measured memory) lives in `validate.py` and runs on
+the emitted module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite import __version__
+from gsr_rewrite.analysis import ClassAnalysis, analyse_class
+from gsr_rewrite.catalog import OpCatalog, load_catalog
+from gsr_rewrite.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.locate import OptimizerClass, SourceModule, parse
+from gsr_rewrite.plan import FunctionPlan, Placement, plan_class
+
+CONTRACT = ("after step() the contents of p.grad are undefined: the gradient buffers hold "
+            "scratch values")
+
+
+@dataclass
+class Temporary:
+    function: str
+    line: int
+    code: str
+    op: str
+    placed: bool
+    lives_in: str  # buffer it now lives in, or "" when it still allocates
+    how: str  # in-place chain / host variable / why not
+    is_list: bool  # a foreach list (one parameter-size in total) or one tensor
+
+
+@dataclass
+class ClassOutcome:
+    name: str
+    status: str  # rewritten | unchanged | refused
+    reason: str = ""
+    temporaries: list[Temporary] = field(default_factory=list)
+    predicted_before: dict[str, int] = field(default_factory=dict)  # {"lists": k, "tensors": k}
+    predicted_after: dict[str, int] = field(default_factory=dict)
+    analysis: ClassAnalysis | None = None
+    plans: list[FunctionPlan] = field(default_factory=list)
+
+    @property
+    def r_name(self) -> str:
+        return self.name + "R"
+
+
+@dataclass
+class RewriteResult:
+    filename: str
+    code: str | None  # None when no class was rewritten
+    classes: list[ClassOutcome]
+
+
+def rewrite_source(source: str, filename: str = "<string>",
+                   package: str | None = None) -> RewriteResult:
+    catalog = load_catalog()
+    src = parse(source, filename)  # 1. locate (syntax errors raise here)
+    if not src.classes:
+        raise RewriteError(f"{filename}:1:1", "no optimizer class found (a class deriving from "
+                           "torch.optim.Optimizer); nothing to rewrite")
+    outcomes = [_rewrite_class(src, cls, catalog) for cls in src.classes]
+    code = None
+    if any(o.status == "rewritten" for o in outcomes):
+        code = emit_module(src, outcomes, catalog, package)  # 5. emit
+    return RewriteResult(filename, code, outcomes)
+
+
+def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassOutcome:
+    if "step" not in cls.methods:
+        return ClassOutcome(cls.name, "refused", f"{src.where(cls.node)}: no `step` method here "
+                            "or in a base class in this module")
+    analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
+    plans = plan_class(analysis, catalog)  # 4. place temporaries in dead buffers
+    for fp in plans:
+        _drop_unguardable(fp, src)
+    out = ClassOutcome(cls.name, "unchanged", analysis=analysis, plans=plans)
+    for fp in plans:
+        for p in fp.placements:
+            if p.reason in ("kept as state", "inside a comprehension") and not p.placed:
+                continue
+            out.temporaries.append(Temporary(
+                fp.name, src.line_of(p.node.node or p.alloc.node), _code(p.alloc.node), p.alloc.op,
+                p.placed, _describe_storage(p), p.reason, p.alloc.form == "foreach"))
+    out.predicted_before, out.predicted_after = _predict(plans)
+    grad_escapes = [f"{where}: gradient {why}" for b, why, where in analysis.escapes
+                    if b == "grad"]
+    if any(t.placed for t in out.temporaries):
+        out.status = "rewritten"
+    elif grad_escapes and out.temporaries:
+        out.status, out.reason = "refused", grad_escapes[0]
+    elif not out.temporaries:
+        out.reason = "step() allocates no parameter-sized temporary"
+    else:
+        out.reason = "no temporary could be placed in a dead buffer (see each temporary)"
+    return out
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
+
+
+def _describe_storage(p: Placement) -> str:
+    if not p.placed:
+        return ""
+    s = p.storage or ""
+    if s == "grad":
+        return "gradient"
+    if s.startswith("state:"):
+        return f"state '{s[6:]}'"
+    return f"temporary at {s[4:]}" if s.startswith("tmp@") else s
+
+
+def _is_pure(e: cst.BaseExpression) -> bool:
+    if isinstance(e, cst.Name):
+        return True
+    if isinstance(e, cst.Attribute):
+        return _is_pure(e.value)
+    if isinstance(e, cst.Subscript):
+        idx = [el.slice for el in e.slice]
+        return _is_pure(e.value) and all(
+            isinstance(i, cst.Index) and isinstance(i.value, (cst.Name, cst.Integer,
+                                                              cst.SimpleString)) for i in idx)
+    return False
+
+
+def statement_leaves(placements: list[Placement]) -> list[tuple[str, bool, bool]] | None:
+    """(code, is_host, is_list) of every tensor a rewritten statement writes or combines, or None
+    when one of them is not a plain name/attribute/subscript (the guard cannot re-read it)."""
+    leaves: list[tuple[str, bool, bool]] = []
+    for p in placements:
+        if not p.placed:
+            continue
+        lists = p.alloc.form == "foreach"
+        hosts = [p.host] if p.host is not None else []
+        if p.chain is not None and not p.nested_operands[p.chain]:
+            hosts.append(p.alloc.operands[p.chain])
+        others = [op for k, op in enumerate(p.alloc.operands)
+                  if p.tensor_operands[k] and not p.nested_operands[k]]
+        for e, is_host in [*((h, True) for h in hosts), *((o, False) for o in others)]:
+            if not _is_pure(e):
+                return None
+            item = (_code(e), is_host, lists)
+            if item not in leaves:
+                leaves.append(item)
+    return leaves
+
+
+def _drop_unguardable(fp: FunctionPlan, src: SourceModule) -> None:
+    by_line: dict[int, list[Placement]] = {}
+    for p in fp.placements:
+        by_line.setdefault(id(p.node), []).append(p)
+    for ps in by_line.values():
+        if any(p.placed for p in ps) and statement_leaves(ps) is None:
+            for p in ps:
+                p.storage, p.reason = None, "an operand is not a plain name; it cannot be guarded"
+
+
+def _predict(plans: list[FunctionPlan]) -> tuple[dict[str, int], dict[str, int]]:
+    """Peak number of temporaries alive at once, before and after (lists and single tensors)."""
+    before = {"lists": 0, "tensors": 0}
+    after = {"lists": 0, "tensors": 0}
+    for fp in plans:
+        kinds = {p.alloc.site: ("lists" if p.alloc.form == "foreach" else "tensors", p)
+                 for p in fp.placements if p.reason not in ("kept as state",
+                                                            "inside a comprehension")}
+        for n in fp.analysis.flow.nodes:
+            alive = {b for _, b in n.live_out if b in kinds} | \
+                    {a.site for a in n.eff.allocs if a.site in kinds}
+            for target, count_fresh in ((before, False), (after, True)):
+                for kind in ("lists", "tensors"):
+                    sites = [s for s in alive if kinds[s][0] == kind]
+                    if count_fresh:
+                        sites = [s for s in sites if not kinds[s][1].placed]
+                    target[kind] = max(target[kind], len(sites))
+    return before, after
+
+
+# -- emission --------------------------------------------------------------------------------
+def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCatalog,
+                package: str | None) -> str:
+    module = src.module
+    extra: list[cst.BaseStatement] = []
+    emitted_helpers: dict[str, str] = {}  # new helper name -> code (shared between classes)
+    for out in outcomes:
+        if out.status != "rewritten" or out.analysis is None:
+            continue
+        changed = _functions_to_copy(out)
+        rename: dict[str, str] = {}
+        for name in changed:
+            if not out.analysis.functions[name].is_method:
+                rename[name] = f"{name}_gsr"
+        methods: list[cst.BaseStatement] = []
+        for fp in out.plans:
+            if fp.name not in changed:
+                continue
+            new = _rewrite_function(fp, catalog, Renamer(rename))
+            if fp.analysis.is_method:
+                if fp.name == "step":
+                    new = new.with_changes(decorators=[
+                        cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name})")),
+                        *new.decorators])
+                methods.append(new.with_changes(leading_lines=[cst.EmptyLine()]))
+            else:
+                new = new.with_changes(name=cst.Name(rename[fp.name]),
+                                       leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+                code = _code(new)
+                if emitted_helpers.get(rename[fp.name], code) != code:
+                    raise RewriteError(src.where(fp.analysis.func), "helper rewritten two "
+                                       "different ways for two classes; split the module")
+                if rename[fp.name] not in emitted_helpers:
+                    emitted_helpers[rename[fp.name]] = code
+                    extra.append(new)
+        doc = (f'"""{out.name} with gradient space reutilization (generated by gsr-rewrite).\n\n'
+               f"    Same constructor, state and results as {out.name}; but after step() the\n"
+               "    contents of p.grad are undefined: the gradient buffers hold scratch values.\n"
+               '    """')
+        extra.append(cst.ClassDef(
+            name=cst.Name(out.r_name), bases=[cst.Arg(cst.Name(out.name))],
+            body=cst.IndentedBlock([cst.SimpleStatementLine([cst.Expr(cst.parse_expression(doc))]),
+                                    *methods]),
+            leading_lines=[cst.EmptyLine(), cst.EmptyLine()]))
+    body = list(module.body)
+    if package is not None:
+        body = [_absolute_imports(s, package) for s in body]
+    last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
+                       and isinstance(s.body[0], (cst.Import, cst.ImportFrom))), default=-1)
+    body.insert(last_import + 1, cst.parse_statement(
+        f"from gsr_rewrite import runtime as {RUNTIME}  # added by gsr-rewrite\n"))
+    rewritten = ", ".join(o.r_name for o in outcomes if o.status == "rewritten")
+    header = [
+        f"# Generated by gsr-rewrite {__version__} from {src.filename}; do not edit, regenerate.",
+        f"# Adds {rewritten}: the original classes with gradient space reutilization.",
+        f"# Contract: same results as the originals, but {CONTRACT}.",
+        "# Set GSR_DEBUG_POISON=1 to fill reused gradients with NaN after each step.",
+    ]
+    lines = [cst.EmptyLine(comment=cst.Comment(h)) for h in header]
+    new_module = module.with_changes(body=body + extra, header=[*lines, *module.header])
+    return new_module.code
+
+
+def _functions_to_copy(out: ClassOutcome) -> list[str]:
+    assert out.analysis is not None
+    changed = {fp.name for fp in out.plans if any(p.placed for p in fp.placements)}
+    grew = True
+    while grew:
+        grew = False
+        for name, fa in out.analysis.functions.items():
+            calls = {c for n in fa.flow.nodes for c, *_ in n.eff.calls}
+            if name not in changed and calls & changed:
+                changed.add(name)
+                grew = True
+    return [name for name in out.analysis.functions if name in changed]
+
+
+class _StatementSwap(cst.CSTTransformer):
+    def __init__(self, new: dict[int, cst.BaseStatement], renamer: Renamer) -> None:
+        self.new, self.renamer = new, renamer
+
+    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
+                                  updated: cst.SimpleStatementLine) -> cst.BaseStatement:
+        return self.new.get(id(original), updated)
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+        return self.renamer.leave_Name(original, updated)
+
+
+def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer) -> cst.FunctionDef:
+    by_line: dict[int, list[Placement]] = {}
+    lines: dict[int, cst.SimpleStatementLine] = {}
+    for p in fp.placements:
+        if p.node.line is not None:
+            by_line.setdefault(id(p.node.line), []).append(p)
+            lines[id(p.node.line)] = p.node.line
+    new: dict[int, cst.BaseStatement] = {}
+    for key, ps in by_line.items():
+        placed = [p for p in ps if p.placed]
+        leaves = statement_leaves(ps)
+        if not placed or leaves is None:
+            continue
+        tensor_ops = {id(p.alloc.node): p.tensor_operands for p in placed}
+        note = "; ".join(f"{p.alloc.op} -> {_describe_storage(p)}" for p in placed)
+        new[key] = rewrite_statement(lines[key], placed, catalog, tensor_ops,
+                                     guard_expression(placed, leaves), renamer, note)
+    result = fp.analysis.func.visit(_StatementSwap(new, renamer))
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
+def _absolute_imports(stmt: cst.BaseStatement, package: str) -> cst.BaseStatement:
+    if not (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.ImportFrom)):
+        return stmt
+    imp = stmt.body[0]
+    if not imp.relative:
+        return stmt
+    parts = package.split(".")
+    level = len(imp.relative)
+    base = parts[: len(parts) - (level - 1)] if level > 1 else parts
+    mod = ".".join([*base, *([_code(imp.module)] if imp.module is not None else [])])
+    return stmt.with_changes(body=[imp.with_changes(relative=[], module=cst.parse_expression(mod))])
