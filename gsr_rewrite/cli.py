@@ -1,0 +1,137 @@
+"""`gsr-rewrite SRC -o OUT [--report PATH] [--check] [--diff]` and `gsr-rewrite rules ...`."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from gsr_rewrite.errors import RewriteError
+
+
+def resolve_source(src: str) -> tuple[Path, str | None]:
+    """A .py path, or an importable module name (its file, and its package for relative imports)."""
+    path = Path(src)
+    if path.suffix == ".py" or os.sep in src:
+        if not path.is_file():
+            raise RewriteError(f"{src}:1:1", "no such file")
+        return path, None
+    try:
+        spec = importlib.util.find_spec(src)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        raise RewriteError(f"{src}:1:1", "no such file or importable Python module")
+    return Path(spec.origin), spec.parent or None
+
+
+class _DefaultGroup(click.Group):
+    """`gsr-rewrite SRC ...` means `gsr-rewrite rewrite SRC ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                     "--version"):
+            args = ["rewrite", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup)
+@click.version_option(package_name="gsr-rewrite")
+def main() -> None:
+    """Rewrite PyTorch optimizers so that step() keeps its temporaries in dead gradient buffers."""
+
+
+@main.command()
+@click.argument("src")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+              help="Where to write the R-variant module (default: print it).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Also write the report as JSON here.")
+@click.option("--check", is_flag=True, help="Run original vs R-variant and measure memory; "
+              "write nothing and exit 1 if any check fails.")
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff of the rewrite.")
+def rewrite(src: str, out: str | None, report_path: str | None, check: bool,
+            show_diff: bool) -> None:
+    """Rewrite the optimizer classes in SRC (a .py file or an importable module)."""
+    from gsr_rewrite.pipeline import rewrite_source
+    from gsr_rewrite.report import to_json, to_text
+
+    try:
+        path, package = resolve_source(src)
+        result = rewrite_source(path.read_text(), str(path if os.sep in src or
+                                                      src.endswith(".py") else src), package)
+    except RewriteError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    checks = {}
+    failed = False
+    tmp: Path | None = None
+    if result.code is not None:
+        target_dir = Path(out).resolve().parent if out else Path(tempfile.gettempdir())
+        fd, name = tempfile.mkstemp(suffix=".py", prefix=".gsr_", dir=target_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(result.code)
+        tmp = Path(name)
+        if check:
+            from gsr_rewrite.validate import check_class, load_module
+
+            module = load_module(tmp)
+            for c in result.classes:
+                if c.status == "rewritten":
+                    chk = check_class(getattr(module, c.name), getattr(module, c.r_name))
+                    checks[c.name] = chk
+                    failed |= not chk.passed
+    written = None
+    if tmp is not None:
+        if out and not failed:
+            os.replace(tmp, out)  # atomic: no partial output, ever
+            written = out
+        else:
+            if not out and not failed and not show_diff:
+                sys.stdout.write(tmp.read_text())
+            tmp.unlink()
+    if show_diff and result.code is not None:
+        sys.stdout.writelines(difflib.unified_diff(
+            path.read_text().splitlines(True), result.code.splitlines(True),
+            fromfile=str(path), tofile=out or "rewritten"))
+    text = to_text(result, checks, written)
+    click.echo(text, err=not out)
+    if result.code is None:
+        click.echo("nothing was rewritten; no output written", err=True)
+    if report_path:
+        Path(report_path).write_text(json.dumps(to_json(result, checks, written), indent=2))
+    if failed:
+        click.echo("error: the R-variant failed its check; no output written", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def rules() -> None:
+    """Show or re-prove the rule book (sympy-checked reformulations)."""
+
+
+@rules.command("list")
+def rules_list() -> None:
+    """List the rules that load (each proved when loaded)."""
+    from gsr_rewrite.rulebook import format_rules_table, load_rulebook
+
+    book = load_rulebook()
+    click.echo(format_rules_table(book))
+    for f in book.failures:
+        click.echo(f"REJECTED {f}", err=True)
+
+
+@rules.command("check")
+def rules_check() -> None:
+    """Re-prove every rule without the cache; exit 1 if one fails."""
+    from gsr_rewrite.rulebook import check_rulebook
+
+    ok, text = check_rulebook()
+    click.echo(text)
+    sys.exit(0 if ok else 1)

@@ -1,0 +1,79 @@
+"""Stage 6, validate: run each emitted R-variant against its original and measure its memory.
+
+Configurations come from the constructor's own signature: the defaults, then each boolean
+flag flipped (amsgrad, maximize, nesterov, ...), then a non-zero weight decay where there is one.
+Each runs on the for-loop and foreach paths, on CPU and (when present) CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from gsr_rewrite.check import CheckResult, Mode, measure_pair, run_checks
+from gsr_rewrite.memory import StepMemory
+
+
+@dataclass
+class ClassCheck:
+    name: str
+    mode: Mode
+    results: list[CheckResult] = field(default_factory=list)
+    memory: dict[str, tuple[StepMemory, StepMemory]] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(r.passed for r in self.results)
+
+
+def load_module(path: Path, name: str = "gsr_generated") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def default_configs(cls: type) -> list[dict[str, Any]]:
+    configs: list[dict[str, Any]] = [{}]
+    for name, p in inspect.signature(cls.__init__).parameters.items():  # type: ignore[misc]
+        if name in ("foreach", "fused", "differentiable", "capturable") or p.default is p.empty:
+            continue
+        if isinstance(p.default, bool):
+            configs.append({name: not p.default})
+        elif name == "weight_decay" and p.default == 0:
+            configs.append({name: 0.05})
+    return configs
+
+
+def devices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
+                steps: int = 7) -> ClassCheck:
+    out = ClassCheck(original.__name__, mode)
+    try:
+        for device in devices():
+            out.results += run_checks(original, rewritten, default_configs(original),
+                                      steps=steps, device=device, mode=mode)
+            for foreach in (False, True):
+                kw = {"foreach": foreach} if "foreach" in inspect.signature(original).parameters \
+                    else {}
+                out.memory[f"{device} foreach={foreach}"] = measure_pair(original, rewritten, kw,
+                                                                         device=device)
+                if not kw:
+                    break
+    except Exception as e:  # a crash of the R-variant is a failed check, reported, not raised
+        out.error = f"{type(e).__name__}: {e}"
+    return out
