@@ -55,8 +55,8 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
             head += f" -- {c.reason}"
         lines.append(head)
         if c.temporaries:
-            lines.append(f"  predicted temporaries alive at once: before {_units(c.predicted_before)}"
-                         f"; after {_units(c.predicted_after)}")
+            lines.append("  predicted temporaries alive at once: "
+                         f"before {_units(c.predicted_before)}; after {_units(c.predicted_after)}")
         for t in c.temporaries:
             where = f"{t.function}:{t.line}"
             code = t.code if len(t.code) <= 44 else t.code[:41] + "..."
@@ -74,8 +74,8 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
                 lines.append("  measured temporaries of one step, units of the parameter size "
                              "(8 params of 64x64 fp32):")
                 for k, (a, b) in chk.memory.items():
-                    lines.append(f"    {k:22} original {a.units:6.3f}  ->  {c.r_name} {b.units:6.3f}"
-                                 f"   ({a.peak_bytes} -> {b.peak_bytes} bytes)")
+                    lines.append(f"    {k:22} original {a.units:6.3f}  ->  {c.r_name} "
+                                 f"{b.units:6.3f}   ({a.peak_bytes} -> {b.peak_bytes} bytes)")
     if any(c.status == "rewritten" for c in result.classes):
         lines.append(f"Contract of the R-variants: {CONTRACT}.")
     return "\n".join(lines)
