@@ -134,6 +134,19 @@ def statement_leaves(placements: list[Placement]) -> list[tuple[str, bool, bool]
     """(code, is_host, is_list) of every tensor a rewritten statement writes or combines, or None
     when one of them is not a plain name/attribute/subscript (the guard cannot re-read it)."""
     leaves: list[tuple[str, bool, bool]] = []
+    by_node = {id(p.alloc.node): p for p in placements}
+
+    def inputs(p: Placement) -> list[cst.BaseExpression]:
+        """Tensor inputs of p, looking through nested temporaries it consumes."""
+        out: list[cst.BaseExpression] = []
+        for k, op in enumerate(p.alloc.operands):
+            inner = by_node.get(id(op))
+            if inner is not None:
+                out += inputs(inner)
+            elif p.tensor_operands and p.tensor_operands[k]:
+                out.append(op)
+        return out
+
     for p in placements:
         if not p.placed:
             continue
@@ -141,8 +154,7 @@ def statement_leaves(placements: list[Placement]) -> list[tuple[str, bool, bool]
         hosts = [p.host] if p.host is not None else []
         if p.chain is not None and not p.nested_operands[p.chain]:
             hosts.append(p.alloc.operands[p.chain])
-        others = [op for k, op in enumerate(p.alloc.operands)
-                  if p.tensor_operands[k] and not p.nested_operands[k]]
+        others = [op for op in inputs(p) if op not in hosts]
         for e, is_host in [*((h, True) for h in hosts), *((o, False) for o in others)]:
             if not _is_pure(e):
                 return None
@@ -157,7 +169,7 @@ def _drop_unguardable(fp: FunctionPlan, src: SourceModule) -> None:
     for p in fp.placements:
         by_line.setdefault(id(p.node), []).append(p)
     for ps in by_line.values():
-        if any(p.placed for p in ps) and statement_leaves(ps) is None:
+        if any(p.placed for p in ps) and not statement_leaves(ps):
             for p in ps:
                 p.storage, p.reason = None, "an operand is not a plain name; it cannot be guarded"
 
@@ -283,7 +295,7 @@ def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer) ->
     for key, ps in by_line.items():
         placed = [p for p in ps if p.placed]
         leaves = statement_leaves(ps)
-        if not placed or leaves is None:
+        if not placed or not leaves:
             continue
         tensor_ops = {id(p.alloc.node): p.tensor_operands for p in placed}
         note = "; ".join(f"{p.alloc.op} -> {_describe_storage(p)}" for p in placed)

@@ -46,7 +46,7 @@ class FunctionPlan:
 
 
 class _FunctionPlanner:
-    def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: set[str]) -> None:
+    def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: dict[str, str]) -> None:
         self.fa, self.cat, self.escaped = fa, cat, escaped
         self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
         self.persistent = {b for n in fa.flow.nodes for b in n.eff.persistent}
@@ -105,9 +105,10 @@ class _FunctionPlanner:
             form = self._host_form(a, s, n)
             if form and s not in busy and self._free(s, a, n, busy, why):
                 p.storage, p.host, p.form = s, host, form
-                p.reason = f"in `{host.value}` ({_describe(s)}), dead here"
+                p.reason = f"in `{_code(host)}` ({_describe(s)}), dead here"
                 return
-        p.reason = why[0] if why else "no dead buffer of this size is named at this point"
+        p.reason = "; ".join(dict.fromkeys(why)) if why else \
+            "no dead buffer of this size is named at this point"
 
     # -- forms ---------------------------------------------------------------------------
     def _chain_form(self, a: Alloc, k: int, nested: bool, op: cst.BaseExpression) -> str:
@@ -150,7 +151,8 @@ class _FunctionPlanner:
     # -- legality ------------------------------------------------------------------------
     def _free(self, s: str, a: Alloc, n: Node, busy: set[str], why: list[str]) -> bool:
         if s == "param" or s in self.escaped:
-            why.append(f"{_describe(s)} escapes" if s in self.escaped else "params stay live")
+            why.append(f"{_describe(s)} escapes: {self.escaped[s]}" if s in self.escaped
+                       else "params stay live")
             return False
         if s in busy:
             why.append(f"{_describe(s)} already holds another temporary of this statement")
@@ -188,7 +190,7 @@ class _FunctionPlanner:
                     return False
         return True
 
-    def _dead_hosts(self, n: Node, lists: bool) -> list[tuple[str, cst.Name]]:
+    def _dead_hosts(self, n: Node, lists: bool) -> list[tuple[str, cst.BaseExpression]]:
         by_storage: dict[str, str] = {}
         # prefer the variable that names the buffer itself (`prev_grads`) over aliases (`diffs`)
         for var, v in sorted(n.pt_in.items(), key=lambda kv: (not is_role_only(kv[1]), kv[0])):
@@ -197,9 +199,19 @@ class _FunctionPlanner:
                 continue
             if len(bufs) == 1 and var in self.defined.get(id(n), set()):
                 by_storage.setdefault(bufs.pop(), var)
-        order = sorted(by_storage, key=lambda s: (0 if s.startswith("state:") else
-                                                   1 if s == "grad" else 2, s))
-        return [(s, cst.Name(by_storage[s])) for s in order if s != "param"]
+        hosts: dict[str, cst.BaseExpression] = {s: cst.Name(v) for s, v in by_storage.items()}
+        if not lists and "grad" not in hosts:  # `p.grad` names this parameter's gradient
+            for var, v in sorted(n.pt_in.items()):
+                if v == frozenset({"param"}) and var in self.defined.get(id(n), set()):
+                    hosts["grad"] = cst.Attribute(cst.Name(var), cst.Name("grad"))
+                    break
+        order = sorted(hosts, key=lambda s: (0 if s.startswith("state:") else
+                                             1 if s == "grad" else 2, s))
+        return [(s, hosts[s]) for s in order if s != "param"]
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
 
 
 def is_role_only(v: frozenset[str]) -> bool:
@@ -281,5 +293,7 @@ def _names_assigned_in(loop: cst.For) -> set[str]:
 
 
 def plan_class(ca: ClassAnalysis, cat: OpCatalog) -> list[FunctionPlan]:
-    escaped = {b for b, _, _ in ca.escapes}
+    escaped: dict[str, str] = {}
+    for b, why, where in ca.escapes:
+        escaped.setdefault(b, f"{why} ({where})")
     return [_FunctionPlanner(fa, cat, escaped).plan() for fa in ca.functions.values()]

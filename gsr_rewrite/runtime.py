@@ -43,9 +43,9 @@ def _dense(t: Tensor) -> bool:
 
 def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     """True when each host tensor can hold a temporary computed from the `like` tensors."""
-    if not hosts:
+    if not hosts and not like:
         return False
-    ref = hosts[0]
+    ref = (*hosts, *like)[0]
     if not isinstance(ref, Tensor):
         return False
     shape, dtype, device = ref.shape, ref.dtype, ref.device
@@ -67,12 +67,16 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
 
 def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]]) -> bool:
     """`fits` for every index of parallel tensor lists (foreach code)."""
-    if not hosts:
+    if not hosts and not like:
         return False
-    n = len(hosts[0])
+    n = len((*hosts, *like)[0])
     if any(len(x) != n for x in (*hosts, *like)):
         return False
     return all(fits([h[i] for h in hosts], [x[i] for x in like]) for i in range(n))
+
+
+# A guard with no host checks that every `like` tensor matches the first one (in-place chains on
+# fresh temporaries: the chain must not change dtype or broadcast).
 
 
 def foreach_inplace(op_: Callable[..., Any], target: list[Tensor], *args: Any,
