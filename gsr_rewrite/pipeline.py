@@ -218,7 +218,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                     new = new.with_changes(decorators=[
                         cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name})")),
                         *new.decorators])
-                methods.append(new.with_changes(leading_lines=[cst.EmptyLine()]))
+                methods.append(new.with_changes(leading_lines=[cst.EmptyLine(indent=False)]))
             else:
                 new = new.with_changes(name=cst.Name(rename[fp.name]),
                                        leading_lines=[cst.EmptyLine(), cst.EmptyLine()])

@@ -348,7 +348,7 @@ class AdamWR(AdamW):
     Same constructor, state and results as AdamW; but after step() the
     contents of p.grad are undefined: the gradient buffers hold scratch values.
     """
-    
+
     @_gsr.r_step(AdamW)
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

@@ -270,7 +270,7 @@ class AdanR(Adan):
     Same constructor, state and results as Adan; but after step() the
     contents of p.grad are undefined: the gradient buffers hold scratch values.
     """
-    
+
     @_gsr.r_step(Adan)
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
