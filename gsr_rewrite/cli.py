@@ -48,67 +48,85 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("src")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
-              help="Where to write the R-variant module (default: print it).")
+@click.argument("sources", nargs=-1, required=True, metavar="SRC...")
+@click.option("-o", "--output", "out", type=click.Path(),
+              help="Where to write the R-variant module (a directory when there are several "
+              "SRC: each becomes DIR/<name>_r.py). Default: print it.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON here.")
 @click.option("--check", is_flag=True, help="Run original vs R-variant and measure memory; "
               "write nothing and exit 1 if any check fails.")
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff of the rewrite.")
-def rewrite(src: str, out: str | None, report_path: str | None, check: bool,
+def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, check: bool,
             show_diff: bool) -> None:
-    """Rewrite the optimizer classes in SRC (a .py file or an importable module)."""
+    """Rewrite the optimizer classes in each SRC (a .py file or an importable module)."""
+    if len(sources) > 1 and out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    reports = []
+    status = 0
+    for src in sources:
+        target = out
+        if out is not None and len(sources) > 1:
+            target = str(Path(out) / f"{Path(src).stem.split('.')[-1]}_r.py")
+        code, report = _rewrite_one(src, target, check, show_diff)
+        status = max(status, code)
+        if report is not None:
+            reports.append(report)
+    if report_path:
+        data = reports[0] if len(reports) == 1 else {"sources": reports}
+        Path(report_path).write_text(json.dumps(data, indent=2))
+    sys.exit(status)
+
+
+def _rewrite_one(src: str, out: str | None, check: bool,
+                 show_diff: bool) -> tuple[int, dict[str, object] | None]:
+    """Rewrite one source; returns (exit status, JSON report). Never leaves a partial OUT."""
     from gsr_rewrite.pipeline import rewrite_source
     from gsr_rewrite.report import to_json, to_text
 
     try:
         path, package = resolve_source(src)
-        result = rewrite_source(path.read_text(), str(path if os.sep in src or
-                                                      src.endswith(".py") else src), package)
+        label = str(path) if os.sep in src or src.endswith(".py") else src
+        result = rewrite_source(path.read_text(), label, package)
     except RewriteError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        return 1, None
     checks = {}
     failed = False
-    tmp: Path | None = None
+    written = None
     if result.code is not None:
         target_dir = Path(out).resolve().parent if out else Path(tempfile.gettempdir())
         fd, name = tempfile.mkstemp(suffix=".py", prefix=".gsr_", dir=target_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(result.code)
         tmp = Path(name)
-        if check:
-            from gsr_rewrite.validate import check_class, load_module
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(result.code)
+            if check:
+                from gsr_rewrite.validate import check_class, load_module
 
-            module = load_module(tmp)
-            for c in result.classes:
-                if c.status == "rewritten":
-                    chk = check_class(getattr(module, c.name), getattr(module, c.r_name))
-                    checks[c.name] = chk
-                    failed |= not chk.passed
-    written = None
-    if tmp is not None:
-        if out and not failed:
-            os.replace(tmp, out)  # atomic: no partial output, ever
-            written = out
-        else:
-            if not out and not failed and not show_diff:
-                sys.stdout.write(tmp.read_text())
-            tmp.unlink()
+                module = load_module(tmp, f"gsr_generated_{tmp.stem.strip('.')}")
+                for c in result.classes:
+                    if c.status == "rewritten":
+                        chk = check_class(getattr(module, c.name), getattr(module, c.r_name))
+                        checks[c.name] = chk
+                        failed |= not chk.passed
+            if out and not failed:
+                os.replace(tmp, out)  # atomic: no partial output, ever
+                written = out
+            elif not out and not failed and not show_diff:
+                sys.stdout.write(result.code)
+        finally:
+            tmp.unlink(missing_ok=True)
     if show_diff and result.code is not None:
         sys.stdout.writelines(difflib.unified_diff(
             path.read_text().splitlines(True), result.code.splitlines(True),
             fromfile=str(path), tofile=out or "rewritten"))
-    text = to_text(result, checks, written)
-    click.echo(text, err=not out)
+    click.echo(to_text(result, checks, written), err=not out)
     if result.code is None:
-        click.echo("nothing was rewritten; no output written", err=True)
-    if report_path:
-        Path(report_path).write_text(json.dumps(to_json(result, checks, written), indent=2))
+        click.echo(f"{label}: nothing was rewritten; no output written", err=True)
     if failed:
-        click.echo("error: the R-variant failed its check; no output written", err=True)
-        sys.exit(1)
+        click.echo(f"error: {label}: an R-variant failed its check; no output written", err=True)
+    return int(failed), to_json(result, checks, written)
 
 
 @main.group()
@@ -135,3 +153,5 @@ def rules_check() -> None:
     ok, text = check_rulebook()
     click.echo(text)
     sys.exit(0 if ok else 1)
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,11 @@ CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, min
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import os
+import sys
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +56,23 @@ def _peak_from_memory_events(events: Iterable[tuple[int, int]]) -> int:
     return peak
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Kineto prints `USDT ... profiler_start/stop` on file descriptor 2 at every session."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_step_peak_bytes(optimizer: torch.optim.Optimizer, closure: Closure | None) -> int:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU],
+                                         profile_memory=True) as prof:
         _step(optimizer, closure)
     # Raw kineto events, not ``prof.events()``: on torch 2.13 the FunctionEvent view folds most
     # ``[memory]`` events into the owning op's ``cpu_memory_usage`` (a net sum, so an alloc+free

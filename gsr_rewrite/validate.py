@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite.check import CheckResult, Mode, measure_pair, run_checks
+from gsr_rewrite.check import (
+    CheckResult,
+    Mode,
+    check_state_dict_swap,
+    compare_trajectories,
+    measure_pair,
+)
 from gsr_rewrite.memory import StepMemory
 
 
@@ -56,6 +62,12 @@ def default_configs(cls: type) -> list[dict[str, Any]]:
     return configs
 
 
+def _paths(cls: type, config: dict[str, Any]) -> list[dict[str, Any]]:
+    if "foreach" in config or "foreach" not in inspect.signature(cls).parameters:
+        return [config]
+    return [{**config, "foreach": False}, {**config, "foreach": True}]
+
+
 def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
@@ -64,9 +76,17 @@ def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
                 steps: int = 7) -> ClassCheck:
     out = ClassCheck(original.__name__, mode)
     try:
+        configs = default_configs(original)
         for device in devices():
-            out.results += run_checks(original, rewritten, default_configs(original),
-                                      steps=steps, device=device, mode=mode)
+            # trajectories for every configuration; the checkpoint swap (layout, not arithmetic)
+            # once per path
+            for i, config in enumerate(configs):
+                for kw in _paths(original, config):
+                    out.results.append(compare_trajectories(original, rewritten, kw, steps=steps,
+                                                            device=device, mode=mode))
+                    if i == 0:
+                        out.results.append(check_state_dict_swap(original, rewritten, kw,
+                                                                 device=device, mode=mode))
             for foreach in (False, True):
                 kw = {"foreach": foreach} if "foreach" in inspect.signature(original).parameters \
                     else {}

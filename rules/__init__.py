@@ -1,1 +1,1 @@
-"""Data shipped with gsr-rewrite: the op catalog and the rule book (installed as gsr_rewrite.rules)."""
+"""Data shipped with gsr-rewrite: the op catalog and the rule book (package gsr_rewrite.rules)."""
