@@ -81,13 +81,13 @@ def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, 
 def _rewrite_one(src: str, out: str | None, check: bool,
                  show_diff: bool) -> tuple[int, dict[str, object] | None]:
     """Rewrite one source; returns (exit status, JSON report). Never leaves a partial OUT."""
-    from gsr_rewrite.pipeline import rewrite_source
+    from gsr_rewrite.pipeline import compile_source
     from gsr_rewrite.report import to_json, to_text
 
     try:
         path, package = resolve_source(src)
         label = str(path) if os.sep in src or src.endswith(".py") else src
-        result = rewrite_source(path.read_text(), label, package)
+        result = compile_source(path.read_text(), label, package)
     except RewriteError as e:
         click.echo(f"error: {e}", err=True)
         return 1, None

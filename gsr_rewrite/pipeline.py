@@ -40,6 +40,7 @@ class ClassOutcome:
     name: str
     status: str  # rewritten | unchanged | refused
     reason: str = ""
+    validation: str = ""  # translation validation verdict (compile_source)
     temporaries: list[Temporary] = field(default_factory=list)
     predicted_before: dict[str, int] = field(default_factory=dict)  # {"lists": k, "tensors": k}
     predicted_after: dict[str, int] = field(default_factory=dict)
@@ -70,6 +71,37 @@ def rewrite_source(source: str, filename: str = "<string>",
     if any(o.status == "rewritten" for o in outcomes):
         code = emit_module(src, outcomes, catalog, package)  # 5. emit
     return RewriteResult(filename, code, outcomes)
+
+
+def compile_source(source: str, filename: str = "<string>",
+                   package: str | None = None) -> RewriteResult:
+    """rewrite_source, then 6. validate: a class whose rewrite is not proved equal to its
+    original by symbolic execution is refused and the module is emitted without it."""
+    import tempfile
+    from pathlib import Path
+
+    from gsr_rewrite.validate import load_module, prove_class
+
+    result = rewrite_source(source, filename, package)
+    while result.code is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "gsr_candidate.py"
+            path.write_text(result.code)
+            module = load_module(path, f"gsr_candidate_{abs(hash(result.code))}")
+            failed = False
+            for c in result.classes:
+                if c.status != "rewritten":
+                    continue
+                proof = prove_class(getattr(module, c.name), getattr(module, c.r_name))
+                c.validation = proof.detail
+                if proof.proved is False:
+                    c.status, c.reason, failed = "refused", proof.detail, True
+        if not failed:
+            break
+        result.code = (emit_module(parse(source, filename), result.classes, load_catalog(),
+                                   package)
+                       if any(c.status == "rewritten" for c in result.classes) else None)
+    return result
 
 
 def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassOutcome:

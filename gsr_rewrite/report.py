@@ -20,7 +20,7 @@ def to_json(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
     for c in result.classes:
         entry: dict[str, Any] = {
             "name": c.name, "r_name": c.r_name if c.status == "rewritten" else None,
-            "status": c.status, "reason": c.reason,
+            "status": c.status, "reason": c.reason, "validation": c.validation,
             "equivalence": "bitwise" if c.status == "rewritten" else None,
             "temporaries": [asdict(t) for t in c.temporaries],
             "predicted": {"before": c.predicted_before, "after": c.predicted_after,
@@ -54,6 +54,8 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
         if c.reason:
             head += f" -- {c.reason}"
         lines.append(head)
+        if c.validation:
+            lines.append(f"  translation validation: {c.validation}")
         if c.temporaries:
             lines.append("  predicted temporaries alive at once: "
                          f"before {_units(c.predicted_before)}; after {_units(c.predicted_after)}")

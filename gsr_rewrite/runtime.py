@@ -58,11 +58,24 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     for h in hosts:
         if h.requires_grad or not _dense(h):
             return False
-        storage = h.untyped_storage().data_ptr()
+        storage = _storage(h)
         for t in like:
-            if t is not h and t.untyped_storage().data_ptr() == storage:
+            if t is not h and storage is not None and _storage(t) == storage:
                 return False
+    GUARD_HITS[0] += 1
     return True
+
+
+#: How often a guard let a rewritten statement run (translation validation checks it moved).
+GUARD_HITS = [0]
+
+
+def _storage(t: Tensor) -> int | None:
+    """Storage address, or None for tensor subclasses without one (symbolic, fake, meta)."""
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]]) -> bool:
