@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any

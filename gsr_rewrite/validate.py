@@ -109,9 +109,8 @@ class Proof:
 
 def prove_class(original: type, rewritten: type) -> Proof:
     """Per-element symbolic execution of both steps, every default configuration, both paths."""
-    from gsr_rewrite.symbolic import validate_rewrite
-
     from gsr_rewrite import runtime
+    from gsr_rewrite.symbolic import validate_rewrite
 
     configs = default_configs(original)
     hits = runtime.GUARD_HITS[0]

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_variants_are_proved_equal() -> None:
-    from gsr_rewrite.optim import Adan, AdanR, AdamW, AdamWR
+    from gsr_rewrite.optim import AdamW, AdamWR, Adan, AdanR
 
     for orig, rvar in ((AdamW, AdamWR), (Adan, AdanR)):
         proof = prove_class(orig, rvar)
