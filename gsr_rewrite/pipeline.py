@@ -41,6 +41,8 @@ class ClassOutcome:
     status: str  # rewritten | unchanged | refused
     reason: str = ""
     validation: str = ""  # translation validation verdict (compile_source)
+    equivalence: str = "bitwise"  # bitwise: storage moved only; tolerance: a rule changed math
+    rules: list[str] = field(default_factory=list)  # rules from rules/ the rewrite relies on
     temporaries: list[Temporary] = field(default_factory=list)
     predicted_before: dict[str, int] = field(default_factory=dict)  # {"lists": k, "tensors": k}
     predicted_after: dict[str, int] = field(default_factory=dict)
@@ -66,7 +68,8 @@ def rewrite_source(source: str, filename: str = "<string>",
     if not src.classes:
         raise RewriteError(f"{filename}:1:1", "no optimizer class found (a class deriving from "
                            "torch.optim.Optimizer); nothing to rewrite")
-    outcomes = [_rewrite_class(src, cls, catalog) for cls in src.classes]
+    outcomes = [_reformulated(src, _rewrite_class(src, cls, catalog), catalog)
+                for cls in src.classes]  # 4b. reorder with a proved rule where no order exists
     code = None
     if any(o.status == "rewritten" for o in outcomes):
         code = emit_module(src, outcomes, catalog, package)  # 5. emit
@@ -102,6 +105,27 @@ def compile_source(source: str, filename: str = "<string>",
                                    package)
                        if any(c.status == "rewritten" for c in result.classes) else None)
     return result
+
+
+def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> ClassOutcome:
+    """Plan again after reordering with rules/ where a temporary found no dead buffer."""
+    from gsr_rewrite.reformulate import RULE, apply_reorders, block_owners, find_reorders
+
+    if all(t.placed for t in out.temporaries):
+        return out
+    owners = block_owners(src.module)
+    reorders = [r for fp in out.plans for r in find_reorders(fp, owners)]
+    if not reorders:
+        return out
+    new_src = parse(apply_reorders(src.module, reorders).code, src.filename)
+    cls = next(c for c in new_src.classes if c.name == out.name)
+    again = _rewrite_class(new_src, cls, catalog)
+    if sum(t.placed for t in again.temporaries) <= sum(t.placed for t in out.temporaries):
+        return out
+    again.equivalence, again.rules = "tolerance", [RULE]
+    again.reason = (f"reordered with rule {RULE} (guarded by its condition; lines refer to the "
+                    "reordered source)")
+    return again
 
 
 def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassOutcome:

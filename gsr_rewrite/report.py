@@ -21,7 +21,8 @@ def to_json(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
         entry: dict[str, Any] = {
             "name": c.name, "r_name": c.r_name if c.status == "rewritten" else None,
             "status": c.status, "reason": c.reason, "validation": c.validation,
-            "equivalence": "bitwise" if c.status == "rewritten" else None,
+            "equivalence": c.equivalence if c.status == "rewritten" else None,
+            "rules": c.rules,
             "temporaries": [asdict(t) for t in c.temporaries],
             "predicted": {"before": c.predicted_before, "after": c.predicted_after,
                           "unit": "peak temporaries alive at once: a list = 1 parameter-size, "
@@ -50,7 +51,9 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
     for c in result.classes:
         head = f"{c.name}: {c.status}"
         if c.status == "rewritten":
-            head += f" as {c.r_name} (storage moved only: bitwise)"
+            head += (f" as {c.r_name} (storage moved only: bitwise)" if c.equivalence == "bitwise"
+                     else f" as {c.r_name} (arithmetic changed by rules {', '.join(c.rules)}: "
+                     "tolerance)")
         if c.reason:
             head += f" -- {c.reason}"
         lines.append(head)

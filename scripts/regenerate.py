@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from gsr_rewrite.optim.shipped import SHIPPED, generate
+from gsr_rewrite.shipped import SHIPPED, generate
 
 repo = Path(__file__).resolve().parent.parent
 for module in SHIPPED:

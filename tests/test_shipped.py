@@ -9,7 +9,7 @@ import torch
 
 from gsr_rewrite.check import check_state_dict_swap, compare_trajectories, measure_pair
 from gsr_rewrite.optim import AdamW, AdamWR, Adan, AdanR
-from gsr_rewrite.optim.shipped import SHIPPED, generate
+from gsr_rewrite.shipped import SHIPPED, generate
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = [

@@ -1,11 +1,12 @@
-"""Which shipped R-variant module is generated from which example (see scripts/regenerate.py)."""
+"""Which module in gsr_rewrite/optim/ is generated from which example (scripts/regenerate.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 #: shipped module (in gsr_rewrite/optim/) -> source example, relative to the repository root
-SHIPPED = {"adamw.py": "examples/adamw.py", "adan.py": "examples/adan.py"}
+SHIPPED = {"adamw.py": "examples/adamw.py", "adan.py": "examples/adan.py",
+           "lion.py": "examples/lion.py"}
 
 
 def generate(repo: Path, module: str) -> str:
