@@ -210,3 +210,13 @@ def test_cpu_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib not installed: the plot is not drawn")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_user_model_by_import_path() -> None:
+    from gsr_rewrite.bench.models import get_model
+
+    spec = get_model("tests.fixtures.user_model:spec")
+    assert spec.name == "user_mlp"
+    model = spec.build()
+    loss = spec.loss(model, spec.make_batch(torch.device("cpu")))
+    assert loss.ndim == 0

@@ -308,8 +308,16 @@ CUDA_DEFAULT_MODELS = tuple(name for name, spec in MODELS.items() if spec.source
 
 
 def get_model(name: str) -> ModelSpec:
+    """A built-in model, or the user's own: `package.module:function` returning a ModelSpec."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        spec = getattr(importlib.import_module(module), attr)()
+        if not isinstance(spec, ModelSpec):
+            raise ValueError(f"{name} returned {type(spec).__name__}, not a ModelSpec")
+        return spec
     try:
         return MODELS[name]
     except KeyError:
         known = ", ".join(MODELS)
-        raise ValueError(f"unknown model {name!r}; known: {known}") from None
+        raise ValueError(f"unknown model {name!r}; known: {known} (or module:function "
+                         "returning a gsr_rewrite.bench.models.ModelSpec)") from None
