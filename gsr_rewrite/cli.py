@@ -107,7 +107,9 @@ def _rewrite_one(src: str, out: str | None, check: bool,
                 module = load_module(tmp, f"gsr_generated_{tmp.stem.strip('.')}")
                 for c in result.classes:
                     if c.status == "rewritten":
-                        chk = check_class(getattr(module, c.name), getattr(module, c.r_name))
+                        chk = check_class(getattr(module, c.name), getattr(module, c.r_name),
+                                          mode="bitwise" if c.equivalence == "bitwise"
+                                          else "tolerance")
                         checks[c.name] = chk
                         failed |= not chk.passed
             if out and not failed:
