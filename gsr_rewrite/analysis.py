@@ -7,6 +7,7 @@ any of them apply to the whole class: a gradient that escapes anywhere is never 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -41,8 +42,8 @@ class ClassAnalysis:
     escapes: list[tuple[str, str, str]]  # (buffer, reason, file:line:col)
 
 
-class _Sites:
-    """Maps an allocating expression to its buffer name, tmp@LINE:COL."""
+class _Sites(Mapping[cst.CSTNode, str]):
+    """Maps an allocating expression to its buffer name, tmp@LINE:COL (names made on demand)."""
 
     def __init__(self, src: SourceModule) -> None:
         self.src = src
@@ -59,6 +60,12 @@ class _Sites:
             self.taken.add(name)
             self.names[id(node)] = name
         return self.names[id(node)]
+
+    def __iter__(self) -> Iterator[cst.CSTNode]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], list[str]]:

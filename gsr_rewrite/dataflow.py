@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import libcst as cst
 
@@ -61,14 +62,12 @@ class _Builder:
         self.nodes.append(n)
         return n
 
-    def block(self, stmts: Sequence[cst.BaseStatement], nxt: Node,
-              loop: tuple[Node, Node] | None) -> Node:
+    def block(self, stmts: Sequence[Any], nxt: Node, loop: tuple[Node, Node] | None) -> Node:
         """Build `stmts` so that control falls through to `nxt`; returns the first node."""
         first = nxt
-        built: list[tuple[Node, Node]] = []  # (head, placeholder for linking)
+        built: list[tuple[Node, Node | _Tail]] = []  # (head, tail to link onward)
         for stmt in stmts:
-            head = self.statement(stmt, loop)
-            built.append(head)
+            built.append(self.statement(stmt, loop))
         # link: each statement's tail continues into the next statement's head
         for i in range(len(built) - 1, -1, -1):
             head, tail = built[i]
@@ -79,7 +78,7 @@ class _Builder:
         return first if built else nxt
 
     def statement(self, stmt: cst.BaseStatement, loop: tuple[Node, Node] | None
-                  ) -> tuple[Node, Node]:
+                  ) -> tuple[Node, Node | _Tail]:
         """Returns (head, tail); the tail's successors are filled in by `block`."""
         if isinstance(stmt, cst.SimpleStatementLine):
             nodes = [self.new("stmt", s, line=stmt) for s in stmt.body
@@ -106,6 +105,7 @@ class _Builder:
             test = self.new("test", stmt.test)
             join = self.new("join")
             body = self.block(stmt.body.body, join, loop)
+            other: Node
             if stmt.orelse is None:
                 other = join
             elif isinstance(stmt.orelse, cst.If):
@@ -140,7 +140,7 @@ class _Builder:
             # Handlers are entered from the start and the end of the body (an approximation that
             # keeps everything read in a handler live across the whole body).
             join = self.new("join")
-            fin = self.block(stmt.finalbody.body, join, loop) if stmt.finalbody else join
+            fin = self.block(stmt.finalbody.body.body, join, loop) if stmt.finalbody else join
             body_end = self.new("join")
             handlers = [self.block(h.body.body, fin, loop) for h in stmt.handlers]
             orelse = self.block(stmt.orelse.body.body, fin, loop) if stmt.orelse else fin
@@ -213,9 +213,9 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
         for b in buffers(ev.read(s.value)):
             ev.eff.escapes.append((b, "returned from the function", s))
     elif isinstance(s, cst.Del):
-        for t in _targets(s.target):
-            if isinstance(t, cst.Name):
-                ev.eff.assigns[t.value] = EMPTY
+        for gone in _targets(s.target):
+            if isinstance(gone, cst.Name):
+                ev.eff.assigns[gone.value] = EMPTY
     else:
         for child in s.children:
             if isinstance(child, cst.BaseExpression):

@@ -226,7 +226,7 @@ class Evaluator:
         func = node.func
         name = dotted(func)
         if isinstance(func, cst.Name) and func.value in self.pt:
-            targets = [b[len("%fn:"):] for b in self.pt[func.value] if b.startswith("%fn:")]
+            targets = sorted(b[len("%fn:"):] for b in self.pt[func.value] if b.startswith("%fn:"))
             if targets:  # `func = _multi if foreach else _single; func(...)`
                 for t in targets:
                     self._helper_call(t, node)
@@ -322,22 +322,22 @@ class Evaluator:
                 return EMPTY
             if base.endswith("_"):
                 target = self.read(pos[0])
-                for a in node.args[1:]:
-                    self.read(a.value)
+                for arg in node.args[1:]:
+                    self.read(arg.value)
                 var = pos[0].value if isinstance(pos[0], cst.Name) else "@expr"
                 for b in buffers(target):
                     self.eff.writes.append((var, b))
                 return EMPTY
             v = EMPTY
-            for a in node.args:
-                v |= self.read(a.value)
+            for arg in node.args:
+                v |= self.read(arg.value)
             if base in cat.elementwise:
                 return self._alloc(node, base, "foreach", pos, v)
             return EMPTY  # _foreach_norm and friends: not parameter-sized
         args_v = EMPTY
-        for a in node.args:
-            if a is not None and (out_arg is None or a.value is not out_arg):
-                args_v |= self.read(a.value)
+        for arg in node.args:
+            if out_arg is None or arg.value is not out_arg:
+                args_v |= self.read(arg.value)
         if out_arg is not None:
             target = self.peek(out_arg)
             var = out_arg.value if isinstance(out_arg, cst.Name) else "@expr"

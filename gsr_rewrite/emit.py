@@ -175,11 +175,14 @@ def rewrite_statement(line: cst.SimpleStatementLine, placements: list[Placement]
     by_node = {id(p.alloc.node): p for p in placements}
     new_small = line.body[0].visit(_ExpressionRewriter(by_node, cat, tensor_ops))
     new_line = cst.SimpleStatementLine([new_small]).visit(renamer)  # type: ignore[list-item]
-    fallback = line.visit(renamer).with_changes(leading_lines=[])
+    assert isinstance(new_line, cst.SimpleStatementLine)
+    fallback = line.visit(renamer)
+    assert isinstance(fallback, cst.SimpleStatementLine)
+    fallback = fallback.with_changes(leading_lines=[])
     return cst.If(
         test=_expr(guard),
         body=cst.IndentedBlock([new_line], header=cst.TrailingWhitespace(
             whitespace=cst.SimpleWhitespace("  "), comment=cst.Comment(f"# gsr: {comment}"))),
-        orelse=cst.Else(cst.IndentedBlock([fallback])),  # type: ignore[list-item]
+        orelse=cst.Else(cst.IndentedBlock([fallback])),
         leading_lines=line.leading_lines,
     )

@@ -8,6 +8,7 @@ the emitted module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import libcst as cst
 
@@ -294,7 +295,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             body=cst.IndentedBlock([cst.SimpleStatementLine([cst.Expr(cst.parse_expression(doc))]),
                                     *methods]),
             leading_lines=[cst.EmptyLine(), cst.EmptyLine()]))
-    body = list(module.body)
+    body: list[Any] = list(module.body)
     if package is not None:
         body = [_absolute_imports(s, package) for s in body]
     last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)

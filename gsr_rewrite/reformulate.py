@@ -119,7 +119,7 @@ def find_reorders(fp: FunctionPlan, owners: dict[int, cst.CSTNode]) -> list[Reor
     rule = load_rulebook().get(RULE)
     if rule is None:  # the rule did not prove: no reformulation
         return []
-    found = []
+    found: list[Reorder] = []
     for p in fp.placements:
         if p.placed or p.node.line is None or p.alloc.in_comprehension:
             continue
@@ -238,12 +238,12 @@ def apply_reorders(module: cst.Module, reorders: list[Reorder]) -> cst.Module:
                          r.new_temp.with_changes(leading_lines=[]), *original[1:-1]]
                 out.append(cst.If(
                     test=cst.parse_expression(r.condition),
-                    body=cst.IndentedBlock(moved, header=cst.TrailingWhitespace(  # type: ignore[arg-type]
+                    body=cst.IndentedBlock(moved, header=cst.TrailingWhitespace(
                         whitespace=cst.SimpleWhitespace("  "),
                         comment=cst.Comment(f"# gsr: rule {RULE} (reordered)"))),
                     orelse=cst.Else(cst.IndentedBlock(
                         [original[0].with_changes(leading_lines=[]), *original[1:]])),
-                    leading_lines=original[0].leading_lines))
+                    leading_lines=getattr(original[0], "leading_lines", ())))
                 k = j + 1
             return out
 
