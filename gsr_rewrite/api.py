@@ -1,0 +1,254 @@
+"""Python API: rewrite source text, or turn an optimizer class into its R-variant at run time.
+
+    >>> from gsr_rewrite.api import reduce
+    >>> AdamWR = reduce(my_optim.AdamW)  # same constructor and state; p.grad is scratch after step
+
+`reduce` reads the source of the module that defines the class, rewrites the whole module (with
+relative imports made absolute), writes the emitted module to a private cache, imports it under a
+unique name and returns its `<Name>R` class. The R-class derives from the regenerated copy of the
+original class in that module (same source), not from the very class object passed in, and the
+module's top level runs once more under that name. Before it is returned, the R-class is checked
+against the original (`check=True`, cached).
+
+Cache: ``$GSR_REWRITE_CACHE_DIR/generated/`` (default ``~/.cache/gsr-rewrite/generated/``), one
+``<stem>_<hash>.py`` per module plus ``<stem>_<hash>.json`` with the per-class outcome. The hash
+covers the source, its file name and package, the tool version and the tool's own code and rules,
+so a changed optimizer or a changed rewriter never reuses a stale module.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from gsr_rewrite import __version__
+from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.pipeline import RewriteResult, rewrite_source
+
+__all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module", "reduce",
+           "rewrite_module", "rewrite_text"]
+
+
+def rewrite_text(source: str, filename: str = "<string>",
+                 package: str | None = None) -> RewriteResult:
+    """Rewrite an optimizer module given as text. `package` makes relative imports absolute."""
+    return rewrite_source(source, filename, package)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GSR_REWRITE_CACHE_DIR") or Path.home() / ".cache" / "gsr-rewrite"
+    return Path(root) / "generated"
+
+
+@functools.lru_cache(maxsize=1)
+def _tool_fingerprint() -> str:
+    """Hash of the rewriter's own code and rule files: a changed rewriter regenerates."""
+    h = hashlib.sha256(__version__.encode())
+    here = Path(__file__).resolve().parent
+    files: list[tuple[str, bytes]] = [(f.name, f.read_bytes()) for f in sorted(here.glob("*.py"))]
+    try:
+        rules = sorted(resources.files("gsr_rewrite.rules").iterdir(), key=lambda t: t.name)
+        files += [(t.name, t.read_bytes()) for t in rules if t.name.endswith((".toml", ".json"))]
+    except ModuleNotFoundError:  # a source checkout without the installed rules package
+        files += [(f.name, f.read_bytes()) for f in sorted((here.parent / "rules").glob("*.toml"))]
+    for name, data in files:
+        h.update(name.encode() + b"\0" + data)
+    return h.hexdigest()
+
+
+class EmittedModuleError(RewriteError):
+    """The emitted R-variant module was written but raised when imported (a rewriter bug)."""
+
+
+@dataclass
+class ModuleRewrite:
+    """One module rewritten: per-class (status, reason), and the imported R-module if any."""
+
+    source_module: str
+    filename: str
+    outcomes: dict[str, tuple[str, str]]  # class name -> (status, reason)
+    module: ModuleType | None  # the imported emitted module; None when nothing was rewritten
+    path: Path | None  # the cached emitted file
+    meta_path: Path | None = None  # the cached outcome (and check results) beside it
+
+
+def defining_module(cls: type) -> tuple[str, Path]:
+    """Name and file of the module whose source has the `class` statement of `cls`.
+
+    ``cls.__module__`` is not always that module (torch sets ``__module__ = "torch.optim"`` on
+    some classes), so the file comes from the code of the class's own functions when it can.
+    """
+    files: list[str] = []
+    for attr in vars(cls).values():
+        if isinstance(attr, (classmethod, staticmethod)):
+            attr = attr.__func__
+        if not callable(attr) or isinstance(attr, type):
+            continue
+        code = getattr(inspect.unwrap(attr), "__code__", None)
+        if code is not None and code.co_filename.endswith(".py"):
+            files.append(code.co_filename)
+    if not files:
+        try:
+            files.append(inspect.getsourcefile(cls) or "")
+        except TypeError:
+            pass
+    # a decorator without functools.wraps reports its own file: prefer the file with the class
+    files = [f for f in files if f.endswith(".py") and _has_class(f, cls.__name__)]
+    if not files:
+        raise RewriteError(cls.__qualname__, "its source file cannot be found (defined in an "
+                           "interactive session or a compiled module); put it in a .py file")
+    path = Path(max(set(files), key=files.count)).resolve()
+    own = sys.modules.get(cls.__module__)
+    candidates = [(cls.__module__, own)] if own is not None else []
+    for name, mod in [*candidates, *list(sys.modules.items())]:
+        f = getattr(mod, "__file__", None)
+        if f and Path(f).resolve() == path:
+            return name, path
+    raise RewriteError(str(path), f"{cls.__qualname__}: its module is not imported")
+
+
+def _has_class(file: str, name: str) -> bool:
+    try:
+        return f"class {name}" in Path(file).read_text()
+    except OSError:
+        return False
+
+
+def _cache_key(source: str, filename: str, package: str | None) -> str:
+    h = hashlib.sha256(_tool_fingerprint().encode())
+    for part in (filename, package or "", source):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:20]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=".gsr_", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _import(path: Path, name: str) -> ModuleType:
+    if name in sys.modules:  # same source and tool: the very same module, so classes are stable
+        return sys.modules[name]
+    from gsr_rewrite.validate import load_module
+
+    try:
+        return load_module(path, name)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise EmittedModuleError(str(path), f"the emitted module does not import: "
+                                 f"{type(e).__name__}: {e}") from e
+
+
+def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
+    """Rewrite the module `module_name` (its source file, or `path`), cached; import the result.
+
+    Raises `RewriteError` when the pipeline rejects the module as a whole, and its subclass
+    `EmittedModuleError` when the emitted module does not import.
+    """
+    mod = sys.modules.get(module_name)
+    if path is None:
+        file = getattr(mod, "__file__", None)
+        if not file or not file.endswith(".py"):
+            raise RewriteError(module_name, "module has no Python source file")
+        path = Path(file)
+    package = getattr(mod, "__package__", None) or None
+    if package is None and "." in module_name:
+        package = module_name.rsplit(".", 1)[0]
+    source = path.read_text()
+    key = _cache_key(source, str(path), package)
+    stem = module_name.replace(".", "_")
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    code_path, meta_path = folder / f"{stem}_{key}.py", folder / f"{stem}_{key}.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+    else:
+        result = rewrite_source(source, str(path), package)
+        meta = {"tool": f"gsr-rewrite {__version__}", "source": str(path),
+                "classes": {c.name: [c.status, c.reason] for c in result.classes},
+                "code": result.code is not None}
+        if result.code is not None:
+            _atomic_write(code_path, result.code)
+        _atomic_write(meta_path, json.dumps(meta, indent=2))
+    outcomes = {k: (v[0], v[1]) for k, v in meta["classes"].items()}
+    if not meta["code"] or not code_path.is_file():
+        return ModuleRewrite(module_name, str(path), outcomes, None, None, meta_path)
+    generated = _import(code_path, f"_gsr_generated_{stem}_{key}")
+    return ModuleRewrite(module_name, str(path), outcomes, generated, code_path, meta_path)
+
+
+def _checked(rewritten: ModuleRewrite, cls: type, r_cls: type) -> str:
+    """'' when `r_cls` matches `cls` on every default configuration (trajectories and the
+    state_dict swap, both foreach paths), else the first failure; cached beside the module."""
+    from gsr_rewrite.check import run_checks
+    from gsr_rewrite.validate import default_configs
+
+    meta_path = rewritten.meta_path
+    meta = json.loads(meta_path.read_text()) if meta_path and meta_path.is_file() else {}
+    checks = meta.setdefault("checks", {})
+    if cls.__name__ not in checks:
+        try:
+            results = run_checks(cls, r_cls, default_configs(cls))
+            failed = [r.summary for r in results if not r.passed]
+            checks[cls.__name__] = failed[0] if failed else ""
+        except Exception as e:  # a check that cannot run is a failed check
+            checks[cls.__name__] = f"the check raised {type(e).__name__}: {e}"
+        if meta_path is not None:
+            _atomic_write(meta_path, json.dumps(meta, indent=2))
+    return str(checks[cls.__name__])
+
+
+def reduce(cls: type, *, check: bool = True) -> type:
+    """The R-variant of optimizer class `cls`: `<Name>R`, generated from `cls`'s module source.
+
+    With `check` (the default) the R-variant must first match `cls` step for step on the
+    default configurations (run once, a few seconds, then cached with the module). Raises
+    `RewriteError` naming the class and the reason when it is not rewritten (no
+    parameter-sized temporary, the gradient escapes, the source cannot be read, the check
+    failed, ...).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"reduce() takes a torch.optim.Optimizer subclass, got {cls!r}")
+    label = f"{cls.__module__}.{cls.__qualname__}"
+    if "<locals>" in cls.__qualname__:
+        raise RewriteError(label, "class was created inside a function; only module-level "
+                           "`class` statements can be rewritten")
+    module_name, path = defining_module(cls)
+    try:
+        rewritten = rewrite_module(module_name, path)
+    except RewriteError as e:
+        raise RewriteError(e.where, f"{label} was not rewritten: {e.reason}") from e
+    except Exception as e:  # a crash of the rewriter itself: still name the class
+        raise RewriteError(str(path), f"{label} was not rewritten: gsr-rewrite crashed "
+                           f"({type(e).__name__}: {e}); please report it") from e
+    outcome = rewritten.outcomes.get(cls.__name__)
+    if outcome is None:
+        raise RewriteError(str(path), f"{label} was not rewritten: the analysis found no "
+                           f"optimizer class `{cls.__name__}` in this module (found: "
+                           f"{', '.join(rewritten.outcomes) or 'none'})")
+    status, reason = outcome
+    if status != "rewritten" or rewritten.module is None:
+        raise RewriteError(str(path), f"{label} was not rewritten ({status}): {reason}")
+    r_cls = getattr(rewritten.module, cls.__name__ + "R")
+    assert isinstance(r_cls, type)
+    failure = _checked(rewritten, cls, r_cls) if check else ""
+    if failure:
+        raise RewriteError(str(rewritten.path), f"{label} was rewritten, but {r_cls.__name__} "
+                           f"failed its check against {cls.__name__}: {failure}")
+    return r_cls

@@ -1,0 +1,318 @@
+"""Corpus runner: rewrite every optimizer class of installed packages and measure the outcome.
+
+    python -m gsr_rewrite.corpus torch.optim lion_pytorch --out benchmarks/results/corpus.md
+
+For each module of each package (walked with pkgutil), every class that subclasses
+``torch.optim.Optimizer`` and whose ``class`` statement is in that module is one row. Its module is
+rewritten once (cached, `gsr_rewrite.api.rewrite_module`); each class then gets: the status and
+reason, the measured temporaries of one step before and after (units of the parameter size, on
+8 x 64x64 fp32 params, the worst of the for-loop and foreach paths), and the bitwise equivalence
+over `steps` steps (with the max |diff| under tolerance when not bitwise). Classes that need a
+closure or special construction are recorded as such, never skipped. One crash never stops a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import pkgutil
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from gsr_rewrite.api import EmittedModuleError, ModuleRewrite, defining_module, rewrite_module
+from gsr_rewrite.check import MEASURE_SHAPES, compare_trajectories
+from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.memory import measure_temporaries
+from gsr_rewrite.validate import load_module
+
+__all__ = ["CorpusRow", "discover", "main", "run_corpus"]
+
+REUSE_FROM = 0.2  # originals allocating at least this many parameter-sizes count for the target
+REUSE_TO = 0.05  # ... and succeed when their R-variant allocates at most this many
+TARGET = 0.85  # the issue's goal: this fraction of those succeed
+
+
+@dataclass
+class CorpusRow:
+    cls: str
+    module: str
+    status: str  # rewritten | unchanged | refused | error
+    reason: str = ""
+    needs: str = ""  # "closure", "special construction: ...", or ""
+    before_units: float | None = None  # worst over the measured paths
+    after_units: float | None = None
+    units: dict[str, list[float | None]] = field(default_factory=dict)  # path -> [before, after]
+    equivalence: str = "n/a"  # bitwise | tolerance | FAIL | n/a
+    max_abs_diff: float | None = None
+    detail: str = ""  # first failing comparison, or the error while measuring
+    seconds: float = 0.0
+
+    @property
+    def passes(self) -> bool:
+        return self.equivalence in ("bitwise", "tolerance")
+
+
+@dataclass
+class Found:
+    module: str
+    name: str
+    cls: type
+    label: str  # the module name, or the .py path it was loaded from
+
+
+class _TimeLimit(BaseException):  # not an Exception: no per-step `except` may swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """SIGALRM-based limit (main thread on POSIX only; elsewhere no limit)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or \
+            not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def fire(signum: int, frame: FrameType | None) -> None:
+        raise _TimeLimit(f"time limit of {seconds:g} s exceeded")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _import(target: str) -> ModuleType:
+    """A module name, or a .py file (loaded as a top-level module named after its path)."""
+    if not target.endswith(".py"):
+        return importlib.import_module(target)
+    path = Path(target).resolve()
+    name = "_gsr_corpus_" + re.sub(r"\W", "_", str(path.with_suffix("")))
+    return sys.modules.get(name) or load_module(path, name)
+
+
+def _modules(target: str, skipped: list[str]) -> Iterator[ModuleType]:
+    try:
+        root = _import(target)
+    except BaseException as e:  # noqa: B036 - a package may call exit() on a missing extra
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        skipped.append(f"{target}: import failed: {type(e).__name__}: {e}")
+        return
+    yield root
+    for info in pkgutil.walk_packages(getattr(root, "__path__", []), target + ".",
+                                      onerror=lambda n: skipped.append(f"{n}: walk failed")):
+        try:
+            yield importlib.import_module(info.name)
+        except BaseException as e:  # noqa: B036 - lion_pytorch.triton calls exit()
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            skipped.append(f"{info.name}: import failed: {type(e).__name__}: {e}")
+
+
+def _defined_in(obj: type, module: ModuleType) -> bool:
+    """True when `module`'s file holds the class statement of `obj` (torch sets
+    ``__module__ = "torch.optim"`` on some classes, so ``__module__`` alone is not enough)."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False
+    try:
+        return defining_module(obj)[1] == Path(file).resolve()
+    except RewriteError:
+        return obj.__module__ == module.__name__
+
+
+def discover(packages: list[str]) -> tuple[list[Found], list[str]]:
+    """Optimizer classes defined in the modules of `packages`, and notes on skipped modules."""
+    found: list[Found] = []
+    seen: set[int] = set()
+    skipped: list[str] = []
+    for target in packages:
+        for module in _modules(target, skipped):
+            label = target if target.endswith(".py") else module.__name__
+            for name, obj in sorted(vars(module).items()):
+                if (isinstance(obj, type) and issubclass(obj, Optimizer) and obj is not Optimizer
+                        and id(obj) not in seen and _defined_in(obj, module)):
+                    seen.add(id(obj))
+                    found.append(Found(module.__name__, name, obj, label))
+    return found, skipped
+
+
+def _needs_closure(cls: type) -> bool:
+    try:
+        params = list(inspect.signature(cls.step).parameters.values())[1:]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
+
+
+def _paths(cls: type, quick: bool) -> list[dict[str, Any]]:
+    try:
+        takes_foreach = "foreach" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_foreach = False
+    if quick or not takes_foreach:
+        return [{}]
+    return [{"foreach": False}, {"foreach": True}]
+
+
+def _label(kw: dict[str, Any]) -> str:
+    return "default" if not kw else ",".join(f"{k}={v}" for k, v in kw.items())
+
+
+def _units(cls: type, kw: dict[str, Any]) -> float:
+    return measure_temporaries(lambda ps: cls(ps, **kw), MEASURE_SHAPES).units
+
+
+def _evaluate(row: CorpusRow, cls: type, r_cls: type | None, steps: int, quick: bool) -> None:
+    if _needs_closure(cls):
+        row.needs = "closure"
+        return
+    paths = _paths(cls, quick)
+    for kw in paths:
+        try:
+            cls([torch.nn.Parameter(torch.zeros(MEASURE_SHAPES[0]))], **kw)
+        except Exception as e:
+            row.needs = f"special construction: {cls.__name__}(params, **{kw}) raised {e!r}"
+            return
+        try:
+            row.units[_label(kw)] = [_units(cls, kw), None]
+        except Exception as e:
+            row.needs = f"special inputs: step() raised on dense fp32 grads: {e!r}"
+            return
+    row.before_units = max(u[0] for u in row.units.values() if u[0] is not None)
+    own = compare_trajectories(cls, cls, paths[0], steps=2)  # can the check run this class?
+    if not own.passed:
+        row.needs = f"special inputs: original vs original fails the check: {own.message}"
+    if r_cls is None or not own.passed:
+        return
+    try:
+        for kw in paths:
+            row.units[_label(kw)][1] = _units(r_cls, kw)
+    except Exception as e:
+        row.equivalence, row.detail = "FAIL", f"R-variant step raised: {_crash(e)}"
+        return
+    row.after_units = max(u[1] for u in row.units.values() if u[1] is not None)
+    row.equivalence, row.max_abs_diff = "bitwise", 0.0
+    for kw in paths:
+        res = compare_trajectories(cls, r_cls, kw, steps=steps)
+        if res.passed:
+            continue
+        tol = compare_trajectories(cls, r_cls, kw, steps=steps, mode="tolerance")
+        row.max_abs_diff = max(row.max_abs_diff, tol.max_abs_diff, res.max_abs_diff)
+        row.detail = row.detail or f"{_label(kw)}: {res.message}"
+        row.equivalence = "tolerance" if tol.passed and row.equivalence != "FAIL" else "FAIL"
+
+
+def _short(text: str) -> str:
+    """Paths relative to their sys.path entry (.../site-packages/torch/x.py -> torch/x.py)."""
+    for entry in sorted((p for p in sys.path if p and p != "."), key=len, reverse=True):
+        text = text.replace(str(Path(entry).resolve()) + "/", "").replace(entry + "/", "")
+    return text
+
+
+def _crash(e: BaseException) -> str:
+    """The error and the innermost frame of gsr_rewrite (or the innermost one) that raised it."""
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in frames if "gsr_rewrite" in f.filename] or frames
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def run_corpus(packages: list[str], *, steps: int = 7, quick: bool = False,
+               classes: Collection[str] | None = None, time_limit: float = 180.0,
+               progress: Callable[[CorpusRow], None] | None = None,
+               skipped: list[str] | None = None) -> list[CorpusRow]:
+    """One row per optimizer class of `packages` (only those named in `classes`, if given)."""
+    found, notes = discover(packages)
+    if skipped is not None:
+        skipped.extend(notes)
+    if classes is not None:
+        found = [f for f in found if f.name in classes or f"{f.label}.{f.name}" in classes]
+    rewrites: dict[str, ModuleRewrite | BaseException] = {}
+    rows: list[CorpusRow] = []
+    for f in found:
+        start = time.perf_counter()
+        row = CorpusRow(f.name, f.label, "error")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if f.module not in rewrites and "<locals>" not in f.cls.__qualname__:
+                    with _time_limit(time_limit):  # once per module, its own time limit
+                        rewrites[f.module] = _rewrite(f.module)
+                with _time_limit(time_limit):
+                    _one(row, f, rewrites, steps, quick)
+        except (Exception, _TimeLimit) as e:  # recorded in the row; the run goes on
+            row.detail = _crash(e)
+            if row.status == "error":
+                row.reason = row.reason or row.detail
+        row.seconds = time.perf_counter() - start
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    return rows
+
+
+def _rewrite(module: str) -> ModuleRewrite | BaseException:
+    try:
+        return rewrite_module(module)
+    except (Exception, _TimeLimit) as e:
+        return e
+
+
+def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseException],
+         steps: int, quick: bool) -> None:
+    if "<locals>" in f.cls.__qualname__:
+        row.status = "refused"
+        row.reason = (f"class created inside a function ({f.cls.__qualname__}): no module-level "
+                      "class statement to rewrite")
+        _evaluate(row, f.cls, None, steps, quick)
+        return
+    rw = rewrites[f.module]
+    r_cls = None
+    if isinstance(rw, EmittedModuleError):
+        row.status, row.reason = "error", _short(str(rw))
+    elif isinstance(rw, RewriteError):
+        row.status, row.reason = "refused", _short(str(rw))
+    elif isinstance(rw, BaseException):
+        row.status, row.reason = "error", f"rewrite crashed: {_crash(rw)}"
+    elif f.cls.__name__ not in rw.outcomes:
+        row.status = "refused"
+        row.reason = f"the analysis did not find class {f.cls.__name__} in {rw.filename}"
+    else:
+        row.status, row.reason = rw.outcomes[f.cls.__name__]
+        if row.status == "rewritten" and rw.module is not None:
+            r_cls = getattr(rw.module, f.cls.__name__ + "R")
+    _evaluate(row, f.cls, r_cls, steps, quick)
+    if row.status != "rewritten" and (row.before_units or 0.0) >= REUSE_FROM:
+        row.detail = row.detail or (f"one step allocates {row.before_units:.3f} "
+                                    "parameter-sizes that were not rewritten")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gsr_rewrite.corpus PACKAGE... [--out PATH.md]`: table + JSON beside it."""
+    from gsr_rewrite.corpus_report import main as report_main
+
+    return report_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

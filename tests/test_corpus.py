@@ -1,0 +1,229 @@
+"""The Python API (`reduce`, `rewrite_text`) and the corpus runner, on a reduced corpus (< 60 s)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch.optim import Optimizer
+
+import gsr_rewrite.optim as shipped
+from gsr_rewrite.api import cache_dir, reduce, rewrite_text
+from gsr_rewrite.check import compare_trajectories
+from gsr_rewrite.corpus import CorpusRow, main, run_corpus
+from gsr_rewrite.errors import RewriteError
+
+STATUSES = {"rewritten", "unchanged", "refused", "error"}
+
+# What reduce(torch.optim.AdamW) says today (torch 2.13): AdamW is `class AdamW(Adam)` with Adam
+# imported from torch.optim.adam, and locate only recognises Optimizer bases or bases defined in
+# the same module. Behind it, every torch.optim class fills its lists in `self._init_group(...)`
+# (out-parameters the analysis does not follow): see tests/fixtures/corpus_gaps/.
+TORCH_ADAMW_GAP = ("torch.optim.adamw.AdamW was not rewritten: no optimizer class found (a class "
+                   "deriving from torch.optim.Optimizer); nothing to rewrite")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(root))
+    return root / "generated"
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, code: str) -> None:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(code))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+
+
+# -- reduce() and rewrite_text() ------------------------------------------------------------------
+def test_rewrite_text_matches_the_pipeline() -> None:
+    source = (Path(__file__).resolve().parent.parent / "examples" / "adamw.py").read_text()
+    result = rewrite_text(source, "adamw.py")
+    assert result.code is not None and "class AdamWR(AdamW)" in result.code
+    assert [c.status for c in result.classes] == ["rewritten"]
+
+
+def test_reduce_shipped_adamw(private_cache: Path) -> None:
+    r_cls = reduce(shipped.AdamW)
+    assert r_cls.__name__ == "AdamWR" and issubclass(r_cls, Optimizer)
+    assert cache_dir() == private_cache
+    assert sorted(p.suffix for p in private_cache.iterdir()) == [".json", ".py"]
+    for foreach in (False, True):
+        result = compare_trajectories(shipped.AdamW, r_cls, {"foreach": foreach})
+        assert result.passed, result.summary
+    assert reduce(shipped.AdamW) is r_cls  # cached: same module, same class object
+
+
+def test_reduce_refuses_an_r_variant_that_fails_its_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gsr_rewrite.check as check
+
+    def failing(original: type, rewritten: type, configs: list[dict[str, object]],
+                **kw: object) -> list[check.CheckResult]:
+        return [check.CheckResult("AdamW->AdamWR trajectory", {}, "cpu", 7, "bitwise", 1.0,
+                                  False, "param[0] differs")]
+
+    monkeypatch.setattr(check, "run_checks", failing)
+    with pytest.raises(RewriteError, match=r"AdamW was rewritten, but AdamWR failed its check "
+                       r"against AdamW: FAIL .*param\[0\] differs"):
+        reduce(shipped.AdamW)
+    assert reduce(shipped.AdamW, check=False).__name__ == "AdamWR"
+
+
+@pytest.mark.xfail(raises=RewriteError, strict=True,
+                   reason=f"analysis does not handle torch.optim yet: {TORCH_ADAMW_GAP}")
+def test_reduce_torch_adamw() -> None:
+    try:
+        r_cls = reduce(torch.optim.AdamW)
+    except RewriteError as e:
+        assert TORCH_ADAMW_GAP in str(e)  # the clear error, exactly; anything else fails
+        raise
+    assert compare_trajectories(torch.optim.AdamW, r_cls, {"foreach": True}).passed
+
+
+def test_reduce_names_the_class_and_the_reason(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _module(tmp_path, monkeypatch, "plain_sgd", """
+        import torch
+        from torch.optim import Optimizer
+
+        class PlainSGD(Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-group["lr"])
+
+        class Keeper(Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            self.state[p]["last"] = p.grad
+                            p.add_(p.grad.sign(), alpha=-group["lr"])
+    """)
+    import plain_sgd
+
+    with pytest.raises(RewriteError, match=r"plain_sgd\.PlainSGD was not rewritten \(unchanged\)"
+                       r": step\(\) allocates no parameter-sized temporary"):
+        reduce(plain_sgd.PlainSGD)
+    with pytest.raises(RewriteError, match=r"plain_sgd\.Keeper was not rewritten \(refused\):"
+                       r" .*gradient stored in optimizer state"):
+        reduce(plain_sgd.Keeper)
+    with pytest.raises(TypeError):
+        reduce(int)
+
+
+# -- the corpus runner -----------------------------------------------------------------------
+def _check_rows(rows: list[CorpusRow]) -> None:
+    for r in rows:
+        assert r.status in STATUSES, r
+        assert r.status == "rewritten" or r.reason, r  # every non-rewrite says why
+        if r.status == "rewritten" and r.needs == "":
+            assert r.passes, r
+
+
+def test_corpus_on_the_shipped_optimizers() -> None:
+    rows = run_corpus(["gsr_rewrite.optim"], steps=4)
+    found = {(r.module, r.cls) for r in rows}
+    assert {("gsr_rewrite.optim.adamw", "AdamW"), ("gsr_rewrite.optim.adamw", "AdamWR"),
+            ("gsr_rewrite.optim.adan", "Adan"), ("gsr_rewrite.optim.adan", "AdanR")} <= found
+    assert all(m.startswith("gsr_rewrite.optim.") for m, _ in found)
+    _check_rows(rows)
+    by_name = {r.cls: r for r in rows}
+    for name in ("AdamW", "Adan"):
+        row = by_name[name]
+        assert row.status == "rewritten" and row.equivalence == "bitwise"
+        assert row.before_units is not None and row.before_units >= 0.2  # foreach: >= 1 list
+        assert row.after_units is not None and row.after_units <= 0.05
+        assert set(row.units) == {"foreach=False", "foreach=True"}
+
+
+def test_corpus_on_selected_torch_classes() -> None:
+    names = {"torch.optim.adam.Adam", "torch.optim.sgd.SGD", "torch.optim.lbfgs.LBFGS"}
+    rows = run_corpus(["torch.optim"], steps=3, quick=True, classes=names)
+    assert {f"{r.module}.{r.cls}" for r in rows} == names
+    _check_rows(rows)
+    by_name = {r.cls: r for r in rows}
+    assert by_name["LBFGS"].needs == "closure"  # recorded, not skipped
+    adam = by_name["Adam"]
+    assert adam.before_units is not None and adam.before_units > 0
+
+
+def test_corpus_records_every_class_and_survives_crashes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "odd_optims"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "quits.py").write_text("raise SystemExit('optional dependency missing')\n")
+    (pkg / "kinds.py").write_text(textwrap.dedent("""
+        import torch
+        from torch.optim import Optimizer
+
+        class NeedsClosure(Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            def step(self, closure):
+                closure()
+
+        class NeedsArgs(Optimizer):
+            def __init__(self, params, lr, schedule):
+                super().__init__(params, dict(lr=lr))
+
+            def step(self, closure=None):
+                pass
+
+        class Slow(Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            def step(self, closure=None):
+                import time
+                time.sleep(30)
+
+        class Crashes(Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                raise RuntimeError("boom")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    skipped: list[str] = []
+    rows = run_corpus(["odd_optims"], steps=2, skipped=skipped, time_limit=5.0)
+    assert sorted(r.cls for r in rows) == ["Crashes", "NeedsArgs", "NeedsClosure", "Slow"]
+    _check_rows(rows)
+    by_name = {r.cls: r for r in rows}
+    assert by_name["NeedsClosure"].needs == "closure"
+    assert by_name["NeedsArgs"].needs.startswith("special construction")
+    assert "boom" in by_name["Crashes"].needs
+    assert "time limit of 5 s exceeded" in by_name["Slow"].detail and by_name["Slow"].seconds < 20
+    assert any(s.startswith("odd_optims.quits: import failed: SystemExit") for s in skipped)
+
+
+def test_main_writes_markdown_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "corpus.md"
+    assert main(["gsr_rewrite.optim", "--classes", "AdamW", "--quick", "--steps", "2",
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| class | module | status | before | after | equivalence | reason |" in text
+    assert "| AdamW | gsr_rewrite.optim.adamw | rewritten |" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["rows"]) == 1 and data["torch"] == torch.__version__
+    assert "**Summary.** 1 classes: 1 rewritten" in text
+    assert "come out with <= 0.05 and pass equivalence" in text
