@@ -76,30 +76,34 @@ def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], lis
 
 
 def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassAnalysis:
-    helpers = set(src.functions) | {m for m in cls.methods if m != "step"}
+    helpers = set(src.functions)
+    methods = {m for m in cls.methods if m != "step"}
     sites = _Sites(src)
     scalar_keys = scalar_state_keys(src.module)
     funcs: dict[str, FunctionAnalysis] = {}
 
     def lookup(name: str) -> tuple[cst.FunctionDef, bool] | None:
-        if name in cls.methods:
-            return cls.methods[name], True
-        if name in src.functions:
-            return src.functions[name], False
-        return None
+        if name.startswith("self."):  # self.m(...) is a method; never a module function
+            return (cls.methods[name[5:]], True) if name[5:] in cls.methods else None
+        return (src.functions[name], False) if name in src.functions else None
 
     def solve(fa: FunctionAnalysis) -> None:
         pos, kw = _param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
 
         def make_eval(pt: PointsTo) -> Evaluator:
-            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys)
+            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods)
 
         solve_points_to(fa.flow, fa.entry_pt, make_eval)
         exit_live = fa.exit_live
         if fa.name == "step":  # params and optimizer state outlive the step; gradients do not
-            roles = {b for n in fa.flow.nodes for v in n.pt_out().values() for b in buffers(v)
-                     if is_role(b) and b != "grad"} | {"param"}
+            seen: set[str] = set()
+            for n in fa.flow.nodes:  # bound to names, read, written or passed to a helper
+                seen |= {b for v in n.pt_out().values() for b in buffers(v)}
+                seen |= {b for _, b, _ in n.eff.reads} | {b for _, b in n.eff.writes}
+                for _, pos_v, kw_v, _ in n.eff.calls:
+                    seen |= {b for v in [*pos_v, *kw_v.values()] for b in buffers(v)}
+            roles = {b for b in seen if is_role(b) and b != "grad"} | {"param"}
             exit_live = frozenset(("@" + b, b) for b in roles)
         solve_liveness(fa.flow, exit_live)
 

@@ -233,10 +233,7 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
     if isinstance(target, cst.Name):
         ev.eff.assigns[target.value] = v
     elif isinstance(target, (cst.Tuple, cst.List)):
-        parts = (value.elements if isinstance(value, (cst.Tuple, cst.List))
-                 and len(value.elements) == len(target.elements) else None)
-        for i, el in enumerate(target.elements):
-            sub = ev.value(parts[i].value) if parts is not None else v
+        for el, sub in zip(target.elements, _unpack(target, value, v, ev), strict=True):
             _assign(el.value, sub, ev)
     elif isinstance(target, cst.Subscript):
         base = ev.peek(target.value)
@@ -254,6 +251,29 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
     elif isinstance(target, cst.Attribute):
         for b in buffers(v):
             ev.eff.escapes.append((b, f"stored on attribute `.{target.attr.value}`", target))
+
+
+def _unpack(target: cst.Tuple | cst.List, value: cst.BaseExpression | None, v: Value,
+            ev: Evaluator) -> list[Value]:
+    """What each element of `a, b, c = x, *ys, z` receives: pairs from both ends; elements that
+    meet a starred value get the union of everything starred (and anything unknown gets v)."""
+    n = len(target.elements)
+    if not isinstance(value, (cst.Tuple, cst.List)) or any(
+            isinstance(el, cst.StarredElement) for el in target.elements):
+        return [v] * n
+    vals = value.elements
+    star = next((k for k, el in enumerate(vals) if isinstance(el, cst.StarredElement)), None)
+    if star is None:
+        return [ev.value(el.value) for el in vals] if len(vals) == n else [v] * n
+    head = [ev.value(el.value) for el in vals[:star]]
+    tail = [ev.value(el.value) for el in vals[star + 1:]]
+    middle = n - len(head) - len(tail)
+    if middle < 0:
+        return [v] * n
+    starred = EMPTY
+    for el in vals[star:len(vals) - len(tail)]:
+        starred |= ev.value(el.value)
+    return [*head, *[starred] * middle, *tail]
 
 
 def _bind_for(s: cst.For, ev: Evaluator) -> None:

@@ -81,10 +81,12 @@ class Evaluator:
 
     def __init__(self, pt: Mapping[str, Value], catalog: OpCatalog, helpers: set[str],
                  site_of: Mapping[cst.CSTNode, str], local_callables: set[str],
-                 scalar_keys: frozenset[str] = frozenset()) -> None:
+                 scalar_keys: frozenset[str] = frozenset(),
+                 methods: frozenset[str] | set[str] = frozenset()) -> None:
         self.pt = pt
         self.cat = catalog
-        self.helpers = helpers  # module functions and self-methods the analysis follows
+        self.helpers = helpers  # module functions the analysis follows (called by plain name)
+        self.methods = methods  # methods of the class (called as self.m)
         self.site_of = site_of
         self.local_callables = local_callables
         self.scalar_keys = scalar_keys  # state entries that only ever hold scalars ("step")
@@ -240,8 +242,8 @@ class Evaluator:
             recv = self.peek(func.value)
             if buffers(recv) or name is None:
                 return self._method(node, func, recv)
-            if "%self" in recv and func.attr.value in self.helpers:
-                return self._helper_call(func.attr.value, node)
+            if "%self" in recv and func.attr.value in self.methods:
+                return self._helper_call("self." + func.attr.value, node)
         if name is not None and name.startswith("torch."):
             return self._torch(node, name[len("torch."):])
         if name in self.helpers:
@@ -260,6 +262,11 @@ class Evaluator:
         return EMPTY
 
     def _helper_call(self, name: str, node: cst.Call) -> Value:
+        if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
+            for a in node.args:
+                for b in buffers(self.read(a.value)):
+                    self.eff.escapes.append((b, f"passed to `{name}` through *args", a))
+            return EMPTY
         pos = [self.read(a.value) for a in node.args if a.keyword is None]
         kw = {a.keyword.value: self.read(a.value) for a in node.args if a.keyword is not None}
         for v in [*pos, *kw.values()]:

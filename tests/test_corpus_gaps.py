@@ -40,10 +40,12 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.param("comprehension_temporary", marks=_xfail("comprehension temporaries ignored")),
     pytest.param("catalog_gaps", marks=_xfail("sgn_, new_zeros, full_like not in the catalog")),
     pytest.param("nested_function", marks=_xfail("function defined inside step()")),
-    pytest.param("decorated_helper", marks=_xfail("emit: decorator names a renamed helper")),
+    "decorated_helper",  # fixed: helpers are emitted callees first
     pytest.param("imported_base", marks=_xfail("base optimizer class from another module")),
-    pytest.param("self_attribute_helper", marks=_xfail("emit renames self.update_fn")),
-    pytest.param("state_passed_to_helper", marks=_xfail("state arg taken as dead: WRONG")),
+    pytest.param("self_attribute_helper",
+                 marks=_xfail("self.attr(...) bound in __init__ is not followed (safe: the class "
+                              "is left unchanged; it used to be renamed wrongly)")),
+    "state_passed_to_helper",  # fixed: every state buffer step touches outlives it
 ])
 def test_gap_is_rewritten_and_equivalent(name: str) -> None:
     row = _row(name)
@@ -58,7 +60,6 @@ def test_scalar_tensor_state_is_not_a_temporary() -> None:
     assert row.status == "unchanged", (row.status, row.reason)
 
 
-@_xfail("starred tuple assignment misaligns names: `-lr` computed in place in a tensor lr")
 def test_starred_tuple_keeps_a_tensor_lr_intact() -> None:
     from gsr_rewrite.api import rewrite_module
     from gsr_rewrite.corpus import discover

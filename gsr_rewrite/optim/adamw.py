@@ -229,6 +229,61 @@ def _multi_tensor_adamw(
     torch._foreach_addcdiv_(params, exp_avgs, exp_avg_sq_sqrt, step_size)
 
 
+def _single_tensor_adamw_gsr(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[int],
+    *,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
+    for i, param in enumerate(params):
+        if _gsr.fits((grads[i],), ()):  # gsr: neg -> gradient
+            grad = grads[i] if not maximize else grads[i].neg_()
+        else:
+            grad = grads[i] if not maximize else -grads[i]
+        exp_avg = exp_avgs[i]
+        exp_avg_sq = exp_avg_sqs[i]
+        step = state_steps[i]
+
+        # Perform stepweight decay
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+
+        # Decay the first and second moment running average coefficient
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+
+        if amsgrad:
+            # Maintains the maximum of all 2nd moment running avg. till now
+            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+            # Use the max. for normalizing running avg. of gradient
+            if _gsr.fits((grad,), (max_exp_avg_sqs[i],)):  # gsr: sqrt -> gradient; div -> gradient
+                denom = torch.sqrt(max_exp_avg_sqs[i], out=grad).div_(bias_correction2_sqrt).add_(eps)
+            else:
+                denom = (max_exp_avg_sqs[i].sqrt() / bias_correction2_sqrt).add_(eps)
+        else:
+            if _gsr.fits((grad,), (exp_avg_sq,)):  # gsr: sqrt -> gradient; div -> gradient
+                denom = torch.sqrt(exp_avg_sq, out=grad).div_(bias_correction2_sqrt).add_(eps)
+            else:
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 def _multi_tensor_adamw_gsr(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -285,61 +340,6 @@ def _multi_tensor_adamw_gsr(
     torch._foreach_div_(exp_avg_sq_sqrt, bias_correction2_sqrt)
     torch._foreach_add_(exp_avg_sq_sqrt, eps)
     torch._foreach_addcdiv_(params, exp_avgs, exp_avg_sq_sqrt, step_size)
-
-
-def _single_tensor_adamw_gsr(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    max_exp_avg_sqs: list[torch.Tensor],
-    state_steps: list[int],
-    *,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-) -> None:
-    for i, param in enumerate(params):
-        if _gsr.fits((grads[i],), ()):  # gsr: neg -> gradient
-            grad = grads[i] if not maximize else grads[i].neg_()
-        else:
-            grad = grads[i] if not maximize else -grads[i]
-        exp_avg = exp_avgs[i]
-        exp_avg_sq = exp_avg_sqs[i]
-        step = state_steps[i]
-
-        # Perform stepweight decay
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-
-        # Decay the first and second moment running average coefficient
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-
-        if amsgrad:
-            # Maintains the maximum of all 2nd moment running avg. till now
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            # Use the max. for normalizing running avg. of gradient
-            if _gsr.fits((grad,), (max_exp_avg_sqs[i],)):  # gsr: sqrt -> gradient; div -> gradient
-                denom = torch.sqrt(max_exp_avg_sqs[i], out=grad).div_(bias_correction2_sqrt).add_(eps)
-            else:
-                denom = (max_exp_avg_sqs[i].sqrt() / bias_correction2_sqrt).add_(eps)
-        else:
-            if _gsr.fits((grad,), (exp_avg_sq,)):  # gsr: sqrt -> gradient; div -> gradient
-                denom = torch.sqrt(exp_avg_sq, out=grad).div_(bias_correction2_sqrt).add_(eps)
-            else:
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-
-        param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 class AdamWR(AdamW):

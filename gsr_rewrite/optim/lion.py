@@ -170,51 +170,6 @@ def _lion_multi(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
 
 
-def _lion_multi_gsr(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    *,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    weight_decay: float,
-    maximize: bool,
-) -> None:
-    if maximize:
-        if _gsr.fits_lists((grads,), ()):  # gsr: neg -> gradient
-            grads = _gsr.foreach_inplace(torch._foreach_neg_, grads)
-        else:
-            grads = torch._foreach_neg(grads)  # type: ignore[assignment]
-
-    # Interpolate the update from the momentum before it moves.
-    if ((beta2)) != 0:  # gsr: rule ema-recover-old (reordered)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
-        if _gsr.fits_lists((grads,), (exp_avgs,)):  # gsr: lerp -> gradient
-            updates = _gsr.foreach_inplace(torch._foreach_lerp_, grads, exp_avgs, (beta1)/(beta2))
-        else:
-            updates = torch._foreach_lerp(grads, exp_avgs, (beta1)/(beta2))
-
-        # Perform stepweight decay
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-
-        torch._foreach_sign_(updates)
-        torch._foreach_add_(params, updates, alpha=-lr)
-    else:
-        updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
-
-        # Perform stepweight decay
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-
-        torch._foreach_sign_(updates)
-        torch._foreach_add_(params, updates, alpha=-lr)
-
-        # Decay the momentum running average coefficient
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
-
-
 def _lion_single_gsr(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -263,6 +218,51 @@ def _lion_single_gsr(
 
             # Decay the momentum running average coefficient
             exp_avg.lerp_(grad, 1 - beta2)
+
+
+def _lion_multi_gsr(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    if maximize:
+        if _gsr.fits_lists((grads,), ()):  # gsr: neg -> gradient
+            grads = _gsr.foreach_inplace(torch._foreach_neg_, grads)
+        else:
+            grads = torch._foreach_neg(grads)  # type: ignore[assignment]
+
+    # Interpolate the update from the momentum before it moves.
+    if ((beta2)) != 0:  # gsr: rule ema-recover-old (reordered)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+        if _gsr.fits_lists((grads,), (exp_avgs,)):  # gsr: lerp -> gradient
+            updates = _gsr.foreach_inplace(torch._foreach_lerp_, grads, exp_avgs, (beta1)/(beta2))
+        else:
+            updates = torch._foreach_lerp(grads, exp_avgs, (beta1)/(beta2))
+
+        # Perform stepweight decay
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+
+        torch._foreach_sign_(updates)
+        torch._foreach_add_(params, updates, alpha=-lr)
+    else:
+        updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+
+        # Perform stepweight decay
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+
+        torch._foreach_sign_(updates)
+        torch._foreach_add_(params, updates, alpha=-lr)
+
+        # Decay the momentum running average coefficient
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
 
 
 class LionR(Lion):
