@@ -131,6 +131,16 @@ def _rewrite_one(src: str, out: str | None, check: bool,
     return int(failed), to_json(result, checks, written)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def corpus(args: tuple[str, ...]) -> None:
+    """Rewrite, check and measure every optimizer class of installed packages
+    (gsr-rewrite corpus PACKAGE... [--out PATH] [--quick]; --help for all options)."""
+    from gsr_rewrite.corpus import main as corpus_main
+
+    sys.exit(corpus_main(list(args)))
+
+
 @main.group()
 def rules() -> None:
     """Show or re-prove the rule book (sympy-checked reformulations)."""
