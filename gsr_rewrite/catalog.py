@@ -26,6 +26,7 @@ class OpCatalog:
     reduce: frozenset[str]
     metadata: frozenset[str]
     inplace_kill: frozenset[str]
+    constructor: frozenset[str]
 
     def inplace_base(self, method: str) -> ElementwiseOp | None:
         """The elementwise op whose in-place method is `method` (`add_` -> add)."""
@@ -66,4 +67,5 @@ def load_catalog() -> OpCatalog:
         reduce=frozenset(methods["reduce"]),
         metadata=frozenset(methods["metadata"]),
         inplace_kill=frozenset(methods["inplace_kill"]),
+        constructor=frozenset(methods.get("constructor", [])),
     )

@@ -23,7 +23,8 @@ Buf = str
 Value = frozenset[Buf]
 EMPTY: Value = frozenset()
 LIST: Value = frozenset({"%list"})  # marks a list of tensors (foreach operands)
-BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter"}
+BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter",
+                      "filter"}
 HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "max", "min",
                      "abs", "print", "any", "all", "type", "id", "hasattr", "getattr", "round",
                      "RuntimeError", "ValueError", "TypeError", "NotImplementedError"}
@@ -278,7 +279,9 @@ class Evaluator:
     def _method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value:
         m = func.attr.value
         cat = self.cat
-        if m in cat.metadata:
+        if m in cat.metadata or m in cat.constructor:  # x.new_zeros(n): only metadata of x
+            for a in node.args:
+                self.read(a.value)
             return EMPTY
         if m in cat.view:
             return self._note_read(func.value, recv) if m == "contiguous" else recv

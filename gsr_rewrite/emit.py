@@ -88,6 +88,8 @@ def emit_placement(p: Placement, node: cst.BaseExpression, cat: OpCatalog,
             return _method(host, "copy_", [ops[0]])
         if fill == "zero":
             return _method(host, "zero_", [])
+        if fill == "full":
+            return _method(host, "fill_", [ops[1]])
         return _method(host, "fill_", [cst.Float("1.0")]) if fill == "one" else host
     spec = cat.elementwise[op]
     foreach = p.alloc.form == "foreach"

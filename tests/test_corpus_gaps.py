@@ -36,9 +36,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     "control_inline",
     pytest.param("out_param_lists", marks=_xfail("lists filled by a helper's appends")),
     pytest.param("imported_helper", marks=_xfail("imported helpers/typing.cast are unknown")),
-    pytest.param("filter_lambda", marks=_xfail("filter(lambda ...) over params is unknown")),
+    "filter_lambda",  # fixed: filter() passes its iterable through
     pytest.param("comprehension_temporary", marks=_xfail("comprehension temporaries ignored")),
-    pytest.param("catalog_gaps", marks=_xfail("sgn_, new_zeros, full_like not in the catalog")),
+    "catalog_gaps",  # fixed: sgn, full_like and the new_* constructors are in the catalog
     pytest.param("nested_function", marks=_xfail("function defined inside step()")),
     "decorated_helper",  # fixed: helpers are emitted callees first
     pytest.param("imported_base", marks=_xfail("base optimizer class from another module")),
