@@ -105,6 +105,9 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                     seen |= {b for v in [*pos_v, *kw_v.values()] for b in buffers(v)}
             roles = {b for b in seen if is_role(b) and b != "grad"} | {"param"}
             exit_live = frozenset(("@" + b, b) for b in roles)
+        # a temporary stored into optimizer state (`state["m"] = m.mul(b)`) IS state from then on
+        kept = {b for n in fa.flow.nodes for b in n.eff.persistent}
+        exit_live = exit_live | frozenset(("@" + b, b) for b in kept)
         solve_liveness(fa.flow, exit_live)
 
     step = cls.methods["step"]
