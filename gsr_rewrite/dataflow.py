@@ -346,7 +346,11 @@ def solve_liveness(flow: FunctionFlow, exit_live: frozenset[Fact]) -> None:
             fresh = {a.site for a in n.eff.allocs}  # allocated here: no earlier contents needed
             gone = n.eff.kills | fresh
             keep = {f for f in live_out if f[0] not in killed_vars and f[1] not in gone}
-            live_in = frozenset(keep | {(v, b) for v, b, _ in n.eff.reads if b not in fresh})
+            # `g = grad.view(-1)` / `g = p.grad`: contents read later through the new name were
+            # there before it was bound, so they stay live before this node
+            aliased = {("@" + b, b) for v, b in live_out if v in killed_vars and b not in gone}
+            live_in = frozenset(keep | aliased |
+                                {(v, b) for v, b, _ in n.eff.reads if b not in fresh})
             if live_out != n.live_out or live_in != n.live_in:
                 n.live_out, n.live_in, changed = live_out, live_in, True
         if not changed:
