@@ -74,8 +74,14 @@ class CheckResult:
         return f"{text}: {self.message}" if self.message else text
 
 
-def make_problem(seed: int, device: str, dtype: torch.dtype = torch.float32) -> list[Parameter]:
-    """Six params with odd shapes; the last one is the one frozen mid-run by the checks."""
+def make_problem(seed: int, device: str, dtype: torch.dtype = torch.float32,
+                 dense: bool = False) -> list[Parameter]:
+    """Six params with odd shapes; the last one is the one frozen mid-run by the checks.
+
+    dense=True makes every param contiguous: an R-variant's foreach guards check whole lists, so
+    one non-contiguous param sends a foreach statement to its original fallback, and only a
+    dense problem exercises the rewritten foreach path.
+    """
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape: int) -> torch.Tensor:
@@ -84,7 +90,7 @@ def make_problem(seed: int, device: str, dtype: torch.dtype = torch.float32) -> 
     tensors = [
         randn(0, 3),  # 0-size
         randn(1),  # 1 element
-        randn(7, 5).t(),  # non-contiguous: shape (5, 7), strides (1, 5)
+        randn(5, 7) if dense else randn(7, 5).t(),  # non-contiguous: (5, 7), strides (1, 5)
         randn(3000),  # a few thousand elements, > 2048 (a common chunk/block size)
         randn(4, 6),
         randn(8, 3),
@@ -269,11 +275,12 @@ def compare_trajectories(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     dtype: torch.dtype = torch.float32,
+    dense: bool = False,
 ) -> CheckResult:
     """Run original and R-variant side by side for ``steps`` steps; compare after every step."""
     crit = _Criteria(mode, rtol, atol)
     result = _new_result(original_cls, rewritten_cls, "trajectory", kwargs, device, steps, crit)
-    params_o = make_problem(seed, device, dtype)
+    params_o = make_problem(seed, device, dtype, dense)
     params_r = _clone_params(params_o)
     try:
         runs = [
@@ -302,6 +309,7 @@ def check_state_dict_swap(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     dtype: torch.dtype = torch.float32,
+    dense: bool = False,
 ) -> CheckResult:
     """Checkpoints move both ways: original -> R-variant and R-variant -> original.
 
@@ -314,7 +322,7 @@ def check_state_dict_swap(
     result = _new_result(
         original_cls, rewritten_cls, "state_dict swap", kwargs, device, total, crit
     )
-    params_o = make_problem(seed, device, dtype)
+    params_o = make_problem(seed, device, dtype, dense)
     params_r = _clone_params(params_o)
     schedule = _GradSchedule(params_o, seed, total)
     try:

@@ -71,7 +71,10 @@ GUARD_HITS = [0]
 
 
 def _storage(t: Tensor) -> int | None:
-    """Storage address, or None for tensor subclasses without one (symbolic, fake, meta)."""
+    """Storage address, or None for tensor subclasses without one (symbolic, fake, meta) and for
+    empty tensors (every empty tensor reports address 0; they overlap nothing)."""
+    if t.numel() == 0:
+        return None
     try:
         return int(t.untyped_storage().data_ptr())
     except (RuntimeError, NotImplementedError):

@@ -78,12 +78,15 @@ def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
     try:
         configs = default_configs(original)
         for device in devices():
-            # trajectories for every configuration; the checkpoint swap (layout, not arithmetic)
-            # once per path
+            # trajectories for every configuration, on the odd-shaped problem and on a dense one
+            # (the only one where foreach guards pass); the checkpoint swap (layout, not
+            # arithmetic) once per path
             for i, config in enumerate(configs):
                 for kw in _paths(original, config):
-                    out.results.append(compare_trajectories(original, rewritten, kw, steps=steps,
-                                                            device=device, mode=mode))
+                    for dense in (False, True):
+                        out.results.append(compare_trajectories(
+                            original, rewritten, kw, steps=steps, device=device, mode=mode,
+                            dense=dense))
                     if i == 0:
                         out.results.append(check_state_dict_swap(original, rewritten, kw,
                                                                  device=device, mode=mode))

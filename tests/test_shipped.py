@@ -30,6 +30,20 @@ def test_bitwise_equal_over_50_steps(orig: type, rvar: type, config: dict) -> No
     assert res.max_abs_diff == 0.0
 
 
+@pytest.mark.parametrize(("orig", "rvar", "config"), CASES,
+                         ids=[f"{o.__name__}-{c}" for o, _, c in CASES])
+def test_bitwise_equal_on_a_dense_problem_through_the_rewritten_path(
+        orig: type, rvar: type, config: dict) -> None:
+    """Same, on all-contiguous params: there the foreach guards pass, so the rewritten foreach
+    statements (not their fallbacks) are what is compared; the guard counter proves it."""
+    from gsr_rewrite import runtime
+
+    hits = runtime.GUARD_HITS[0]
+    res = compare_trajectories(orig, rvar, config, steps=50, mode="bitwise", dense=True)
+    assert res.passed, res.message
+    assert runtime.GUARD_HITS[0] > hits, "the rewritten path never ran"
+
+
 @pytest.mark.parametrize(("orig", "rvar", "config"), CASES[:4] + CASES[6:8],
                          ids=[f"{o.__name__}-{c}" for o, _, c in CASES[:4] + CASES[6:8]])
 def test_state_dict_moves_both_ways(orig: type, rvar: type, config: dict) -> None:
