@@ -113,11 +113,15 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     step = cls.methods["step"]
     order = ["step"]
     funcs["step"] = FunctionAnalysis("step", step, True, build_flow(step, src.where))
+    solved_with: dict[str, object] = {}  # the inputs each function was last solved with
     for _ in range(10):  # helpers of helpers; stops early once nothing changes
         changed = False
         for name in list(order):
             fa = funcs[name]
-            solve(fa)
+            inputs = (sorted(fa.entry_pt.items()), fa.exit_live)
+            if solved_with.get(name) != inputs:
+                solve(fa)
+                solved_with[name] = inputs
             for n in fa.flow.nodes:
                 for callee, pos_v, kw_v, _call in n.eff.calls:
                     found = lookup(callee)
@@ -131,8 +135,10 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                     changed |= _bind(target, pos_v, kw_v, n.live_out)
         if not changed:
             break
-    for name in order:
-        solve(funcs[name])
+    for name in order:  # a callee found in the last round has not been solved yet
+        if solved_with.get(name) != (sorted(funcs[name].entry_pt.items()),
+                                     funcs[name].exit_live):
+            solve(funcs[name])
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
                for b, why, node in n.eff.escapes]
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes)

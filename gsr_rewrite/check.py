@@ -380,11 +380,13 @@ def run_checks(
         if "foreach" not in config and _accepts(original_cls, "foreach"):
             variants = [{**config, "foreach": False}, {**config, "foreach": True}]
         for kw in variants:
-            results.append(
-                compare_trajectories(
-                    original_cls, rewritten_cls, kw, steps=steps, device=device, mode=mode
+            for dense in (False, True):  # dense: the only problem where foreach reuse runs
+                results.append(
+                    compare_trajectories(
+                        original_cls, rewritten_cls, kw, steps=steps, device=device, mode=mode,
+                        dense=dense,
+                    )
                 )
-            )
             results.append(
                 check_state_dict_swap(original_cls, rewritten_cls, kw, device=device, mode=mode)
             )

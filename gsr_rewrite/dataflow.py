@@ -379,7 +379,13 @@ def _per_element(latch: Node) -> bool:
     return _only_indexed(loop.body, outer, _index_var(loop))
 
 
+_ASSIGNED: dict[int, tuple[cst.For, set[str]]] = {}  # loop -> names bound in it (a cache)
+
+
 def _assigned_names(loop: cst.For) -> set[str]:
+    cached = _ASSIGNED.get(id(loop))
+    if cached is not None and cached[0] is loop:
+        return cached[1]
     names: set[str] = set()
 
     class _V(cst.CSTVisitor):
@@ -399,6 +405,9 @@ def _assigned_names(loop: cst.For) -> set[str]:
             names.update(_names(node.target))
 
     loop.visit(_V())
+    if len(_ASSIGNED) > 4096:  # bounded: it keeps nodes alive
+        _ASSIGNED.clear()
+    _ASSIGNED[id(loop)] = (loop, names)
     return names
 
 

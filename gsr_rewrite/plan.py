@@ -233,7 +233,13 @@ def _value_at(n: Node, op: cst.BaseExpression) -> frozenset[str]:
     return frozenset(reads)
 
 
+_SUBTREES: dict[int, tuple[cst.CSTNode, set[int]]] = {}  # node -> ids below it (a cache)
+
+
 def _subtree(node: cst.CSTNode) -> set[int]:
+    cached = _SUBTREES.get(id(node))
+    if cached is not None and cached[0] is node:
+        return cached[1]
     ids: set[int] = set()
 
     class _V(cst.CSTVisitor):
@@ -242,6 +248,9 @@ def _subtree(node: cst.CSTNode) -> set[int]:
             return True
 
     node.visit(_V())
+    if len(_SUBTREES) > 4096:  # bounded: it keeps nodes alive
+        _SUBTREES.clear()
+    _SUBTREES[id(node)] = (node, ids)
     return ids
 
 

@@ -204,12 +204,14 @@ def test_constructor_error_is_reported_not_raised() -> None:
 
 def test_run_checks_covers_foreach_and_swap() -> None:
     results = run_checks(SGDMomentum, SGDMomentumR, [KW, {"lr": 0.5, "momentum": 0.0}])
-    assert len(results) == 8 and all(r.passed for r in results), [r.summary for r in results]
-    assert [r.config["foreach"] for r in results[:4]] == [False, False, True, True]
+    # per config and path: odd-shaped trajectory, dense trajectory, state-dict swap
+    assert len(results) == 12 and all(r.passed for r in results), [r.summary for r in results]
+    assert [r.config["foreach"] for r in results[:6]] == [False] * 3 + [True] * 3
     pinned = run_checks(SGDMomentum, SGDMomentumR, [{**KW, "foreach": True}], steps=3)
-    assert len(pinned) == 2 and pinned[0].steps == 3
+    assert len(pinned) == 3 and pinned[0].steps == 3
     failed = run_checks(SGDMomentum, EarlyReuseR, [KW])
-    assert not failed[0].passed and failed[2].passed  # foreach path of EarlyReuseR is correct
+    assert not failed[0].passed and not failed[1].passed
+    assert failed[3].passed and failed[4].passed  # the foreach path of EarlyReuseR is correct
 
 
 def test_measure_pair_original_one_unit_variant_zero() -> None:
