@@ -47,9 +47,9 @@ Every program ends by updating the params from computed temporaries (each tempor
 is consumed there), optionally followed by a last read of the gradient (`p.add_(grad, ...)`) and
 the overwrite of a previous-gradient state (`prev_grad.copy_(grad)`).
 
-ALIASES and FUNCTIONAL_STATE switch off the two program features that hit the known bugs listed
-next to them; the test keeps both on. Turn them off (in every process that generates) to look
-for other bugs.
+ALIASES and FUNCTIONAL_STATE switch off the two program features that found the bugs listed next
+to them; the test keeps both on. Turning them off (in every process that generates) helps tell a
+regression of those from a new kind of bug.
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ T = TypeVar("T")
 
 CLASS_NAME = "GenOpt"
 #: False: no second names for a buffer made mid-step (`g = grad.detach()`, `x = a if c else m`).
-#: Those programs hit a known liveness bug; switch them off to look for other bugs.
+#: These programs found a liveness bug (contents read through a name bound after the reuse point).
 ALIASES = True
-#: False: no state rebound to a new tensor mid-step (`m = m.mul(b).add(g); state["m"] = m`), which
-#: hits a second known bug (the new state buffer is used as scratch after its last write).
+#: False: no state rebound to a new tensor mid-step (`m = m.mul(b).add(g); state["m"] = m`). These
+#: found a second bug (the new state buffer was used as scratch after its last write).
 FUNCTIONAL_STATE = True
 #: boolean hyperparameters of every generated class, with their defaults
 FLAGS = {"maximize": False, "flag_a": False, "flag_b": True}

@@ -65,10 +65,12 @@ SEEDS = range(0, 520)  # >= 500 programs per run
 MIN_SHARE_REWRITTEN = 0.70
 STEPS = 5
 #: measure_pair (two profiled steps on 8 x 64x64 params) costs about 0.2 s per program, as much
-#: as rewriting it; to stay within the time budget every 4th program is measured (130 per run).
+#: as rewriting it; to stay within the time budget every 4th program is measured (about 125 per
+#: run: programs that drop an old state tensor are never measured, see check_program).
 MEASURE_EVERY = 4
 #: Per program: rewrite_source about 0.2 s (libcst visits), trajectories 0.1 s. The programs are
-#: independent, so they run in worker processes (spawned, one torch thread each).
+#: independent, so they run in worker processes (spawned, one torch thread each): the whole file
+#: takes 70-130 s on a 2-core machine, depending on its load.
 WORKERS = int(os.environ.get("GSR_PROPERTY_WORKERS", min(4, os.cpu_count() or 1)))
 #: bookkeeping slack of the memory comparison: a few wrapped scalars, never a tensor
 MEMORY_SLACK_BYTES = 64
@@ -126,7 +128,7 @@ class Tally:
                              for s, n in sorted(self.styles.items()))
         out = [
             f"property run: {self.programs} programs, {self.rewritten} rewritten "
-            f"({100 * self.share:.0f} %; {by_style}), {len(self.failures)} wrong rewrites, "
+            f"({100 * self.share:.1f} %; {by_style}), {len(self.failures)} wrong rewrites, "
             f"{seconds:.0f} s; {self.tolerance} rewritten with a reformulation (compared "
             "within tolerance, the rest bitwise)",
             f"  temporaries placed in dead buffers: {self.placed}/{self.temporaries}; correctly "
