@@ -227,3 +227,10 @@ def test_main_writes_markdown_and_json(tmp_path: Path) -> None:
     assert len(data["rows"]) == 1 and data["torch"] == torch.__version__
     assert "**Summary.** 1 classes: 1 rewritten" in text
     assert "come out with <= 0.05 and pass equivalence" in text
+
+
+def test_reduce_is_exported_at_top_level() -> None:
+    import gsr_rewrite
+    from gsr_rewrite.optim import Adan
+
+    assert gsr_rewrite.reduce(Adan).__name__ == "AdanR"
