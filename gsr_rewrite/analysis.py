@@ -80,6 +80,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     methods = {m for m in cls.methods if m != "step"}
     sites = _Sites(src)
     scalar_keys = scalar_state_keys(src.module)
+    appends: dict[str, tuple[list[str], dict[str, Value]]] = {}  # out-parameter lists
     funcs: dict[str, FunctionAnalysis] = {}
 
     def lookup(name: str) -> tuple[cst.FunctionDef, bool] | None:
@@ -92,7 +93,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         local = set(pos) | set(kw)
 
         def make_eval(pt: PointsTo) -> Evaluator:
-            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods)
+            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends)
 
         solve_points_to(fa.flow, fa.entry_pt, make_eval)
         exit_live = fa.exit_live
@@ -122,6 +123,14 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             if solved_with.get(name) != inputs:
                 solve(fa)
                 solved_with[name] = inputs
+                pos, kw = _param_names(fa.func, fa.is_method)
+                added = {p: frozenset().union(*(n.eff.weak.get(p, EMPTY) for n in fa.flow.nodes))
+                         for p in [*pos, *kw]}
+                summary = ([*pos], {p: v for p, v in added.items() if v})
+                if appends.get(name, ([], {}))[1] != summary[1]:
+                    appends[name] = summary  # callers see the lists it fills: solve them again
+                    solved_with.clear()
+                    changed = True
             for n in fa.flow.nodes:
                 for callee, pos_v, kw_v, _call in n.eff.calls:
                     found = lookup(callee)

@@ -83,11 +83,14 @@ class Evaluator:
     def __init__(self, pt: Mapping[str, Value], catalog: OpCatalog, helpers: set[str],
                  site_of: Mapping[cst.CSTNode, str], local_callables: set[str],
                  scalar_keys: frozenset[str] = frozenset(),
-                 methods: frozenset[str] | set[str] = frozenset()) -> None:
+                 methods: frozenset[str] | set[str] = frozenset(),
+                 appends: Mapping[str, tuple[list[str], dict[str, Value]]] | None = None) -> None:
         self.pt = pt
         self.cat = catalog
         self.helpers = helpers  # module functions the analysis follows (called by plain name)
         self.methods = methods  # methods of the class (called as self.m)
+        # per helper: its parameter names, and what it appends to each (out-parameter lists)
+        self.appends = appends or {}
         self.site_of = site_of
         self.local_callables = local_callables
         self.scalar_keys = scalar_keys  # state entries that only ever hold scalars ("step")
@@ -274,6 +277,13 @@ class Evaluator:
             for b in buffers(v):
                 self.eff.writes.append(("@call", b))
         self.eff.calls.append((name, pos, kw, node))
+        params, added = self.appends.get(name, ([], {}))
+        bound = [*zip(params, [a for a in node.args if a.keyword is None], strict=False),
+                 *((a.keyword.value, a) for a in node.args if a.keyword is not None)]
+        for param, arg in bound:  # `self._init_group(group, params, grads)` fills the lists
+            if isinstance(arg.value, cst.Name) and added.get(param):
+                lst = arg.value.value
+                self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | added[param]
         return EMPTY
 
     def _method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value:
