@@ -374,7 +374,7 @@ def _per_element(latch: Node) -> bool:
     if not elements or not all(v <= frozenset({"%group"}) or all(is_role(b) for b in v)
                                for v in elements):
         return False
-    assigned = _assigned_names(loop)
+    assigned = assigned_names(loop)
     outer = {k for k, v in head.pt_in.items() if buffers(v) and k not in assigned}
     return _only_indexed(loop.body, outer, _index_var(loop))
 
@@ -382,7 +382,7 @@ def _per_element(latch: Node) -> bool:
 _ASSIGNED: dict[int, tuple[cst.For, set[str]]] = {}  # loop -> names bound in it (a cache)
 
 
-def _assigned_names(loop: cst.For) -> set[str]:
+def assigned_names(loop: cst.For) -> set[str]:
     cached = _ASSIGNED.get(id(loop))
     if cached is not None and cached[0] is loop:
         return cached[1]

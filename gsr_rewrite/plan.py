@@ -16,7 +16,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.catalog import OpCatalog
-from gsr_rewrite.dataflow import Node, preds_of
+from gsr_rewrite.dataflow import Node, assigned_names, preds_of
 from gsr_rewrite.effects import Alloc, buffers, is_role
 
 
@@ -291,14 +291,8 @@ def _must_defined(fa: FunctionAnalysis) -> dict[int, set[str]]:
 def _def_out(n: Node, din: set[str]) -> set[str]:
     out = din | set(n.eff.assigns)
     if n.kind == "latch" and isinstance(n.node, cst.For):
-        out -= _names_assigned_in(n.node)  # the next iteration starts without this one's names
+        out -= assigned_names(n.node)  # the next iteration starts without this one's names
     return out
-
-
-def _names_assigned_in(loop: cst.For) -> set[str]:
-    from gsr_rewrite.dataflow import _assigned_names
-
-    return _assigned_names(loop)
 
 
 def plan_class(ca: ClassAnalysis, cat: OpCatalog) -> list[FunctionPlan]:
