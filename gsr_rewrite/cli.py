@@ -1,4 +1,5 @@
-"""`gsr-rewrite SRC -o OUT [--report PATH] [--check] [--diff]` and `gsr-rewrite rules ...`."""
+"""`gsr-rewrite SRC -o OUT [--report PATH] [--check] [--diff] [--backend triton]`, `gsr-rewrite
+rules ...` and `gsr-rewrite corpus ...`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import click
 
 from gsr_rewrite.errors import RewriteError
+
+if TYPE_CHECKING:
+    from gsr_rewrite.pipeline import RewriteResult
 
 
 def resolve_source(src: str) -> tuple[Path, str | None]:
@@ -57,8 +63,11 @@ def main() -> None:
 @click.option("--check", is_flag=True, help="Run original vs R-variant and measure memory; "
               "write nothing and exit 1 if any check fails.")
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff of the rewrite.")
+@click.option("--backend", type=click.Choice(["eager", "triton"]), default="eager",
+              show_default=True, help="triton: also emit <Name>RTriton classes whose step runs "
+              "fused Triton kernels (eager R step where a kernel does not apply).")
 def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, check: bool,
-            show_diff: bool) -> None:
+            show_diff: bool, backend: str) -> None:
     """Rewrite the optimizer classes in each SRC (a .py file or an importable module)."""
     if len(sources) > 1 and out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -68,7 +77,7 @@ def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, 
         target = out
         if out is not None and len(sources) > 1:
             target = str(Path(out) / f"{Path(src).stem.split('.')[-1]}_r.py")
-        code, report = _rewrite_one(src, target, check, show_diff)
+        code, report = _rewrite_one(src, target, check, show_diff, backend)
         status = max(status, code)
         if report is not None:
             reports.append(report)
@@ -78,8 +87,8 @@ def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, 
     sys.exit(status)
 
 
-def _rewrite_one(src: str, out: str | None, check: bool,
-                 show_diff: bool) -> tuple[int, dict[str, object] | None]:
+def _rewrite_one(src: str, out: str | None, check: bool, show_diff: bool,
+                 backend: str = "eager") -> tuple[int, dict[str, object] | None]:
     """Rewrite one source; returns (exit status, JSON report). Never leaves a partial OUT."""
     from gsr_rewrite.pipeline import compile_source
     from gsr_rewrite.report import to_json, to_text
@@ -101,10 +110,10 @@ def _rewrite_one(src: str, out: str | None, check: bool,
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(result.code)
-            if check:
-                from gsr_rewrite.validate import check_class, load_module
+            from gsr_rewrite.validate import check_class, load_module
 
-                module = load_module(tmp, f"gsr_generated_{tmp.stem.strip('.')}")
+            module = load_module(tmp, f"gsr_generated_{tmp.stem.strip('.')}")
+            if check:
                 for c in result.classes:
                     if c.status == "rewritten":
                         chk = check_class(getattr(module, c.name), getattr(module, c.r_name),
@@ -112,6 +121,8 @@ def _rewrite_one(src: str, out: str | None, check: bool,
                                           else "tolerance")
                         checks[c.name] = chk
                         failed |= not chk.passed
+            if backend == "triton":
+                failed |= _add_triton(result, module, tmp, check)
             if out and not failed:
                 os.replace(tmp, out)  # atomic: no partial output, ever
                 written = out
@@ -129,6 +140,44 @@ def _rewrite_one(src: str, out: str | None, check: bool,
     if failed:
         click.echo(f"error: {label}: an R-variant failed its check; no output written", err=True)
     return int(failed), to_json(result, checks, written)
+
+
+def _add_triton(result: RewriteResult, module: ModuleType, tmp: Path, check: bool) -> bool:
+    """Append the Triton classes to ``result.code`` (and ``tmp``); True if a check failed."""
+    from gsr_rewrite.triton_backend import triton_classes
+
+    names = [(c.name, c.r_name) for c in result.classes if c.status == "rewritten"]
+    text, outcomes = triton_classes(module, names)
+    result.code = (result.code or "") + text
+    tmp.write_text(result.code)
+    failed = False
+    for o in outcomes:
+        click.echo(f"{o.name}: {o.specs} traced specializations, {o.kernels} kernels"
+                   + "".join(f"\n  not traced: {r}" for r in o.refused), err=True)
+    if check and outcomes:
+        import torch
+
+        if not torch.cuda.is_available():  # the kernels run on the CPU, in Triton's interpreter
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        if importlib.util.find_spec("triton") is None:
+            click.echo("triton check skipped: Triton is not installed", err=True)
+            return False
+        from gsr_rewrite.triton_check import check_triton
+        from gsr_rewrite.validate import load_module
+
+        triton_module = load_module(tmp, f"gsr_triton_{tmp.stem.strip('.')}")
+        for (original, _), o in zip(names, outcomes, strict=True):
+            if not o.specs:
+                continue
+            for dtype in (torch.float32, torch.bfloat16):
+                chk = check_triton(getattr(triton_module, original),
+                                   getattr(triton_module, o.name), {}, dtype)
+                ok = "passed" if chk.passed else "FAILED"
+                click.echo(f"{o.name} vs {original} ({str(dtype)[6:]}, 7 steps, sizes 0..chunk+5):"
+                           f" {ok}, worst {chk.worst:.3g} of the tolerance at {chk.where or '-'}, "
+                           f"{chk.launches} launches", err=True)
+                failed |= not chk.passed
+    return failed
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

@@ -54,6 +54,8 @@ _COUNTERS = {"rand": 0, "uninit": 0}
 _SIMPLIFY_MAX_OPS = 80  # sympy.simplify: ~0.5 s at 15 ops with sign(), minutes at 400
 _SIMPLIFY_BUDGET_S = 1.0  # per validate_rewrite; beyond it differences are reported unproved
 _BOOLS = (sympy.core.relational.Relational, BooleanAtom, BooleanFunction)  # not Symbol
+#: set by kernel_trace while it runs: a host scalar's value -> the expression it was computed from
+SCALAR_LOOKUP: Callable[[float], Any] | None = None
 
 
 class SymbolicExecutionError(RuntimeError):
@@ -72,6 +74,10 @@ def _const(x: Any, dtype: torch.dtype | None = None) -> Any:
     """A concrete scalar as an exact sympy number (see module docstring)."""
     if isinstance(x, sympy.Basic):
         return x
+    if SCALAR_LOOKUP is not None and isinstance(x, (int, float)) and not isinstance(x, bool):
+        hit = SCALAR_LOOKUP(x)
+        if hit is not None:
+            return hit
     if isinstance(x, bool):
         return sympy.true if dtype == torch.bool and x else sympy.Integer(int(x))
     if isinstance(x, int):

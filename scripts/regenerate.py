@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from gsr_rewrite.shipped import SHIPPED, generate
+from gsr_rewrite.shipped import SHIPPED, SHIPPED_TRITON, generate
 
 repo = Path(__file__).resolve().parent.parent
-for module in SHIPPED:
+for module in [*SHIPPED, *SHIPPED_TRITON]:  # eager first: Triton modules import them
     target = repo / "gsr_rewrite" / "optim" / module
     target.write_text(generate(repo, module))
     print(f"wrote {target.relative_to(repo)}")

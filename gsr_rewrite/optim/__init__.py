@@ -3,10 +3,27 @@
 `AdamWR`, `AdanR`, `LionR`: drop-in replacements for `AdamW`, `Adan`, `Lion` (same constructor
 and state; AdamWR and AdanR bitwise, LionR reordered with the proved rule ema-recover-old);
 after `step()` the contents of `p.grad` are undefined.
+
+`AdamWRTriton`, `AdanRTriton`, `LionRTriton` (imported on first use; they need Triton): the same
+classes whose step runs one fused Triton kernel per param group and dtype signature, and the
+eager R step for groups a kernel cannot take (CPU tensors, non-contiguous, first step, ...).
 """
+
+from typing import Any
 
 from gsr_rewrite.optim.adamw import AdamW, AdamWR
 from gsr_rewrite.optim.adan import Adan, AdanR
 from gsr_rewrite.optim.lion import Lion, LionR
 
-__all__ = ["AdamW", "AdamWR", "Adan", "AdanR", "Lion", "LionR"]
+_TRITON = {"AdamWRTriton": "adamw_triton", "AdanRTriton": "adan_triton",
+           "LionRTriton": "lion_triton"}
+
+__all__ = ["AdamW", "AdamWR", "Adan", "AdanR", "Lion", "LionR", *_TRITON]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRITON:
+        import importlib
+
+        return getattr(importlib.import_module(f"gsr_rewrite.optim.{_TRITON[name]}"), name)
+    raise AttributeError(f"module 'gsr_rewrite.optim' has no attribute {name!r}")
