@@ -470,4 +470,4 @@ class AdamWRTriton(AdamWR):
         return _gsr_triton.fused_step(self, _ADAMW_SPECS, _adamw_eager_step, closure)
 
 
-_adamw_eager_step = AdamWR.step  # unpatched: Optimizer wraps step on first use
+_adamw_eager_step = AdamWR.step  # unpatched: Optimizer wraps it on first use

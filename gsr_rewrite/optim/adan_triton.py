@@ -383,4 +383,4 @@ class AdanRTriton(AdanR):
         return _gsr_triton.fused_step(self, _ADAN_SPECS, _adan_eager_step, closure)
 
 
-_adan_eager_step = AdanR.step  # unpatched: Optimizer wraps step on first use
+_adan_eager_step = AdanR.step  # unpatched: Optimizer wraps it on first use

@@ -278,4 +278,4 @@ class LionRTriton(LionR):
         return _gsr_triton.fused_step(self, _LION_SPECS, _lion_eager_step, closure)
 
 
-_lion_eager_step = LionR.step  # unpatched: Optimizer wraps step on first use
+_lion_eager_step = LionR.step  # unpatched: Optimizer wraps it on first use
