@@ -69,6 +69,11 @@ def main() -> None:
 def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, check: bool,
             show_diff: bool, backend: str) -> None:
     """Rewrite the optimizer classes in each SRC (a .py file or an importable module)."""
+    if backend == "triton" and check:
+        import torch
+
+        if not torch.cuda.is_available():  # check the kernels in Triton's CPU interpreter; it
+            os.environ.setdefault("TRITON_INTERPRET", "1")  # is read when triton is imported
     if len(sources) > 1 and out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     reports = []
@@ -157,10 +162,11 @@ def _add_triton(result: RewriteResult, module: ModuleType, tmp: Path, check: boo
     if check and outcomes:
         import torch
 
-        if not torch.cuda.is_available():  # the kernels run on the CPU, in Triton's interpreter
-            os.environ.setdefault("TRITON_INTERPRET", "1")
         if importlib.util.find_spec("triton") is None:
             click.echo("triton check skipped: Triton is not installed", err=True)
+            return False
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            click.echo("triton check skipped: no GPU and TRITON_INTERPRET is not 1", err=True)
             return False
         from gsr_rewrite.triton_check import check_triton
         from gsr_rewrite.validate import load_module

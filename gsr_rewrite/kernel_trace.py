@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,8 @@ def tag(value: float, expr: Any) -> TaggedFloat | TaggedInt:
     t.expr = expr
     if _registry is not None:
         old = _registry.get(float(value))
-        _registry[float(value)] = expr if old is None or old == expr else _CONFLICT
+        same = old is None or old is _CONFLICT or old == expr or sympy.expand(old - expr) == 0
+        _registry[float(value)] = (old if old is not None else expr) if same else _CONFLICT
     return t
 
 
@@ -209,7 +210,9 @@ class ElementProgram:
     fixed: dict[str, Any]  # group key -> value the program was traced with (must be equal)
     guards: tuple[tuple[Any, bool], ...]  # (relation over scalar symbols, its value)
     state_keys: tuple[str, ...] = ()  # every state key (tensor and scalar) after a step
-    notes: list[str] = field(default_factory=list)
+    #: per-tensor reductions the outputs use as ``r_<k>``: (kind, per-element formula); kind
+    #: "norm2" is sqrt(sum of squares), "sum" a plain sum, over all elements of the tensor
+    reductions: tuple[tuple[str, Any], ...] = ()
 
 
 def _name(key: Any) -> str:
@@ -281,27 +284,61 @@ def _retag(opt: Any, params: list[SymTensor], trace: int, first: bool,
                 state[key] = host(v, "st_" + _name(key), "state", key, None)
 
 
-def _per_element(values: dict[tuple[str, int], np.ndarray],
-                 roles: dict[str, str]) -> dict[str, Any]:
-    """Element (0, 0) of every output, after checking every element follows the same formula."""
+#: uninterpreted aten ops that reduce a whole tensor -> how the kernel combines element values
+REDUCTIONS = {"aten.linalg_vector_norm.default": "norm2", "aten.sum.default": "sum"}
+
+
+def _own_elements(e: Any, i: int, j: int, roles: dict[str, str], role: str) -> Any:
+    """``e`` with tensor ``i``'s element-``j`` symbols renamed ``e_<role>``; refused if it reads
+    another element."""
+    mine = {}
+    for s in e.free_symbols:
+        name, _, pos = s.name.partition("#")
+        if not pos:
+            continue  # a host scalar
+        if pos != f"{i}.{j}":
+            raise KernelTraceError(f"{role}: element {j} of tensor {i} reads element "
+                                   f"{pos} of `{name}`; not a per-element step")
+        mine[s] = element_symbol(roles.get(name, name))
+    return e.xreplace(mine)
+
+
+def _reduction(f: Any, i: int, roles: dict[str, str], role: str) -> tuple[str, Any] | None:
+    """(kind, per-element formula) when ``f`` reduces one formula over every element of tensor
+    ``i`` (a norm or a sum of the tensor being updated), else None."""
+    kind = REDUCTIONS.get(str(f.func))
+    if kind is None or len(f.args) != NUMEL:
+        return None
+    try:
+        forms = [_own_elements(a, i, j, roles, role) for j, a in enumerate(f.args)]
+    except KernelTraceError:
+        return None
+    if any(x != forms[0] for x in forms) or forms[0].atoms(AppliedUndef):
+        return None
+    return kind, forms[0]
+
+
+def _per_element(values: dict[tuple[str, int], np.ndarray], roles: dict[str, str],
+                 reductions: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Element (0, 0) of every output, after checking every element follows the same formula.
+
+    Per-tensor reductions become symbols ``r_<k>`` (``reductions[k]``: kind, formula)."""
     out: dict[str, Any] = {}
     for (role, i), exprs in sorted(values.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for j, e in enumerate(exprs.ravel().tolist()):
             e = sympy.sympify(e)
+            found = {f: _reduction(f, i, roles, role)
+                     for f in sorted(e.atoms(AppliedUndef), key=str)}
+            for f, red in found.items():
+                if red is not None:
+                    if red not in reductions:
+                        reductions.append(red)
+                    e = e.xreplace({f: sympy.Symbol(f"r_{reductions.index(red)}")})
             if e.atoms(AppliedUndef):
                 fn = sorted(str(f.func) for f in e.atoms(AppliedUndef))[0]
                 raise KernelTraceError(f"{role}: `{fn}` has no per-element translation "
                                        "(a reduction, a matrix op or random numbers)")
-            mine = {}
-            for s in e.free_symbols:
-                name, _, pos = s.name.partition("#")
-                if not pos:
-                    continue  # a host scalar
-                if pos != f"{i}.{j}":
-                    raise KernelTraceError(f"{role}: element {j} of tensor {i} reads element "
-                                           f"{pos} of `{name}`; not a per-element step")
-                mine[s] = element_symbol(roles.get(name, name))
-            formula = e.xreplace(mine)
+            formula = _own_elements(e, i, j, roles, role)
             if role not in out:
                 out[role] = formula
             elif out[role] != formula:
@@ -335,15 +372,17 @@ def _run_step(opt: Any, params: list[SymTensor], trace: int, first: bool,
         for key, v in opt.state[p].items():
             if isinstance(v, SymTensor):
                 values[(str(key), i)] = v.exprs()
-    outputs = _per_element(values, roles)
+    reductions: list[tuple[str, Any]] = []
+    outputs = _per_element(values, roles, reductions)
     changed = {r: e for r, e in outputs.items() if e != element_symbol(r)}
-    inputs = sorted({roles.get(s.name[2:], s.name[2:]) for e in changed.values()
+    inputs = sorted({roles.get(s.name[2:], s.name[2:])
+                     for e in [*changed.values(), *(f for _, f in reductions)]
                      for s in e.free_symbols if s.name.startswith("e_")})
     updates = _scalar_updates(opt, params, before)
     fixed = {k: v for g in opt.param_groups for k, v in g.items()
              if k in g.reads and k != "params" and not _has_tag(v)}
     return ElementProgram(tuple(inputs), changed, dict(scalars), updates, fixed, guards,
-                          tuple(str(k) for k in opt.state[params[0]]))
+                          tuple(str(k) for k in opt.state[params[0]]), tuple(reductions))
 
 
 def _has_tag(v: Any) -> bool:
@@ -374,7 +413,7 @@ def _scalar_updates(opt: Any, params: list[SymTensor], before: dict[Any, Any]) -
 
 
 def _same(a: ElementProgram, b: ElementProgram) -> str | None:
-    for name in ("inputs", "outputs", "updates", "fixed", "guards", "state_keys"):
+    for name in ("inputs", "outputs", "updates", "fixed", "guards", "state_keys", "reductions"):
         if getattr(a, name) != getattr(b, name):
             return name
     return None

@@ -138,10 +138,25 @@ _UNARY = "sqrt:sqrt abs:Abs sign:sign sgn:sign exp:exp log:log tanh:tanh sin:sin
 _BINARY = "maximum:Max minimum:Min max.other:Max min.other:Min fmax:Max fmin:Min atan2:atan2"
 _BINARY += " gt:Gt lt:Lt ge:Ge le:Le eq:Eq ne:Ne"
 _LOGIC = "logical_and:And logical_or:Or logical_xor:Xor"
+
+
+def _bitwise(f: Fn, name: str) -> Fn:
+    """``&``/``|`` of two comparisons is logical; of integers it stays uninterpreted."""
+
+    def op(self: Any, other: Any, **_: Any) -> Any:
+        if isinstance(self, _BOOLS) and isinstance(other, _BOOLS):
+            return f(self, other)
+        return sympy.Function(f"aten.{name}")(self, other)
+
+    return op
+
+
 _POINTWISE: dict[str, Fn] = {
     **_table(_UNARY + " atan:atan erf:erf", lambda f: lambda self, **_: f(self)),
     **_table(_BINARY, lambda f: lambda self, other, **_: f(self, other)),
     **_table(_LOGIC, lambda f: lambda self, other, **_: f(_bool(self), _bool(other))),
+    "bitwise_and": _bitwise(sympy.And, "bitwise_and"),
+    "bitwise_or": _bitwise(sympy.Or, "bitwise_or"),
     "add": lambda self, other, alpha=1, **_: self + alpha * other,
     "sub": lambda self, other, alpha=1, **_: self - alpha * other,
     "rsub": lambda self, other, alpha=1, **_: other - alpha * self,
@@ -177,7 +192,8 @@ _POINTWISE: dict[str, Fn] = {
 }
 _NO_SELF = {"copy", "fill", "zero", "zeros_like", "ones_like", "full_like", "new_zeros"}
 _NO_SELF |= {"new_ones", "new_full"}
-_LOGICAL = {"where", "logical_not", "logical_and", "logical_or", "logical_xor", "copy", "clone"}
+_LOGICAL = {"where", "logical_not", "logical_and", "logical_or", "logical_xor", "copy", "clone",
+            "bitwise_and", "bitwise_or"}
 _ALIAS = {"_unsafe_view", "_reshape_alias", "lift_fresh"}
 _META_INPLACE = {"resize_", "as_strided_", "set_", "t_", "transpose_", "squeeze_", "unsqueeze_"}
 _RANDOM = ("rand", "normal", "uniform", "bernoulli", "exponential", "multinomial", "dropout")

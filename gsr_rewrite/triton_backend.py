@@ -122,7 +122,7 @@ def _class_text(original: str, r_name: str,
                 specs: list[tuple[ElementProgram, dict[str, tuple[Any, ...]]]],
                 outcome: TritonOutcome) -> str:
     prefix = "_" + original.lower()
-    kernels: dict[str, str] = {}  # math text -> kernel name
+    kernels: dict[str, tuple[str, ...]] = {}  # math text -> kernel names, one per pass
     lines: list[str] = []
     entries = []
     for i, (program, fixed) in enumerate(specs):
@@ -131,18 +131,20 @@ def _class_text(original: str, r_name: str,
         except KernelTraceError as e:
             outcome.refused.append(f"{fixed}: {e}")
             continue
-        key = k.math.split("(", 1)[1]
+        key = "\n".join(p.math.split("(", 1)[1] for p in k.passes)
         if key not in kernels:
             n = len(kernels)
-            kernels[key] = f"{prefix}_kernel_{n}"
-            lines += ["", "", "@triton.jit", k.math, driver_text(kernels[key], k.math.split(
-                "(")[0][4:], k)]
+            kernels[key] = tuple(f"{prefix}_kernel_{n}" + (f"_{j}" if len(k.passes) > 1 else "")
+                                 for j in range(len(k.passes)))
+            for name, p in zip(kernels[key], k.passes, strict=True):
+                lines += ["", "", "@triton.jit", p.math, driver_text(name, p, k)]
         lines += ["", host_function(f"{prefix}_slots_{i}", k.slots_fn),
                   host_function(f"{prefix}_guard_{i}", guard_text(program)),
                   host_function(f"{prefix}_updates_{i}", updates_text(program))]
         entries.append(
             f"    _gsr_triton.KernelSpec(\n"
-            f"        kernel={kernels[key]},\n"
+            f"        kernels=({', '.join(kernels[key])},),\n"
+            f"        reductions={len(program.reductions)},\n"
             f"        roles={k.roles!r},\n"
             f"        fixed={fixed!r},\n"
             f"        scalars={program.scalars!r},\n"

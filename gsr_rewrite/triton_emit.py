@@ -21,7 +21,7 @@ from typing import Any
 
 import sympy
 
-from gsr_rewrite.kernel_trace import ElementProgram, KernelTraceError, _name
+from gsr_rewrite.kernel_trace import ElementProgram, KernelTraceError, _name, element_symbol
 
 _TL_FUNCS = {"exp": "tl.exp", "log": "tl.log", "Abs": "tl.abs", "sign": "sign"}
 _PY_FUNCS = {"exp": "math.exp", "log": "math.log", "Abs": "abs", "sign": "_sign"}
@@ -32,7 +32,8 @@ class EmitError(KernelTraceError):
 
 
 def _is_element(s: sympy.Symbol) -> bool:
-    return str(s.name).startswith("e_")
+    """Kernel-side symbols: tensor elements and per-tensor reductions (not host scalars)."""
+    return str(s.name).startswith(("e_", "r_"))
 
 
 def _hoist(expr: Any, slots: dict[Any, sympy.Symbol]) -> Any:
@@ -45,6 +46,10 @@ def _hoist(expr: Any, slots: dict[Any, sympy.Symbol]) -> Any:
             slots[e] = sympy.Symbol(f"c{len(slots)}")
         return slots[e]
 
+    if isinstance(expr, sympy.Piecewise):
+        return sympy.Piecewise(*((_hoist(e, slots), _hoist(c, slots)) for e, c in expr.args))
+    if isinstance(expr, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
+        return expr.func(*(_hoist(a, slots) for a in expr.args)) if expr.args else expr
     if not any(_is_element(s) for s in expr.free_symbols):
         return slot(expr)
     if not expr.args:
@@ -127,35 +132,89 @@ class _Printer:
 
 
 @dataclass
-class KernelText:
-    """The kernel source for one element program, and what the host needs to drive it."""
+class PassText:
+    """One launch over all chunks: loads, per-element math, stores, reduction partials."""
 
-    math: str  # @triton.jit helper, also the deduplication key
-    roles: tuple[str, ...]  # pointer-table columns
+    math: str  # source of the @triton.jit helper (named ``math_name``)
+    math_name: str
     loads: tuple[str, ...]  # roles read
-    outputs: tuple[str, ...]  # roles written
+    outputs: tuple[str, ...]  # roles written (in the order the helper returns them)
+    produces: tuple[str, ...]  # reduction kinds whose per-chunk partials this pass writes
+    consumes: tuple[str, ...]  # reduction kinds this pass reads back as r0, r1, ...
+
+
+@dataclass
+class KernelText:
+    """The kernel sources for one element program, and what the host needs to drive them."""
+
+    passes: list[PassText]
+    roles: tuple[str, ...]  # pointer-table columns
     n_slots: int
     slots_fn: str  # body of the host function giving the slot values
 
 
-def kernel_text(program: ElementProgram, name: str) -> KernelText:
-    slots: dict[Any, sympy.Symbol] = {}
-    outputs = sorted(program.outputs, key=lambda r: (r != "param", r))
-    hoisted = [_hoist(sympy.sympify(program.outputs[r]), slots) for r in outputs]
-    loads = sorted({s.name[2:] for e in hoisted for s in e.free_symbols if _is_element(s)})
-    role_of = {_name(r): r for r in [*program.inputs, *outputs]}
-    names = {"e_" + v: "x_" + v for v in role_of}
-    common, reduced = sympy.cse(hoisted, symbols=sympy.numbered_symbols("t"))
-    kprint = _Printer(True, names)
-    args = [names["e_" + v] for v in loads] + [f"c{i}" for i in range(len(slots))]
+def _helper(name: str, args: list[str], exprs: list[Any], kprint: _Printer) -> str:
+    common, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols("t"))
     lines = [f"def {name}({', '.join(args)}):"]
     lines += [f"    {sym} = {kprint(val)}" for sym, val in common]
     lines.append(f"    return {', '.join(kprint(e) for e in reduced)}")
+    return "\n".join(lines)
+
+
+def _phase_two(program: ElementProgram) -> Any:
+    """The param update written over the *new* state values (what memory holds after pass 1)."""
+    written = {r: e for r, e in program.outputs.items() if r != "param"}
+    fresh = {e: sympy.Symbol("n_" + _name(r)) for r, e in written.items()}
+    update = sympy.sympify(program.outputs["param"]).xreplace(fresh)
+    stale = [r for r in written if element_symbol(r) in update.free_symbols]
+    if stale:
+        raise EmitError(f"the param update reads the old value of state {stale[0]!r} after a "
+                        "per-tensor reduction: it needs more than two passes")
+    return update.xreplace({v: element_symbol(r) for r, v in
+                            ((r, sympy.Symbol("n_" + _name(r))) for r in written)})
+
+
+def kernel_text(program: ElementProgram, name: str) -> KernelText:
+    """One pass, or two when the param update needs per-tensor reductions (LAMB's trust ratio):
+    pass 1 updates the state and writes per-chunk partial sums, pass 2 reduces them per tensor
+    (in a fixed order: deterministic, no atomics) and updates the param, reading the new state
+    back.  Storing the update in the gradient between passes would move the same bytes for
+    LAMB (40 B/param fp32 either way), so the gradient is never written."""
+    slots: dict[Any, sympy.Symbol] = {}
+    role_of = {_name(r): r for r in [*program.inputs, *program.outputs]}
+    kprint = _Printer(True, {"e_" + v: "x_" + v for v in role_of})
+    kinds = tuple(kind for kind, _ in program.reductions)
+    if kinds:
+        states = sorted(r for r in program.outputs if r != "param")
+        if any(s.name.startswith("r_") for r in states
+               for s in sympy.sympify(program.outputs[r]).free_symbols):
+            raise EmitError("a state update depends on a per-tensor reduction: needs more than "
+                            "two passes")
+        plan = [(states, [f for _, f in program.reductions], (), kinds),
+                (["param"], [], kinds, ())]
+        exprs = {"param": _phase_two(program),
+                 **{r: sympy.sympify(program.outputs[r]) for r in states}}
+    else:
+        plan = [(sorted(program.outputs, key=lambda r: (r != "param", r)), [], (), ())]
+        exprs = {r: sympy.sympify(e) for r, e in program.outputs.items()}
+    passes = []
+    hoisted_passes = [[_hoist(e, slots) for e in [*(exprs[r] for r in outputs), *partial]]
+                      for outputs, partial, _, _ in plan]  # every slot first: one signature
+    for k, (outputs, _, consumes, produces) in enumerate(plan):
+        hoisted = hoisted_passes[k]
+        loads = sorted({s.name[2:] for e in hoisted for s in e.free_symbols
+                        if s.name.startswith("e_")})
+        args = ([f"x_{v}" for v in loads] + [f"r{i}" for i in range(len(consumes))]
+                + [f"c{i}" for i in range(len(slots))])
+        math_name = f"{name}_{k}" if len(plan) > 1 else name
+        kp = _Printer(True, {**kprint.names, **{f"r_{i}": f"r{i}" for i in range(len(kinds))}})
+        passes.append(PassText(_helper(math_name, args, hoisted, kp), math_name,
+                               tuple(role_of[v] for v in loads), tuple(outputs), produces,
+                               consumes))
     hprint = _Printer(False, {s: f"v[{s!r}]" for s in program.scalars})
     values = ", ".join(hprint(e) for e in slots)
     roles = ("param", "grad", *sorted(r for r in role_of.values() if r not in ("param", "grad")))
-    return KernelText("\n".join(lines), roles, tuple(role_of[v] for v in loads), tuple(outputs),
-                      len(slots), f"({values}{',' if len(slots) == 1 else ''})")
+    return KernelText(passes, roles, len(slots), f"({values}{',' if len(slots) == 1 else ''})")
 
 
 def host_function(name: str, body: str) -> str:
@@ -175,16 +234,18 @@ def updates_text(program: ElementProgram) -> str:
 
 DRIVER = '''
 @triton.jit
-def {name}(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-{indent}ALIGNED: tl.constexpr, {dtypes}):
+def {name}(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+{indent}ALIGNED: tl.constexpr, NP: tl.constexpr, {dtypes}):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
 {pointers}
     if ALIGNED:
 {aligned}
 {scalars}
+{consume}
+{init}
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -193,30 +254,52 @@ def {name}(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.const
         else:
             mask = idx < n
 {tail}
+{produce}
 '''
+_FINISH = {"norm2": "tl.sqrt_rn(tl.sum({}))", "sum": "tl.sum({})"}
+_TERM = {"norm2": "{0} * {0}", "sum": "{0}"}
 
 
-def driver_text(name: str, math_name: str, k: KernelText) -> str:
-    """The fixed multi-tensor driver around the math helper ``math_name``."""
+def driver_text(name: str, p: PassText, k: KernelText) -> str:
+    """The fixed multi-tensor driver of one pass around its math helper.
+
+    Table row: one address per role, numel, then the tensor's first and past-the-end chunk
+    (pass 2 sums pass 1's per-chunk partials over that range, always in the same order)."""
     var = {r: _name(r) for r in k.roles}
     dtypes = ", ".join(f"T_{var[r]}: tl.constexpr" for r in k.roles)
     pointers = "\n".join(f"    p_{var[r]} = tl.load(row + {i}).to(tl.pointer_type(T_{var[r]}))"
                          for i, r in enumerate(k.roles))
     aligned = "\n".join(f"        p_{var[r]} = tl.multiple_of(p_{var[r]}, 16)" for r in k.roles)
     scalars = "\n".join(f"    c{i} = tl.load(slots + {i})" for i in range(k.n_slots)) or "    pass"
-    call = ", ".join([f"x_{var[r]}" for r in k.loads] + [f"c{i}" for i in range(k.n_slots)])
-    outs = ", ".join(f"o_{var[r]}" for r in k.outputs)
+    consume = ["    cs = tl.load(row + W - 2)", "    ce = tl.load(row + W - 1)"]
+    consume = consume if p.consumes else []
+    for i, kind in enumerate(p.consumes):
+        consume += [f"    s{i} = tl.zeros([64], dtype=tl.float32)",
+                    "    for q in range(cs, ce, 64):",
+                    "        qi = q + tl.arange(0, 64)",
+                    f"        s{i} += tl.load(partials + qi * NP + {i}, mask=qi < ce, other=0.0)",
+                    f"    r{i} = {_FINISH[kind].format(f's{i}')}"]
+    init = [f"    a{i} = tl.zeros([BL], dtype=tl.float32)" for i in range(len(p.produces))]
+    produce = [f"    tl.store(partials + pid * NP + {i}, tl.sum(a{i}))"
+               for i in range(len(p.produces))]
+    call = ", ".join([f"x_{var[r]}" for r in p.loads] + [f"r{i}" for i in range(len(p.consumes))]
+                     + [f"c{i}" for i in range(k.n_slots)])
+    outs = [f"o_{var[r]}" for r in p.outputs] + [f"v{i}" for i in range(len(p.produces))]
 
     def body(masked: bool) -> str:
         pad = " " * 12
         m = ", mask=mask, other=1.0" if masked else ""
         sm = ", mask=mask" if masked else ""
-        lines = [f"{pad}x_{var[r]} = tl.load(p_{var[r]} + idx{m}).to(tl.float32)" for r in k.loads]
-        lines.append(f"{pad}{outs} = {math_name}({call})")
+        lines = [f"{pad}x_{var[r]} = tl.load(p_{var[r]} + idx{m}).to(tl.float32)" for r in p.loads]
+        lines.append(f"{pad}{', '.join(outs)} = {p.math_name}({call})")
         lines += [f"{pad}tl.store(p_{var[r]} + idx, store_cast(o_{var[r]}, T_{var[r]}){sm})"
-                  for r in k.outputs]
+                  for r in p.outputs]
+        for i, kind in enumerate(p.produces):
+            term = _TERM[kind].format(f"v{i}")
+            lines.append(f"{pad}a{i} += " + (f"tl.where(mask, {term}, 0.0)" if masked else term))
         return "\n".join(lines)
 
     return DRIVER.format(name=name, indent=" " * (len(name) + 5), dtypes=dtypes,
                          pointers=pointers, aligned=aligned, scalars=scalars,
-                         full=body(False), tail=body(True))
+                         consume="\n".join(consume), init="\n".join(init),
+                         full=body(False), tail=body(True), produce="\n".join(produce))

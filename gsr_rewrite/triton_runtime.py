@@ -29,7 +29,8 @@ COUNTS = {"launches": 0, "eager_groups": 0, "kernel_groups": 0}  # tests read th
 class KernelSpec:
     """One traced specialization of an optimizer's step (emitted by ``triton_emit``)."""
 
-    kernel: Any  # triton JITFunction
+    kernels: tuple[Any, ...]  # triton JITFunctions, one per pass (two with reductions)
+    reductions: int  # per-tensor reductions pass 1 leaves as per-chunk partial sums
     roles: tuple[str, ...]  # pointer-table columns: "param", "grad", state keys
     fixed: dict[str, tuple[Any, ...]]  # group key -> values the program was traced with
     scalars: dict[str, tuple[str, str, int | None]]  # symbol -> (group|state, key, index)
@@ -80,21 +81,26 @@ class _Plan:
     their column is rewritten when their addresses change (``zero_grad(set_to_none=True)``)."""
 
     tensors: list[list[torch.Tensor | None]]  # per param: one tensor per role, None for grad
-    table: torch.Tensor  # int64 [T, roles + 1]: addresses, then numel
+    table: torch.Tensor  # int64 [T, roles + 3]: addresses, numel, chunk range
     chunks: torch.Tensor  # int32 [C, 2]: (tensor, chunk index)
+    partials: torch.Tensor  # fp32 [C, reductions]: per-chunk partial sums between passes
     param_ptrs: list[int]  # `p.data = other` keeps the object but moves the storage
     grad_ptrs: list[int]
     aligned: bool
 
 
-def _build(rows: list[list[torch.Tensor]], grad_col: int, chunk: int) -> _Plan:
+def _build(rows: list[list[torch.Tensor]], grad_col: int, chunk: int, reductions: int) -> _Plan:
+    """Row per tensor: role addresses, numel, first and past-the-end chunk index."""
     device = rows[0][0].device
-    table = torch.tensor([[t.data_ptr() for t in r] + [r[0].numel()] for r in rows],
-                         dtype=torch.int64)
-    chunks = torch.tensor([(i, c) for i, r in enumerate(rows)
-                           for c in range(-(-r[0].numel() // chunk))], dtype=torch.int32)
+    counts = [-(-r[0].numel() // chunk) for r in rows]
+    first = [sum(counts[:i]) for i in range(len(rows))]
+    table = torch.tensor([[t.data_ptr() for t in r] + [r[0].numel(), f, f + c]
+                          for r, f, c in zip(rows, first, counts, strict=True)], dtype=torch.int64)
+    chunks = torch.tensor([(i, c) for i, n in enumerate(counts) for c in range(n)],
+                          dtype=torch.int32).reshape(-1, 2)
     kept = [[None if j == grad_col else t for j, t in enumerate(r)] for r in rows]
-    return _Plan(kept, table.to(device), chunks.reshape(-1, 2).to(device),
+    partials = torch.zeros(max(len(chunks), 1), max(reductions, 1), device=device)  # KBs
+    return _Plan(kept, table.to(device), chunks.to(device), partials,
                  [r[0].data_ptr() for r in rows], [r[grad_col].data_ptr() for r in rows],
                  _aligned(rows))
 
@@ -104,7 +110,7 @@ def _aligned(rows: list[list[torch.Tensor]]) -> bool:
 
 
 def _plan_for(opt: Any, key: tuple[Any, ...], rows: list[list[torch.Tensor]],
-              grad_col: int) -> _Plan:
+              grad_col: int, reductions: int) -> _Plan:
     """The cached plan for ``key``: rebuilt when a param or state tensor was replaced (e.g. by
     ``load_state_dict``) or moved, its grad column refreshed when grad addresses changed."""
     cache: dict[tuple[Any, ...], _Plan] = opt.__dict__.setdefault("_gsr_plans", {})
@@ -113,7 +119,7 @@ def _plan_for(opt: Any, key: tuple[Any, ...], rows: list[list[torch.Tensor]],
         b is not None and a is not b
         for r, q in zip(rows, plan.tensors, strict=True) for a, b in zip(r, q, strict=True)
     ):
-        plan = cache[key] = _build(rows, grad_col, CHUNK)
+        plan = cache[key] = _build(rows, grad_col, CHUNK, reductions)
     grads = [r[grad_col].data_ptr() for r in rows]
     if grads != plan.grad_ptrs:
         plan.table[:, grad_col] = torch.tensor(grads, dtype=torch.int64).to(plan.table.device)
@@ -130,11 +136,12 @@ def _launch(spec: KernelSpec, plan: _Plan, slots: tuple[float, ...],
     to_tl = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
     device = plan.table.device
     slot_buf = torch.tensor(slots or (0.0,), dtype=torch.float32).to(device, non_blocking=True)
-    spec.kernel[(plan.chunks.shape[0],)](
-        plan.table, plan.chunks, slot_buf, W=len(spec.roles) + 1, CH=CHUNK, BL=BLOCK,
-        ALIGNED=plan.aligned, num_warps=NUM_WARPS,
-        **{f"T_{_ident(r)}": to_tl[d] for r, d in zip(spec.roles, dtypes, strict=True)})
-    COUNTS["launches"] += 1
+    for kernel in spec.kernels:  # pass 2 reads pass 1's partials: same stream, in order
+        kernel[(plan.chunks.shape[0],)](
+            plan.table, plan.chunks, slot_buf, plan.partials, W=len(spec.roles) + 3, CH=CHUNK,
+            BL=BLOCK, ALIGNED=plan.aligned, NP=plan.partials.shape[1], num_warps=NUM_WARPS,
+            **{f"T_{_ident(r)}": to_tl[d] for r, d in zip(spec.roles, dtypes, strict=True)})
+        COUNTS["launches"] += 1
 
 
 def _ident(role: str) -> str:
@@ -172,7 +179,8 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
                 by_sig.setdefault(tuple(t.dtype for t in rows[i]), []).append(i)
             for sig, idx in by_sig.items():
                 plan = _plan_for(opt, (id(group), id(spec), sig, tuple(idx), CHUNK),
-                                 [rows[i] for i in idx], spec.roles.index("grad"))
+                                 [rows[i] for i in idx], spec.roles.index("grad"),
+                                 spec.reductions)
                 _launch(spec, plan, spec.slots(values), sig)
             _apply_updates(spec, group, [states[i] for i in members], values)
         return True

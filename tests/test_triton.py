@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sympy
 import torch
 
 pytest.importorskip("triton")
@@ -98,6 +99,47 @@ def test_bf16_params_with_fp32_states() -> None:
         torch.testing.assert_close(q.float(), p.detach(), rtol=rtol, atol=atol)
         torch.testing.assert_close(fused.state[q]["exp_avg_sq"], eager.state[p]["exp_avg_sq"],
                                    rtol=1e-2, atol=1e-6)
+
+
+# -- two passes: per-tensor reductions ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lamb(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """examples/lamb.py through the tool: LAMB's trust ratio needs ||p|| and ||update||."""
+    from gsr_rewrite.pipeline import rewrite_source
+    from gsr_rewrite.triton_backend import triton_classes
+    from gsr_rewrite.validate import load_module
+
+    result = rewrite_source((REPO / "examples/lamb.py").read_text(), "examples/lamb.py")
+    assert result.code is not None
+    path = tmp_path_factory.mktemp("lamb") / "lamb_r.py"
+    path.write_text(result.code)
+    text, (outcome,) = triton_classes(load_module(path, "gsr_lamb_eager"), [("Lamb", "LambR")])
+    assert outcome.specs >= 2 and not outcome.refused
+    path.write_text(result.code + text)
+    return load_module(path, "gsr_lamb_triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("config", [{}, {"weight_decay": 0.0}])
+def test_two_pass_lamb_matches_the_eager_original(lamb: Any, config: dict[str, Any],
+                                                  dtype: torch.dtype) -> None:
+    assert any(len(spec.kernels) == 2 and spec.reductions == 2 for spec in lamb._LAMB_SPECS)
+    res = check_triton(lamb.Lamb, lamb.LambRTriton, config, dtype)
+    assert res.launches == 2 * 6, "pass 1 and pass 2 on steps 2-7"
+    assert res.passed, f"{res.worst:.3g} x the tolerance at {res.where}"
+
+
+def test_two_pass_reductions_are_deterministic(lamb: Any) -> None:
+    """Per-chunk partials summed in a fixed order: two runs agree bit for bit."""
+    runs = []
+    for _ in range(2):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(1000, generator=gen).to(DEV))]
+        _steps(lamb.LambRTriton(params), params, 3)
+        runs.append(params[0].detach().clone())
+    assert torch.equal(*runs)
 
 
 # -- fall-backs: never an error ---------------------------------------------------------------
@@ -239,10 +281,16 @@ class Momentum(_Base):
         p.add_(state["buf"], alpha=-lr / math.sqrt(state["step"]))
 
 
-class NormScaled(_Base):  # LAMB-like: a per-tensor reduction
+class MaxScaled(_Base):  # a reduction the kernels have no partial sums for
     def update(self, p: torch.Tensor, state: dict[str, Any], lr: float) -> None:
         p.add_(p.grad, alpha=-lr)
-        p.mul_(p.grad.norm())
+        p.mul_(p.grad.abs().max())
+
+
+class NormedState(_Base):  # the state itself needs a reduction: three passes
+    def update(self, p: torch.Tensor, state: dict[str, Any], lr: float) -> None:
+        state["buf"].add_(p.grad / p.grad.norm())
+        p.add_(state["buf"], alpha=-lr)
 
 
 class Counter(_Base):  # a step counter kept on self, outside opt.state
@@ -274,7 +322,7 @@ def test_tracer_finds_the_program_and_its_host_scalars() -> None:
 
 
 @pytest.mark.parametrize(("cls", "why"), [
-    (NormScaled, "no per-element translation"),
+    (MaxScaled, "no per-element translation"),
     (Counter, "steps 2 and 3 differ"),
     (Swapped, "not a per-element step"),
     (LostTag, "lost track"),
@@ -282,6 +330,15 @@ def test_tracer_finds_the_program_and_its_host_scalars() -> None:
 def test_tracer_refuses_what_is_not_a_per_element_program(cls: type, why: str) -> None:
     with pytest.raises(KernelTraceError, match=why):
         trace_program(cls, {})
+
+
+def test_a_state_update_needing_a_reduction_is_refused_by_the_emitter() -> None:
+    from gsr_rewrite.triton_emit import EmitError, kernel_text
+
+    program = trace_program(NormedState, {})
+    assert program.reductions == (("norm2", sympy.Symbol("e_grad")),)
+    with pytest.raises(EmitError, match="more than two passes"):
+        kernel_text(program, "k")
 
 
 # -- generation ---------------------------------------------------------------------------------

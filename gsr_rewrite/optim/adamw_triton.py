@@ -28,12 +28,12 @@ def _adamw_math_0(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4, 
     return ((c0 * x_param) + tl.div_rn(c6 * t0, (c4 + (c3 * tl.sqrt_rn(t1))))), t0, t1
 
 @triton.jit
-def _adamw_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                    ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+def _adamw_kernel_0(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -50,6 +50,8 @@ def _adamw_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
     c4 = tl.load(slots + 4)
     c5 = tl.load(slots + 5)
     c6 = tl.load(slots + 6)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -74,6 +76,7 @@ def _adamw_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
 
 
+
 def _adamw_slots_0(v):
     return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
 
@@ -93,12 +96,12 @@ def _adamw_math_1(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0
     return ((c0 * x_param) + tl.div_rn(c6 * t0, (c4 + (c3 * tl.sqrt_rn(t2))))), t0, t1, t2
 
 @triton.jit
-def _adamw_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                    ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_max_exp_avg_sq: tl.constexpr):
+def _adamw_kernel_1(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_max_exp_avg_sq: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -117,6 +120,8 @@ def _adamw_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
     c4 = tl.load(slots + 4)
     c5 = tl.load(slots + 5)
     c6 = tl.load(slots + 6)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -145,6 +150,7 @@ def _adamw_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
             tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq), mask=mask)
 
 
+
 def _adamw_slots_1(v):
     return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
 
@@ -163,12 +169,12 @@ def _adamw_math_2(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4, 
     return ((c0 * x_param) + tl.div_rn(c6 * t0, (c4 + (c3 * tl.sqrt_rn(t1))))), t0, t1
 
 @triton.jit
-def _adamw_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                    ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+def _adamw_kernel_2(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -185,6 +191,8 @@ def _adamw_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
     c4 = tl.load(slots + 4)
     c5 = tl.load(slots + 5)
     c6 = tl.load(slots + 6)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -209,6 +217,7 @@ def _adamw_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
 
 
+
 def _adamw_slots_2(v):
     return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
 
@@ -225,12 +234,12 @@ def _adamw_math_3(x_exp_avg, x_exp_avg_sq, x_grad, c0, c1, c2):
     return (x_exp_avg + (c0 * (x_grad + (-1.0 * x_exp_avg)))), ((c1 * x_exp_avg_sq) + (c2 * (x_grad * x_grad)))
 
 @triton.jit
-def _adamw_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                    ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+def _adamw_kernel_3(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -243,6 +252,8 @@ def _adamw_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
     c0 = tl.load(slots + 0)
     c1 = tl.load(slots + 1)
     c2 = tl.load(slots + 2)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -261,6 +272,7 @@ def _adamw_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
             o_exp_avg, o_exp_avg_sq = _adamw_math_3(x_exp_avg, x_exp_avg_sq, x_grad, c0, c1, c2)
             tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+
 
 
 def _adamw_slots_3(v):
@@ -281,12 +293,12 @@ def _adamw_math_4(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4):
     return ((c0 * x_param) + tl.div_rn(c4 * t0, tl.sqrt_rn(t1))), t0, t1
 
 @triton.jit
-def _adamw_kernel_4(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                    ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+def _adamw_kernel_4(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -301,6 +313,8 @@ def _adamw_kernel_4(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
     c2 = tl.load(slots + 2)
     c3 = tl.load(slots + 3)
     c4 = tl.load(slots + 4)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -323,6 +337,7 @@ def _adamw_kernel_4(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
             tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
             tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+
 
 
 def _adamw_slots_4(v):
@@ -343,12 +358,12 @@ def _adamw_math_5(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4, 
     return (x_param + tl.div_rn(c5 * t0, (c3 + (c2 * tl.sqrt_rn(t1))))), t0, t1
 
 @triton.jit
-def _adamw_kernel_5(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                    ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+def _adamw_kernel_5(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -364,6 +379,8 @@ def _adamw_kernel_5(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
     c3 = tl.load(slots + 3)
     c4 = tl.load(slots + 4)
     c5 = tl.load(slots + 5)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -388,6 +405,7 @@ def _adamw_kernel_5(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL:
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
 
 
+
 def _adamw_slots_5(v):
     return (v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
 
@@ -400,7 +418,8 @@ def _adamw_updates_5(v):
 
 _ADAMW_SPECS = (
     _gsr_triton.KernelSpec(
-        kernel=_adamw_kernel_0,
+        kernels=(_adamw_kernel_0,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
         fixed={'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
@@ -410,7 +429,8 @@ _ADAMW_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adamw_kernel_1,
+        kernels=(_adamw_kernel_1,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'),
         fixed={'amsgrad': (True,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
@@ -420,7 +440,8 @@ _ADAMW_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adamw_kernel_2,
+        kernels=(_adamw_kernel_2,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
         fixed={'amsgrad': (False,), 'maximize': (True,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
@@ -430,7 +451,8 @@ _ADAMW_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adamw_kernel_3,
+        kernels=(_adamw_kernel_3,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
         fixed={'lr': (0.0,), 'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
@@ -440,7 +462,8 @@ _ADAMW_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adamw_kernel_4,
+        kernels=(_adamw_kernel_4,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
         fixed={'eps': (0.0,), 'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
@@ -450,7 +473,8 @@ _ADAMW_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adamw_kernel_5,
+        kernels=(_adamw_kernel_5,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
         fixed={'weight_decay': (0.0,), 'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},

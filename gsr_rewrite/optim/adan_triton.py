@@ -31,12 +31,12 @@ def _adan_math_0(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_pre
     return (x_param + (c6 * t1 * t3) + (c8 * t3 * t4)), t1, t4, t2, x_grad
 
 @triton.jit
-def _adan_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
+def _adan_kernel_0(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -59,6 +59,8 @@ def _adan_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c6 = tl.load(slots + 6)
     c7 = tl.load(slots + 7)
     c8 = tl.load(slots + 8)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -89,6 +91,7 @@ def _adan_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             tl.store(p_exp_avg_diff + idx, store_cast(o_exp_avg_diff, T_exp_avg_diff), mask=mask)
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
             tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad), mask=mask)
+
 
 
 def _adan_slots_0(v):
@@ -112,12 +115,12 @@ def _adan_math_1(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_pre
     return (c9 * (x_param + (c6 * t1 * t3) + (c8 * t3 * t4))), t1, t4, t2, x_grad
 
 @triton.jit
-def _adan_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
+def _adan_kernel_1(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -141,6 +144,8 @@ def _adan_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c7 = tl.load(slots + 7)
     c8 = tl.load(slots + 8)
     c9 = tl.load(slots + 9)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -173,6 +178,7 @@ def _adan_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad), mask=mask)
 
 
+
 def _adan_slots_1(v):
     return (v['h_betas_2'], v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_2'])), ((1.0 + (-1.0 * (v['h_betas_2'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))), (1.0 + (-1.0 * v['h_betas_1'])), ((-1.0 * v['h_betas_1'] * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))))), ((1.0 + (v['h_lr'] * v['h_weight_decay'])) ** -1.0))
 
@@ -190,12 +196,12 @@ def _adan_math_2(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_prev_grad, c
     return (x_exp_avg + (c0 * ((-1.0 * x_exp_avg) + (-1.0 * t0)))), (x_exp_avg_diff + (c1 * ((-1.0 * x_exp_avg_diff) + (-1.0 * x_prev_grad) + (-1.0 * t0)))), ((c2 * x_exp_avg_sq) + (c4 * ((x_grad + (c3 * (x_grad + (-1.0 * x_prev_grad)))) * (x_grad + (c3 * (x_grad + (-1.0 * x_prev_grad))))))), x_grad
 
 @triton.jit
-def _adan_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
+def _adan_kernel_2(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -214,6 +220,8 @@ def _adan_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c2 = tl.load(slots + 2)
     c3 = tl.load(slots + 3)
     c4 = tl.load(slots + 4)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -240,6 +248,7 @@ def _adan_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             tl.store(p_exp_avg_diff + idx, store_cast(o_exp_avg_diff, T_exp_avg_diff), mask=mask)
             tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
             tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad), mask=mask)
+
 
 
 def _adan_slots_2(v):
@@ -263,12 +272,12 @@ def _adan_math_3(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_pre
     return (x_param + (c4 * t1 * t3) + (c6 * t3 * t4)), t1, t4, t2, x_grad
 
 @triton.jit
-def _adan_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
+def _adan_kernel_3(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -289,6 +298,8 @@ def _adan_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c4 = tl.load(slots + 4)
     c5 = tl.load(slots + 5)
     c6 = tl.load(slots + 6)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -321,6 +332,7 @@ def _adan_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad), mask=mask)
 
 
+
 def _adan_slots_3(v):
     return (v['h_betas_2'], v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_2'])), (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr'] * math.sqrt((1.0 + (-1.0 * (v['h_betas_2'] ** (1.0 + v['st_step'])))))) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))), (1.0 + (-1.0 * v['h_betas_1'])), ((-1.0 * v['h_betas_1'] * v['h_lr'] * math.sqrt((1.0 + (-1.0 * (v['h_betas_2'] ** (1.0 + v['st_step'])))))) / ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))))))
 
@@ -333,7 +345,8 @@ def _adan_updates_3(v):
 
 _ADAN_SPECS = (
     _gsr_triton.KernelSpec(
-        kernel=_adan_kernel_0,
+        kernels=(_adan_kernel_0,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
         fixed={'weight_decay': (0.0,), 'no_prox': (False, True), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},
@@ -343,7 +356,8 @@ _ADAN_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adan_kernel_1,
+        kernels=(_adan_kernel_1,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
         fixed={'no_prox': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
@@ -353,7 +367,8 @@ _ADAN_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adan_kernel_2,
+        kernels=(_adan_kernel_2,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
         fixed={'lr': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
         scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},
@@ -363,7 +378,8 @@ _ADAN_SPECS = (
         state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_adan_kernel_3,
+        kernels=(_adan_kernel_3,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
         fixed={'eps': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'st_step': ('state', 'step', None)},

@@ -27,12 +27,12 @@ def _lion_math_0(x_exp_avg, x_grad, x_param, c0, c1, c2):
     return (x_param + (c1 * sign((x_exp_avg + (c0 * t0))))), (x_exp_avg + (c2 * t0))
 
 @triton.jit
-def _lion_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
+def _lion_kernel_0(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -43,6 +43,8 @@ def _lion_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c0 = tl.load(slots + 0)
     c1 = tl.load(slots + 1)
     c2 = tl.load(slots + 2)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -61,6 +63,7 @@ def _lion_kernel_0(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             o_param, o_exp_avg = _lion_math_0(x_exp_avg, x_grad, x_param, c0, c1, c2)
             tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
             tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+
 
 
 def _lion_slots_0(v):
@@ -80,12 +83,12 @@ def _lion_math_1(x_exp_avg, x_grad, x_param, c0, c1, c2, c3):
     return ((c0 * x_param) + (c2 * sign((x_exp_avg + (c1 * t0))))), (x_exp_avg + (c3 * t0))
 
 @triton.jit
-def _lion_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
+def _lion_kernel_1(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -97,6 +100,8 @@ def _lion_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c1 = tl.load(slots + 1)
     c2 = tl.load(slots + 2)
     c3 = tl.load(slots + 3)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -115,6 +120,7 @@ def _lion_kernel_1(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             o_param, o_exp_avg = _lion_math_1(x_exp_avg, x_grad, x_param, c0, c1, c2, c3)
             tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
             tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+
 
 
 def _lion_slots_1(v):
@@ -134,12 +140,12 @@ def _lion_math_2(x_exp_avg, x_grad, x_param, c0, c1, c2):
     return (x_param + (c1 * sign((x_exp_avg + (c0 * t0))))), (x_exp_avg + (c2 * t0))
 
 @triton.jit
-def _lion_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
+def _lion_kernel_2(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -150,6 +156,8 @@ def _lion_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
     c0 = tl.load(slots + 0)
     c1 = tl.load(slots + 1)
     c2 = tl.load(slots + 2)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -170,6 +178,7 @@ def _lion_kernel_2(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
 
 
+
 def _lion_slots_2(v):
     return ((1.0 + (-1.0 * v['h_betas_0'])), (-1.0 * v['h_lr']), (1.0 + (-1.0 * v['h_betas_1'])))
 
@@ -186,12 +195,12 @@ def _lion_math_3(x_exp_avg, x_grad, c0):
     return (x_exp_avg + (c0 * (x_grad + (-1.0 * x_exp_avg))))
 
 @triton.jit
-def _lion_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
-                   ALIGNED: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
+def _lion_kernel_3(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
     pid = tl.program_id(0)
     row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
     start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
-    n = tl.load(row + W - 1)
+    n = tl.load(row + W - 3)
     p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
     p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
     p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
@@ -200,6 +209,8 @@ def _lion_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
         p_grad = tl.multiple_of(p_grad, 16)
         p_exp_avg = tl.multiple_of(p_exp_avg, 16)
     c0 = tl.load(slots + 0)
+
+
     stop = tl.minimum(n - start, CH)
     for off in range(0, stop, BL):
         idx = start + off + tl.arange(0, BL)
@@ -216,6 +227,7 @@ def _lion_kernel_3(table, chunks, slots, W: tl.constexpr, CH: tl.constexpr, BL: 
             tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
 
 
+
 def _lion_slots_3(v):
     return ((1.0 + (-1.0 * v['h_betas_1'])),)
 
@@ -228,7 +240,8 @@ def _lion_updates_3(v):
 
 _LION_SPECS = (
     _gsr_triton.KernelSpec(
-        kernel=_lion_kernel_0,
+        kernels=(_lion_kernel_0,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg'),
         fixed={'weight_decay': (0.0,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1)},
@@ -238,7 +251,8 @@ _LION_SPECS = (
         state_keys=frozenset(['exp_avg']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_lion_kernel_1,
+        kernels=(_lion_kernel_1,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg'),
         fixed={'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None)},
@@ -248,7 +262,8 @@ _LION_SPECS = (
         state_keys=frozenset(['exp_avg']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_lion_kernel_2,
+        kernels=(_lion_kernel_2,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg'),
         fixed={'weight_decay': (0.0,), 'maximize': (True,), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1)},
@@ -258,7 +273,8 @@ _LION_SPECS = (
         state_keys=frozenset(['exp_avg']),
     ),
     _gsr_triton.KernelSpec(
-        kernel=_lion_kernel_3,
+        kernels=(_lion_kernel_3,),
+        reductions=0,
         roles=('param', 'grad', 'exp_avg'),
         fixed={'lr': (0.0,), 'weight_decay': (0.0,), 'maximize': (False,), 'foreach': (None, False, True)},
         scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1)},
