@@ -91,3 +91,60 @@ def check_triton(original: type, triton_cls: type, config: dict[str, Any],
         if not ratio <= worst:  # NaN counts as a failure
             worst, where = (float("inf") if ratio != ratio else ratio), name
     return TritonCheck(config, dtype, worst, triton_runtime.COUNTS["launches"] - before, where)
+
+
+@dataclass
+class AotReport:
+    """One kernel compiled ahead of time for an H100 (sm_90a) on any machine, no GPU needed."""
+
+    kernel: str
+    registers: int
+    spill_bytes: int  # spill stores + spill loads; > 0 made kernels ~10x slower on H100
+    vector_loads: int  # 128-bit global loads (ld.global.v4) in the PTX
+
+    @property
+    def ok(self) -> bool:
+        return self.spill_bytes == 0 and self.vector_loads > 0
+
+
+def compile_for_h100(kernel: Any, roles: tuple[str, ...], dtypes: tuple[torch.dtype, ...],
+                     reductions: int) -> AotReport:
+    """Compile one emitted driver with the runtime's launch constants and read ``ptxas -v``.
+
+    Needs a real ``triton.jit`` function: run without TRITON_INTERPRET."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    from gsr_rewrite import triton_runtime
+
+    to_tl = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+    const: dict[str, Any] = {
+        "W": len(roles) + 3, "CH": triton_runtime.CHUNK, "BL": triton_runtime.BLOCK,
+        "ALIGNED": True, "NP": max(reductions, 1),
+        **{f"T_{triton_runtime._ident(r)}": to_tl[d] for r, d in zip(roles, dtypes, strict=True)}}
+    signature = {"table": "*i64", "chunks": "*i32", "slots": "*fp32", "partials": "*fp32",
+                 **dict.fromkeys(const, "constexpr")}
+    names = kernel.arg_names
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(names.index(k),): v for k, v in const.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": triton_runtime.NUM_WARPS})
+    ptx = compiled.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/kernel.ptx"
+        with open(path, "w") as f:
+            f.write(ptx)
+        info = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", path, "-o",
+                               f"{tmp}/kernel.cubin"], capture_output=True, text=True,
+                              check=True).stderr
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
+    registers = int(re.search(r"Used (\d+) registers", info).group(1))  # type: ignore[union-attr]
+    vector_loads = len(re.findall(r"ld\.global(?:\.\w+)*\.v4", ptx))
+    return AotReport(kernel.__name__, registers, spills, vector_loads)
