@@ -227,7 +227,8 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
             continue
         rows = [[p if r == "param" else p.grad if r == "grad" else _state(states[i], r)
                  for r in spec.roles] for i, p in enumerate(params)]
-        if not all(_qualifies(t, params[i]) for i, r in enumerate(rows) for t in r):
+        if not all(_qualifies(t, params[i]) for i, r in enumerate(rows) for t in r) or \
+                len({p.device for p in params}) != 1 or not _disjoint(rows):
             return False
         launches = []
         for values_key, members in batches.items():
@@ -250,6 +251,13 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
             replays[id(group)] = replay
         return True
     return False
+
+
+def _disjoint(rows: list[list[torch.Tensor]]) -> bool:
+    """No two tensors of the launch share memory (programs run in parallel, eager in order)."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+                   for r in rows for t in r if t.numel())
+    return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
 
 
 def _state(state: dict[Any, Any], role: str) -> Any:

@@ -193,6 +193,17 @@ def test_unsupported_dtypes_take_the_eager_r_path() -> None:
         assert not triton_runtime._qualifies(bad, bad)
 
 
+def test_params_sharing_memory_take_the_eager_r_path() -> None:
+    """Two params that are views of one buffer: kernel programs would race, eager is ordered."""
+    def make() -> list[torch.Tensor]:
+        base = torch.randn(40, generator=torch.Generator().manual_seed(0)).to(DEV)
+        return [torch.nn.Parameter(base[:30]), torch.nn.Parameter(base[10:])]
+
+    a, b, seen = _pair(make, LionR, _triton("LionRTriton"), {})
+    assert seen["launches"] == 0
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_a_configuration_never_traced_takes_the_eager_r_path() -> None:
     """Adan with no_prox=True and weight decay: no traced specialization has both."""
     def make() -> list[torch.Tensor]:
