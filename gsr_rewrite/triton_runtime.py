@@ -257,7 +257,7 @@ def _disjoint(rows: list[list[torch.Tensor]]) -> bool:
     """No two tensors of the launch share memory (programs run in parallel, eager in order)."""
     spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
                    for r in rows for t in r if t.numel())
-    return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
 
 
 def _state(state: dict[Any, Any], role: str) -> Any:
