@@ -3,9 +3,10 @@
 For every rewritten class ``XR`` the emitted module gains ``XRTriton(XR)``: the same constructor,
 state layout and ``state_dict``; its ``step`` runs one fused kernel per param group and dtype
 signature where a traced specialization applies, and ``XR.step`` elsewhere (see
-:mod:`gsr_rewrite.triton_runtime`).  Specializations are traced for the configurations the
-checker uses (each boolean flipped, ``foreach`` None/False/True) plus each nonzero float default
-set to zero; group values outside them still run, on the eager path.
+:mod:`gsr_rewrite.triton_runtime`).  Specializations are traced for the defaults, each change the
+checker makes (a boolean flipped, a zero weight decay made nonzero), each nonzero float default
+set to zero, and every pair of those changes, each with ``foreach`` None/False/True; group values
+outside them still run, on the eager path.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ class TritonOutcome:
 def trace_configs(cls: type) -> list[dict[str, Any]]:
     """The configurations whose programs are traced (see module docstring)."""
     params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    configs = default_configs(cls)
-    configs += [{name: 0.0} for name, p in params.items()
-                if isinstance(p.default, float) and p.default != 0.0]
+    single = default_configs(cls)[1:] + [{name: 0.0} for name, p in params.items()
+                                         if isinstance(p.default, float) and p.default != 0.0]
+    pairs = [{**a, **b} for i, a in enumerate(single) for b in single[i + 1:]
+             if not a.keys() & b.keys()]
+    configs = [{}, *single, *pairs]
     if "foreach" in params:
         configs = [{**c, "foreach": f} for c in configs for f in (None, False, True)]
     return configs

@@ -53,6 +53,7 @@ MATCH = [
     (AdamW, "AdamWRTriton", {"weight_decay": 0.0}),
     (Adan, "AdanRTriton", {}),
     (Adan, "AdanRTriton", {"weight_decay": 0.05, "foreach": True}),
+    (Adan, "AdanRTriton", {"no_prox": True, "weight_decay": 0.05}),
     (Lion, "LionRTriton", {}),
     (Lion, "LionRTriton", {"weight_decay": 0.1}),
 ]
@@ -205,12 +206,12 @@ def test_params_sharing_memory_take_the_eager_r_path() -> None:
 
 
 def test_a_configuration_never_traced_takes_the_eager_r_path() -> None:
-    """Adan with no_prox=True and weight decay: no traced specialization has both."""
+    """Three options changed at once: specializations are traced for single and pair changes."""
     def make() -> list[torch.Tensor]:
         return [torch.nn.Parameter(torch.ones(33, device=DEV))]
 
-    a, b, seen = _pair(make, AdanR, _triton("AdanRTriton"), {"no_prox": True,
-                                                             "weight_decay": 0.05})
+    config = {"amsgrad": True, "maximize": True, "weight_decay": 0.0}
+    a, b, seen = _pair(make, AdamWR, _triton("AdamWRTriton"), config)
     assert seen["launches"] == 0
     assert torch.equal(a[0], b[0])
 

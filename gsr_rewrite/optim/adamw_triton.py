@@ -416,6 +416,561 @@ def _adamw_updates_5(v):
     return {'st_step': (1.0 + v['st_step'])}
 
 
+
+@triton.jit
+def _adamw_math_6(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4, c5, c6):
+    t0 = (x_exp_avg + (c5 * ((-1.0 * x_exp_avg) + (-1.0 * x_grad))))
+    t1 = ((c1 * x_exp_avg_sq) + (c2 * (x_grad * x_grad)))
+    t2 = tl.maximum(x_max_exp_avg_sq, t1)
+    return ((c0 * x_param) + tl.div_rn(c6 * t0, (c4 + (c3 * tl.sqrt_rn(t2))))), t0, t1, t2
+
+@triton.jit
+def _adamw_kernel_6(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_max_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    p_max_exp_avg_sq = tl.load(row + 4).to(tl.pointer_type(T_max_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+        p_max_exp_avg_sq = tl.multiple_of(p_max_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+    c5 = tl.load(slots + 5)
+    c6 = tl.load(slots + 6)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_6(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4, c5, c6)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_6(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4, c5, c6)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_6(v):
+    return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
+
+def _adamw_guard_6(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adamw_updates_6(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_7(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, c0, c1, c2):
+    t0 = ((c1 * x_exp_avg_sq) + (c2 * (x_grad * x_grad)))
+    return (x_exp_avg + (c0 * (x_grad + (-1.0 * x_exp_avg)))), t0, tl.maximum(x_max_exp_avg_sq, t0)
+
+@triton.jit
+def _adamw_kernel_7(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_max_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    p_max_exp_avg_sq = tl.load(row + 4).to(tl.pointer_type(T_max_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+        p_max_exp_avg_sq = tl.multiple_of(p_max_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx).to(tl.float32)
+            o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_7(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, c0, c1, c2)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_7(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, c0, c1, c2)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_7(v):
+    return ((1.0 + (-1.0 * v['h_betas_0'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])))
+
+def _adamw_guard_7(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adamw_updates_7(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_8(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4):
+    t0 = (x_exp_avg + (c3 * (x_grad + (-1.0 * x_exp_avg))))
+    t1 = ((c1 * x_exp_avg_sq) + (c2 * (x_grad * x_grad)))
+    t2 = tl.maximum(x_max_exp_avg_sq, t1)
+    return ((c0 * x_param) + tl.div_rn(c4 * t0, tl.sqrt_rn(t2))), t0, t1, t2
+
+@triton.jit
+def _adamw_kernel_8(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_max_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    p_max_exp_avg_sq = tl.load(row + 4).to(tl.pointer_type(T_max_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+        p_max_exp_avg_sq = tl.multiple_of(p_max_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_8(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_8(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_8(v):
+    return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr'] * ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** 0.5)) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
+
+def _adamw_guard_8(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adamw_updates_8(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_9(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4, c5):
+    t0 = (x_exp_avg + (c4 * (x_grad + (-1.0 * x_exp_avg))))
+    t1 = ((c0 * x_exp_avg_sq) + (c1 * (x_grad * x_grad)))
+    t2 = tl.maximum(x_max_exp_avg_sq, t1)
+    return (x_param + tl.div_rn(c5 * t0, (c3 + (c2 * tl.sqrt_rn(t2))))), t0, t1, t2
+
+@triton.jit
+def _adamw_kernel_9(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                    ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_max_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    p_max_exp_avg_sq = tl.load(row + 4).to(tl.pointer_type(T_max_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+        p_max_exp_avg_sq = tl.multiple_of(p_max_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+    c5 = tl.load(slots + 5)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_9(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4, c5)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_max_exp_avg_sq = tl.load(p_max_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq, o_max_exp_avg_sq = _adamw_math_9(x_exp_avg, x_exp_avg_sq, x_grad, x_max_exp_avg_sq, x_param, c0, c1, c2, c3, c4, c5)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+            tl.store(p_max_exp_avg_sq + idx, store_cast(o_max_exp_avg_sq, T_max_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_9(v):
+    return (v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
+
+def _adamw_guard_9(v):
+    return True
+
+def _adamw_updates_9(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_10(x_exp_avg, x_exp_avg_sq, x_grad, c0, c1, c2):
+    return (x_exp_avg + (c0 * ((-1.0 * x_exp_avg) + (-1.0 * x_grad)))), ((c1 * x_exp_avg_sq) + (c2 * (x_grad * x_grad)))
+
+@triton.jit
+def _adamw_kernel_10(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                     ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            o_exp_avg, o_exp_avg_sq = _adamw_math_10(x_exp_avg, x_exp_avg_sq, x_grad, c0, c1, c2)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            o_exp_avg, o_exp_avg_sq = _adamw_math_10(x_exp_avg, x_exp_avg_sq, x_grad, c0, c1, c2)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_10(v):
+    return ((1.0 + (-1.0 * v['h_betas_0'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])))
+
+def _adamw_guard_10(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adamw_updates_10(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_11(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4):
+    t0 = ((c1 * x_exp_avg_sq) + (c2 * (x_grad * x_grad)))
+    t1 = (x_exp_avg + (c3 * ((-1.0 * x_exp_avg) + (-1.0 * x_grad))))
+    return ((c0 * x_param) + tl.div_rn(c4 * t1, tl.sqrt_rn(t0))), t1, t0
+
+@triton.jit
+def _adamw_kernel_11(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                     ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq = _adamw_math_11(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq = _adamw_math_11(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_11(v):
+    return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr'] * ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** 0.5)) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
+
+def _adamw_guard_11(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adamw_updates_11(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_12(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4, c5):
+    t0 = (x_exp_avg + (c4 * ((-1.0 * x_exp_avg) + (-1.0 * x_grad))))
+    t1 = ((c0 * x_exp_avg_sq) + (c1 * (x_grad * x_grad)))
+    return (x_param + tl.div_rn(c5 * t0, (c3 + (c2 * tl.sqrt_rn(t1))))), t0, t1
+
+@triton.jit
+def _adamw_kernel_12(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                     ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+    c5 = tl.load(slots + 5)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq = _adamw_math_12(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4, c5)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq = _adamw_math_12(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3, c4, c5)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_12(v):
+    return (v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
+
+def _adamw_guard_12(v):
+    return True
+
+def _adamw_updates_12(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+def _adamw_slots_13(v):
+    return ((1.0 + (-1.0 * v['h_betas_0'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])))
+
+def _adamw_guard_13(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adamw_updates_13(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+def _adamw_slots_14(v):
+    return ((1.0 + (-1.0 * v['h_betas_0'])), v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])))
+
+def _adamw_guard_14(v):
+    return True
+
+def _adamw_updates_14(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adamw_math_13(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3):
+    t0 = (x_exp_avg + (c2 * (x_grad + (-1.0 * x_exp_avg))))
+    t1 = ((c0 * x_exp_avg_sq) + (c1 * (x_grad * x_grad)))
+    return (x_param + tl.div_rn(c3 * t0, tl.sqrt_rn(t1))), t0, t1
+
+@triton.jit
+def _adamw_kernel_13(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                     ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_sq: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_sq = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_sq))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq = _adamw_math_13(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_sq = _adamw_math_13(x_exp_avg, x_exp_avg_sq, x_grad, x_param, c0, c1, c2, c3)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+
+
+
+def _adamw_slots_15(v):
+    return (v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_1'])), (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr'] * ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))) ** 0.5)) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))))
+
+def _adamw_guard_15(v):
+    return True
+
+def _adamw_updates_15(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
 _ADAMW_SPECS = (
     _gsr_triton.KernelSpec(
         kernels=(_adamw_kernel_0,),
@@ -481,6 +1036,116 @@ _ADAMW_SPECS = (
         guard=_adamw_guard_5,
         slots=_adamw_slots_5,
         updates=_adamw_updates_5,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_6,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'),
+        fixed={'amsgrad': (True,), 'maximize': (True,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_6,
+        slots=_adamw_slots_6,
+        updates=_adamw_updates_6,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_7,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'),
+        fixed={'lr': (0.0,), 'amsgrad': (True,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_7,
+        slots=_adamw_slots_7,
+        updates=_adamw_updates_7,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_8,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'),
+        fixed={'eps': (0.0,), 'amsgrad': (True,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_8,
+        slots=_adamw_slots_8,
+        updates=_adamw_updates_8,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_9,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'),
+        fixed={'weight_decay': (0.0,), 'amsgrad': (True,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_9,
+        slots=_adamw_slots_9,
+        updates=_adamw_updates_9,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_10,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
+        fixed={'lr': (0.0,), 'amsgrad': (False,), 'maximize': (True,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_10,
+        slots=_adamw_slots_10,
+        updates=_adamw_updates_10,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_11,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
+        fixed={'eps': (0.0,), 'amsgrad': (False,), 'maximize': (True,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_11,
+        slots=_adamw_slots_11,
+        updates=_adamw_updates_11,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_12,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
+        fixed={'weight_decay': (0.0,), 'amsgrad': (False,), 'maximize': (True,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_12,
+        slots=_adamw_slots_12,
+        updates=_adamw_updates_12,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_3,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
+        fixed={'lr': (0.0,), 'eps': (0.0,), 'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_13,
+        slots=_adamw_slots_13,
+        updates=_adamw_updates_13,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_3,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
+        fixed={'lr': (0.0,), 'weight_decay': (0.0,), 'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_14,
+        slots=_adamw_slots_14,
+        updates=_adamw_updates_14,
+        state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adamw_kernel_13,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_sq'),
+        fixed={'eps': (0.0,), 'weight_decay': (0.0,), 'amsgrad': (False,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'st_step': ('state', 'step', None)},
+        guard=_adamw_guard_15,
+        slots=_adamw_slots_15,
+        updates=_adamw_updates_15,
         state_keys=frozenset(['exp_avg', 'exp_avg_sq', 'step']),
     ),
 )

@@ -343,6 +343,194 @@ def _adan_updates_3(v):
     return {'st_step': (1.0 + v['st_step'])}
 
 
+
+@triton.jit
+def _adan_math_4(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_prev_grad, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9):
+    t0 = (-1.0 * x_grad)
+    t1 = (x_exp_avg + (c6 * ((-1.0 * x_exp_avg) + (-1.0 * t0))))
+    t2 = ((c1 * x_exp_avg_sq) + (c3 * ((x_grad + (c2 * (x_grad + (-1.0 * x_prev_grad)))) * (x_grad + (c2 * (x_grad + (-1.0 * x_prev_grad)))))))
+    t3 = tl.div_rn(1.0, ((c5 + (c4 * tl.sqrt_rn(t2)))))
+    t4 = (x_exp_avg_diff + (c8 * ((-1.0 * x_exp_avg_diff) + (-1.0 * x_prev_grad) + (-1.0 * t0))))
+    return ((c0 * x_param) + (c7 * t1 * t3) + (c9 * t3 * t4)), t1, t4, t2, x_grad
+
+@triton.jit
+def _adan_kernel_4(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_diff = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_diff))
+    p_exp_avg_sq = tl.load(row + 4).to(tl.pointer_type(T_exp_avg_sq))
+    p_prev_grad = tl.load(row + 5).to(tl.pointer_type(T_prev_grad))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_diff = tl.multiple_of(p_exp_avg_diff, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+        p_prev_grad = tl.multiple_of(p_prev_grad, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+    c5 = tl.load(slots + 5)
+    c6 = tl.load(slots + 6)
+    c7 = tl.load(slots + 7)
+    c8 = tl.load(slots + 8)
+    c9 = tl.load(slots + 9)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_diff = tl.load(p_exp_avg_diff + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            x_prev_grad = tl.load(p_prev_grad + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_diff, o_exp_avg_sq, o_prev_grad = _adan_math_4(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_prev_grad, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_diff + idx, store_cast(o_exp_avg_diff, T_exp_avg_diff))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+            tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_diff = tl.load(p_exp_avg_diff + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            x_prev_grad = tl.load(p_prev_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_diff, o_exp_avg_sq, o_prev_grad = _adan_math_4(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_prev_grad, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_diff + idx, store_cast(o_exp_avg_diff, T_exp_avg_diff), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+            tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad), mask=mask)
+
+
+
+def _adan_slots_4(v):
+    return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), v['h_betas_2'], v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_2'])), ((1.0 + (-1.0 * (v['h_betas_2'] ** (1.0 + v['st_step'])))) ** -0.5), v['h_eps'], (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))), (1.0 + (-1.0 * v['h_betas_1'])), ((-1.0 * v['h_betas_1'] * v['h_lr']) / ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))))))
+
+def _adan_guard_4(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adan_updates_4(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+def _adan_slots_5(v):
+    return ((1.0 + (-1.0 * v['h_betas_0'])), (1.0 + (-1.0 * v['h_betas_1'])), v['h_betas_2'], v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_2'])))
+
+def _adan_guard_5(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adan_updates_5(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+
+@triton.jit
+def _adan_math_5(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_prev_grad, c0, c1, c2, c3, c4, c5, c6, c7):
+    t0 = (-1.0 * x_grad)
+    t1 = (x_exp_avg + (c3 * ((-1.0 * x_exp_avg) + (-1.0 * t0))))
+    t2 = ((c0 * x_exp_avg_sq) + (c2 * ((x_grad + (c1 * (x_grad + (-1.0 * x_prev_grad)))) * (x_grad + (c1 * (x_grad + (-1.0 * x_prev_grad)))))))
+    t3 = tl.div_rn(1.0, tl.sqrt_rn(t2))
+    t4 = (x_exp_avg_diff + (c5 * ((-1.0 * x_exp_avg_diff) + (-1.0 * x_prev_grad) + (-1.0 * t0))))
+    return (c7 * (x_param + (c4 * t1 * t3) + (c6 * t3 * t4))), t1, t4, t2, x_grad
+
+@triton.jit
+def _adan_kernel_5(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr, T_exp_avg_diff: tl.constexpr, T_exp_avg_sq: tl.constexpr, T_prev_grad: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    p_exp_avg_diff = tl.load(row + 3).to(tl.pointer_type(T_exp_avg_diff))
+    p_exp_avg_sq = tl.load(row + 4).to(tl.pointer_type(T_exp_avg_sq))
+    p_prev_grad = tl.load(row + 5).to(tl.pointer_type(T_prev_grad))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+        p_exp_avg_diff = tl.multiple_of(p_exp_avg_diff, 16)
+        p_exp_avg_sq = tl.multiple_of(p_exp_avg_sq, 16)
+        p_prev_grad = tl.multiple_of(p_prev_grad, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+    c4 = tl.load(slots + 4)
+    c5 = tl.load(slots + 5)
+    c6 = tl.load(slots + 6)
+    c7 = tl.load(slots + 7)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_exp_avg_diff = tl.load(p_exp_avg_diff + idx).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            x_prev_grad = tl.load(p_prev_grad + idx).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_diff, o_exp_avg_sq, o_prev_grad = _adan_math_5(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_prev_grad, c0, c1, c2, c3, c4, c5, c6, c7)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+            tl.store(p_exp_avg_diff + idx, store_cast(o_exp_avg_diff, T_exp_avg_diff))
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq))
+            tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_diff = tl.load(p_exp_avg_diff + idx, mask=mask, other=1.0).to(tl.float32)
+            x_exp_avg_sq = tl.load(p_exp_avg_sq + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            x_prev_grad = tl.load(p_prev_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg, o_exp_avg_diff, o_exp_avg_sq, o_prev_grad = _adan_math_5(x_exp_avg, x_exp_avg_diff, x_exp_avg_sq, x_grad, x_param, x_prev_grad, c0, c1, c2, c3, c4, c5, c6, c7)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+            tl.store(p_exp_avg_diff + idx, store_cast(o_exp_avg_diff, T_exp_avg_diff), mask=mask)
+            tl.store(p_exp_avg_sq + idx, store_cast(o_exp_avg_sq, T_exp_avg_sq), mask=mask)
+            tl.store(p_prev_grad + idx, store_cast(o_prev_grad, T_prev_grad), mask=mask)
+
+
+
+def _adan_slots_6(v):
+    return (v['h_betas_2'], v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_2'])), (1.0 + (-1.0 * v['h_betas_0'])), ((-1.0 * v['h_lr'] * math.sqrt((1.0 + (-1.0 * (v['h_betas_2'] ** (1.0 + v['st_step'])))))) / ((1.0 + (-1.0 * (v['h_betas_0'] ** (1.0 + v['st_step'])))))), (1.0 + (-1.0 * v['h_betas_1'])), ((-1.0 * v['h_betas_1'] * v['h_lr'] * math.sqrt((1.0 + (-1.0 * (v['h_betas_2'] ** (1.0 + v['st_step'])))))) / ((1.0 + (-1.0 * (v['h_betas_1'] ** (1.0 + v['st_step'])))))), ((1.0 + (v['h_lr'] * v['h_weight_decay'])) ** -1.0))
+
+def _adan_guard_6(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _adan_updates_6(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
+def _adan_slots_7(v):
+    return ((1.0 + (-1.0 * v['h_betas_0'])), (1.0 + (-1.0 * v['h_betas_1'])), v['h_betas_2'], v['h_betas_1'], (1.0 + (-1.0 * v['h_betas_2'])))
+
+def _adan_guard_7(v):
+    return True
+
+def _adan_updates_7(v):
+    return {'st_step': (1.0 + v['st_step'])}
+
+
 _ADAN_SPECS = (
     _gsr_triton.KernelSpec(
         kernels=(_adan_kernel_0,),
@@ -370,7 +558,7 @@ _ADAN_SPECS = (
         kernels=(_adan_kernel_2,),
         reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
-        fixed={'lr': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
+        fixed={'lr': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False, True), 'foreach': (None, False, True)},
         scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_eps': ('group', 'eps', None), 'st_step': ('state', 'step', None)},
         guard=_adan_guard_2,
         slots=_adan_slots_2,
@@ -381,11 +569,55 @@ _ADAN_SPECS = (
         kernels=(_adan_kernel_3,),
         reductions=0,
         roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
-        fixed={'eps': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
+        fixed={'eps': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False, True), 'foreach': (None, False, True)},
         scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'st_step': ('state', 'step', None)},
         guard=_adan_guard_3,
         slots=_adan_slots_3,
         updates=_adan_updates_3,
+        state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adan_kernel_4,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
+        fixed={'no_prox': (True,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adan_guard_4,
+        slots=_adan_slots_4,
+        updates=_adan_updates_4,
+        state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adan_kernel_2,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
+        fixed={'lr': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_eps': ('group', 'eps', None), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adan_guard_5,
+        slots=_adan_slots_5,
+        updates=_adan_updates_5,
+        state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adan_kernel_5,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
+        fixed={'eps': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'h_weight_decay': ('group', 'weight_decay', None), 'st_step': ('state', 'step', None)},
+        guard=_adan_guard_6,
+        slots=_adan_slots_6,
+        updates=_adan_updates_6,
+        state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_adan_kernel_2,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad'),
+        fixed={'lr': (0.0,), 'eps': (0.0,), 'weight_decay': (0.0,), 'no_prox': (False,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_betas_2': ('group', 'betas', 2), 'st_step': ('state', 'step', None)},
+        guard=_adan_guard_7,
+        slots=_adan_slots_7,
+        updates=_adan_updates_7,
         state_keys=frozenset(['exp_avg', 'exp_avg_diff', 'exp_avg_sq', 'prev_grad', 'step']),
     ),
 )

@@ -238,6 +238,122 @@ def _lion_updates_3(v):
     return {}
 
 
+
+@triton.jit
+def _lion_math_4(x_exp_avg, x_grad, x_param, c0, c1, c2, c3):
+    t0 = ((-1.0 * x_exp_avg) + (-1.0 * x_grad))
+    return ((c0 * x_param) + (c2 * sign((x_exp_avg + (c1 * t0))))), (x_exp_avg + (c3 * t0))
+
+@triton.jit
+def _lion_kernel_4(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+    c0 = tl.load(slots + 0)
+    c1 = tl.load(slots + 1)
+    c2 = tl.load(slots + 2)
+    c3 = tl.load(slots + 3)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            x_param = tl.load(p_param + idx).to(tl.float32)
+            o_param, o_exp_avg = _lion_math_4(x_exp_avg, x_grad, x_param, c0, c1, c2, c3)
+            tl.store(p_param + idx, store_cast(o_param, T_param))
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            x_param = tl.load(p_param + idx, mask=mask, other=1.0).to(tl.float32)
+            o_param, o_exp_avg = _lion_math_4(x_exp_avg, x_grad, x_param, c0, c1, c2, c3)
+            tl.store(p_param + idx, store_cast(o_param, T_param), mask=mask)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+
+
+
+def _lion_slots_4(v):
+    return ((1.0 + (-1.0 * v['h_lr'] * v['h_weight_decay'])), (1.0 + (-1.0 * v['h_betas_0'])), (-1.0 * v['h_lr']), (1.0 + (-1.0 * v['h_betas_1'])))
+
+def _lion_guard_4(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _lion_updates_4(v):
+    return {}
+
+
+def _lion_slots_5(v):
+    return ((1.0 + (-1.0 * v['h_betas_1'])),)
+
+def _lion_guard_5(v):
+    return ((v['h_weight_decay'] != 0.0)) is True
+
+def _lion_updates_5(v):
+    return {}
+
+
+
+@triton.jit
+def _lion_math_5(x_exp_avg, x_grad, c0):
+    return (x_exp_avg + (c0 * ((-1.0 * x_exp_avg) + (-1.0 * x_grad))))
+
+@triton.jit
+def _lion_kernel_5(table, chunks, slots, partials, W: tl.constexpr, CH: tl.constexpr, BL: tl.constexpr,
+                   ALIGNED: tl.constexpr, NP: tl.constexpr, T_param: tl.constexpr, T_grad: tl.constexpr, T_exp_avg: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table + tl.load(chunks + 2 * pid).to(tl.int64) * W
+    start = tl.load(chunks + 2 * pid + 1).to(tl.int64) * CH
+    n = tl.load(row + W - 3)
+    p_param = tl.load(row + 0).to(tl.pointer_type(T_param))
+    p_grad = tl.load(row + 1).to(tl.pointer_type(T_grad))
+    p_exp_avg = tl.load(row + 2).to(tl.pointer_type(T_exp_avg))
+    if ALIGNED:
+        p_param = tl.multiple_of(p_param, 16)
+        p_grad = tl.multiple_of(p_grad, 16)
+        p_exp_avg = tl.multiple_of(p_exp_avg, 16)
+    c0 = tl.load(slots + 0)
+
+
+    stop = tl.minimum(n - start, CH)
+    for off in range(0, stop, BL):
+        idx = start + off + tl.arange(0, BL)
+        if off + BL <= stop:
+            x_exp_avg = tl.load(p_exp_avg + idx).to(tl.float32)
+            x_grad = tl.load(p_grad + idx).to(tl.float32)
+            o_exp_avg = _lion_math_5(x_exp_avg, x_grad, c0)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg))
+        else:
+            mask = idx < n
+            x_exp_avg = tl.load(p_exp_avg + idx, mask=mask, other=1.0).to(tl.float32)
+            x_grad = tl.load(p_grad + idx, mask=mask, other=1.0).to(tl.float32)
+            o_exp_avg = _lion_math_5(x_exp_avg, x_grad, c0)
+            tl.store(p_exp_avg + idx, store_cast(o_exp_avg, T_exp_avg), mask=mask)
+
+
+
+def _lion_slots_6(v):
+    return ((1.0 + (-1.0 * v['h_betas_1'])),)
+
+def _lion_guard_6(v):
+    return True
+
+def _lion_updates_6(v):
+    return {}
+
+
 _LION_SPECS = (
     _gsr_triton.KernelSpec(
         kernels=(_lion_kernel_0,),
@@ -281,6 +397,39 @@ _LION_SPECS = (
         guard=_lion_guard_3,
         slots=_lion_slots_3,
         updates=_lion_updates_3,
+        state_keys=frozenset(['exp_avg']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_lion_kernel_4,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg'),
+        fixed={'maximize': (True,), 'foreach': (None, False, True)},
+        scalars={'h_lr': ('group', 'lr', None), 'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None)},
+        guard=_lion_guard_4,
+        slots=_lion_slots_4,
+        updates=_lion_updates_4,
+        state_keys=frozenset(['exp_avg']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_lion_kernel_3,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg'),
+        fixed={'lr': (0.0,), 'maximize': (False,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1), 'h_weight_decay': ('group', 'weight_decay', None)},
+        guard=_lion_guard_5,
+        slots=_lion_slots_5,
+        updates=_lion_updates_5,
+        state_keys=frozenset(['exp_avg']),
+    ),
+    _gsr_triton.KernelSpec(
+        kernels=(_lion_kernel_5,),
+        reductions=0,
+        roles=('param', 'grad', 'exp_avg'),
+        fixed={'lr': (0.0,), 'weight_decay': (0.0,), 'maximize': (True,), 'foreach': (None, False, True)},
+        scalars={'h_betas_0': ('group', 'betas', 0), 'h_betas_1': ('group', 'betas', 1)},
+        guard=_lion_guard_6,
+        slots=_lion_slots_6,
+        updates=_lion_updates_6,
         state_keys=frozenset(['exp_avg']),
     ),
 )
