@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 
 from gsr_rewrite import triton_runtime  # noqa: E402
 from gsr_rewrite.kernel_trace import KernelTraceError, trace_program  # noqa: E402
-from gsr_rewrite.optim import AdamW, AdamWR, Adan, AdanR, Lion, LionR  # noqa: E402
+from gsr_rewrite.optim import AdamW, AdamWR, Adan, Lion, LionR  # noqa: E402
 from gsr_rewrite.shipped import SHIPPED_TRITON, generate  # noqa: E402
 from gsr_rewrite.triton_check import TOLERANCE, check_triton  # noqa: E402
 
