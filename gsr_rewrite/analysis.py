@@ -93,7 +93,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         local = set(pos) | set(kw)
 
         def make_eval(pt: PointsTo) -> Evaluator:
-            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends)
+            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
+                             src.imports)
 
         solve_points_to(fa.flow, fa.entry_pt, make_eval)
         exit_live = fa.exit_live

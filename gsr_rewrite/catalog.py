@@ -19,6 +19,16 @@ class ElementwiseOp:
 
 
 @dataclass(frozen=True)
+class KnownFunction:
+    """A function imported from another module whose effect on tensors is known."""
+
+    name: str
+    effect: str  # alias | fresh | metadata | group (see rules/op_catalog.toml)
+    arg: int  # alias: the positional argument returned
+    defined_in: tuple[str, ...]  # modules (or classes) that define it
+
+
+@dataclass(frozen=True)
 class OpCatalog:
     elementwise: dict[str, ElementwiseOp]
     creation: dict[str, str]  # torch.NAME(x) -> how a host is filled: copy, zero, one, none
@@ -27,12 +37,26 @@ class OpCatalog:
     metadata: frozenset[str]
     inplace_kill: frozenset[str]
     constructor: frozenset[str]
+    functions: dict[str, KnownFunction]
 
     def inplace_base(self, method: str) -> ElementwiseOp | None:
         """The elementwise op whose in-place method is `method` (`add_` -> add)."""
         for op in self.elementwise.values():
             if op.inplace and op.inplace == method:
                 return op
+        return None
+
+    def function(self, qualified: str) -> KnownFunction | None:
+        """The known function a call resolves to: `typing.cast`, or `.optimizer._get_value` (a
+        relative import matches a defining module that ends with the same dotted path)."""
+        owner, _, name = qualified.rpartition(".")
+        spec = self.functions.get(name)
+        if spec is None or not owner:
+            return None
+        rel = owner.lstrip(".")
+        for d in spec.defined_in:
+            if d == owner or (owner.startswith(".") and (d == rel or d.endswith("." + rel))):
+                return spec
         return None
 
 
@@ -68,4 +92,9 @@ def load_catalog() -> OpCatalog:
         metadata=frozenset(methods["metadata"]),
         inplace_kill=frozenset(methods["inplace_kill"]),
         constructor=frozenset(methods.get("constructor", [])),
+        functions={
+            name: KnownFunction(name, str(spec["effect"]), int(spec.get("arg", 0)),
+                                tuple(spec["defined_in"]))
+            for name, spec in data.get("functions", {}).items()
+        },
     )

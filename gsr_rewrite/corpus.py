@@ -34,7 +34,14 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from gsr_rewrite.api import EmittedModuleError, ModuleRewrite, defining_module, rewrite_module
+from gsr_rewrite.api import (
+    EmittedModuleError,
+    ModuleRewrite,
+    defining_module,
+    inherit_variant,
+    rewrite_module,
+    step_owner,
+)
 from gsr_rewrite.check import MEASURE_SHAPES, compare_trajectories
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.memory import measure_temporaries
@@ -255,9 +262,10 @@ def run_corpus(packages: list[str], *, steps: int = 7, quick: bool = False,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if f.module not in rewrites and "<locals>" not in f.cls.__qualname__:
+                module = _source_module(f)
+                if module is not None and module not in rewrites:
                     with _time_limit(time_limit):  # once per module, its own time limit
-                        rewrites[f.module] = _rewrite(f.module)
+                        rewrites[module] = _rewrite(module)
                 with _time_limit(time_limit):
                     _one(row, f, rewrites, steps, quick)
         except (Exception, _TimeLimit) as e:  # recorded in the row; the run goes on
@@ -278,15 +286,29 @@ def _rewrite(module: str) -> ModuleRewrite | BaseException:
         return e
 
 
+def _source_module(f: Found) -> str | None:
+    """The module to rewrite for this class: its own, or that of the base whose step it runs
+    (AdamW(Adam), `partialclass(Adam, foreach=True)`); None when there is none."""
+    owner = step_owner(f.cls)
+    if owner is not None:
+        try:
+            return defining_module(owner)[0]
+        except RewriteError:
+            return None
+    return None if "<locals>" in f.cls.__qualname__ else f.module
+
+
 def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseException],
          steps: int, quick: bool) -> None:
-    if "<locals>" in f.cls.__qualname__:
+    module, owner = _source_module(f), step_owner(f.cls)
+    if module is None:
         row.status = "refused"
         row.reason = (f"class created inside a function ({f.cls.__qualname__}): no module-level "
                       "class statement to rewrite")
         _evaluate(row, f.cls, None, steps, quick)
         return
-    rw = rewrites[f.module]
+    name = (owner or f.cls).__name__
+    rw = rewrites[module]
     r_cls = None
     if isinstance(rw, EmittedModuleError):
         row.status, row.reason = "error", _short(str(rw))
@@ -294,13 +316,18 @@ def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseExcep
         row.status, row.reason = "refused", _short(str(rw))
     elif isinstance(rw, BaseException):
         row.status, row.reason = "error", f"rewrite crashed: {_crash(rw)}"
-    elif f.cls.__name__ not in rw.outcomes:
+    elif name not in rw.outcomes:
         row.status = "refused"
-        row.reason = f"the analysis did not find class {f.cls.__name__} in {rw.filename}"
+        row.reason = f"the analysis did not find class {name} in {rw.filename}"
     else:
-        row.status, row.reason = rw.outcomes[f.cls.__name__]
+        row.status, row.reason = rw.outcomes[name]
         if row.status == "rewritten" and rw.module is not None:
-            r_cls = getattr(rw.module, f.cls.__name__ + "R")
+            r_cls = getattr(rw.module, name + "R")
+            if owner is not None:
+                r_cls = inherit_variant(f.cls, owner, r_cls)
+    if owner is not None:
+        row.reason = f"runs {owner.__module__}.{name}.step" + (f": {row.reason}" if row.reason
+                                                                 else "")
     _evaluate(row, f.cls, r_cls, steps, quick)
     if row.status != "rewritten" and (row.before_units or 0.0) >= REUSE_FROM:
         row.detail = row.detail or (f"one step allocates {row.before_units:.3f} "

@@ -15,8 +15,9 @@ from typing import Any
 
 import libcst as cst
 
-from gsr_rewrite.effects import EMPTY, Effects, Evaluator, Value, buffers, is_role
+from gsr_rewrite.effects import EMPTY, Effects, Evaluator, Value, buffers, is_role, names_in
 from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.values import LIST, PART, element, flat, item
 
 Fact = tuple[str, str]  # (variable, buffer)
 PointsTo = dict[str, Value]
@@ -243,6 +244,12 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
                     ev.eff.escapes.append((b, "stored in optimizer state", target))
                 else:
                     ev.eff.persistent.add(b)
+        elif "%list" in base and isinstance(target.value, cst.Name):
+            # `lst[i] = view_as_real(lst[i])`: the list now holds v (a tensor would copy it)
+            lst = target.value.value
+            ev.eff.weak[lst] = ev.eff.weak.get(lst, EMPTY) | flat(v) | LIST
+            ev.eff.writes.extend(("@expr", b) for b in buffers(base))
+            ev.eff.reads.extend(("@expr", b, target) for b in buffers(v))
         else:
             for b in buffers(base):
                 ev.eff.writes.append(("@expr", b))
@@ -256,20 +263,22 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
 def _unpack(target: cst.Tuple | cst.List, value: cst.BaseExpression | None, v: Value,
             ev: Evaluator) -> list[Value]:
     """What each element of `a, b, c = x, *ys, z` receives: pairs from both ends; elements that
-    meet a starred value get the union of everything starred (and anything unknown gets v)."""
+    meet a starred value get the union of everything starred; `a, b = t` takes t's positions
+    when t is structured (see values.py), and anything unknown gets all of v."""
     n = len(target.elements)
-    if not isinstance(value, (cst.Tuple, cst.List)) or any(
-            isinstance(el, cst.StarredElement) for el in target.elements):
-        return [v] * n
+    if any(isinstance(el, cst.StarredElement) for el in target.elements):
+        return [flat(v)] * n
+    if not isinstance(value, (cst.Tuple, cst.List)):
+        return [item(v, k) for k in range(n)]
     vals = value.elements
     star = next((k for k, el in enumerate(vals) if isinstance(el, cst.StarredElement)), None)
     if star is None:
-        return [ev.value(el.value) for el in vals] if len(vals) == n else [v] * n
+        return [ev.value(el.value) for el in vals] if len(vals) == n else [flat(v)] * n
     head = [ev.value(el.value) for el in vals[:star]]
     tail = [ev.value(el.value) for el in vals[star + 1:]]
     middle = n - len(head) - len(tail)
     if middle < 0:
-        return [v] * n
+        return [flat(v)] * n
     starred = EMPTY
     for el in vals[star:len(vals) - len(tail)]:
         starred |= ev.value(el.value)
@@ -283,16 +292,13 @@ def _bind_for(s: cst.For, ev: Evaluator) -> None:
         vals = [ev.value(a.value) for a in it.args if a.keyword is None]
         if it.func.value == "enumerate":
             vals = [EMPTY, *vals[:1]]
-        vals = [_element(v) for v in vals]
+        vals = [element(v) for v in vals]
         for el, v in zip(s.target.elements, vals, strict=False):
             _assign(el.value, v, ev)
         return
-    _assign(s.target, _element(ev.value(it)), ev)
-
-
-def _element(v: Value) -> Value:
-    """What iterating over `v` yields: a group from self.param_groups, else the same buffers."""
-    return frozenset("%group" if b == "%groups" else b for b in v if b != "%list")
+    v = ev.value(it)
+    ev.eff.partition = PART in v
+    _assign(s.target, element(v), ev)
 
 
 # -- fixpoints -------------------------------------------------------------------------------
@@ -341,14 +347,15 @@ def solve_liveness(flow: FunctionFlow, exit_live: frozenset[Fact]) -> None:
                 out = {f for f in out if not is_role(f[1])} | set(n.after_loop.live_in)
             pt = n.pt_out()  # after n, a variable holds only what points-to says it may
             live_out = frozenset(f for f in out if f[0].startswith("@") or f[0] not in pt
-                                 or f[1] in pt[f[0]])
+                                 or f[1] in buffers(pt[f[0]]))
             killed_vars = set(n.eff.assigns)
             fresh = {a.site for a in n.eff.allocs}  # allocated here: no earlier contents needed
             gone = n.eff.kills | fresh
             keep = {f for f in live_out if f[0] not in killed_vars and f[1] not in gone}
             # `g = grad.view(-1)` / `g = p.grad`: contents read later through the new name were
             # there before it was bound, so they stay live before this node
-            aliased = {("@" + b, b) for v, b in live_out if v in killed_vars and b not in gone}
+            aliased = {f for v, b in live_out if v in killed_vars and b not in gone
+                       for f in _alias_sources(n, b)}
             live_in = frozenset(keep | aliased |
                                 {(v, b) for v, b, _ in n.eff.reads if b not in fresh})
             if live_out != n.live_out or live_in != n.live_in:
@@ -358,12 +365,41 @@ def solve_liveness(flow: FunctionFlow, exit_live: frozenset[Fact]) -> None:
     raise RuntimeError("liveness analysis did not converge")
 
 
-def _per_element(latch: Node) -> bool:
-    """True when each iteration of this for-loop touches only its own parameter's buffers.
+def _alias_sources(n: Node, b: str) -> list[Fact]:
+    """`x = y.view(-1)` / `g = p.grad` binds a name to contents of b that will be read later: before
+    n they are read through the names of n that hold b (y), or through a root (p.grad) as "@b"."""
+    names = [v for v in sorted(_node_names(n)) if b in buffers(n.pt_in.get(v, EMPTY))]
+    return [(v, b) for v in names] + ([("@" + b, b)] if b in n.eff.rooted or not names else [])
 
-    The loop must iterate over parameters, tensor lists (directly, zipped or enumerated) or param
-    groups, and its body may reach tensor lists defined outside the loop only as `lst[i]`, with
-    `i` the loop's index.
+
+_NAMES: dict[int, tuple[cst.CSTNode, set[str]]] = {}  # node -> names it mentions (a cache)
+
+
+def _node_names(n: Node) -> set[str]:
+    s = n.node
+    if s is None:
+        return set()
+    cached = _NAMES.get(id(s))
+    if cached is not None and cached[0] is s:
+        return cached[1]
+    parts: list[cst.CSTNode] = [s]
+    if isinstance(s, cst.For):
+        parts = [s.iter]
+    elif isinstance(s, cst.With):
+        parts = [item.item for item in s.items]
+    names = set().union(*(names_in(x) for x in parts))
+    if len(_NAMES) > 4096:  # bounded: it keeps nodes alive
+        _NAMES.clear()
+    _NAMES[id(s)] = (s, names)
+    return names
+
+
+def _per_element(latch: Node) -> bool:
+    """True when each iteration of this for-loop touches only its own parameters' buffers.
+
+    The loop must iterate over parameters, tensor lists (directly, zipped or enumerated), param
+    groups or device groups of tensor lists (a partition of the parameters), and its body may
+    reach tensor lists defined outside the loop only as `lst[i]`, with `i` the loop's index.
     """
     loop = latch.node
     if not isinstance(loop, cst.For):
@@ -371,8 +407,8 @@ def _per_element(latch: Node) -> bool:
     head = next(n for n in _all_reachable(latch) if n.kind == "for" and n.node is loop)
     bound = list(head.eff.assigns.values())
     elements = [v for v in bound if v]
-    if not elements or not all(v <= frozenset({"%group"}) or all(is_role(b) for b in v)
-                               for v in elements):
+    if not head.eff.partition and (not elements or not all(
+            v <= frozenset({"%group"}) or all(is_role(b) for b in v) for v in elements)):
         return False
     assigned = assigned_names(loop)
     outer = {k for k, v in head.pt_in.items() if buffers(v) and k not in assigned}

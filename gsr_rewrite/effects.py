@@ -3,7 +3,8 @@
 Values are sets of abstract buffers. Element roles name one parameter's buffers: "param", "grad",
 "state:KEY"; every allocating tensor op is its own buffer "tmp@LINE:COL". Values that are not
 tensors but lead to them carry a "%" marker: "%self", "%statedict", "%pstate" (self.state[p]),
-"%groups", "%group". Scalars are the empty set.
+"%groups", "%group". Scalars are the empty set. Tuples and grouped tensor lists keep their
+positions (values.py), so `for (ps, gs), _ in grouped.values()` binds `gs` to the gradients only.
 
 Reads are recorded as (variable, buffer) pairs: the variable through which the buffer's *contents*
 are read. Root accesses such as `p.grad` or `state["exp_avg"]` read through the pseudo-variables
@@ -17,29 +18,33 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from gsr_rewrite.catalog import OpCatalog
+from gsr_rewrite.catalog import KnownFunction, OpCatalog
+from gsr_rewrite.values import (
+    EMPTY,
+    LIST,
+    PART,
+    Buf,
+    Value,
+    buffers,
+    container,
+    element,
+    flat,
+    is_buffer,
+    is_container,
+    is_role,
+    is_structured,
+    item,
+    structured,
+)
 
-Buf = str
-Value = frozenset[Buf]
-EMPTY: Value = frozenset()
-LIST: Value = frozenset({"%list"})  # marks a list of tensors (foreach operands)
+__all__ = ["EMPTY", "LIST", "Alloc", "Buf", "Effects", "Evaluator", "Value", "buffers", "dotted",
+           "element", "flat", "is_buffer", "is_role", "item", "scalar_state_keys"]
+
 BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter",
                       "filter"}
 HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "max", "min",
                      "abs", "print", "any", "all", "type", "id", "hasattr", "getattr", "round",
                      "RuntimeError", "ValueError", "TypeError", "NotImplementedError"}
-
-
-def is_buffer(b: Buf) -> bool:
-    return not b.startswith("%")
-
-
-def is_role(b: Buf) -> bool:
-    return b in ("param", "grad") or b.startswith("state:")
-
-
-def buffers(v: Value) -> Value:
-    return frozenset(b for b in v if is_buffer(b))
 
 
 def dotted(node: cst.BaseExpression) -> str | None:
@@ -75,6 +80,8 @@ class Effects:
     weak: dict[str, Value] = field(default_factory=dict)  # list.append / extend
     calls: list[tuple[str, list[Value], dict[str, Value], cst.Call]] = field(default_factory=list)
     persistent: set[Buf] = field(default_factory=set)  # temporaries stored into state
+    partition: bool = False  # a for-loop over disjoint subsets of the parameters (device groups)
+    rooted: set[Buf] = field(default_factory=set)  # reached from a root: p.grad, state["k"], ...
 
 
 class Evaluator:
@@ -84,7 +91,8 @@ class Evaluator:
                  site_of: Mapping[cst.CSTNode, str], local_callables: set[str],
                  scalar_keys: frozenset[str] = frozenset(),
                  methods: frozenset[str] | set[str] = frozenset(),
-                 appends: Mapping[str, tuple[list[str], dict[str, Value]]] | None = None) -> None:
+                 appends: Mapping[str, tuple[list[str], dict[str, Value]]] | None = None,
+                 imports: Mapping[str, str] | None = None) -> None:
         self.pt = pt
         self.cat = catalog
         self.helpers = helpers  # module functions the analysis follows (called by plain name)
@@ -94,6 +102,7 @@ class Evaluator:
         self.site_of = site_of
         self.local_callables = local_callables
         self.scalar_keys = scalar_keys  # state entries that only ever hold scalars ("step")
+        self.imports = imports or {}  # module-level imports: local name -> where it comes from
         self.eff = Effects()
         self._comprehension = 0
 
@@ -127,6 +136,9 @@ class Evaluator:
                 return frozenset({"%fn:" + node.value})  # a helper function used as a value
             return self.pt.get(node.value, EMPTY)
         if isinstance(node, cst.Attribute):
+            name = dotted(node)
+            if name is not None and name.startswith("torch.") and "torch" not in self.pt:
+                return frozenset({"%torch:" + name[len("torch."):]})  # a torch function as a value
             return self._attribute(node)
         if isinstance(node, cst.Subscript):
             return self._subscript(node)
@@ -154,14 +166,17 @@ class Evaluator:
         if isinstance(node, cst.BooleanOperation):
             return self.value(node.left) | self.value(node.right)
         if isinstance(node, (cst.Tuple, cst.List)):
-            out: set[Buf] = set()
-            for el in node.elements:
-                out |= self.value(el.value)
-            return frozenset(out) | LIST if buffers(frozenset(out)) else frozenset(out)
+            items = [self.value(el.value) for el in node.elements]
+            if not any(isinstance(el, cst.StarredElement) for el in node.elements):
+                return structured(items)
+            out = frozenset().union(*map(flat, items))  # positions after a *star are unknown
+            return out | LIST if buffers(out) else out
         if isinstance(node, (cst.ListComp, cst.GeneratorExp)):
             return self._comprehension_value(node)
         if isinstance(node, cst.Lambda):
-            self._capture(node.body, "captured by a lambda")
+            own = {x.name.value for x in (*node.params.posonly_params, *node.params.params,
+                                          *node.params.kwonly_params)}
+            self._capture(node.body, "captured by a lambda", own)  # `lambda n: 1 - n`
             return EMPTY
         if isinstance(node, cst.NamedExpr):
             v = self.value(node.value)
@@ -183,6 +198,7 @@ class Evaluator:
             return {"state": frozenset({"%statedict"}),
                     "param_groups": frozenset({"%groups"})}.get(attr, EMPTY)
         if attr == "grad" and "param" in base:
+            self.eff.rooted.add("grad")
             return frozenset({"grad"})
         if attr in ("data", "T", "mT", "real", "imag"):
             return base
@@ -199,20 +215,28 @@ class Evaluator:
         if "%pstate" in base:
             if key in self.scalar_keys:
                 return EMPTY
-            return frozenset({f"state:{key}"}) if key else frozenset({"state:?"})
+            found = f"state:{key}" if key else "state:?"
+            self.eff.rooted.add(found)
+            return frozenset({found})
         if "%groups" in base:
             return frozenset({"%group"})
         if "%group" in base:
-            return frozenset({"param"}) | LIST if key == "params" else EMPTY
-        return base - LIST  # element of a tensor list, or a view into a tensor
+            if key != "params":
+                return EMPTY
+            self.eff.rooted.add("param")
+            return frozenset({"param"}) | LIST
+        index = _const_index(node)
+        if index is not None and is_structured(base):
+            return item(base, index)
+        return element(base)  # element of a tensor list, or a view into a tensor
 
     def _comprehension_value(self, node: cst.ListComp | cst.GeneratorExp) -> Value:
         saved = dict(self.pt)
         scope = dict(self.pt)
         for f in _for_ins(node.for_in):
-            it = self.value(f.iter)
+            it = element(self.value(f.iter))
             for name in _target_names(f.target):
-                scope[name] = it
+                scope[name] = it if isinstance(f.target, cst.Name) else flat(it)
         self.pt = scope
         self._comprehension += 1
         try:
@@ -222,8 +246,8 @@ class Evaluator:
             self._comprehension -= 1
             self.pt = saved
 
-    def _capture(self, node: cst.CSTNode, why: str) -> None:
-        for name in _names_in(node):
+    def _capture(self, node: cst.CSTNode, why: str, own: set[str] | None = None) -> None:
+        for name in names_in(node) - (own or set()):
             for b in buffers(self.pt.get(name, EMPTY)):
                 self.eff.escapes.append((b, f"`{name}` {why}", node))
 
@@ -232,14 +256,22 @@ class Evaluator:
         func = node.func
         name = dotted(func)
         if isinstance(func, cst.Name) and func.value in self.pt:
-            targets = sorted(b[len("%fn:"):] for b in self.pt[func.value] if b.startswith("%fn:"))
-            if targets:  # `func = _multi if foreach else _single; func(...)`
+            bound = self.pt[func.value]
+            targets = sorted(b[len("%fn:"):] for b in bound if b.startswith("%fn:"))
+            ops = sorted(b[len("%torch:"):] for b in bound if b.startswith("%torch:"))
+            if targets or ops:  # `func = _multi if foreach else _single; func(...)`
                 for t in targets:
                     self._helper_call(t, node)
-                return EMPTY
+                return frozenset().union(*(self._torch(node, op) for op in ops))
+        known = self._known(name)
+        if known is not None:
+            return self._known_call(node, known)
         if isinstance(func, cst.Attribute) and (name is None or not name.startswith("torch.")):
+            if func.attr.value in ("values", "items", "keys") and not node.args and \
+                    is_container(self.peek(func.value)):
+                return _dict_view(self.peek(func.value), func.attr.value)
             if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name):
-                v = self.value(node.args[0].value) if node.args else EMPTY
+                v = flat(self.value(node.args[0].value)) if node.args else EMPTY
                 lst = func.value.value
                 self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
                 return EMPTY
@@ -264,6 +296,32 @@ class Evaluator:
             for b in buffers(v):
                 self.eff.escapes.append((b, f"passed to unknown function `{name}`", a))
         return EMPTY
+
+    def _known(self, name: str | None) -> KnownFunction | None:
+        """The catalog entry of an imported function (`_get_value`, `typing.cast`), or None."""
+        if name is None or name in self.helpers:
+            return None
+        first, _, rest = name.partition(".")
+        origin = self.imports.get(first)
+        if origin is None or first in self.pt or first in self.local_callables:
+            return None
+        return self.cat.function(f"{origin}.{rest}" if rest else origin)
+
+    def _known_call(self, node: cst.Call, fn: KnownFunction) -> Value:
+        if fn.effect in ("metadata", "group"):  # device, dtype, shape: no contents read
+            for a in node.args:
+                self.peek(a.value)
+            first = node.args[0].value if node.args and not node.args[0].star else None
+            if fn.effect == "group" and first is not None:  # {key: (lists, indices)}
+                return container(structured([self.peek(first), EMPTY]), partition=True)
+            return EMPTY
+        values = [self.read(a.value) for a in node.args]
+        if fn.effect == "fresh":
+            return EMPTY
+        pos = [v for a, v in zip(node.args, values, strict=True) if a.keyword is None]
+        if any(a.star for a in node.args) or fn.arg >= len(pos):
+            return frozenset().union(*map(flat, values))
+        return pos[fn.arg]
 
     def _helper_call(self, name: str, node: cst.Call) -> Value:
         if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
@@ -368,8 +426,11 @@ class Evaluator:
             return self._alloc(node, fn, "creation", pos[:1], args_v)
         if fn in cat.elementwise:
             return self._alloc(node, fn, "function", pos, args_v)
-        if fn in cat.reduce or fn.startswith("linalg."):
-            return EMPTY
+        if fn in cat.reduce or fn in cat.metadata or fn.startswith(("linalg.", "is_")):
+            return EMPTY  # not parameter-sized: a reduction, a bool (`torch.is_complex(p)`)
+        if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
+            for b in buffers(args_v):
+                self.eff.writes.append(("@expr", b))
         return args_v  # unknown torch function: its result may alias its arguments
 
     def _overwrite(self, target: cst.BaseExpression, v: Value) -> None:
@@ -391,6 +452,23 @@ class Evaluator:
 
 _BINOPS: dict[type, str] = {cst.Add: "add", cst.Subtract: "sub", cst.Multiply: "mul",
                             cst.Divide: "div", cst.Power: "pow"}
+
+
+def _dict_view(v: Value, method: str) -> Value:
+    """`d.values()` / `d.items()` / `d.keys()` of a container whose elements are d's values."""
+    if method == "keys":
+        return EMPTY
+    if method == "values":
+        return v
+    return container(structured([EMPTY, element(v)]), partition=PART in v)
+
+
+def _const_index(node: cst.Subscript) -> int | None:
+    if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        v = node.slice[0].slice.value
+        if isinstance(v, cst.Integer):
+            return int(v.evaluated_value)
+    return None
 
 
 def _const_key(node: cst.Subscript) -> str | None:
@@ -417,7 +495,7 @@ def _target_names(t: cst.BaseExpression) -> list[str]:
     return []
 
 
-def _names_in(node: cst.CSTNode) -> set[str]:
+def names_in(node: cst.CSTNode) -> set[str]:
     found: set[str] = set()
 
     class _V(cst.CSTVisitor):
@@ -444,6 +522,15 @@ def scalar_state_keys(module: cst.Module) -> frozenset[str]:
             return True
         if isinstance(v, cst.UnaryOperation):
             return is_scalar(v.expression)
+        if isinstance(v, cst.IfExp):  # `torch.zeros(()) if capturable else torch.tensor(0.0)`
+            return is_scalar(v.body) and is_scalar(v.orelse)
+        if isinstance(v, cst.Call) and dotted(v.func) == "torch.tensor":
+            return True  # `torch.tensor(step_val)`: a copy of data, aliasing no buffer
+        if isinstance(v, cst.Call) and isinstance(v.func, cst.Attribute) and \
+                v.func.attr.value in ("clone", "detach", "to"):
+            inner = v.func.value  # `torch.as_tensor(lr).clone()`: a fresh copy of a maker's tensor
+            return is_scalar(inner) or (v.func.attr.value == "clone" and isinstance(
+                inner, cst.Call) and dotted(inner.func) in _SCALAR_MAKERS)
         if isinstance(v, cst.Call) and dotted(v.func) in _SCALAR_MAKERS:
             first = v.args[0].value if v.args else None
             return first is None or isinstance(first, (cst.Integer, cst.Float, cst.Tuple,

@@ -29,6 +29,7 @@ class SourceModule:
     positions: dict[cst.CSTNode, tuple[int, int]]
     functions: dict[str, cst.FunctionDef]
     classes: list[OptimizerClass]
+    imports: dict[str, str] = field(default_factory=dict)  # local name -> where it comes from
 
     def where(self, node: cst.CSTNode) -> str:
         line, col = self.positions.get(node, (0, 0))
@@ -57,9 +58,31 @@ def parse(source: str, filename: str) -> SourceModule:
     positions = {n: (r.start.line, r.start.column) for n, r in ranges.items()}
     functions = {s.name.value: s for s in module.body if isinstance(s, cst.FunctionDef)}
     class_defs = {s.name.value: s for s in module.body if isinstance(s, cst.ClassDef)}
-    src = SourceModule(filename, source, module, positions, functions, [])
+    src = SourceModule(filename, source, module, positions, functions, [], _imports(module))
     src.classes = _optimizer_classes(class_defs)
     return src
+
+
+def _imports(module: cst.Module) -> dict[str, str]:
+    """Top-level imports: `from .optimizer import Optimizer as O` -> {"O": ".optimizer.Optimizer"},
+    `import torch.nn` -> {"torch": "torch"}."""
+    found: dict[str, str] = {}
+    for stmt in module.body:
+        if not isinstance(stmt, cst.SimpleStatementLine):
+            continue
+        for s in stmt.body:
+            if isinstance(s, cst.Import):
+                for a in s.names:
+                    full = _dotted(a.name)
+                    local = _dotted(a.asname.name) if a.asname else full.split(".")[0]
+                    found[local] = full if a.asname else local
+            elif isinstance(s, cst.ImportFrom) and not isinstance(s.names, cst.ImportStar):
+                base = "." * len(s.relative) + (_dotted(s.module) if s.module else "")
+                for a in s.names:
+                    name = _dotted(a.name)
+                    local = _dotted(a.asname.name) if a.asname else name
+                    found[local] = f"{base}.{name}" if not base.endswith(".") else base + name
+    return found
 
 
 def _optimizer_classes(class_defs: dict[str, cst.ClassDef]) -> list[OptimizerClass]:

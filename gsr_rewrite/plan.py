@@ -18,6 +18,7 @@ from gsr_rewrite.analysis import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.catalog import OpCatalog
 from gsr_rewrite.dataflow import Node, assigned_names, preds_of
 from gsr_rewrite.effects import Alloc, buffers, is_role
+from gsr_rewrite.values import is_structured
 
 
 @dataclass
@@ -51,6 +52,10 @@ class _FunctionPlanner:
         self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
         self.persistent = {b for n in fa.flow.nodes for b in n.eff.persistent}
         self.defined = _must_defined(fa)
+        # per-element loops and the names each binds: inside one, a name bound outside it holds
+        # other parameters' buffers (or all of them), never a host for this iteration
+        self.loops = [(n.node, assigned_names(n.node)) for n in fa.flow.nodes
+                      if n.kind == "latch" and n.per_element and isinstance(n.node, cst.For)]
 
     def storage_of(self, b: str) -> str:
         return self.storage.get(b, b)
@@ -173,16 +178,16 @@ class _FunctionPlanner:
                 continue
             pt = m.pt_out()
             holders = {var for var, b in m.live_out if b == a.site}
-            for var, b in m.live_out:
-                if self.storage_of(b) != s or b == a.site:
-                    continue
-                if a.site in pt.get(var, frozenset()) and holders <= {var}:
-                    continue  # the variable holds either this temporary or b, never both
-                why.append(f"{_describe(s)} is still needed (through `{var.lstrip('@')}`)")
+            # a variable that holds either this temporary or b, never both, may keep b
+            needed = [var for var, b in m.live_out if self.storage_of(b) == s and b != a.site
+                      and not (a.site in buffers(pt.get(var, frozenset())) and holders <= {var})]
+            if needed:  # the first name in order: reports do not depend on set order
+                why.append(f"{_describe(s)} is still needed (through `{min(needed).lstrip('@')}`)")
                 return False
             if m is not n:
                 for var, b in m.eff.writes:
-                    if self.storage_of(b) == s and a.site not in m.pt_in.get(var, frozenset()):
+                    if self.storage_of(b) == s and \
+                            a.site not in buffers(m.pt_in.get(var, frozenset())):
                         why.append(f"{_describe(s)} is written while the temporary is alive")
                         return False
                 if any(self.storage_of(b) == s for b in m.eff.kills):
@@ -192,17 +197,21 @@ class _FunctionPlanner:
 
     def _dead_hosts(self, n: Node, lists: bool) -> list[tuple[str, cst.BaseExpression]]:
         by_storage: dict[str, str] = {}
+        bound_here = [names for loop, names in self.loops
+                      if n.node is not None and _within(n.node, loop)]
+        defined = {v for v in self.defined.get(id(n), set())
+                   if all(v in names for names in bound_here)}
         # prefer the variable that names the buffer itself (`prev_grads`) over aliases (`diffs`)
         for var, v in sorted(n.pt_in.items(), key=lambda kv: (not is_role_only(kv[1]), kv[0])):
             bufs = {self.storage_of(b) for b in buffers(v)}
-            if ("%list" in v) != lists:
+            if ("%list" in v) != lists or is_structured(v):  # a tuple is no host
                 continue
-            if len(bufs) == 1 and var in self.defined.get(id(n), set()):
+            if len(bufs) == 1 and var in defined:
                 by_storage.setdefault(bufs.pop(), var)
         hosts: dict[str, cst.BaseExpression] = {s: cst.Name(v) for s, v in by_storage.items()}
         if not lists and "grad" not in hosts:  # `p.grad` names this parameter's gradient
             for var, v in sorted(n.pt_in.items()):
-                if v == frozenset({"param"}) and var in self.defined.get(id(n), set()):
+                if v == frozenset({"param"}) and var in defined:
                     hosts["grad"] = cst.Attribute(cst.Name(var), cst.Name("grad"))
                     break
         order = sorted(hosts, key=lambda s: (0 if s.startswith("state:") else

@@ -12,20 +12,12 @@ import torch
 from torch.optim import Optimizer
 
 import gsr_rewrite.optim as shipped
-from gsr_rewrite.api import cache_dir, reduce, rewrite_text
+from gsr_rewrite.api import cache_dir, reduce, rewrite_text, step_owner
 from gsr_rewrite.check import compare_trajectories
 from gsr_rewrite.corpus import CorpusRow, main, run_corpus
 from gsr_rewrite.errors import RewriteError
 
 STATUSES = {"rewritten", "unchanged", "refused", "error"}
-
-# What reduce(torch.optim.AdamW) says today (torch 2.13): AdamW is `class AdamW(Adam)` with Adam
-# imported from torch.optim.adam, and locate only recognises Optimizer bases or bases defined in
-# the same module. Behind it, every torch.optim class fills its lists in `self._init_group(...)`
-# (out-parameters the analysis does not follow): see tests/fixtures/corpus_gaps/.
-TORCH_ADAMW_GAP = ("torch.optim.adamw.AdamW was not rewritten: no optimizer class found (a class "
-                   "deriving from torch.optim.Optimizer); nothing to rewrite")
-
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -75,15 +67,30 @@ def test_reduce_refuses_an_r_variant_that_fails_its_check(
     assert reduce(shipped.AdamW, check=False).__name__ == "AdamWR"
 
 
-@pytest.mark.xfail(raises=RewriteError, strict=True,
-                   reason=f"analysis does not handle torch.optim yet: {TORCH_ADAMW_GAP}")
 def test_reduce_torch_adamw() -> None:
-    try:
-        r_cls = reduce(torch.optim.AdamW)
-    except RewriteError as e:
-        assert TORCH_ADAMW_GAP in str(e)  # the clear error, exactly; anything else fails
-        raise
-    assert compare_trajectories(torch.optim.AdamW, r_cls, {"foreach": True}).passed
+    """AdamW is `class AdamW(Adam)` adding only `__init__`: it runs Adam's R-variant step."""
+    r_cls = reduce(torch.optim.AdamW)
+    assert r_cls.__name__ == "AdamWR" and issubclass(r_cls, torch.optim.AdamW)
+    for foreach in (False, True):
+        assert compare_trajectories(torch.optim.AdamW, r_cls, {"foreach": foreach}).passed
+
+
+def test_step_owner_only_for_subclasses_that_add_construction() -> None:
+    class Defaults(torch.optim.Adam):
+        def __init__(self, params: object, lr: float = 0.1, foreach: bool = True) -> None:
+            super().__init__(params, lr=lr, foreach=foreach)  # type: ignore[arg-type]
+
+    class OwnGroup(torch.optim.Adam):  # step calls self._init_group: overriding it changes step
+        def _init_group(self, *args: object) -> bool:
+            return bool(super()._init_group(*args))  # type: ignore[arg-type]
+
+    assert step_owner(Defaults) is torch.optim.Adam
+    assert step_owner(torch.optim.Adam) is None  # its own step
+    assert step_owner(OwnGroup) is None
+    r_cls = reduce(Defaults)
+    assert issubclass(r_cls, Defaults) and r_cls.__init__ is Defaults.__init__
+    for foreach in (False, True):
+        assert compare_trajectories(Defaults, r_cls, {"foreach": foreach}).passed
 
 
 def test_reduce_names_the_class_and_the_reason(tmp_path: Path,
