@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +34,7 @@ import torch
 
 from gsr_rewrite import __version__
 from gsr_rewrite.errors import RewriteError
-from gsr_rewrite.pipeline import RewriteResult, rewrite_source
+from gsr_rewrite.pipeline import ClassOutcome, RewriteResult, rewrite_source
 
 __all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module", "reduce",
            "rewrite_module", "rewrite_text"]
@@ -81,6 +81,7 @@ class ModuleRewrite:
     module: ModuleType | None  # the imported emitted module; None when nothing was rewritten
     path: Path | None  # the cached emitted file
     meta_path: Path | None = None  # the cached outcome (and check results) beside it
+    left: dict[str, str] = field(default_factory=dict)  # class -> temporaries it still allocates
 
 
 def defining_module(cls: type) -> tuple[str, Path]:
@@ -181,16 +182,24 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
     else:
         result = rewrite_source(source, str(path), package)
         meta = {"tool": f"gsr-rewrite {__version__}", "source": str(path),
-                "classes": {c.name: [c.status, c.reason] for c in result.classes},
+                "classes": {c.name: [c.status, c.reason, _left(c)] for c in result.classes},
                 "code": result.code is not None}
         if result.code is not None:
             _atomic_write(code_path, result.code)
         _atomic_write(meta_path, json.dumps(meta, indent=2))
     outcomes = {k: (v[0], v[1]) for k, v in meta["classes"].items()}
+    left = {k: v[2] for k, v in meta["classes"].items() if len(v) > 2 and v[2]}
     if not meta["code"] or not code_path.is_file():
-        return ModuleRewrite(module_name, str(path), outcomes, None, None, meta_path)
+        return ModuleRewrite(module_name, str(path), outcomes, None, None, meta_path, left)
     generated = _import(code_path, f"_gsr_generated_{stem}_{key}")
-    return ModuleRewrite(module_name, str(path), outcomes, generated, code_path, meta_path)
+    return ModuleRewrite(module_name, str(path), outcomes, generated, code_path, meta_path, left)
+
+
+def _left(c: ClassOutcome) -> str:
+    """Why a rewritten class still allocates: its first temporaries left in place."""
+    kept = [t for t in c.temporaries if not t.placed]
+    text = "; ".join(f"`{t.code}` ({t.function}:{t.line}) stays: {t.how}" for t in kept[:2])
+    return text + (f"; and {len(kept) - 2} more" if len(kept) > 2 else "")
 
 
 def _run_checks(cls: type, r_cls: type) -> str:

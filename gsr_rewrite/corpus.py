@@ -329,6 +329,10 @@ def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseExcep
         row.reason = f"runs {owner.__module__}.{name}.step" + (f": {row.reason}" if row.reason
                                                                  else "")
     _evaluate(row, f.cls, r_cls, steps, quick)
+    left = rw.left.get(name) if isinstance(rw, ModuleRewrite) else None
+    if row.status == "rewritten" and (row.after_units or 0.0) > REUSE_TO and left:
+        row.reason = (row.reason + "; " if row.reason else "") + "still allocates: " + \
+            _short(left)
     if row.status != "rewritten" and (row.before_units or 0.0) >= REUSE_FROM:
         row.detail = row.detail or (f"one step allocates {row.before_units:.3f} "
                                     "parameter-sizes that were not rewritten")
