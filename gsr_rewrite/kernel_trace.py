@@ -49,6 +49,7 @@ class KernelTraceError(RuntimeError):
 # -- tagged host scalars -------------------------------------------------------------------------
 
 _registry: dict[float, Any] | None = None  # value -> expression, while a trace runs
+_symbol_values: dict[Any, float] = {}  # tagged symbol -> its value in the running trace
 _guards: list[tuple[Any, bool]] = []
 _CONFLICT = object()
 
@@ -58,6 +59,10 @@ def _expr(x: Any) -> Any:
         return x.expr
     if isinstance(x, bool):
         return sympy.Integer(int(x))
+    if isinstance(x, (int, float)) and _registry is not None:
+        hit = _lookup(x)  # a tagged value that lost its tag on the way (``.item()`` in C++)
+        if hit is not None:
+            return hit
     if isinstance(x, int):
         return sympy.Integer(x)
     return sympy.Float(x) if isinstance(x, float) else None
@@ -173,7 +178,7 @@ def _tracing(registry: dict[float, Any]) -> Iterator[None]:
 
     _registry = registry
     _guards.clear()
-    symbolic.SCALAR_LOOKUP = _lookup
+    symbolic.SCALAR_LOOKUP, symbolic.SCALAR_ITEM = _lookup, _item
     try:
         for name in _MATH:
             setattr(math, name, patched(name))
@@ -181,8 +186,16 @@ def _tracing(registry: dict[float, Any]) -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(math, name, fn)
-        symbolic.SCALAR_LOOKUP = None
+        symbolic.SCALAR_LOOKUP = symbolic.SCALAR_ITEM = None
         _registry = None
+
+
+def _item(expr: Any, floating: bool) -> Any:
+    """``.item()`` of a 0-d tensor holding an expression of tagged host scalars: tagged."""
+    if not expr.free_symbols or not expr.free_symbols <= _symbol_values.keys():
+        return None
+    value = float(expr.xreplace(_symbol_values))
+    return tag(value if floating else int(value), expr)
 
 
 def _lookup(x: float) -> Any:
@@ -249,11 +262,14 @@ def _retag(opt: Any, params: list[SymTensor], trace: int, first: bool,
         value = _plain(value)
         if where == "group" and (isinstance(value, int) or value == 0):
             return value  # ints and zeros in a group are structure (fixed), not data
-        if first:
-            value = _START_STEP[trace] if isinstance(value, int) else value * _SCALE[trace]
+        if first:  # counters (ints, or integral floats such as torch.optim's step) stay integral
+            value = (_START_STEP[trace] if isinstance(value, int) else
+                     float(_START_STEP[trace]) if where == "state" and float(value).is_integer()
+                     else value * _SCALE[trace])
         if value == 0:
             return value
         scalars[sym] = (where, key, index)
+        _symbol_values[sympy.Symbol(sym)] = float(value)
         return tag(value, sympy.Symbol(sym))
 
     for group in opt.param_groups:
@@ -272,14 +288,19 @@ def _retag(opt: Any, params: list[SymTensor], trace: int, first: bool,
             p.grad = SymTensor.of([sympy.Symbol(f"grad#{i}.{j}") for j in range(NUMEL)])
         state = opt.state.get(p, {})
         for key, v in list(state.items()):
-            if isinstance(v, SymTensor):
+            if isinstance(v, SymTensor) and v.dim() > 0:
                 if tuple(v.shape) != tuple(p.shape):
                     raise KernelTraceError(f"state {key!r} is not parameter-shaped ({v.shape})")
                 v.write(np.array([sympy.Symbol(f"{_name(key)}#{i}.{j}") for j in range(NUMEL)],
                                  dtype=object))
+            elif isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype.is_floating_point:
+                # a 0-d counter (torch.optim's step): its value becomes a tagged host scalar
+                t = host(_zero_d_value(v), "st_" + _name(key), "state", key, None)
+                state[key] = SymTensor.fresh(torch.empty((), dtype=v.dtype, device="meta"),
+                                             _expr(t))
             elif isinstance(v, torch.Tensor):
-                raise KernelTraceError(f"state {key!r} is a plain tensor (e.g. a 0-d step "
-                                       "counter); only Python scalars are supported")
+                raise KernelTraceError(f"state {key!r} is a tensor of another shape "
+                                       f"({tuple(v.shape)})")
             else:
                 state[key] = host(v, "st_" + _name(key), "state", key, None)
 
@@ -316,6 +337,14 @@ def _reduction(f: Any, i: int, roles: dict[str, str], role: str) -> tuple[str, A
     if any(x != forms[0] for x in forms) or forms[0].atoms(AppliedUndef):
         return None
     return kind, forms[0]
+
+
+def _zero_d_value(v: torch.Tensor) -> Any:
+    """The number a 0-d state tensor holds (a SymTensor after the first traced step)."""
+    if isinstance(v, SymTensor):
+        e = v.exprs().ravel()[0]
+        return tag(float(e.xreplace(_symbol_values)), e)
+    return v.item()
 
 
 def _per_element(values: dict[tuple[str, int], np.ndarray], roles: dict[str, str],
@@ -356,7 +385,8 @@ def _run_step(opt: Any, params: list[SymTensor], trace: int, first: bool,
         roles = {"param": "param", "grad": "grad"}
         for p in params:
             roles.update({_name(k): str(k) for k in opt.state.get(p, {})})
-        before = dict(opt.state[params[0]])
+        before = {k: v.exprs().ravel()[0] if _is_counter(v) else _expr(v)
+                  for k, v in opt.state[params[0]].items()}
         try:
             opt.step()
         except SymbolicExecutionError as e:
@@ -370,7 +400,7 @@ def _run_step(opt: Any, params: list[SymTensor], trace: int, first: bool,
     for i, p in enumerate(params[:-1]):
         values[("param", i)] = p.exprs()
         for key, v in opt.state[p].items():
-            if isinstance(v, SymTensor):
+            if isinstance(v, SymTensor) and v.dim() > 0:
                 values[(str(key), i)] = v.exprs()
     reductions: list[tuple[str, Any]] = []
     outputs = _per_element(values, roles, reductions)
@@ -385,6 +415,16 @@ def _run_step(opt: Any, params: list[SymTensor], trace: int, first: bool,
                           tuple(str(k) for k in opt.state[params[0]]), tuple(reductions))
 
 
+def _is_counter(v: Any) -> bool:
+    return isinstance(v, SymTensor) and v.dim() == 0
+
+
+def _scalar_expr(v: Any) -> Any:
+    if _is_counter(v):
+        return v.exprs().ravel()[0]
+    return _expr(v) if isinstance(v, (int, float)) else None
+
+
 def _has_tag(v: Any) -> bool:
     if isinstance(v, (tuple, list)):
         return any(_has_tag(x) for x in v)
@@ -394,15 +434,15 @@ def _has_tag(v: Any) -> bool:
 def _scalar_updates(opt: Any, params: list[SymTensor], before: dict[Any, Any]) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     for key, v in opt.state[params[0]].items():
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, torch.Tensor) and not _is_counter(v):
             continue
         sym = "st_" + _name(key)
-        new = _expr(v) if isinstance(v, (int, float)) else None
+        new = _scalar_expr(v)
         if new is None:
             raise KernelTraceError(f"state {key!r} holds a {type(v).__name__}")
-        if any(_plain(opt.state[p].get(key)) != _plain(v) for p in params[:-1]):
+        if any(_scalar_expr(opt.state[p].get(key)) != new for p in params[:-1]):
             raise KernelTraceError(f"state {key!r} differs between parameters after a step")
-        if key not in before or new != _expr(before[key]):
+        if key not in before or new != before[key]:
             updates[sym] = new
     for g in opt.param_groups:
         for key, v in g.items():

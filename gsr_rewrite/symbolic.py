@@ -56,6 +56,9 @@ _SIMPLIFY_BUDGET_S = 1.0  # per validate_rewrite; beyond it differences are repo
 _BOOLS = (sympy.core.relational.Relational, BooleanAtom, BooleanFunction)  # not Symbol
 #: set by kernel_trace while it runs: a host scalar's value -> the expression it was computed from
 SCALAR_LOOKUP: Callable[[float], Any] | None = None
+#: set by kernel_trace while it runs: ``.item()`` of an expression over tagged host scalars only
+#: (a 0-d step tensor) -> a tagged Python number; None when the expression reads tensor elements
+SCALAR_ITEM: Callable[[Any, bool], Any] | None = None
 
 
 class SymbolicExecutionError(RuntimeError):
@@ -351,6 +354,10 @@ def _scalar_out(func: Any, t: SymTensor) -> Any:
         if t.dtype == torch.bool or isinstance(v, BooleanAtom):
             return bool(v)
         return float(v) if t.dtype.is_floating_point else int(v)
+    if SCALAR_ITEM is not None and v is not None:
+        hit = SCALAR_ITEM(v, t.dtype.is_floating_point)
+        if hit is not None:
+            return hit
     raise SymbolicExecutionError(f"{func} on symbolic {v}: data-dependent control flow")
 
 

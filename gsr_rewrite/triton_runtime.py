@@ -59,9 +59,16 @@ def _values(spec: KernelSpec, group: dict[str, Any], state: dict[Any, Any]) -> d
     by_str = {str(k): v for k, v in state.items()}
     out = {}
     for sym, (where, key, index) in spec.scalars.items():
-        v: Any = group.get(key) if where == "group" else by_str.get(key)
+        v: Any = group.get(key) if where == "group" else _number(by_str.get(key))
         out[sym] = v[index] if index is not None and isinstance(v, (tuple, list)) else v
     return out
+
+
+def _number(v: Any) -> Any:
+    """A 0-d floating tensor in state (torch.optim's step counter) holds a host scalar."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype.is_floating_point:
+        return v.item()
+    return v
 
 
 def _matches(spec: KernelSpec, group: dict[str, Any], values: dict[str, Any]) -> bool:
@@ -187,7 +194,7 @@ def _replay(opt: Any, group: dict[str, Any], replay: _Replay) -> bool:
             v = group.get(key)
             values[sym] = v[index] if index is not None and isinstance(v, (tuple, list)) else v
         else:
-            column = list(map(itemgetter(key), replay.states))
+            column = list(map(_number, map(itemgetter(key), replay.states)))
             if column.count(column[0]) != len(column):
                 return False
             values[sym] = column[0]
@@ -272,6 +279,10 @@ def _apply_updates(spec: KernelSpec, group: dict[str, Any], states: list[Any],
             group[key] = new
             continue
         real = key if key in states[0] else next(k for k in states[0] if str(k) == key)
+        if isinstance(states[0][real], torch.Tensor):  # a 0-d counter: same tensor, new value
+            for st in states:
+                st[real].fill_(new)
+            continue
         for st in states:
             st[real] = new
 
@@ -283,7 +294,10 @@ def fused_step(opt: Any, specs: tuple[KernelSpec, ...], eager_step: Callable[...
     if closure is not None:
         with torch.enable_grad():
             loss = closure()
-    eager = [g for g in opt.param_groups if not _run_group(opt, g, specs)]
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    # under CUDA-graph capture the host-written slots would be frozen into the graph: eager,
+    # like the original (whose Python-number step counters a graph cannot advance either)
+    eager = [g for g in opt.param_groups if capturing or not _run_group(opt, g, specs)]
     COUNTS["kernel_groups"] += len(opt.param_groups) - len(eager)
     if eager:
         COUNTS["eager_groups"] += len(eager)

@@ -143,6 +143,32 @@ def test_two_pass_reductions_are_deterministic(lamb: Any) -> None:
     assert torch.equal(*runs)
 
 
+def test_torch_optim_adam_as_installed_gets_kernels() -> None:
+    """A module we did not write: torch.optim.adam, whose step counter is a 0-d tensor that
+    step() reads with .item() (the tracer keeps its tag) and the kernel path advances in place."""
+    import inspect as _inspect
+    import tempfile
+
+    import torch.optim.adam as adam_module
+
+    from gsr_rewrite.pipeline import rewrite_source
+    from gsr_rewrite.triton_backend import triton_classes
+    from gsr_rewrite.validate import load_module
+
+    path = Path(_inspect.getfile(adam_module))
+    result = rewrite_source(path.read_text(), str(path), "torch.optim")
+    assert result.code is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "adam_r.py"
+        out.write_text(result.code)
+        text, (outcome,) = triton_classes(load_module(out, "gsr_adam_eager"), [("Adam", "AdamR")])
+        assert outcome.specs > 0, outcome.refused
+        out.write_text(result.code + text)
+        module = load_module(out, "gsr_adam_triton")
+        res = check_triton(torch.optim.Adam, module.AdamRTriton, {"weight_decay": 0.01})
+    assert res.passed and res.launches >= 6, res
+
+
 # -- fall-backs: never an error ---------------------------------------------------------------
 
 
