@@ -39,7 +39,11 @@ from gsr_rewrite.symbolic import SymbolicExecutionError, SymTensor
 
 N_PARAMS, NUMEL = 3, 2  # param 2 never gets a gradient
 _SCALE = (1 - 1 / 97, 1 - 2 / 89)  # trace A / trace B multiply nonzero hyperparameters by these
-_START_STEP = (7, 11)  # int scalar state at the start of the traced step, trace A / trace B
+#: integral scalar state (step counters) at the start of the traced step, trace A / trace B: one
+#: distinct value per state key, so two counters never share a value
+_STARTS = ((7, 13, 19, 29, 37), (11, 17, 23, 31, 41))
+#: values never mapped back to an expression: literals (``1 - beta``, ``x ** 2``) are these too
+_SIMPLE = {0.0, 1.0, -1.0, 2.0, 0.5}
 
 
 class KernelTraceError(RuntimeError):
@@ -72,7 +76,7 @@ def tag(value: float, expr: Any) -> TaggedFloat | TaggedInt:
     """``value`` carrying ``expr``; registered so that the same value in a tensor op maps back."""
     t: TaggedFloat | TaggedInt = (TaggedInt if type(value) is int else TaggedFloat)(value)
     t.expr = expr
-    if _registry is not None:
+    if _registry is not None and float(value) not in _SIMPLE:
         old = _registry.get(float(value))
         same = old is None or old is _CONFLICT or old == expr or sympy.expand(old - expr) == 0
         _registry[float(value)] = (old if old is not None else expr) if same else _CONFLICT
@@ -199,6 +203,8 @@ def _item(expr: Any, floating: bool) -> Any:
 
 
 def _lookup(x: float) -> Any:
+    if float(x) in _SIMPLE:
+        return None
     hit = None if _registry is None else _registry.get(float(x))
     if hit is _CONFLICT:
         raise KernelTraceError(f"host scalar value {x!r} has two different derivations")
@@ -255,6 +261,7 @@ class _ReadDict(dict):  # type: ignore[type-arg]
 def _retag(opt: Any, params: list[SymTensor], trace: int, first: bool,
            scalars: dict[str, tuple[str, str, int | None]]) -> None:
     """Fresh element symbols in params and state; tagged host scalars (see module docstring)."""
+    starts: dict[str, int] = {}
 
     def host(value: Any, sym: str, where: str, key: str, index: int | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -263,8 +270,9 @@ def _retag(opt: Any, params: list[SymTensor], trace: int, first: bool,
         if where == "group" and (isinstance(value, int) or value == 0):
             return value  # ints and zeros in a group are structure (fixed), not data
         if first:  # counters (ints, or integral floats such as torch.optim's step) stay integral
-            value = (_START_STEP[trace] if isinstance(value, int) else
-                     float(_START_STEP[trace]) if where == "state" and float(value).is_integer()
+            start = starts.setdefault(key, _STARTS[trace][len(starts) % len(_STARTS[trace])])
+            value = (start if isinstance(value, int) else
+                     float(start) if where == "state" and float(value).is_integer()
                      else value * _SCALE[trace])
         if value == 0:
             return value
@@ -386,16 +394,15 @@ def _run_step(opt: Any, params: list[SymTensor], trace: int, first: bool,
         for p in params:
             roles.update({_name(k): str(k) for k in opt.state.get(p, {})})
         before = {k: v.exprs().ravel()[0] if _is_counter(v) else _expr(v)
-                  for k, v in opt.state[params[0]].items()}
+                  for k, v in opt.state.get(params[0], {}).items()}
+        idle_before = {k: _scalar_expr(v) for k, v in opt.state.get(params[-1], {}).items()}
         try:
             opt.step()
         except SymbolicExecutionError as e:
             raise KernelTraceError(str(e)) from e
         guards = tuple(dict.fromkeys(_guards))
-    if opt.state.get(params[-1]) or any(
-        str(e) != f"param#{N_PARAMS - 1}.{j}" for j, e in enumerate(params[-1].exprs().tolist())
-    ):
-        raise KernelTraceError("a parameter without a gradient was changed or given state")
+    if not _untouched(opt, params[-1], N_PARAMS - 1, idle_before):
+        raise KernelTraceError("a parameter without a gradient was changed, or its state")
     values: dict[tuple[str, int], np.ndarray] = {}
     for i, p in enumerate(params[:-1]):
         values[("param", i)] = p.exprs()
@@ -413,6 +420,17 @@ def _run_step(opt: Any, params: list[SymTensor], trace: int, first: bool,
              if k in g.reads and k != "params" and not _has_tag(v)}
     return ElementProgram(tuple(inputs), changed, dict(scalars), updates, fixed, guards,
                           tuple(str(k) for k in opt.state[params[0]]), tuple(reductions))
+
+
+def _untouched(opt: Any, p: SymTensor, i: int, scalars_before: dict[Any, Any]) -> bool:
+    """Param ``i`` (no gradient) and its state, if any, hold what ``_retag`` put there."""
+    def fresh(t: SymTensor, name: str) -> bool:
+        return [str(e) for e in t.exprs().ravel()] == [f"{name}#{i}.{j}" for j in range(NUMEL)]
+
+    state = opt.state.get(p, {})
+    return fresh(p, "param") and state.keys() <= scalars_before.keys() and all(
+        fresh(v, _name(k)) if isinstance(v, SymTensor) and v.dim() > 0
+        else _scalar_expr(v) == scalars_before[k] for k, v in state.items())
 
 
 def _is_counter(v: Any) -> bool:
@@ -474,8 +492,6 @@ def trace_program(cls: type, config: dict[str, Any]) -> ElementProgram:
                 opt.step()  # step 1: lazy state initialisation, not traced
         except (SymbolicExecutionError, TypeError, ValueError, RuntimeError) as e:
             raise KernelTraceError(f"step() cannot run symbolically: {e}") from e
-        if not opt.state.get(params[0]):
-            raise KernelTraceError("step() keeps no per-parameter state in opt.state")
         scalars: dict[str, tuple[str, str, int | None]] = {}
         second = _run_step(opt, params, trace, True, scalars)
         third = _run_step(opt, params, trace, False, scalars)

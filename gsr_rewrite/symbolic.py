@@ -245,6 +245,11 @@ class SymTensor(torch.Tensor):
     def write(self, values: Any) -> None:
         self._box[_index(self)] = np.broadcast_to(_obj(values), tuple(self.shape))
 
+    def item(self) -> Any:
+        """As aten's ``_local_scalar_dense``, but in Python: a tagged number keeps its tag (the
+        C++ path would convert it to a plain float)."""
+        return _scalar_out("item", self)
+
     def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
         return f"SymTensor({self.exprs().tolist()})"
 

@@ -219,14 +219,13 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
         return False
     if not all(_device_ok(p) and _qualifies(p, p) for p in params):
         return False
-    states = [opt.state.get(p) for p in params]
+    states = [opt.state.get(p) or {} for p in params]  # {}: stateless (or not initialised yet)
     for spec in specs:
         batches: dict[tuple[Any, ...], list[int]] = {}
         ok = True
         for i, st in enumerate(states):
-            values = _values(spec, group, st) if st else {}
-            if not st or {str(k) for k in st} != spec.state_keys or not _matches(
-                    spec, group, values):
+            values = _values(spec, group, st)
+            if {str(k) for k in st} != spec.state_keys or not _matches(spec, group, values):
                 ok = False
                 break
             batches.setdefault(tuple(sorted(values.items())), []).append(i)
@@ -252,8 +251,7 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
             _apply_updates(spec, group, [states[i] for i in members], values)
         if len(batches) == 1:
             keys = tuple(next(k for k in states[0] if str(k) == r) for r in spec.roles[2:])
-            replay = _Replay(spec, params, [st for st in states if st is not None], keys,
-                             launches)
+            replay = _Replay(spec, params, states, keys, launches)
             replay.fingerprint = replay.current(opt, group)
             replays[id(group)] = replay
         return True
