@@ -51,7 +51,7 @@ class TritonOutcome:
     name: str
     specs: int = 0
     kernels: int = 0
-    refused: list[str] = field(default_factory=list)  # "config: reason"
+    refused: list[str] = field(default_factory=list)  # "config -> reason"
 
 
 def trace_configs(cls: type) -> list[dict[str, Any]]:
@@ -104,13 +104,13 @@ def triton_classes(module: Any, names: list[tuple[str, str]], import_from: str |
             try:
                 program = trace_program(r_cls, config)
             except KernelTraceError as e:
-                outcome.refused.append(f"{config}: {e}")
+                outcome.refused.append(f"{config} -> {e}")
                 continue
             fixed = {k: (v,) for k, v in program.fixed.items()}
             if all(_literal(v) for v in program.fixed.values()):
                 programs.append((program, fixed))
             else:
-                outcome.refused.append(f"{config}: a fixed group value has no literal")
+                outcome.refused.append(f"{config} -> a fixed group value has no literal")
         specs = _merge(programs)
         parts.append(_class_text(original, r_name, specs, outcome))
         outcomes.append(outcome)
@@ -132,7 +132,7 @@ def _class_text(original: str, r_name: str,
         try:
             k = kernel_text(program, f"{prefix}_math_{len(kernels)}")
         except KernelTraceError as e:
-            outcome.refused.append(f"{fixed}: {e}")
+            outcome.refused.append(f"{fixed} -> {e}")
             continue
         key = "\n".join(p.math.split("(", 1)[1] for p in k.passes)
         if key not in kernels:
@@ -146,7 +146,7 @@ def _class_text(original: str, r_name: str,
                   host_function(f"{prefix}_updates_{i}", updates_text(program))]
         entries.append(
             f"    _gsr_triton.KernelSpec(\n"
-            f"        kernels=({', '.join(kernels[key])},),\n"
+            f"        kernels=({''.join(k + ', ' for k in kernels[key])}),\n"
             f"        reductions={len(program.reductions)},\n"
             f"        roles={k.roles!r},\n"
             f"        fixed={fixed!r},\n"

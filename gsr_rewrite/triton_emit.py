@@ -194,8 +194,9 @@ def kernel_text(program: ElementProgram, name: str) -> KernelText:
                 (["param"], [], kinds, ())]
         exprs = {"param": _phase_two(program),
                  **{r: sympy.sympify(program.outputs[r]) for r in states}}
-    else:
+    else:  # no outputs (lr == 0: nothing per-element changes): no kernel, scalar updates only
         plan = [(sorted(program.outputs, key=lambda r: (r != "param", r)), [], (), ())]
+        plan = plan if program.outputs else []
         exprs = {r: sympy.sympify(e) for r, e in program.outputs.items()}
     passes = []
     hoisted_passes = [[_hoist(e, slots) for e in [*(exprs[r] for r in outputs), *partial]]

@@ -398,3 +398,18 @@ def test_cli_emits_and_checks_triton_classes(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "LionRTriton vs Lion (float32" in run.stderr and "passed" in run.stderr
     assert "class LionRTriton(LionR):" in out.read_text()
+
+
+def test_triton_corpus_script_on_torch_sgd() -> None:
+    """benchmarks/triton_corpus.py on one installed module: SGD (stateless by default)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("triton_corpus",
+                                                  REPO / "benchmarks" / "triton_corpus.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["triton_corpus"] = script  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    (row,) = script.run_module("torch.optim.sgd", ["SGD"])
+    assert row.status == "kernels" and row.specs > 0
+    assert float(row.fp32) <= 1.0 and float(row.bf16) <= 1.0, row
