@@ -117,6 +117,10 @@ def triton_classes(module: Any, names: list[tuple[str, str]], import_from: str |
     return "".join(parts), outcomes
 
 
+def _tuple(names: tuple[str, ...]) -> str:
+    return "(" + ", ".join(names) + ("," if len(names) == 1 else "") + ")"
+
+
 def _literal(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
@@ -146,7 +150,7 @@ def _class_text(original: str, r_name: str,
                   host_function(f"{prefix}_updates_{i}", updates_text(program))]
         entries.append(
             f"    _gsr_triton.KernelSpec(\n"
-            f"        kernels=({''.join(k + ', ' for k in kernels[key])}),\n"
+            f"        kernels={_tuple(kernels[key])},\n"
             f"        reductions={len(program.reductions)},\n"
             f"        roles={k.roles!r},\n"
             f"        fixed={fixed!r},\n"
