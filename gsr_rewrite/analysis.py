@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from gsr_rewrite.catalog import OpCatalog
+from gsr_rewrite.closures import Closures, bound_names, bound_self_helpers, self_bound_methods
 from gsr_rewrite.dataflow import (
     Fact,
     FunctionFlow,
@@ -33,6 +34,8 @@ class FunctionAnalysis:
     flow: FunctionFlow
     entry_pt: PointsTo = field(default_factory=dict)
     exit_live: frozenset[Fact] = frozenset()
+    free: tuple[str, ...] = ()  # a nested function: the caller's variables it reads
+    parent: str | None = None  # a nested function: the function whose body defines it
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ClassAnalysis:
     cls: OptimizerClass
     functions: dict[str, FunctionAnalysis]  # step first, then helpers in call order
     escapes: list[tuple[str, str, str]]  # (buffer, reason, file:line:col)
+    self_helpers: dict[str, str] = field(default_factory=dict)  # self.ATTR -> module function
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -77,13 +81,30 @@ def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], lis
 
 def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassAnalysis:
     helpers = set(src.functions)
-    methods = {m for m in cls.methods if m != "step"}
+    # self.m(...) runs method m, unless some method also binds self.m to something else
+    methods = {m for m in cls.methods if m != "step"} - self_bound_methods(cls)
     sites = _Sites(src)
     scalar_keys = scalar_state_keys(src.module)
     appends: dict[str, tuple[list[str], dict[str, Value]]] = {}  # out-parameter lists
     funcs: dict[str, FunctionAnalysis] = {}
+    closures = Closures()
+    self_helpers, unfollowed = bound_self_helpers(src, cls)
+    enclosing: dict[str, frozenset[str]] = {}  # names the functions around a nested one bind
+
+    def add(name: str, func: cst.FunctionDef, is_method: bool) -> FunctionAnalysis:
+        nested = closures.by_key.get(name)
+        fa = FunctionAnalysis(name, func, is_method, build_flow(func, src.where),
+                              free=nested.free if nested else (),
+                              parent=nested.parent if nested else None)
+        outer = enclosing.get(nested.parent, frozenset()) if nested else frozenset()
+        enclosing[name] = outer | bound_names(func)
+        closures.add(name, func, outer, src.where)
+        funcs[name] = fa
+        return fa
 
     def lookup(name: str) -> tuple[cst.FunctionDef, bool] | None:
+        if name in closures.by_key:
+            return closures.by_key[name].node, False
         if name.startswith("self."):  # self.m(...) is a method; never a module function
             return (cls.methods[name[5:]], True) if name[5:] in cls.methods else None
         return (src.functions[name], False) if name in src.functions else None
@@ -94,7 +115,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
 
         def make_eval(pt: PointsTo) -> Evaluator:
             return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
-                             src.imports)
+                             src.imports, closures, self_helpers, unfollowed)
 
         solve_points_to(fa.flow, fa.entry_pt, make_eval)
         exit_live = fa.exit_live
@@ -112,9 +133,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         exit_live = exit_live | frozenset(("@" + b, b) for b in kept)
         solve_liveness(fa.flow, exit_live)
 
-    step = cls.methods["step"]
     order = ["step"]
-    funcs["step"] = FunctionAnalysis("step", step, True, build_flow(step, src.where))
+    add("step", cls.methods["step"], True)
     solved_with: dict[str, object] = {}  # the inputs each function was last solved with
     for _ in range(10):  # helpers of helpers; stops early once nothing changes
         changed = False
@@ -126,7 +146,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                 solved_with[name] = inputs
                 pos, kw = _param_names(fa.func, fa.is_method)
                 added = {p: frozenset().union(*(n.eff.weak.get(p, EMPTY) for n in fa.flow.nodes))
-                         for p in [*pos, *kw]}
+                         for p in [*pos, *kw, *fa.free]}
                 summary = ([*pos], {p: v for p, v in added.items() if v})
                 if appends.get(name, ([], {}))[1] != summary[1]:
                     appends[name] = summary  # callers see the lists it fills: solve them again
@@ -138,8 +158,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                     if found is None:
                         continue
                     if callee not in funcs:
-                        funcs[callee] = FunctionAnalysis(callee, found[0], found[1],
-                                                         build_flow(found[0], src.where))
+                        add(callee, found[0], found[1])
                         order.append(callee)
                     target = funcs[callee]
                     changed |= _bind(target, pos_v, kw_v, n.live_out)
@@ -151,7 +170,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             solve(funcs[name])
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
                for b, why, node in n.eff.escapes]
-    return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes)
+    return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers)
 
 
 def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
@@ -159,7 +178,7 @@ def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
     pos, kw = _param_names(fa.func, fa.is_method)
     before = (dict(fa.entry_pt), fa.exit_live)
     for name, v in [*zip(pos, pos_v, strict=False), *kw_v.items()]:
-        if name in pos or name in kw:
+        if name in pos or name in kw or name in fa.free:
             fa.entry_pt[name] = fa.entry_pt.get(name, EMPTY) | v
     needed = {b for _, b in live_after}
     fa.exit_live = fa.exit_live | frozenset(("@" + b, b) for b in needed)

@@ -57,7 +57,8 @@ def main() -> None:
 @click.argument("sources", nargs=-1, required=True, metavar="SRC...")
 @click.option("-o", "--output", "out", type=click.Path(),
               help="Where to write the R-variant module (a directory when there are several "
-              "SRC: each becomes DIR/<name>_r.py). Default: print it.")
+              "SRC, or when OUT is an existing directory or ends in /: each SRC becomes "
+              "DIR/<name>_r.py). Default: print it.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON here.")
 @click.option("--check", is_flag=True, help="Run original vs R-variant and measure memory; "
@@ -74,14 +75,18 @@ def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, 
 
         if not torch.cuda.is_available():  # check the kernels in Triton's CPU interpreter; it
             os.environ.setdefault("TRITON_INTERPRET", "1")  # is read when triton is imported
-    if len(sources) > 1 and out is not None:
+    # several SRC, an existing directory or a path ending in a separator: OUT is a directory
+    into_dir = out is not None and (len(sources) > 1 or Path(out).is_dir()
+                                    or out.endswith(("/", os.sep)))
+    if into_dir:
+        assert out is not None
         Path(out).mkdir(parents=True, exist_ok=True)
     reports = []
     status = 0
     for src in sources:
         target = out
-        if out is not None and len(sources) > 1:
-            target = str(Path(out) / f"{Path(src).stem.split('.')[-1]}_r.py")
+        if into_dir:
+            target = str(Path(str(out)) / f"{_stem(src)}_r.py")
         code, report = _rewrite_one(src, target, check, show_diff, backend)
         status = max(status, code)
         if report is not None:
@@ -90,6 +95,13 @@ def rewrite(sources: tuple[str, ...], out: str | None, report_path: str | None, 
         data = reports[0] if len(reports) == 1 else {"sources": reports}
         Path(report_path).write_text(json.dumps(data, indent=2))
     sys.exit(status)
+
+
+def _stem(src: str) -> str:
+    """`path/adamw.py` -> adamw; the module `torch.optim.adam` -> adam."""
+    if src.endswith(".py") or os.sep in src or "/" in src:
+        return Path(src).stem
+    return src.rsplit(".", 1)[-1]
 
 
 def _rewrite_one(src: str, out: str | None, check: bool, show_diff: bool,

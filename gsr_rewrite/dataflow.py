@@ -188,8 +188,8 @@ def node_effects(n: Node, ev: Evaluator) -> Effects:
             v = ev.value(item.item)
             if item.asname is not None:
                 _assign(item.asname.name, v, ev)
-    elif n.kind == "def" and s is not None:
-        ev._capture(s, "captured by a nested function or class")
+    elif n.kind == "def" and isinstance(s, (cst.FunctionDef, cst.ClassDef)):
+        ev.define(s)
     return ev.eff
 
 
@@ -324,7 +324,11 @@ def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
                         merged[k] = merged.get(k, EMPTY) | v
                 if merged != n.pt_in:
                     n.pt_in, changed = merged, True
+            before = n.pt_out()
             n.eff = node_effects(n, make_eval(n.pt_in))
+            # a re-solve starts from the last solution: a node whose effects changed (a callee
+            # now known to append to a list) must reach its successors even where no pt_in did
+            changed |= n.pt_out() != before
         if not changed:
             return
     raise RuntimeError("points-to analysis did not converge")
@@ -404,7 +408,8 @@ def _per_element(latch: Node) -> bool:
     loop = latch.node
     if not isinstance(loop, cst.For):
         return False
-    head = next(n for n in _all_reachable(latch) if n.kind == "for" and n.node is loop)
+    reachable = _all_reachable(latch)
+    head = next(n for n in reachable if n.kind == "for" and n.node is loop)
     bound = list(head.eff.assigns.values())
     elements = [v for v in bound if v]
     if not head.eff.partition and (not elements or not all(
@@ -412,7 +417,36 @@ def _per_element(latch: Node) -> bool:
         return False
     assigned = assigned_names(loop)
     outer = {k for k, v in head.pt_in.items() if buffers(v) and k not in assigned}
+    # a function defined outside the loop and called in it reads the caller's variables it
+    # closes over (they are passed as keywords, see Evaluator._helper_call): so does the loop
+    calls = [n for n in reachable if any(kw for _, _, kw, _ in n.eff.calls)]
+    if calls:
+        inside = _stmts_in(loop.body)
+        if any(k in outer for n in calls if id(n.node) in inside
+               for _, _, kw, _ in n.eff.calls for k in kw):
+            return False
     return _only_indexed(loop.body, outer, _index_var(loop))
+
+
+_STMTS: dict[int, tuple[cst.CSTNode, set[int]]] = {}  # loop body -> its statements (a cache)
+
+
+def _stmts_in(body: cst.CSTNode) -> set[int]:
+    cached = _STMTS.get(id(body))
+    if cached is not None and cached[0] is body:
+        return cached[1]
+    found: set[int] = set()
+
+    class _V(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            found.add(id(node))
+            return not isinstance(node, cst.BaseExpression)  # statements, not their parts
+
+    body.visit(_V())
+    if len(_STMTS) > 4096:  # bounded: it keeps nodes alive
+        _STMTS.clear()
+    _STMTS[id(body)] = (body, found)
+    return found
 
 
 _ASSIGNED: dict[int, tuple[cst.For, set[str]]] = {}  # loop -> names bound in it (a cache)

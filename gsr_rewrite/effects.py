@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from gsr_rewrite.catalog import KnownFunction, OpCatalog
+from gsr_rewrite.closures import Closures, loaded_names
 from gsr_rewrite.values import (
     EMPTY,
     LIST,
@@ -92,7 +93,10 @@ class Evaluator:
                  scalar_keys: frozenset[str] = frozenset(),
                  methods: frozenset[str] | set[str] = frozenset(),
                  appends: Mapping[str, tuple[list[str], dict[str, Value]]] | None = None,
-                 imports: Mapping[str, str] | None = None) -> None:
+                 imports: Mapping[str, str] | None = None,
+                 closures: Closures | None = None,
+                 self_helpers: Mapping[str, str] | None = None,
+                 unfollowed: Mapping[str, str] | None = None) -> None:
         self.pt = pt
         self.cat = catalog
         self.helpers = helpers  # module functions the analysis follows (called by plain name)
@@ -103,6 +107,9 @@ class Evaluator:
         self.local_callables = local_callables
         self.scalar_keys = scalar_keys  # state entries that only ever hold scalars ("step")
         self.imports = imports or {}  # module-level imports: local name -> where it comes from
+        self.closures = closures or Closures()  # functions defined inside analysed functions
+        self.self_helpers = self_helpers or {}  # self.ATTR -> module function __init__ binds
+        self.unfollowed = unfollowed or {}  # self.ATTR -> why it is not followed
         self.eff = Effects()
         self._comprehension = 0
 
@@ -247,7 +254,8 @@ class Evaluator:
             self.pt = saved
 
     def _capture(self, node: cst.CSTNode, why: str, own: set[str] | None = None) -> None:
-        for name in names_in(node) - (own or set()):
+        # variables only: `p.grad` in `lambda p: p.grad is not None` captures no `grad`
+        for name in sorted(loaded_names(node) - (own or set())):
             for b in buffers(self.pt.get(name, EMPTY)):
                 self.eff.escapes.append((b, f"`{name}` {why}", node))
 
@@ -280,6 +288,8 @@ class Evaluator:
                 return self._method(node, func, recv)
             if "%self" in recv and func.attr.value in self.methods:
                 return self._helper_call("self." + func.attr.value, node)
+            if "%self" in recv and func.attr.value in self.self_helpers:
+                return self._helper_call(self.self_helpers[func.attr.value], node)
         if name is not None and name.startswith("torch."):
             return self._torch(node, name[len("torch."):])
         if name in self.helpers:
@@ -292,9 +302,11 @@ class Evaluator:
         if name in self.local_callables:  # e.g. closure(): runs arbitrary code on params/grads
             self.eff.reads.append(("@grad", "grad", node))
             self.eff.writes.append(("@grad", "grad"))
+        attr = name[5:] if name is not None and name.startswith("self.") else ""
+        why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
         for a, v in zip(node.args, args, strict=True):
             for b in buffers(v):
-                self.eff.escapes.append((b, f"passed to unknown function `{name}`", a))
+                self.eff.escapes.append((b, f"passed to unknown function `{name}`{why}", a))
         return EMPTY
 
     def _known(self, name: str | None) -> KnownFunction | None:
@@ -324,13 +336,22 @@ class Evaluator:
         return pos[fn.arg]
 
     def _helper_call(self, name: str, node: cst.Call) -> Value:
+        nested = self.closures.by_key.get(name)
+        free = nested.free if nested is not None else ()
         if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
             for a in node.args:
                 for b in buffers(self.read(a.value)):
                     self.eff.escapes.append((b, f"passed to `{name}` through *args", a))
+            for var in free:
+                for b in buffers(self.read(cst.Name(var))):
+                    self.eff.writes.append(("@call", b))
+                    self.eff.escapes.append((b, f"`{var}` read by `{name}` called with *args",
+                                             node))
             return EMPTY
         pos = [self.read(a.value) for a in node.args if a.keyword is None]
         kw = {a.keyword.value: self.read(a.value) for a in node.args if a.keyword is not None}
+        for var in free:  # a closure reads the caller's variables when it runs: here
+            kw[var] = self.read(cst.Name(var))
         for v in [*pos, *kw.values()]:
             for b in buffers(v):
                 self.eff.writes.append(("@call", b))
@@ -342,7 +363,20 @@ class Evaluator:
             if isinstance(arg.value, cst.Name) and added.get(param):
                 lst = arg.value.value
                 self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | added[param]
+        for var in free:  # and a closure the caller's own lists
+            if added.get(var):
+                self.eff.weak[var] = self.eff.weak.get(var, EMPTY) | added[var]
         return EMPTY
+
+    def define(self, node: cst.FunctionDef | cst.ClassDef) -> None:
+        """A `def` or `class` statement inside the analysed function."""
+        nested = self.closures.by_node.get(id(node))
+        if nested is not None and not nested.reason:
+            self.eff.assigns[nested.name] = frozenset({"%fn:" + nested.key})
+            return
+        why = (f"captured by a nested function that is not analysed: {nested.reason}"
+               if nested is not None else "captured by a nested function or class")
+        self._capture(node, why)
 
     def _method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value:
         m = func.attr.value

@@ -145,11 +145,27 @@ class _ExpressionRewriter(cst.CSTTransformer):
 
 
 class Renamer(cst.CSTTransformer):
-    def __init__(self, names: dict[str, str]) -> None:
+    """Renames the rewritten module helpers (`names`: F -> F_gsr) where they are named as
+    variables (not attribute names such as `x.F`), and turns `self.ATTR(...)` into
+    `F_gsr(...)` for the helpers `__init__` stores on self (`attrs`: ATTR -> F_gsr)."""
+
+    def __init__(self, names: dict[str, str], attrs: dict[str, str] | None = None) -> None:
         self.names = names
+        self.attrs = attrs or {}
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
         return updated.with_changes(value=self.names.get(updated.value, updated.value))
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute
+                        ) -> cst.Attribute:
+        return updated.with_changes(attr=original.attr)  # `x.F` is no reference to F
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        f = original.func
+        if isinstance(f, cst.Attribute) and isinstance(f.value, cst.Name) and \
+                f.value.value == "self" and f.attr.value in self.attrs:
+            return updated.with_changes(func=cst.Name(self.attrs[f.attr.value]))
+        return updated
 
 
 def guard_expression(placed: list[Placement], leaves: list[tuple[str, bool, bool]]) -> str:

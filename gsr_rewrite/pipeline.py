@@ -7,6 +7,7 @@ the emitted module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import libcst as cst
 from gsr_rewrite import __version__
 from gsr_rewrite.analysis import ClassAnalysis, analyse_class
 from gsr_rewrite.catalog import OpCatalog, load_catalog
+from gsr_rewrite.closures import LOCALS
 from gsr_rewrite.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.locate import OptimizerClass, SourceModule, parse
@@ -154,7 +156,8 @@ def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -
         out.status, out.reason = "refused", grad_escapes[0]
     elif not out.temporaries:
         out.reason = ("no parameter-sized temporary in step() or the same-module helpers it "
-                      "calls by name")
+                      "calls by name") + (f" (not followed: {grad_escapes[0]})"
+                                          if grad_escapes else "")
     else:
         out.reason = "no temporary could be placed in a dead buffer (see each temporary)"
     return out
@@ -265,17 +268,26 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
         changed = _functions_to_copy(out)
         rename: dict[str, str] = {}
         for name in changed:
-            if not out.analysis.functions[name].is_method:
+            fa = out.analysis.functions[name]
+            if not fa.is_method and fa.parent is None:  # nested ones are copied with their parent
                 rename[name] = f"{name}_gsr"
+        # self.ATTR(...) that __init__ binds to a module function F: the analysis followed F, so
+        # the R step runs only while self.ATTR is F (r_step checks), and calls F's R-variant
+        followed = {a: f for a, f in out.analysis.self_helpers.items()
+                    if f in out.analysis.functions}
+        renamer = Renamer(rename, {a: rename[f] for a, f in followed.items() if f in rename})
         methods: list[cst.BaseStatement] = []
         for fp in out.plans:
-            if fp.name not in changed:
+            if fp.name not in changed or fp.analysis.parent is not None:
                 continue
-            new = _rewrite_function(fp, catalog, Renamer(rename))
+            inner = [q for q in out.plans if q.name.startswith(fp.name + LOCALS)]
+            new = _rewrite_function(fp, catalog, renamer, inner)
             if fp.analysis.is_method:
                 if fp.name == "step":
+                    bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
                     new = new.with_changes(decorators=[
-                        cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name})")),
+                        cst.Decorator(cst.parse_expression(
+                            f"{RUNTIME}.r_step({out.name}{bound})")),
                         *new.decorators])
                 methods.append(new.with_changes(leading_lines=[cst.EmptyLine(indent=False)]))
             else:
@@ -334,22 +346,23 @@ def _functions_to_copy(out: ClassOutcome) -> list[str]:
     return [name for name in out.analysis.functions if name in changed]
 
 
-class _StatementSwap(cst.CSTTransformer):
+class _StatementSwap(Renamer):
     def __init__(self, new: dict[int, cst.BaseStatement], renamer: Renamer) -> None:
-        self.new, self.renamer = new, renamer
+        super().__init__(renamer.names, renamer.attrs)
+        self.new = new
 
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
                                   updated: cst.SimpleStatementLine) -> cst.BaseStatement:
         return self.new.get(id(original), updated)
 
-    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
-        return self.renamer.leave_Name(original, updated)
 
-
-def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer) -> cst.FunctionDef:
+def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer,
+                      inner: Sequence[FunctionPlan] = ()) -> cst.FunctionDef:
+    """fp's function with its rewritten statements, and those of the functions defined
+    inside it (`inner`: they are part of its body)."""
     by_line: dict[int, list[Placement]] = {}
     lines: dict[int, cst.SimpleStatementLine] = {}
-    for p in fp.placements:
+    for p in [p for q in [fp, *inner] for p in q.placements]:
         if p.node.line is not None:
             by_line.setdefault(id(p.node.line), []).append(p)
             lines[id(p.node.line)] = p.node.line

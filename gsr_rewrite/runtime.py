@@ -128,14 +128,18 @@ def foreach_out(op: Callable[..., Any], host: list[Tensor], *operands: Any,
     return host
 
 
-def r_step(original: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`: differentiable groups take the original class's step
-    (autograd must see every intermediate), and the debug switch poisons reused gradients."""
+    (autograd must see every intermediate), and the debug switch poisons reused gradients.
+
+    `bound`: ATTR=F for each `self.ATTR(...)` the rewrite analysed as a call of F (what
+    `__init__` binds it to); while `self.ATTR` is anything else, the original step runs."""
 
     def decorate(step: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(step)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if any(g.get("differentiable", False) for g in self.param_groups):
+            if any(g.get("differentiable", False) for g in self.param_groups) or \
+                    any(getattr(self, a, None) is not f for a, f in bound.items()):
                 return original.step(self, *args, **kwargs)  # type: ignore[attr-defined]
             out = step(self, *args, **kwargs)
             poison_grads(self.param_groups)

@@ -84,6 +84,24 @@ def test_source_is_not_overwritten_and_output_is_complete(tmp_path: Path) -> Non
     assert all(t["placed"] for t in cls["temporaries"])
 
 
+def test_one_source_into_an_existing_directory(tmp_path: Path) -> None:
+    """-o DIR with one SRC (a module name or a file) writes DIR/<name>_r.py, as with several SRC;
+    so does a path ending in / that does not exist yet."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, stdout, err = run("torch.optim.adam", "-o", str(out_dir))
+    assert code == 0, (stdout, err)
+    assert "class AdamR(Adam):" in (out_dir / "adam_r.py").read_text()
+    code, _, err = run(str(EXAMPLES / "adamw.py"), "-o", str(out_dir) + "/")
+    assert code == 0, err
+    assert (out_dir / "adamw_r.py").is_file()
+    fresh = tmp_path / "fresh"
+    code, _, err = run("torch.optim.adam", "-o", str(fresh) + "/")
+    assert code == 0, err
+    assert (fresh / "adam_r.py").is_file()
+    assert not list(tmp_path.rglob(".gsr_*"))
+
+
 def test_failed_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gsr_rewrite import validate
 

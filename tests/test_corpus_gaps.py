@@ -39,12 +39,12 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     "filter_lambda",  # fixed: filter() passes its iterable through
     pytest.param("comprehension_temporary", marks=_xfail("comprehension temporaries ignored")),
     "catalog_gaps",  # fixed: sgn, full_like and the new_* constructors are in the catalog
-    pytest.param("nested_function", marks=_xfail("function defined inside step()")),
+    "nested_function",  # fixed: a function defined in step() is analysed like a helper
+    "nested_appends",  # what a nested function appends to step's lists reaches step
     "decorated_helper",  # fixed: helpers are emitted callees first
     "imported_base",  # fixed: a subclass adding only __init__ runs its base's R-variant step
-    pytest.param("self_attribute_helper",
-                 marks=_xfail("self.attr(...) bound in __init__ is not followed (safe: the class "
-                              "is left unchanged; it used to be renamed wrongly)")),
+    "self_attribute_helper",  # fixed: self.f = f in __init__ is followed (checked at run time)
+    "self_attribute_rebound_in_init",
     "state_passed_to_helper",  # fixed: every state buffer step touches outlives it
 ])
 def test_gap_is_rewritten_and_equivalent(name: str) -> None:
@@ -79,3 +79,39 @@ def test_starred_tuple_keeps_a_tensor_lr_intact() -> None:
         opt_r.step()
     assert opt_r.param_groups[0]["lr"].item() == pytest.approx(0.01)
     assert torch.equal(p_o, p_r)
+
+
+def test_self_attribute_rebound_in_init_runs_the_original_step() -> None:
+    """`self.update_fn` bound to another function: the R step runs the original, which keeps
+    the gradient intact (the other function reads it after the update); bound to the analysed
+    function, the R step runs and uses the gradient as scratch."""
+    from gsr_rewrite.api import rewrite_module
+    from gsr_rewrite.corpus import discover
+
+    [found], _ = discover([str(GAPS / "self_attribute_rebound_in_init.py")])
+    rewritten = rewrite_module(found.module)
+    assert rewritten.module is not None
+    mod = rewritten.module
+    for other in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        p_o = torch.nn.Parameter(torch.randn(6, generator=gen))
+        p_r = torch.nn.Parameter(p_o.detach().clone())
+        opt_o = mod.SignMomentum([p_o], reads_grad_after=other)
+        opt_r = mod.SignMomentumR([p_r], reads_grad_after=other)
+        for _ in range(3):
+            g = torch.randn(6, generator=gen)
+            p_o.grad, p_r.grad = g.clone(), g.clone()
+            opt_o.step()
+            opt_r.step()
+            assert torch.equal(p_o, p_r)
+            assert torch.equal(p_r.grad, g) == other  # scratch only on the analysed path
+
+
+def test_nested_function_is_emitted_inside_step_with_its_guard() -> None:
+    from gsr_rewrite.pipeline import rewrite_source
+
+    result = rewrite_source((GAPS / "nested_function.py").read_text(), "nested_function.py")
+    assert result.code is not None
+    r_step = result.code[result.code.index("class SignMomentumR"):]
+    assert "def apply(param, b):" in r_step and "torch.sign(b, out=param.grad)" in r_step
+    assert "apply_gsr" not in result.code and result.code.count("def apply(") == 2
