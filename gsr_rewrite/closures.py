@@ -170,14 +170,8 @@ def bound_names(func: cst.FunctionDef) -> frozenset[str]:
     return frozenset(v.names)
 
 
-class _Loaded(cst.CSTVisitor):
-    """Every Name that may be read as a variable: not attribute names, keywords or parameters."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names.add(node.value)
+class _VariableNames(cst.CSTVisitor):
+    """Visits the names that are variables: not attribute names (`x.F`) or keywords (`f(F=1)`)."""
 
     def visit_Attribute(self, node: cst.Attribute) -> bool:
         node.value.visit(self)
@@ -186,6 +180,16 @@ class _Loaded(cst.CSTVisitor):
     def visit_Arg(self, node: cst.Arg) -> bool:
         node.value.visit(self)
         return False
+
+
+class _Loaded(_VariableNames):
+    """Every Name that may be read as a variable: not attribute names, keywords or parameters."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
 
     def visit_Param(self, node: cst.Param) -> bool:
         if node.default is not None:
@@ -233,7 +237,7 @@ def _contains(node: cst.CSTNode, *kinds: type) -> bool:
 _INNER = (cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp, cst.ClassDef)
 
 
-class _Uses(cst.CSTVisitor):
+class _Uses(_VariableNames):
     """How `name` is used in the enclosing function's own scope: direct calls only."""
 
     def __init__(self, root: cst.FunctionDef, target: cst.FunctionDef, name: str) -> None:
@@ -276,14 +280,6 @@ class _Uses(cst.CSTVisitor):
     def visit_Call(self, node: cst.Call) -> None:
         if isinstance(node.func, cst.Name) and node.func.value == self.name and self.depth == 0:
             self.callees.add(id(node.func))
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)
-        return False
 
     def visit_Name(self, node: cst.Name) -> None:
         if node.value == self.name and id(node) not in self.callees and self.bad is None:
