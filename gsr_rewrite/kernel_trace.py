@@ -23,7 +23,6 @@ literal).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from sympy.core.function import AppliedUndef
 
 from gsr_rewrite import symbolic
 from gsr_rewrite.symbolic import SymbolicExecutionError, SymTensor
+from gsr_rewrite.triton_runtime import ident as _name
 
 N_PARAMS, NUMEL = 3, 2  # param 2 never gets a gradient
 _SCALE = (1 - 1 / 97, 1 - 2 / 89)  # trace A / trace B multiply nonzero hyperparameters by these
@@ -232,10 +232,6 @@ class ElementProgram:
     #: per-tensor reductions the outputs use as ``r_<k>``: (kind, per-element formula); kind
     #: "norm2" is sqrt(sum of squares), "sum" a plain sum, over all elements of the tensor
     reductions: tuple[tuple[str, Any], ...] = ()
-
-
-def _name(key: Any) -> str:
-    return re.sub(r"\W", "_", str(key))
 
 
 def element_symbol(role: str) -> sympy.Symbol:

@@ -128,7 +128,7 @@ def compile_for_h100(kernel: Any, roles: tuple[str, ...], dtypes: tuple[torch.dt
     const: dict[str, Any] = {
         "W": len(roles) + 3, "CH": triton_runtime.CHUNK, "BL": triton_runtime.BLOCK,
         "ALIGNED": True, "NP": max(reductions, 1),
-        **{f"T_{triton_runtime._ident(r)}": to_tl[d] for r, d in zip(roles, dtypes, strict=True)}}
+        **{f"T_{triton_runtime.ident(r)}": to_tl[d] for r, d in zip(roles, dtypes, strict=True)}}
     signature = {"table": "*i64", "chunks": "*i32", "slots": "*fp32", "partials": "*fp32",
                  **dict.fromkeys(const, "constexpr")}
     names = kernel.arg_names

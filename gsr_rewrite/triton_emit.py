@@ -21,7 +21,8 @@ from typing import Any
 
 import sympy
 
-from gsr_rewrite.kernel_trace import ElementProgram, KernelTraceError, _name, element_symbol
+from gsr_rewrite.kernel_trace import ElementProgram, KernelTraceError, element_symbol
+from gsr_rewrite.triton_runtime import ident as _name
 
 _TL_FUNCS = {"exp": "tl.exp", "log": "tl.log", "Abs": "tl.abs", "sign": "sign"}
 _PY_FUNCS = {"exp": "math.exp", "log": "math.log", "Abs": "abs", "sign": "_sign"}

@@ -12,6 +12,7 @@ No parameter-sized buffer is allocated: tables are O(tensors + chunks) integers.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -149,12 +150,13 @@ def _launch(spec: KernelSpec, plan: _Plan, slots: tuple[float, ...],
         kernel[(plan.chunks.shape[0],)](
             plan.table, plan.chunks, slot_buf, plan.partials, W=len(spec.roles) + 3, CH=CHUNK,
             BL=BLOCK, ALIGNED=plan.aligned, NP=plan.partials.shape[1], num_warps=NUM_WARPS,
-            **{f"T_{_ident(r)}": to_tl[d] for r, d in zip(spec.roles, dtypes, strict=True)})
+            **{f"T_{ident(r)}": to_tl[d] for r, d in zip(spec.roles, dtypes, strict=True)})
         COUNTS["launches"] += 1
 
 
-def _ident(role: str) -> str:
-    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in role)
+def ident(key: Any) -> str:
+    """A state key or role as a Python identifier (kernel parameter and variable names)."""
+    return re.sub(r"\W", "_", str(key))
 
 
 @dataclass
@@ -188,16 +190,12 @@ _GRAD = attrgetter("grad")
 def _replay(opt: Any, group: dict[str, Any], replay: _Replay) -> bool:
     if replay.current(opt, group) != replay.fingerprint:
         return False
-    values = {}
-    for sym, (where, key, index) in replay.spec.scalars.items():
-        if where == "group":
-            v = group.get(key)
-            values[sym] = v[index] if index is not None and isinstance(v, (tuple, list)) else v
-        else:
+    values = _values(replay.spec, group, replay.states[0] if replay.states else {})
+    for where, key, _ in replay.spec.scalars.values():
+        if where == "state":  # one launch: every param's counter holds the same value
             column = list(map(_number, map(itemgetter(key), replay.states)))
             if column.count(column[0]) != len(column):
                 return False
-            values[sym] = column[0]
     if not _matches(replay.spec, group, values):
         return False
     slots = replay.spec.slots(values)
