@@ -197,7 +197,7 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
 
 def _left(c: ClassOutcome) -> str:
     """Why a rewritten class still allocates: its first temporaries left in place."""
-    kept = [t for t in c.temporaries if not t.placed]
+    kept = [t for t in c.temporaries if not t.placed and not t.strips]
     text = "; ".join(f"`{t.code}` ({t.function}:{t.line}) stays: {t.how}" for t in kept[:2])
     return text + (f"; and {len(kept) - 2} more" if len(kept) > 2 else "")
 

@@ -391,6 +391,10 @@ def _node_names(n: Node) -> set[str]:
         parts = [s.iter]
     elif isinstance(s, cst.With):
         parts = [item.item for item in s.items]
+    elif isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:
+        # `x = y`: a name that is only assigned to held nothing read here
+        targets = [t.target for t in s.targets] if isinstance(s, cst.Assign) else [s.target]
+        parts = [s.value, *[t for t in targets if not isinstance(t, cst.Name)]]
     names = set().union(*(names_in(x) for x in parts))
     if len(_NAMES) > 4096:  # bounded: it keeps nodes alive
         _NAMES.clear()

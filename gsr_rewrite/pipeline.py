@@ -21,6 +21,7 @@ from gsr_rewrite.emit import RUNTIME, Renamer, guard_expression, rewrite_stateme
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.locate import OptimizerClass, SourceModule, parse
 from gsr_rewrite.plan import FunctionPlan, Placement, plan_class
+from gsr_rewrite.stripmine import StripRegion, strip_mine, wrap_region
 
 CONTRACT = ("after step() the contents of p.grad are undefined: the gradient buffers hold "
             "scratch values")
@@ -36,6 +37,7 @@ class Temporary:
     lives_in: str  # buffer it now lives in, or "" when it still allocates
     how: str  # in-place chain / host variable / why not
     is_list: bool  # a foreach list (one parameter-size in total) or one tensor
+    strips: int = 0  # strip-mined: it is 1/strips of its tensors (not placed in a dead buffer)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ClassOutcome:
     predicted_after: dict[str, int] = field(default_factory=dict)
     analysis: ClassAnalysis | None = None
     plans: list[FunctionPlan] = field(default_factory=list)
+    regions: dict[str, list[StripRegion]] = field(default_factory=dict)  # per function
 
     @property
     def r_name(self) -> str:
@@ -140,17 +143,22 @@ def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -
     for fp in plans:
         _drop_unguardable(fp, src)
     out = ClassOutcome(cls.name, "unchanged", analysis=analysis, plans=plans)
+    for fp in plans:  # 4c. bound what found no dead buffer by running it strip by strip
+        regions = strip_mine(fp, catalog, src.line_of)
+        if regions:
+            out.regions[fp.name] = regions
     for fp in plans:
         for p in fp.placements:
-            if p.reason in ("kept as state", "inside a comprehension") and not p.placed:
+            if not p.placed and not p.strips and (p.reason == "kept as state" or
+                                                  p.alloc.in_comprehension):
                 continue
             out.temporaries.append(Temporary(
                 fp.name, src.line_of(p.node.node or p.alloc.node), _code(p.alloc.node), p.alloc.op,
-                p.placed, _describe_storage(p), p.reason, p.alloc.form == "foreach"))
+                p.placed, _describe_storage(p), p.reason, p.alloc.form == "foreach", p.strips))
     out.predicted_before, out.predicted_after = _predict(plans)
     grad_escapes = [f"{where}: gradient {why}" for b, why, where in analysis.escapes
                     if b == "grad"]
-    if any(t.placed for t in out.temporaries):
+    if any(t.placed or t.strips for t in out.temporaries):
         out.status = "rewritten"
     elif grad_escapes and out.temporaries:
         out.status, out.reason = "refused", grad_escapes[0]
@@ -168,6 +176,8 @@ def _code(node: cst.CSTNode) -> str:
 
 
 def _describe_storage(p: Placement) -> str:
+    if p.strips:
+        return f"1/{p.strips} strips"
     if not p.placed:
         return ""
     s = p.storage or ""
@@ -241,8 +251,8 @@ def _predict(plans: list[FunctionPlan]) -> tuple[dict[str, int], dict[str, int]]
     after = {"lists": 0, "tensors": 0}
     for fp in plans:
         kinds = {p.alloc.site: ("lists" if p.alloc.form == "foreach" else "tensors", p)
-                 for p in fp.placements if p.reason not in ("kept as state",
-                                                            "inside a comprehension")}
+                 for p in fp.placements if p.reason != "kept as state" and
+                 not p.alloc.in_comprehension}
         for n in fp.analysis.flow.nodes:
             alive = {b for _, b in n.live_out if b in kinds} | \
                     {a.site for a in n.eff.allocs if a.site in kinds}
@@ -250,7 +260,8 @@ def _predict(plans: list[FunctionPlan]) -> tuple[dict[str, int], dict[str, int]]
                 for kind in ("lists", "tensors"):
                     sites = [s for s in alive if kinds[s][0] == kind]
                     if count_fresh:
-                        sites = [s for s in sites if not kinds[s][1].placed]
+                        sites = [s for s in sites if not kinds[s][1].placed and
+                                 not kinds[s][1].strips]
                     target[kind] = max(target[kind], len(sites))
     return before, after
 
@@ -281,7 +292,8 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             if fp.name not in changed or fp.analysis.parent is not None:
                 continue
             inner = [q for q in out.plans if q.name.startswith(fp.name + LOCALS)]
-            new = _rewrite_function(fp, catalog, renamer, inner)
+            regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
+            new = _rewrite_function(fp, catalog, renamer, inner, regions)
             if fp.analysis.is_method:
                 if fp.name == "step":
                     bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
@@ -334,7 +346,8 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
 
 def _functions_to_copy(out: ClassOutcome) -> list[str]:
     assert out.analysis is not None
-    changed = {fp.name for fp in out.plans if any(p.placed for p in fp.placements)}
+    changed = {fp.name for fp in out.plans if any(p.placed for p in fp.placements)} | \
+        set(out.regions)
     grew = True
     while grew:
         grew = False
@@ -347,19 +360,32 @@ def _functions_to_copy(out: ClassOutcome) -> list[str]:
 
 
 class _StatementSwap(Renamer):
-    def __init__(self, new: dict[int, cst.BaseStatement], renamer: Renamer) -> None:
+    def __init__(self, new: dict[int, cst.BaseStatement], renamer: Renamer,
+                 regions: Sequence[StripRegion] = (), taken: set[str] | None = None) -> None:
         super().__init__(renamer.names, renamer.attrs)
         self.new = new
+        self.regions: dict[int, list[StripRegion]] = {}
+        for r in regions:
+            self.regions.setdefault(id(r.block), []).append(r)
+        self.taken = taken or set()
 
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
                                   updated: cst.SimpleStatementLine) -> cst.BaseStatement:
         return self.new.get(id(original), updated)
 
+    def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+                            ) -> cst.IndentedBlock:
+        body = list(updated.body)  # statement i of updated is statement i of original, rewritten
+        for r in sorted(self.regions.get(id(original), []), key=lambda r: -r.start):
+            body[r.start:r.end] = [wrap_region(r, body[r.start:r.end], self.taken, RUNTIME)]
+        return updated.with_changes(body=body)
+
 
 def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer,
-                      inner: Sequence[FunctionPlan] = ()) -> cst.FunctionDef:
-    """fp's function with its rewritten statements, and those of the functions defined
-    inside it (`inner`: they are part of its body)."""
+                      inner: Sequence[FunctionPlan] = (),
+                      regions: Sequence[StripRegion] = ()) -> cst.FunctionDef:
+    """fp's function with its rewritten statements and strip-mined runs, and those of the
+    functions defined inside it (`inner`: they are part of its body)."""
     by_line: dict[int, list[Placement]] = {}
     lines: dict[int, cst.SimpleStatementLine] = {}
     for p in [p for q in [fp, *inner] for p in q.placements]:
@@ -376,7 +402,10 @@ def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer,
         note = "; ".join(f"{p.alloc.op} -> {_describe_storage(p)}" for p in placed)
         new[key] = rewrite_statement(lines[key], placed, catalog, tensor_ops,
                                      guard_expression(placed, leaves), renamer, note)
-    result = fp.analysis.func.visit(_StatementSwap(new, renamer))
+    from gsr_rewrite.effects import names_in
+
+    result = fp.analysis.func.visit(_StatementSwap(new, renamer, regions,
+                                                   names_in(fp.analysis.func)))
     assert isinstance(result, cst.FunctionDef)
     return result
 

@@ -65,7 +65,7 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
         for t in c.temporaries:
             where = f"{t.function}:{t.line}"
             code = t.code if len(t.code) <= 44 else t.code[:41] + "..."
-            target = f"-> {t.lives_in}" if t.placed else "stays  "
+            target = f"-> {t.lives_in}" if t.placed or t.strips else "stays  "
             lines.append(f"    {where:28} {code:44} {target:18} {t.how}")
         chk = checks.get(c.name)
         if chk is not None:

@@ -8,9 +8,10 @@ the original statement runs. A guard never raises.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -148,3 +149,129 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
         return wrapper
 
     return decorate
+
+
+#: Elements per strip are a multiple of this: a multiple of every CPU vector loop's step, so each
+#: element takes the same code path (vector body or scalar tail) in a strip as in its whole tensor.
+STRIP_ALIGN = 64
+#: GSR_STRIPS=N overrides the number of strips of every strip-mined run (1: whole tensors, the
+#: original's speed and memory); unset, each run uses the number the rewriter chose.
+_STRIPS_OVERRIDE = os.environ.get("GSR_STRIPS", "")
+
+
+class At:
+    """`at(xs, i)`: the strips of `xs[i]` (a run reads that item of a tensor list)."""
+
+    def __init__(self, seq: Sequence[Any], index: Any) -> None:
+        self.seq, self.index = seq, index
+
+    def item(self) -> Any:
+        return self.seq[self.index] if -len(self.seq) <= self.index < len(self.seq) else None
+
+
+at = At
+
+
+class StripItem:
+    """Stands for `xs` inside a strip: `xs[i]` is the strip of item i; any other index, or an
+    item that does not exist, raises as the original `xs[i]` would."""
+
+    def __init__(self, seq: Sequence[Any], index: Any, piece: Any) -> None:
+        self.seq, self.index, self.piece = seq, index, piece
+
+    def __getitem__(self, j: Any) -> Any:
+        self.seq[j]  # noqa: B018 - IndexError where the original raises it
+        if j != self.index:
+            raise RuntimeError("gsr-rewrite: a strip-mined run indexed an item it did not slice")
+        return self.piece
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
+def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
+    """`values` (tensors, lists of tensors position by position, or `at(xs, i)`) cut into
+    `count` strips.
+
+    Each strip is a tuple like `values` whose tensors are views of the same contiguous element
+    range of each tensor (aligned to STRIP_ALIGN); lists keep their length and order, so lists of
+    scalars that go with them still match. Tensors that cannot be sliced alike (non-contiguous,
+    different shapes, sparse, a mix of lists and single tensors) are yielded whole, once."""
+    if _STRIPS_OVERRIDE and not _FINE_STRIPS[0]:
+        count = int(_STRIPS_OVERRIDE)
+    whole = [v.item() if isinstance(v, At) else v for v in values]
+    positions = _strip_positions(whole) if count > 1 else None
+    if positions is None:
+        yield tuple(StripItem(v.seq, v.index, w) if isinstance(v, At) else w
+                    for v, w in zip(values, whole, strict=True))
+        return
+    align = 1 if _FINE_STRIPS[0] else STRIP_ALIGN
+    sizes = []
+    for group in positions:
+        n = group[0].numel() if group else 0
+        per = -(-n // count)
+        sizes.append(max(align, -(-per // align) * align))
+    pieces: dict[int, list[Tensor]] = {}  # id(tensor) -> its strips
+    total = 1
+    for group, size in zip(positions, sizes, strict=True):
+        for t in group:
+            if id(t) not in pieces:
+                flat = t.view(-1)
+                pieces[id(t)] = list(torch.split(flat, size)) if t.numel() else [flat]
+                total = max(total, len(pieces[id(t)]))
+
+    def piece(t: Any, k: int) -> Any:
+        if not isinstance(t, Tensor):
+            return t
+        ts = pieces[id(t)]
+        return ts[k] if k < len(ts) else ts[-1][ts[-1].numel():]
+
+    def cut(v: Any, w: Any, k: int) -> Any:
+        if isinstance(v, At):
+            return StripItem(v.seq, v.index, piece(w, k))
+        if isinstance(v, (list, tuple)):
+            return type(v)(piece(t, k) for t in v)
+        return piece(v, k)
+
+    GUARD_HITS[0] += total > 1
+    for k in range(total):
+        yield tuple(cut(v, w, k) for v, w in zip(values, whole, strict=True))
+
+
+def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
+    """The tensors that must be cut alike, one group per position; None when they cannot be."""
+    lists = [v for v in values if isinstance(v, (list, tuple)) and len(v)]  # empty: unused
+    singles = [v for v in values if isinstance(v, Tensor)]
+    if lists and singles:
+        return None
+    if lists:
+        n = len(lists[0])
+        if any(len(v) != n for v in lists):
+            return None
+        groups = [[v[i] for v in lists if v[i] is not None] for i in range(n)]
+    else:
+        groups = [singles]
+    for g in groups:
+        if not g:
+            continue
+        shape = g[0].shape
+        for t in g:
+            plain = type(t) is Tensor or isinstance(t, torch.nn.Parameter) or _FINE_STRIPS[0]
+            if not isinstance(t, Tensor) or not plain or t.layout != torch.strided or \
+                    t.shape != shape or not t.is_contiguous():
+                return None
+    return groups
+
+
+_FINE_STRIPS = [False]
+
+
+@contextlib.contextmanager
+def fine_strips() -> Iterator[None]:
+    """Translation validation: strips of one element, on symbolic tensors too, so that the proof
+    covers the slicing itself (its tensors have a few elements, fewer than STRIP_ALIGN)."""
+    _FINE_STRIPS[0] = True
+    try:
+        yield
+    finally:
+        _FINE_STRIPS[0] = False

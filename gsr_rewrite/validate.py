@@ -119,7 +119,8 @@ def prove_class(original: type, rewritten: type) -> Proof:
     hits = runtime.GUARD_HITS[0]
     for config in configs:
         try:
-            res = validate_rewrite(original, rewritten, config, steps=2)
+            with runtime.fine_strips():
+                res = validate_rewrite(original, rewritten, config, steps=2)
         except Exception as e:  # constructor needs arguments, data-dependent control flow, ...
             return Proof(None, f"symbolic validation could not run ({type(e).__name__}: {e})")
         if not res.equal:

@@ -26,4 +26,5 @@ class SignMomentum(Optimizer):
             torch._foreach_mul_(bufs, group["beta"])
             torch._foreach_add_(bufs, grads)
             update = torch._foreach_sign(bufs)
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+            # `cast` may do anything per call: the sign list cannot be strip-mined either
+            torch._foreach_add_(params, cast(list, update), alpha=-group["lr"])

