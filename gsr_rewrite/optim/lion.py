@@ -205,16 +205,18 @@ def _lion_single_gsr(
             else:
                 param.add_(torch.sign(update), alpha=-lr)
         else:
-            update = exp_avg.lerp(grad, 1 - beta1)
+            # gsr-rewrite: strip-mined; the lerp temporaries are 1/64 of their tensors
+            for exp_avg_strip, grad_strip, param_strip in _gsr.strips(64, exp_avg, grad, param):
+                update = exp_avg_strip.lerp(grad_strip, 1 - beta1)
 
-            # Perform stepweight decay
-            if weight_decay != 0:
-                param.mul_(1 - lr * weight_decay)
+                # Perform stepweight decay
+                if weight_decay != 0:
+                    param_strip.mul_(1 - lr * weight_decay)
 
-            if _gsr.fits((update,), ()):  # gsr: sign -> temporary at 137:22
-                param.add_(update.sign_(), alpha=-lr)
-            else:
-                param.add_(torch.sign(update), alpha=-lr)
+                if _gsr.fits((update,), ()):  # gsr: sign -> temporary at 137:22
+                    param_strip.add_(update.sign_(), alpha=-lr)
+                else:
+                    param_strip.add_(torch.sign(update), alpha=-lr)
 
             # Decay the momentum running average coefficient
             exp_avg.lerp_(grad, 1 - beta2)
@@ -252,14 +254,16 @@ def _lion_multi_gsr(
         torch._foreach_sign_(updates)
         torch._foreach_add_(params, updates, alpha=-lr)
     else:
-        updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+        # gsr-rewrite: strip-mined; the lerp temporaries are 1/64 of their tensors
+        for exp_avgs_strip, grads_strip, params_strip in _gsr.strips(64, exp_avgs, grads, params):
+            updates = torch._foreach_lerp(exp_avgs_strip, grads_strip, 1 - beta1)
 
-        # Perform stepweight decay
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
+            # Perform stepweight decay
+            if weight_decay != 0:
+                torch._foreach_mul_(params_strip, 1 - lr * weight_decay)
 
-        torch._foreach_sign_(updates)
-        torch._foreach_add_(params, updates, alpha=-lr)
+            torch._foreach_sign_(updates)
+            torch._foreach_add_(params_strip, updates, alpha=-lr)
 
         # Decay the momentum running average coefficient
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
