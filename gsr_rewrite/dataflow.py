@@ -310,6 +310,27 @@ def preds_of(nodes: Sequence[Node]) -> dict[int, list[Node]]:
     return preds
 
 
+def must_reach(nodes: Sequence[Node], entry: Node, start: set[str],
+               out_of: Callable[[Node, set[str]], set[str]],
+               preds: dict[int, list[Node]]) -> dict[int, set[str]]:
+    """Forward must-analysis: the names bound on every path from `entry` to each node, before
+    it runs (`out_of(node, names_in)`: after it)."""
+    everything = start | {k for n in nodes for k in n.eff.assigns}
+    din: dict[int, set[str]] = {id(n): set(everything) for n in nodes}
+    din[id(entry)] = set(start)
+    for _ in range(50):
+        changed = False
+        for n in nodes:
+            if n is not entry:
+                sets = [out_of(q, din[id(q)]) for q in preds[id(n)] if id(q) in din]
+                new = set.intersection(*sets) if sets else set()
+                if new != din[id(n)]:
+                    din[id(n)], changed = new, True
+        if not changed:
+            break
+    return din
+
+
 def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
                     make_eval: Callable[[PointsTo], Evaluator]) -> None:
     preds = preds_of(flow.nodes)

@@ -16,7 +16,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.catalog import OpCatalog
-from gsr_rewrite.dataflow import Node, assigned_names, preds_of
+from gsr_rewrite.dataflow import Node, assigned_names, must_reach, preds_of
 from gsr_rewrite.effects import Alloc, buffers, is_role
 from gsr_rewrite.values import is_structured
 
@@ -281,21 +281,7 @@ def _must_defined(fa: FunctionAnalysis) -> dict[int, set[str]]:
     flow = fa.flow
     params = {p.name.value for p in (*fa.func.params.posonly_params, *fa.func.params.params,
                                       *fa.func.params.kwonly_params)}
-    everything = {k for n in flow.nodes for k in n.eff.assigns} | params
-    din: dict[int, set[str]] = {id(n): set(everything) for n in flow.nodes}
-    din[id(flow.entry)] = set(params)
-    preds = preds_of(flow.nodes)
-    for _ in range(50):
-        changed = False
-        for n in flow.nodes:
-            if n is not flow.entry:
-                sets = [_def_out(p, din[id(p)]) for p in preds[id(n)]]
-                new = set.intersection(*sets) if sets else set()
-                if new != din[id(n)]:
-                    din[id(n)], changed = new, True
-        if not changed:
-            break
-    return din
+    return must_reach(flow.nodes, flow.entry, params, _def_out, preds_of(flow.nodes))
 
 
 def _def_out(n: Node, din: set[str]) -> set[str]:

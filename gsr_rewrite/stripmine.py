@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from gsr_rewrite.catalog import OpCatalog
-from gsr_rewrite.dataflow import Node, PointsTo, preds_of
-from gsr_rewrite.effects import EMPTY, buffers, dotted
+from gsr_rewrite.dataflow import Node, PointsTo, must_reach, preds_of
+from gsr_rewrite.effects import EMPTY, _for_ins, buffers, dotted
 from gsr_rewrite.plan import FunctionPlan, Placement
 
 STRIPS_PER_TEMPORARY = 64  # each temporary of a run is at most 1/64 of its tensors (+ alignment)
@@ -185,20 +185,25 @@ def _chain(node: cst.CSTNode, parents: dict[int, cst.CSTNode]) -> list[tuple[cst
     return out[::-1]
 
 
+def _anchored(nodes: Iterable[Node], parents: dict[int, cst.CSTNode]
+              ) -> list[tuple[Node, list[tuple[cst.CSTNode, int]]]]:
+    """Each node that belongs to a statement, with that statement's block chain."""
+    out = []
+    for n in nodes:
+        a = _anchor(n)
+        if a is not None:
+            out.append((n, _chain(a, parents)))
+    return out
+
+
 def _live_range(p: Placement, sites: set[str], nodes: Sequence[Node],
                 parents: dict[int, cst.CSTNode]) -> tuple[cst.IndentedBlock, int, int]:
     # through variables only: "@expr" facts (reads inside one expression) never die
     live = [n for n in nodes if n is p.node or any(b in sites and not v.startswith("@")
                                                    for v, b in n.live_in | n.live_out)]
-    chains = []
-    for n in live:
-        a = _anchor(n)
-        if a is None:
-            continue
-        c = _chain(a, parents)
-        if not c:
-            raise _Refuse("its live range is not inside a block of statements")
-        chains.append(c)
+    chains = [c for _, c in _anchored(live, parents)]
+    if any(not c for c in chains):
+        raise _Refuse("its live range is not inside a block of statements")
     if not chains:
         raise _Refuse("no statement holds it")
     depth = 0
@@ -230,14 +235,8 @@ def _contains(root: cst.CSTNode, node: cst.CSTNode) -> bool:
 def _region_nodes(r: StripRegion, nodes: Sequence[Node], parents: dict[int, cst.CSTNode]
                   ) -> list[Node]:
     stmts = {id(s) for s in r.block.body[r.start:r.end]}
-    out = []
-    for n in nodes:
-        a = _anchor(n)
-        if a is None:
-            continue
-        c = _chain(a, parents)
-        if any(b is r.block and id(b.body[i]) in stmts for b, i in c):
-            out.append(n)
+    out = [n for n, c in _anchored(nodes, parents)
+           if any(b is r.block and id(b.body[i]) in stmts for b, i in c)]
     ids = {id(n) for n in out}
     preds = preds_of(nodes)
     grew = True
@@ -363,21 +362,8 @@ def _role(b: str) -> str:
 def _assigned_before(nodes: list[Node], entry: Node, preds: dict[int, list[Node]],
                      inside: set[int]) -> dict[int, set[str]]:
     """Names assigned on every path from the run's entry to each node (before it runs)."""
-    everything = {k for n in nodes for k in n.eff.assigns}
-    din = {id(n): set(everything) for n in nodes}
-    din[id(entry)] = set()
-    for _ in range(50):
-        changed = False
-        for n in nodes:
-            if n is entry:
-                continue
-            sets = [din[id(q)] | set(q.eff.assigns) for q in preds[id(n)] if id(q) in inside]
-            new = set.intersection(*sets) if sets else set()
-            if new != din[id(n)]:
-                din[id(n)], changed = new, True
-        if not changed:
-            break
-    return din
+    inner = {id(n): [q for q in preds[id(n)] if id(q) in inside] for n in nodes}
+    return must_reach(nodes, entry, set(), lambda q, names: names | set(q.eff.assigns), inner)
 
 
 def _defined_at(fp: FunctionPlan, entry: Node) -> set[str]:
@@ -524,7 +510,7 @@ class _Checker:
         try:
             return self.expr(e.elt)
         finally:
-            del self.scope[-len(_fors(e.for_in)):]
+            del self.scope[-len(_for_ins(e.for_in)):]
 
     def call(self, e: cst.Call) -> bool:
         name = dotted(e.func)
@@ -609,14 +595,6 @@ def _flat_targets(t: cst.BaseExpression | cst.BaseDelTargetExpression) -> list[c
     if isinstance(t, cst.StarredElement):
         return _flat_targets(t.value)
     return [t]
-
-
-def _fors(f: cst.CompFor) -> list[cst.CompFor]:
-    out = [f]
-    while f.inner_for_in is not None:
-        f = f.inner_for_in
-        out.append(f)
-    return out
 
 
 def _code(node: cst.CSTNode) -> str:
