@@ -33,6 +33,7 @@ import libcst as cst
 from gsr_rewrite.catalog import OpCatalog
 from gsr_rewrite.dataflow import Node, PointsTo, must_reach, preds_of
 from gsr_rewrite.effects import EMPTY, _for_ins, buffers, dotted
+from gsr_rewrite.emit import Renamer
 from gsr_rewrite.plan import FunctionPlan, Placement
 
 STRIPS_PER_TEMPORARY = 64  # each temporary of a run is at most 1/64 of its tensors (+ alignment)
@@ -45,8 +46,7 @@ _HOST_OK_CALLS = {"len", "isinstance", "float", "int", "bool", "max", "min", "ab
                   "zip", "enumerate", "list", "tuple", "range", "reversed", "type"}
 _CONTAINER_CALLS = {"zip", "enumerate", "list", "tuple", "reversed"}  # of strip lists: fine
 # torch functions that commute with taking the same element range of every tensor
-_STRIP_COMMUTING = {"view_as_real", "view_as_complex", "is_complex", "is_floating_point",
-                    "is_tensor"}
+_STRIP_COMMUTING = {"view_as_real", "view_as_complex"}
 _MUTATING_METHODS = {"append", "extend", "insert", "pop", "remove", "clear", "update",
                      "setdefault", "add", "discard", "sort", "reverse"}
 
@@ -602,17 +602,9 @@ def _code(node: cst.CSTNode) -> str:
 
 
 # -- emission ---------------------------------------------------------------------------------
-class StripRenamer(cst.CSTTransformer):
-    """Inside a strip loop, the sliced variables are read through their strip views."""
-
-    def __init__(self, names: dict[str, str]) -> None:
-        self.names = names
-
-    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
-        return updated.with_changes(value=self.names.get(updated.value, updated.value))
-
-    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
-        return updated.with_changes(attr=original.attr)
+class StripRenamer(Renamer):
+    """Inside a strip loop, the sliced variables are read through their strip views (keyword
+    argument names stay)."""
 
     def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
         return updated.with_changes(keyword=original.keyword)
