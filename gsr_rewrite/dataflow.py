@@ -237,6 +237,9 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
         for el, sub in zip(target.elements, _unpack(target, value, v, ev), strict=True):
             _assign(el.value, sub, ev)
     elif isinstance(target, cst.Subscript):
+        for index in target.slice:  # `t[t.gt(0)] = c` reads t to build its mask
+            if isinstance(index.slice, cst.Index):
+                ev.read(index.slice.value)
         base = ev.peek(target.value)
         if "%pstate" in base:  # state["k"] = v: v becomes persistent optimizer state
             for b in buffers(v):

@@ -21,7 +21,13 @@ from gsr_rewrite.emit import RUNTIME, Renamer, guard_expression, rewrite_stateme
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.locate import OptimizerClass, SourceModule, parse
 from gsr_rewrite.plan import FunctionPlan, Placement, plan_class
-from gsr_rewrite.stripmine import StripRegion, strip_mine, wrap_region
+from gsr_rewrite.stripmine import (
+    StripRegion,
+    fresh_name,
+    guard_once,
+    strip_mine,
+    wrap_region,
+)
 
 CONTRACT = ("after step() the contents of p.grad are undefined: the gradient buffers hold "
             "scratch values")
@@ -365,9 +371,14 @@ class _StatementSwap(Renamer):
         super().__init__(renamer.names, renamer.attrs)
         self.new = new
         self.regions: dict[int, list[StripRegion]] = {}
+        self.taken = taken or set()
+        self.once: dict[int, str] = {}  # line -> the strip counter of its loop (stripmine)
+        self.flags: dict[int, str] = {}
         for r in regions:
             self.regions.setdefault(id(r.block), []).append(r)
-        self.taken = taken or set()
+            if r.once:
+                self.flags[id(r)] = fresh_name("strip_index", self.taken)
+                self.once.update(dict.fromkeys(r.once, self.flags[id(r)]))
 
     def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
                                   updated: cst.SimpleStatementLine) -> cst.BaseStatement:
@@ -376,8 +387,13 @@ class _StatementSwap(Renamer):
     def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock
                             ) -> cst.IndentedBlock:
         body = list(updated.body)  # statement i of updated is statement i of original, rewritten
-        for r in sorted(self.regions.get(id(original), []), key=lambda r: -r.start):
-            body[r.start:r.end] = [wrap_region(r, body[r.start:r.end], self.taken, RUNTIME)]
+        regions = self.regions.get(id(original), [])
+        if not regions:  # lines inside a strip-mined run that run in its first strip only
+            return updated.with_changes(body=guard_once(original.body, body, self.once))
+        for r in sorted(regions, key=lambda r: -r.start):
+            body[r.start:r.end] = wrap_region(r, original.body[r.start:r.end],
+                                              body[r.start:r.end], self.taken, RUNTIME,
+                                              self.flags.get(id(r), ""))
         return updated.with_changes(body=body)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import libcst as cst
 
@@ -42,11 +43,14 @@ MAX_STRIPS = 512
 _SAME_ON_STRIPS = {"dtype", "device", "is_sparse", "is_complex", "is_cuda", "is_cpu", "layout",
                    "requires_grad", "is_floating_point", "element_size", "data", "real", "imag",
                    "detach"}
+_TENSOR_ATTRIBUTES = {"data", "real", "imag", "detach"}  # the others are host values
 _HOST_OK_CALLS = {"len", "isinstance", "float", "int", "bool", "max", "min", "abs", "round",
                   "zip", "enumerate", "list", "tuple", "range", "reversed", "type"}
 _CONTAINER_CALLS = {"zip", "enumerate", "list", "tuple", "reversed"}  # of strip lists: fine
 # torch functions that commute with taking the same element range of every tensor
 _STRIP_COMMUTING = {"view_as_real", "view_as_complex"}
+_COMPARISONS = {"gt", "lt", "ge", "le", "eq", "ne", "isnan", "isinf", "isfinite", "signbit",
+                "logical_not", "logical_and", "logical_or", "logical_xor"}  # bool, per element
 _MUTATING_METHODS = {"append", "extend", "insert", "pop", "remove", "clear", "update",
                      "setdefault", "add", "discard", "sort", "reverse"}
 
@@ -64,10 +68,14 @@ class StripRegion:
     temporaries: list[Placement] = field(default_factory=list)
     lines: tuple[int, int] = (0, 0)
     items: list[tuple[str, str]] = field(default_factory=list)  # (xs, i): the run reads xs[i]
+    once: set[int] = field(default_factory=set)  # ids of lines that run in the first strip only
+    after: set[int] = field(default_factory=set)  # ids of top-level `del` lines moved after it
 
 
 class _Refuse(Exception):
-    pass
+    def __init__(self, why: str, read_at: Node | None = None) -> None:
+        super().__init__(why)
+        self.read_at = read_at  # a later statement that reads what the run binds
 
 
 def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode], int]
@@ -116,6 +124,13 @@ def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode]
                 union.sliced = _check_region(union, fp, cat, parents)
             except _Refuse as e:
                 refused[id(c)] = str(e)
+                grown = _grown(c, e.read_at, parents)
+                if grown is not None:  # `xs = list(xs)` in the run, `xs` read just after it
+                    key = (id(grown.block), grown.start, grown.end)
+                    if key not in candidates:
+                        candidates[key] = grown
+                        pending.append(grown)
+                        progress = True
                 continue
             accepted = [a for a in accepted if a not in joined] + [union]
             pending.remove(c)
@@ -128,13 +143,25 @@ def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode]
         fresh = [p for p in fp.placements if p.alloc.site in sites and not p.placed]
         r.strips = min(MAX_STRIPS, STRIPS_PER_TEMPORARY * max(1, len(fresh)))
         r.lines = (line_of(r.block.body[r.start]), line_of(r.block.body[r.end - 1]))
-        r.temporaries += [p for p in fresh if p not in r.temporaries]
+        r.temporaries = list({id(p): p for p in [*r.temporaries, *fresh]}.values())
         for p in r.temporaries:
             p.strips = r.strips
             p.reason = (f"strip-mined: the {r.end - r.start} statement(s) from line {r.lines[0]} "
                         f"run on 1/{r.strips} of the elements at a time"
                         + (f" (no dead buffer: {p.reason})" if p.reason else ""))
     return accepted
+
+
+def _grown(r: StripRegion, read_at: Node | None, parents: dict[int, cst.CSTNode]
+           ) -> StripRegion | None:
+    """r extended, in its block, to the statement that holds `read_at` (None if elsewhere)."""
+    anchor = _anchor(read_at) if read_at is not None else None
+    if anchor is None:
+        return None
+    for block, i in _chain(anchor, parents):
+        if block is r.block and i >= r.end:
+            return StripRegion(r.function, r.block, r.start, i + 1, [], 0, list(r.temporaries))
+    return None
 
 
 def _encloses(a: StripRegion, b: StripRegion) -> bool:
@@ -264,10 +291,9 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         raise _Refuse("the run of statements has more than one entry")
     entry = entries[0]
     for n in nodes:
-        if n.kind in ("return", "raise", "jump", "def", "for", "latch", "with"):
+        if n.kind in ("return", "raise", "jump", "def", "with"):
             what = {"return": "returns", "raise": "raises", "jump": "breaks or continues",
-                    "def": "defines a function", "for": "loops", "latch": "loops",
-                    "with": "enters a context manager"}[n.kind]
+                    "def": "defines a function", "with": "enters a context manager"}[n.kind]
             raise _Refuse(f"the run of statements {what}")
         if n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If):
             raise _Refuse("the run of statements loops")
@@ -287,13 +313,15 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     # names the run binds to strip-sized values (`mask = (u * g) > 0` too, which the buffer
     # analysis sees as no buffer): found by evaluating the run until no new one appears
     strip_names: set[str] = {k for n in nodes for k, v in n.eff.assigns.items() if buffers(v)}
+    positions = _position_indices(nodes)
     sliced: dict[str, None] = {}
     items: dict[str, str] = {}
+    checked: dict[int, _Checker] = {}
     while True:
         before = len(strip_names)
         sliced.clear()
         for n in nodes:
-            checker = _Checker(n.pt_in, cat, strip_names)
+            checker = checked[id(n)] = _Checker(n.pt_in, cat, strip_names, positions)
             checker.statement(n)
             for xs, i in checker.items:
                 if items.setdefault(xs, i) != i or xs in region_assigned or \
@@ -301,19 +329,24 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
                     raise _Refuse(f"`{xs}[{i}]`: the run changes the list or its index, or "
                                   "reads more than one item")
             for name in checker.loads:
-                if name in assigned[id(n)]:
-                    continue
-                if buffers(entry.pt_in.get(name, EMPTY)):
+                if name not in assigned[id(n)] and buffers(entry.pt_in.get(name, EMPTY)):
                     sliced[name] = None
-                elif name in region_assigned:
-                    raise _Refuse(f"`{name}` is read before the run assigns it: each strip "
-                                  "would see the previous strip's value")
         if len(strip_names) == before:
             break
+    r.once, r.after = _run_once(r, nodes, checked, inside, fp, cat)
+    for n in nodes:
+        if n.line is not None and id(n.line) in r.once:
+            continue  # runs in the first strip only: it sees what the original sees
+        for name in checked[id(n)].loads:
+            if name not in assigned[id(n)] and name in region_assigned and \
+                    not buffers(entry.pt_in.get(name, EMPTY)):
+                raise _Refuse(f"`{name}` is read before the run assigns it: each strip "
+                              "would see the previous strip's value")
     exits = [m for n in nodes for m in n.succ if id(m) not in inside]
     late = _read_after(strip_names | region_assigned, exits, inside)
     if late is not None:
-        raise _Refuse(f"`{late}` is assigned inside the run and may be read after it")
+        raise _Refuse(f"`{late[0]}` is assigned inside the run and may be read after it", late[1])
+    _check_loops(nodes, checked, strip_names, parents, preds)
     if set(items) & set(sliced):
         raise _Refuse(f"`{min(set(items) & set(sliced))}` is read both whole and by index")
     r.items = sorted(items.items())
@@ -326,6 +359,227 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     return sorted(sliced)
 
 
+def _run_once(r: StripRegion, nodes: list[Node], checked: dict[int, _Checker],
+              inside: set[int], fp: FunctionPlan, cat: OpCatalog) -> tuple[set[int], set[int]]:
+    """(lines that run in the first strip only, top-level `del` lines moved after the run).
+
+    A line that changes a host object (NAdam's `torch._foreach_mul_(mu_products, mus)`) must
+    not run once per strip. When no such line also touches a strip, every line of the run that
+    touches no strip runs in the first strip only, in its original place: the first strip sees
+    what the original sees, and each later strip sees the host values the first one ended with.
+    That is exact when no such line changes (rebinds, mutates or deletes) a name or object that
+    a strip line or an `if` test read before it in the run; checked over the run's paths, with
+    objects compared through a conservative alias relation of host names (`_host_aliases`).
+    A top-level `del` of a host name a strip line reads (`del bias_correction`) moves after the
+    run instead. Runs without such lines are left as they are (host lines re-run per strip)."""
+    mutators = [n for n in nodes if checked[id(n)].mutated]
+    if not mutators:
+        return set(), set()
+    lines: dict[int, list[Node]] = {}
+    for n in nodes:
+        if n.line is not None:
+            lines.setdefault(id(n.line), []).append(n)
+    once = {key for key, ns in lines.items() if not any(checked[id(n)].strip for n in ns)
+            and not all(isinstance(n.node, cst.AnnAssign) and n.node.value is None for n in ns)}
+    for n in mutators:
+        if n.line is None or id(n.line) not in once:
+            raise _Refuse(checked[id(n)].mutated[0][1])
+    succ = {id(n): [m for m in n.succ if id(m) in inside] for n in nodes}
+    top = {id(st) for st in r.block.body[r.start:r.end]}
+    after = {key for key in once if key in top and all(
+        isinstance(n.node, cst.Del) for n in lines[key])}
+    for key in after:
+        gone = {x for n in lines[key] for x in checked[id(n)].deleted}
+        later = [m for n in lines[key] for m in _reachable(n, succ, nodes)]
+        if any(gone & (set(m.eff.assigns) | set(checked[id(m)].loads)) for m in later):
+            raise _Refuse(f"`{', '.join(sorted(gone))}` is deleted and bound again in the run")
+    changers = [n for n in nodes if n.line is not None and id(n.line) in once - after]
+    aliases = _host_aliases(fp.analysis.func, cat)
+    for t in nodes:
+        if t.kind in ("entry", "exit", "join") or (t.line is not None and id(t.line) in once):
+            continue
+        c = checked[id(t)]
+        host_reads = {x for x in c.loads if x not in c.strip_names and
+                      not buffers(t.pt_in.get(x, EMPTY))}
+        if not host_reads:
+            continue
+        after_t = {id(m) for m in _reachable(t, succ, nodes)}
+        for w in changers:
+            if id(w) not in after_t:
+                continue
+            cw = checked[id(w)]
+            hit = host_reads & (set(w.eff.assigns) | set(cw.deleted))
+            objects = {root for root, _ in cw.mutated}
+            hit |= {x for x in host_reads if aliases(x) & objects}
+            if hit:
+                raise _Refuse(f"`{_code(w.node).strip()}` changes `{min(hit)}` after the run "  # type: ignore[arg-type]
+                              "read it: a later strip would see the changed value")
+    return once - after, after
+
+
+def _reachable(n: Node, succ: dict[int, list[Node]], nodes: list[Node]) -> list[Node]:
+    """The nodes of the run that may execute after n in one pass (n too, if a loop returns)."""
+    by_id = {id(m): m for m in nodes}
+    seen: set[int] = set()
+    todo = [id(m) for m in succ[id(n)]]
+    while todo:
+        k = todo.pop()
+        if k not in seen:
+            seen.add(k)
+            todo += [id(m) for m in succ[k]]
+    return [by_id[k] for k in seen]
+
+
+def _host_aliases(func: cst.FunctionDef, cat: OpCatalog) -> Callable[[str], set[str]]:
+    """May two names of `func` hold the same host object (or lists sharing items)? A
+    flow-insensitive union over every binding: `a = b`, `a = [f(x) for x in b]`, `for a in b`
+    join a and b; results that are always new objects (arithmetic other than `+`/`*`, torch
+    ops that allocate, `float()`, out-of-place foreach) join nothing."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    def join(names: Iterable[str], sources: set[str]) -> None:
+        for a in names:
+            for b in sources:
+                parent[find(a)] = find(b)
+
+    class _V(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            names = [x for t in node.targets for x in _bound_names(t.target)]
+            join(names, _alias_sources(node.value, cat) | set(names[:1]))  # `a = b = [..]`
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            if node.value is not None:
+                join(_bound_names(node.target), _alias_sources(node.value, cat))
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            join(_bound_names(node.target), _alias_sources(node.value, cat))
+
+        def visit_For(self, node: cst.For) -> None:
+            join(_bound_names(node.target), _alias_sources(node.iter, cat))
+
+        def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+            join(_bound_names(node.target), _alias_sources(node.value, cat))
+
+    func.visit(_V())
+    return lambda x: {y for y in [*parent, x] if find(y) == find(x)}
+
+
+def _bound_names(t: cst.BaseExpression) -> list[str]:
+    return [x.value for x in _flat_targets(t) if isinstance(x, cst.Name)]
+
+
+_FRESH_BUILTINS = {"float", "int", "bool", "len", "isinstance", "str", "abs", "round", "range"}
+
+
+def _alias_sources(e: cst.BaseExpression, cat: OpCatalog,
+                   local: dict[str, set[str]] | None = None) -> set[str]:
+    """Names whose objects the value of `e` (or its items) may be."""
+    local = local or {}
+
+    def each(es: Iterable[cst.BaseExpression]) -> set[str]:
+        return set().union(*(_alias_sources(x, cat, local) for x in es))
+
+    if isinstance(e, cst.Name):
+        return local.get(e.value, {e.value})
+    if isinstance(e, (cst.Attribute, cst.Subscript)):
+        name = dotted(e) if isinstance(e, cst.Attribute) else None
+        if name is not None and name.split(".")[0] in ("torch", "math"):
+            return set()
+        return _alias_sources(e.value, cat, local)
+    if isinstance(e, cst.Call):
+        name = dotted(e.func) or ""
+        args = [a.value for a in e.args]
+        fn = name[len("torch."):] if name.startswith("torch.") else None
+        if fn is not None and (fn.startswith("_foreach_") or fn in cat.elementwise or
+                               fn in cat.creation or fn == "tensor"):
+            return set()  # a new tensor, a new list of new tensors, or None (in place)
+        if name in _FRESH_BUILTINS:
+            return set()
+        if isinstance(e.func, cst.Attribute) and fn is None:
+            m = e.func.attr.value
+            if m in cat.elementwise or m in cat.creation or m in cat.reduce or \
+                    m in cat.metadata:
+                return set()
+            return _alias_sources(e.func.value, cat, local) | each(args)
+        known = cat.functions.get(name.rpartition(".")[2])
+        if known is not None and known.effect in ("fresh", "metadata"):
+            return set()
+        if known is not None and known.effect == "alias" and known.arg < len(args):
+            return _alias_sources(args[known.arg], cat, local)
+        return each(args)
+    if isinstance(e, cst.BinaryOperation):  # `+` and `*` of lists share their items
+        return each([e.left, e.right]) if isinstance(e.operator, (cst.Add, cst.Multiply)) \
+            else set()
+    if isinstance(e, (cst.UnaryOperation, cst.Comparison, cst.SimpleString, cst.Integer,
+                      cst.Float, cst.Imaginary, cst.FormattedString)):
+        return set()
+    if isinstance(e, (cst.ListComp, cst.GeneratorExp, cst.SetComp)):
+        inner = dict(local)
+        for f in _for_ins(e.for_in):
+            src = _alias_sources(f.iter, cat, inner)
+            for x in _bound_names(f.target):
+                inner[x] = src
+        return _alias_sources(e.elt, cat, inner)
+    return each(c for c in e.children if isinstance(c, cst.BaseExpression))
+
+
+def _position_indices(nodes: list[Node]) -> frozenset[str]:
+    """Names that only loops of the run bind, to positions of lists: `i` of
+    `for i in range(len(xs))` and of `for i, x in enumerate(xs)`."""
+    found: set[str] = set()
+    for n in nodes:
+        if n.kind != "for" or not isinstance(n.node, cst.For):
+            continue
+        t, it = n.node.target, n.node.iter
+        fn = dotted(it.func) if isinstance(it, cst.Call) else None
+        if fn == "range" and isinstance(t, cst.Name) and isinstance(it, cst.Call) and \
+                len(it.args) == 1 and isinstance(it.args[0].value, cst.Call) and \
+                dotted(it.args[0].value.func) == "len":
+            found.add(t.value)
+        elif fn == "enumerate" and isinstance(t, cst.Tuple) and \
+                isinstance(t.elements[0].value, cst.Name):
+            found.add(t.elements[0].value.value)
+    others = {k for n in nodes if n.kind != "for" for k in n.eff.assigns}
+    return frozenset(found - others)
+
+
+def _check_loops(nodes: list[Node], checked: dict[int, _Checker], strip_names: set[str],
+                 parents: dict[int, cst.CSTNode], preds: dict[int, list[Node]]) -> None:
+    """A loop in the run goes over list positions (`for x in xs`, `for i in range(len(xs))`);
+    each strip runs it whole. Exact when no strip goes from one position to the next: the
+    tensors of two positions may differ in shape, and so do their strips. Refused: nested
+    loops, and strips bound in a loop body that are read before being bound again in the next
+    iteration or after the loop."""
+    heads = [n for n in nodes if n.kind == "for"]
+    for head in heads:
+        loop = head.node
+        assert isinstance(loop, cst.For)
+        body = [m for m in nodes if m is not head and m.kind not in ("join",) and
+                _anchor(m) is not None and _contains(loop.body, _anchor(m))]  # type: ignore[arg-type]
+        if any(m.kind == "for" for m in body):
+            raise _Refuse("the run has a loop inside a loop")
+        ids = {id(head)} | {id(m) for m in body}
+        inner = {k: [q for q in preds[k] if id(q) in ids] for k in ids}
+        bound = must_reach([head, *body], head, set(),
+                           lambda q, names: names | set(q.eff.assigns), inner)
+        in_body = {k for m in body for k in m.eff.assigns} & strip_names
+        for m in body:
+            carried = sorted(x for x in checked[id(m)].loads
+                             if x in in_body and x not in bound[id(m)])
+            if carried:
+                raise _Refuse(f"`{carried[0]}` goes from one list position to the next in a "
+                              "loop of the run")
+        exits = [q for q in head.succ if id(q) not in ids]
+        late = _read_after(in_body, exits, ids)
+        if late is not None:
+            raise _Refuse(f"`{late[0]}` is bound in a loop of the run and read after it")
+
+
 def _item_of_list(e: cst.Subscript) -> tuple[str, str] | None:
     """`xs[i]` with plain names: (xs, i)."""
     if isinstance(e.value, cst.Name) and len(e.slice) == 1 and \
@@ -335,10 +589,10 @@ def _item_of_list(e: cst.Subscript) -> tuple[str, str] | None:
     return None
 
 
-def _read_after(names: set[str], exits: Iterable[Node], inside: set[int]) -> str | None:
-    """A name of `names` that some path from the run's exits reads before rebinding it."""
-    from gsr_rewrite.dataflow import _node_names
-
+def _read_after(names: set[str], exits: Iterable[Node], inside: set[int]
+                ) -> tuple[str, Node] | None:
+    """A name of `names` that some path from the run's exits reads before rebinding it, and
+    where."""
     for name in sorted(names):
         seen: set[int] = set()
         todo = list(exits)
@@ -347,11 +601,43 @@ def _read_after(names: set[str], exits: Iterable[Node], inside: set[int]) -> str
             if id(m) in seen or id(m) in inside:
                 continue
             seen.add(id(m))
-            if name in _node_names(m):
-                return name
+            if name in _variables_read(m):
+                return name, m
             if name not in m.eff.assigns:
                 todo += m.succ
     return None
+
+
+def _variables_read(n: Node) -> set[str]:
+    """Variables the flow node reads: not attribute names (`g.sign()`), keywords, the names
+    a statement only binds (`a, b = [], []`), or a loop's body."""
+    s = n.node
+    parts: list[cst.CSTNode] = [s] if s is not None else []
+    if isinstance(s, cst.For):
+        parts = [s.iter]
+    elif isinstance(s, cst.With):
+        parts = [item.item for item in s.items]
+    elif isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:
+        targets = [t.target for t in s.targets] if isinstance(s, cst.Assign) else [s.target]
+        parts = [s.value, *(x for t in targets for x in _flat_targets(t)
+                            if not isinstance(x, cst.Name))]
+    found: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, node: cst.Name) -> None:
+            found.add(node.value)
+
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            node.value.visit(self)
+            return False
+
+        def visit_Arg(self, node: cst.Arg) -> bool:
+            node.value.visit(self)
+            return False
+
+    for part in parts:
+        part.visit(_V())
+    return found
 
 
 def _role(b: str) -> str:
@@ -377,16 +663,35 @@ class _Checker:
 
     Raises _Refuse at the first use that would differ between a strip and the whole tensor."""
 
-    def __init__(self, pt: PointsTo, cat: OpCatalog, strip_names: set[str]) -> None:
+    def __init__(self, pt: PointsTo, cat: OpCatalog, strip_names: set[str],
+                 positions: frozenset[str] = frozenset()) -> None:
         self.pt = pt
+        self.positions = positions  # `i` of `for i in range(len(xs))` in the run
         self.cat = cat
         self.strip_names = strip_names  # bound in the run to strip-sized values (grows)
         self.loads: list[str] = []
         self.items: list[tuple[str, str]] = []
         self.scope: list[dict[str, bool]] = []  # comprehension variables: tensor or not
+        self.strip = False  # the statement reads or binds a strip value
+        self.mutated: list[tuple[str, str]] = []  # host objects it changes: (root name, why)
+        self.deleted: list[str] = []  # host names it unbinds
+
+    def mutate(self, target: cst.BaseExpression, why: str) -> None:
+        """The statement changes the host object under `target`: allowed only in a statement
+        that touches no strip and runs once (in the first strip)."""
+        root = _root_name(target)
+        if root is None:
+            raise _Refuse(why)
+        self.mutated.append((root, why))
 
     def statement(self, n: Node) -> None:
         s = n.node
+        if n.kind in ("latch", "join"):
+            return
+        if n.kind == "for":
+            assert isinstance(s, cst.For)
+            self.bind_loop(s.target, s.iter)
+            return
         if n.kind == "test":
             assert isinstance(s, cst.BaseExpression)
             if self.expr(s):
@@ -401,32 +706,74 @@ class _Checker:
         elif isinstance(s, cst.AugAssign):
             self.expr(s.value)
             if not (isinstance(s.target, cst.Name) and self.expr(s.target)):
-                raise _Refuse(f"`{_code(s.target)} {_code(s.operator).strip()}` would run once "
-                              "per strip")
+                self.mutate(s.target, f"`{_code(s.target)} {_code(s.operator).strip()}` would "
+                            "run once per strip")
         elif isinstance(s, cst.Expr):
             self.expr(s.value)
         elif isinstance(s, cst.Assert):
             if self.expr(s.test):
                 raise _Refuse("an assert tests tensor contents")
         elif isinstance(s, cst.Del):
-            if not all(isinstance(t, cst.Name) for t in _flat_targets(s.target)):
-                raise _Refuse("`del` of an item or attribute")
+            for gone in _flat_targets(s.target):
+                if not isinstance(gone, cst.Name):
+                    raise _Refuse("`del` of an item or attribute")
+                if not self.expr(gone):
+                    self.deleted.append(gone.value)
         elif s is not None and not isinstance(s, cst.Pass):
             raise _Refuse(f"statement `{type(s).__name__}` is not supported in a strip")
 
     def target(self, t: cst.BaseExpression, tensor: bool) -> None:
         for x in _flat_targets(t):
             if not isinstance(x, cst.Name):
-                raise _Refuse(f"assigning `{_code(x)}` would run once per strip")
+                base = x.value if isinstance(x, (cst.Subscript, cst.Attribute)) else None
+                if isinstance(x, cst.Subscript) and not tensor and self.masked_fill(x):
+                    continue
+                if base is None or self.expr(base):
+                    raise _Refuse(f"assigning `{_code(x)}` would run once per strip")
+                self.mutate(x, f"assigning `{_code(x)}` would run once per strip")
+                continue
             if tensor:
                 self.strip_names.add(x.value)
+
+    def bind_loop(self, target: cst.BaseExpression, it: cst.BaseExpression) -> None:
+        """`for x in xs` binds a strip when xs is a list of strips; `zip` and `enumerate` keep
+        what each position holds (an index of enumerate is a host int)."""
+        fn = dotted(it.func) if isinstance(it, cst.Call) else None
+        args = [a.value for a in it.args if a.keyword is None] if isinstance(it, cst.Call) \
+            else []
+        elements = [el.value for el in target.elements] \
+            if isinstance(target, (cst.Tuple, cst.List)) else []
+        if fn == "enumerate" and len(args) == 1 and len(elements) == 2:
+            self.target(elements[0], False)
+            self.bind_loop(elements[1], args[0])
+        elif fn == "zip" and isinstance(it, cst.Call) and elements and \
+                len(elements) == len(args) and \
+                all(a.keyword is None or a.keyword.value == "strict" for a in it.args):
+            for t, a in zip(elements, args, strict=True):
+                self.bind_loop(t, a)
+        else:
+            self.target(target, self.expr(it))
+
+    def masked_fill(self, x: cst.Subscript) -> bool:
+        """`t[t.gt(0)] = c`: a strip tensor indexed by a comparison of strips, set to a host
+        value: element by element (the mask has t's shape, strip for strip)."""
+        if not (isinstance(x.value, cst.Name) and self.expr(x.value) and len(x.slice) == 1 and
+                isinstance(x.slice[0].slice, cst.Index)):
+            return False
+        mask = x.slice[0].slice.value
+        compares = isinstance(mask, cst.Comparison) or (
+            isinstance(mask, cst.Call) and isinstance(mask.func, (cst.Attribute, cst.Name)) and
+            (dotted(mask.func) or "").rpartition(".")[2] in _COMPARISONS)
+        return compares and self.expr(mask)
 
     def name_is_tensor(self, name: str) -> bool:
         for frame in reversed(self.scope):
             if name in frame:
                 return frame[name]
         self.loads.append(name)
-        return name in self.strip_names or bool(buffers(self.pt.get(name, EMPTY)))
+        tensor = name in self.strip_names or bool(buffers(self.pt.get(name, EMPTY)))
+        self.strip = self.strip or tensor
+        return tensor
 
     def exprs(self, es: Iterable[cst.BaseExpression]) -> bool:
         return any([self.expr(e) for e in es])  # a list: evaluate every one
@@ -440,7 +787,7 @@ class _Checker:
             base = self.expr(e.value)
             if base and e.attr.value not in _SAME_ON_STRIPS:
                 raise _Refuse(f"`{_code(e)}` differs between a strip and its tensor")
-            return base
+            return base and e.attr.value in _TENSOR_ATTRIBUTES
         if isinstance(e, cst.Subscript):
             item = _item_of_list(e)
             if item is not None and "%list" in self.pt.get(item[0], EMPTY) and \
@@ -448,7 +795,14 @@ class _Checker:
                 if self.name_is_tensor(item[1]):
                     raise _Refuse(f"`{_code(e)}` indexes with a tensor")
                 self.items.append(item)  # `xs[i]`: sliced as one tensor (runtime.at)
+                self.strip = True
                 return True
+            idx = e.slice[0].slice.value if len(e.slice) == 1 and \
+                isinstance(e.slice[0].slice, cst.Index) else None
+            if isinstance(e.value, cst.Name) and isinstance(idx, cst.Name) and \
+                    idx.value in self.positions and "%list" in self.pt.get(e.value.value, EMPTY) \
+                    and self.expr(e.value):
+                return True  # `xs[i]` in `for i in range(len(ys))`: one position, all lists
             if self.expr(e.value):
                 raise _Refuse(f"`{_code(e)}` indexes a tensor or tensor list")
             for el in e.slice:
@@ -526,7 +880,10 @@ class _Checker:
                 base = fn[len("_foreach_"):]
                 if base.endswith("_") or fn in self.cat.inplace_kill:
                     if not (args and isinstance(args[0], cst.Name) and tensors[0]):
-                        raise _Refuse(f"`{name}` updates `{_code(args[0])}` once per strip")
+                        if any(tensors) or not args:
+                            raise _Refuse(f"`{name}` updates `{_code(args[0])}` once per strip")
+                        self.mutate(args[0], f"`{name}` updates `{_code(args[0])}` once per strip")
+                        return False
                     base = base.rstrip("_")
                 if base not in self.cat.elementwise and f"{base}_" not in self.cat.inplace_kill \
                         and fn not in self.cat.inplace_kill:
@@ -541,7 +898,9 @@ class _Checker:
             if any(tensors):
                 raise _Refuse(f"`{name}` is not a per-element op")
             if fn.endswith("_"):
-                raise _Refuse(f"`{name}` would run once per strip")
+                if not args:
+                    raise _Refuse(f"`{name}` would run once per strip")
+                self.mutate(args[0], f"`{name}` would run once per strip")
             return False
         if isinstance(e.func, cst.Attribute) and (name is None or not self._is_module(name)):
             return self.method(e, e.func, args)
@@ -573,10 +932,11 @@ class _Checker:
         recv = self.expr(func.value)
         tensors = [self.expr(a) for a in args]
         if not recv:
-            if m in _MUTATING_METHODS or m.endswith("_"):
-                raise _Refuse(f"`.{m}()` on `{_code(func.value)}` would run once per strip")
             if any(tensors):
                 raise _Refuse(f"`.{m}()` of a host value takes a tensor of the run")
+            if m in _MUTATING_METHODS or m.endswith("_"):
+                self.mutate(func.value, f"`.{m}()` on `{_code(func.value)}` would run once per "
+                            "strip")
             return False
         cat = self.cat
         if m in cat.elementwise or m in cat.creation or m in ("detach", "contiguous"):
@@ -597,6 +957,14 @@ def _flat_targets(t: cst.BaseExpression | cst.BaseDelTargetExpression) -> list[c
     return [t]
 
 
+def _root_name(e: cst.BaseExpression) -> str | None:
+    """The variable an item or attribute chain starts from: `state` of `state["k"].x`."""
+    base: cst.BaseExpression = e
+    while isinstance(base, (cst.Subscript, cst.Attribute)):
+        base = base.value
+    return base.value if isinstance(base, cst.Name) else None
+
+
 def _code(node: cst.CSTNode) -> str:
     return cst.Module([]).code_for_node(node)
 
@@ -610,30 +978,78 @@ class StripRenamer(Renamer):
         return updated.with_changes(keyword=original.keyword)
 
 
-def wrap_region(r: StripRegion, body: Sequence[cst.BaseStatement], taken: set[str],
-                runtime: str) -> cst.For:
-    """`for a_strip, b_strip in _gsr.strips(K, a, b): <body with a, b renamed>`."""
-    names: dict[str, str] = {}
-    for v in [*r.sliced, *(xs for xs, _ in r.items)]:
-        new, k = f"{v}_strip", 1
-        while new in taken:
-            k += 1
-            new = f"{v}_strip{k}"
-        taken.add(new)
-        names[v] = new
+def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
+                body: Sequence[cst.BaseStatement], taken: set[str], runtime: str,
+                flag: str = "") -> list[cst.BaseStatement]:
+    """`for a_strip, b_strip in _gsr.strips(K, a, b): <body with a, b renamed>`; with `flag`
+    (the run has lines that run once), `for flag, (a_strip, ...) in enumerate(...)`, and the
+    `del` lines of r.after follow the loop. `originals[i]` is the source line of `body[i]`."""
+    names = {v: fresh_name(f"{v}_strip", taken) for v in [*r.sliced, *(xs for xs, _ in r.items)]}
     renamer = StripRenamer(names)
-    inner = [s.visit(renamer) for s in body]
-    first = inner[0]
-    lead = first.leading_lines if isinstance(first, (cst.SimpleStatementLine, cst.If)) else ()
-    if isinstance(first, (cst.SimpleStatementLine, cst.If)):
-        inner[0] = first.with_changes(leading_lines=[])
+    moved = [s for o, s in zip(originals, body, strict=True) if id(o) in r.after]
+    kept = [(o, s) for o, s in zip(originals, body, strict=True) if id(o) not in r.after]
+    renamed = [cast(cst.BaseStatement, s.visit(renamer)) for _, s in kept]
+    inner = guard_once([o for o, _ in kept], renamed, dict.fromkeys(r.once, flag))
+    lead = _take_leading_lines(inner)
     temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
     args = [*r.sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
     target = ", ".join(names.values()) if len(names) > 1 else f"({next(iter(names.values()))},)"
-    header = cst.parse_statement(
-        f"for {target} in {runtime}.strips({r.strips}, {', '.join(args)}):\n    pass\n")
+    strips = f"{runtime}.strips({r.strips}, {', '.join(args)})"
+    loop = f"for {flag}, ({target}) in enumerate({strips})" if flag else \
+        f"for {target} in {strips}"
+    header = cst.parse_statement(f"{loop}:\n    pass\n")
     assert isinstance(header, cst.For)
     comment = cst.EmptyLine(comment=cst.Comment(
         f"# gsr-rewrite: strip-mined; the {temps} temporaries are 1/{r.strips} of their tensors"))
-    return header.with_changes(body=cst.IndentedBlock(inner),  # type: ignore[arg-type]
-                               leading_lines=[*lead, comment])
+    return [header.with_changes(body=cst.IndentedBlock(inner), leading_lines=[*lead, comment]),
+            *moved]
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """base, or base2, base3, ...: the first not in `taken` (which then holds it)."""
+    new, k = base, 1
+    while new in taken:
+        k += 1
+        new = f"{base}{k}"
+    taken.add(new)
+    return new
+
+
+def guard_once(originals: Sequence[cst.BaseStatement], body: Sequence[cst.BaseStatement],
+               once: dict[int, str]) -> list[cst.BaseStatement]:
+    """body with each run of consecutive lines whose original is in `once` (id -> the strip
+    counter of its loop) under `if counter == 0:`."""
+    out: list[cst.BaseStatement] = []
+    group: list[cst.BaseStatement] = []
+    flag = ""
+
+    def flush() -> None:
+        if group:
+            lead = _take_leading_lines(group)
+            test = cst.parse_expression(f"{flag} == 0")
+            note = cst.EmptyLine(comment=cst.Comment(
+                "# gsr-rewrite: host statements, once per step: in the first strip"))
+            out.append(cst.If(test=test, body=cst.IndentedBlock(list(group)),
+                              leading_lines=[*lead, note]))
+            group.clear()
+
+    for o, s in zip(originals, body, strict=True):
+        f = once.get(id(o), "")
+        if not f or f != flag:
+            flush()
+        if f:
+            group.append(s)
+            flag = f
+        else:
+            out.append(s)
+    flush()
+    return out
+
+
+def _take_leading_lines(stmts: list[cst.BaseStatement]) -> Sequence[cst.EmptyLine]:
+    """The first statement's leading blank lines and comments, removed from it."""
+    first = stmts[0]
+    if not isinstance(first, (cst.SimpleStatementLine, cst.If)):
+        return ()
+    stmts[0] = first.with_changes(leading_lines=[])
+    return first.leading_lines

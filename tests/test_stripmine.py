@@ -91,6 +91,86 @@ def test_unplaceable_temporary_is_strip_mined_exactly_and_small() -> None:
         assert after <= 0.05, (foreach, after)
 
 
+# NAdam-like: the run holding `denom` also advances host state (a running product kept as
+# 0-dim state tensors, and a list built and scaled in place): those lines must run once per step
+ONCE_PER_STEP = HEADER.replace('state["step"] = 0', 'state["step"] = 0\n'
+                               '                    state["prod"] = torch.ones(())') + """
+            prods = [self.state[p]["prod"] for p in params]
+            if group["foreach"]:
+                torch._foreach_mul_(avgs, alpha)
+                torch._foreach_addcmul_(avgs, grads, grads, value=1 - alpha)
+                denom = torch._foreach_sqrt(avgs)
+                mus = torch._foreach_add(prods, 0.5)  # host: 0-dim tensors
+                torch._foreach_mul_(mus, alpha)  # changes a host list: once per step
+                torch._foreach_mul_(prods, mus)  # changes optimizer state: once per step
+                del mus
+                torch._foreach_add_(denom, eps)
+                scale = [-lr / (1.0 + float(q)) for q in prods]
+                torch._foreach_addcdiv_(params, grads, denom, scale)
+            else:
+                for p, grad, avg, prod in zip(params, grads, avgs, prods):
+                    avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                    prod.mul_(alpha * (prod + 0.5))
+                    p.addcdiv_(grad, avg.sqrt().add_(eps), value=-lr / (1.0 + float(prod)))
+"""
+
+
+def test_host_state_changed_in_a_run_changes_once_per_step() -> None:
+    result, original, rewritten = _compile(ONCE_PER_STEP)
+    (outcome,) = result.classes  # type: ignore[attr-defined]
+    temps = [t for t in outcome.temporaries if t.op == "sqrt"]
+    assert temps and all(t.strips for t in temps), [t.how for t in temps]
+    assert "if strip_index == 0:" in result.code  # type: ignore[attr-defined]
+    with runtime.fine_strips():  # one-element strips: the host lines would run many times
+        for foreach in (False, True):
+            res = compare_trajectories(original, rewritten, {"foreach": foreach}, steps=7,
+                                       mode="bitwise")
+            assert res.passed, res.message
+    after = measure_temporaries(lambda ps: rewritten(ps, foreach=True), MEASURE_SHAPES).units
+    assert after <= 0.05, after
+
+
+# Rprop-like: comparisons make bool masks (never placed in a float buffer), masked fills and
+# loops over list positions run inside the strips; `grads = list(grads)` is read after the
+# first run, which then grows to cover the read
+LOOPS_AND_MASKS = HEADER + """
+            if group["foreach"]:
+                signs = torch._foreach_mul(grads, avgs)
+                torch._foreach_copy_(avgs, grads)
+                torch._foreach_sign_(signs)
+                for sign in signs:
+                    sign[sign.gt(0)] = 1.2
+                    sign[sign.lt(0)] = 0.5
+                grads = list(grads)
+                for i in range(len(grads)):
+                    grads[i].copy_(torch.where(signs[i].eq(0.5), 0, grads[i]))
+                del signs
+                steps = [g.sign() for g in grads]
+                torch._foreach_add_(params, steps, alpha=-lr)
+            else:
+                for p, grad, avg in zip(params, grads, avgs):
+                    sign = grad.mul(avg).sign()
+                    avg.copy_(grad)
+                    sign[sign.gt(0)] = 1.2
+                    grad[sign.eq(-1.0)] = 0
+                    p.add_(grad.sign().mul_(sign), alpha=-lr)
+"""
+
+
+def test_masks_and_loops_over_positions_run_in_strips() -> None:
+    result, original, rewritten = _compile(LOOPS_AND_MASKS)
+    (outcome,) = result.classes  # type: ignore[attr-defined]
+    masks = [t for t in outcome.temporaries if t.op in ("gt", "lt", "eq")]
+    assert masks and all(t.strips and not t.placed for t in masks), [t.how for t in masks]
+    for foreach in (False, True):
+        res = compare_trajectories(original, rewritten, {"foreach": foreach}, steps=7,
+                                   mode="bitwise")
+        assert res.passed, res.message
+        after = measure_temporaries(lambda ps, f=foreach: rewritten(ps, foreach=f),
+                                    MEASURE_SHAPES).units
+        assert after <= 0.05, (foreach, after)
+
+
 def _reasons(source: str) -> str:
     result = rewrite_source(textwrap.dedent(source), "opt.py")
     return " | ".join(t.how for c in result.classes for t in c.temporaries)
@@ -106,7 +186,8 @@ def _reasons(source: str) -> str:
     ('''
             for p, grad, avg in zip(params, grads, avgs):
                 denom = avg.sqrt()
-                self.state[p]["step"] += 1  # would run once per strip
+                # changes host state, and reads the strip: cannot run once, nor once per strip
+                self.state[p]["step"] += float(grad.dtype == torch.float32)
                 p.addcdiv_(grad, denom, value=-lr)
 ''', "would run once per strip"),
     ('''
@@ -128,6 +209,32 @@ def _reasons(source: str) -> str:
                 denom = avg.sqrt()
                 p.addcdiv_(grad, torch.flip(denom, [0]), value=-lr)  # elements change places
 ''', "`torch.flip` is not a per-element op"),
+    ('''
+            if group["foreach"]:
+                denom = torch._foreach_sqrt(avgs)
+                scale = [torch.tensor(-lr) for _ in params]
+                torch._foreach_div_(denom, scale)  # reads the host list ...
+                torch._foreach_mul_(scale, 2.0)  # ... that a later line changes, once per step
+                torch._foreach_addcdiv_(params, grads, denom, scale)
+''', "changes `scale` after the run read it"),
+    ('''
+            if group["foreach"]:
+                denom = torch._foreach_sqrt(avgs)
+                twice = lr_list = [torch.tensor(-lr) for _ in params]
+                torch._foreach_div_(denom, lr_list)  # reads, through another name ...
+                torch._foreach_mul_(twice, 2.0)  # ... the list this line changes
+                torch._foreach_addcdiv_(params, grads, denom, lr_list)
+''', "changes `lr_list` after the run read it"),
+    ('''
+            if group["foreach"]:
+                denom = torch._foreach_sqrt(avgs)
+                prev = None
+                for d in denom:
+                    if prev is not None:
+                        d.add_(prev)  # the previous position's strip: another shape, maybe
+                    prev = d
+                torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+''', "`prev` goes from one list position to the next"),
 ])
 def test_refused_where_a_strip_would_differ(body: str, why: str) -> None:
     reasons = _reasons(HEADER + body)
