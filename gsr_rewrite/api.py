@@ -198,8 +198,16 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
 def _left(c: ClassOutcome) -> str:
     """Why a rewritten class still allocates: its first temporaries left in place."""
     kept = [t for t in c.temporaries if not t.placed and not t.strips]
-    text = "; ".join(f"`{t.code}` ({t.function}:{t.line}) stays: {t.how}" for t in kept[:2])
+    text = "; ".join(f"`{t.code}` ({t.function}:{t.line}) stays: {_last_word(t.how)}"
+                     for t in kept[:2])
     return text + (f"; and {len(kept) - 2} more" if len(kept) > 2 else "")
+
+
+def _last_word(how: str) -> str:
+    """The most specific part of a temporary's reason: why strip-mining, the last resort, was
+    refused (the dead-buffer reasons come first and are longer)."""
+    mark = "cannot be strip-mined: "
+    return how[how.rindex(mark):] if mark in how else how
 
 
 def _run_checks(cls: type, r_cls: type) -> str:

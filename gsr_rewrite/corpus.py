@@ -330,7 +330,8 @@ def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseExcep
                                                                  else "")
     _evaluate(row, f.cls, r_cls, steps, quick)
     left = rw.left.get(name) if isinstance(rw, ModuleRewrite) else None
-    if row.status == "rewritten" and (row.after_units or 0.0) > REUSE_TO and left:
+    heavy = row.after_units if row.status == "rewritten" else row.before_units
+    if row.status in ("rewritten", "unchanged") and (heavy or 0.0) > REUSE_TO and left:
         row.reason = (row.reason + "; " if row.reason else "") + "still allocates: " + \
             _short(left)
     if row.status != "rewritten" and (row.before_units or 0.0) >= REUSE_FROM:
