@@ -403,6 +403,23 @@ def _alias_sources(n: Node, b: str) -> list[Fact]:
 _NAMES: dict[int, tuple[cst.CSTNode, set[str]]] = {}  # node -> names it mentions (a cache)
 
 
+def read_parts(s: cst.CSTNode, unpack: bool = False) -> list[cst.CSTNode]:
+    """The parts of a flow node's statement that it reads: a loop's header reads its iterable,
+    `x = y` reads y (a name that is only assigned to held nothing read here); with `unpack`,
+    `a, b = ...` reads neither a nor b either."""
+    if isinstance(s, cst.For):
+        return [s.iter]
+    if isinstance(s, cst.With):
+        return [item.item for item in s.items]
+    if isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:
+        targets: list[cst.BaseExpression] = [t.target for t in s.targets] \
+            if isinstance(s, cst.Assign) else [s.target]
+        if unpack:
+            targets = [x for t in targets for x in _targets(t)]
+        return [s.value, *[t for t in targets if not isinstance(t, cst.Name)]]
+    return [s]
+
+
 def _node_names(n: Node) -> set[str]:
     s = n.node
     if s is None:
@@ -410,16 +427,7 @@ def _node_names(n: Node) -> set[str]:
     cached = _NAMES.get(id(s))
     if cached is not None and cached[0] is s:
         return cached[1]
-    parts: list[cst.CSTNode] = [s]
-    if isinstance(s, cst.For):
-        parts = [s.iter]
-    elif isinstance(s, cst.With):
-        parts = [item.item for item in s.items]
-    elif isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:
-        # `x = y`: a name that is only assigned to held nothing read here
-        targets = [t.target for t in s.targets] if isinstance(s, cst.Assign) else [s.target]
-        parts = [s.value, *[t for t in targets if not isinstance(t, cst.Name)]]
-    names = set().union(*(names_in(x) for x in parts))
+    names = set().union(*(names_in(x) for x in read_parts(s)))
     if len(_NAMES) > 4096:  # bounded: it keeps nodes alive
         _NAMES.clear()
     _NAMES[id(s)] = (s, names)

@@ -32,7 +32,8 @@ from typing import cast
 import libcst as cst
 
 from gsr_rewrite.catalog import OpCatalog
-from gsr_rewrite.dataflow import Node, PointsTo, must_reach, preds_of
+from gsr_rewrite.closures import loaded_names
+from gsr_rewrite.dataflow import Node, PointsTo, must_reach, preds_of, read_parts
 from gsr_rewrite.effects import EMPTY, _for_ins, buffers, dotted
 from gsr_rewrite.emit import Renamer
 from gsr_rewrite.plan import FunctionPlan, Placement
@@ -611,33 +612,9 @@ def _read_after(names: set[str], exits: Iterable[Node], inside: set[int]
 def _variables_read(n: Node) -> set[str]:
     """Variables the flow node reads: not attribute names (`g.sign()`), keywords, the names
     a statement only binds (`a, b = [], []`), or a loop's body."""
-    s = n.node
-    parts: list[cst.CSTNode] = [s] if s is not None else []
-    if isinstance(s, cst.For):
-        parts = [s.iter]
-    elif isinstance(s, cst.With):
-        parts = [item.item for item in s.items]
-    elif isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:
-        targets = [t.target for t in s.targets] if isinstance(s, cst.Assign) else [s.target]
-        parts = [s.value, *(x for t in targets for x in _flat_targets(t)
-                            if not isinstance(x, cst.Name))]
-    found: set[str] = set()
-
-    class _V(cst.CSTVisitor):
-        def visit_Name(self, node: cst.Name) -> None:
-            found.add(node.value)
-
-        def visit_Attribute(self, node: cst.Attribute) -> bool:
-            node.value.visit(self)
-            return False
-
-        def visit_Arg(self, node: cst.Arg) -> bool:
-            node.value.visit(self)
-            return False
-
-    for part in parts:
-        part.visit(_V())
-    return found
+    if n.node is None:
+        return set()
+    return set().union(*(loaded_names(x) for x in read_parts(n.node, unpack=True)))
 
 
 def _role(b: str) -> str:

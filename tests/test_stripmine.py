@@ -79,6 +79,12 @@ def test_unplaceable_temporary_is_strip_mined_exactly_and_small() -> None:
     temps = {t.op: t for t in outcome.temporaries}
     assert temps["sqrt"].strips and not temps["sqrt"].placed
     assert "strip-mined" in temps["sqrt"].how and "gradient" in temps["sqrt"].how
+    _assert_bitwise_and_small(original, rewritten)
+
+
+def _assert_bitwise_and_small(original: type, rewritten: type) -> None:
+    """Both paths: bitwise over 7 steps; the original allocates at least one param (1/8) or
+    one list (1.0) of temporaries per step, the R-variant at most 0.05."""
     for foreach in (False, True):
         res = compare_trajectories(original, rewritten, {"foreach": foreach}, steps=7,
                                    mode="bitwise")
@@ -87,7 +93,7 @@ def test_unplaceable_temporary_is_strip_mined_exactly_and_small() -> None:
                                      MEASURE_SHAPES).units
         after = measure_temporaries(lambda ps, f=foreach: rewritten(ps, foreach=f),
                                     MEASURE_SHAPES).units
-        assert before >= 0.12, (foreach, before)  # one param (1/8) or one list (1.0) at least
+        assert before >= 0.12, (foreach, before)
         assert after <= 0.05, (foreach, after)
 
 
@@ -162,13 +168,7 @@ def test_masks_and_loops_over_positions_run_in_strips() -> None:
     (outcome,) = result.classes  # type: ignore[attr-defined]
     masks = [t for t in outcome.temporaries if t.op in ("gt", "lt", "eq")]
     assert masks and all(t.strips and not t.placed for t in masks), [t.how for t in masks]
-    for foreach in (False, True):
-        res = compare_trajectories(original, rewritten, {"foreach": foreach}, steps=7,
-                                   mode="bitwise")
-        assert res.passed, res.message
-        after = measure_temporaries(lambda ps, f=foreach: rewritten(ps, foreach=f),
-                                    MEASURE_SHAPES).units
-        assert after <= 0.05, (foreach, after)
+    _assert_bitwise_and_small(original, rewritten)
 
 
 def _reasons(source: str) -> str:
