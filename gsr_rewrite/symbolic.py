@@ -245,6 +245,12 @@ class SymTensor(torch.Tensor):
     def write(self, values: Any) -> None:
         self._box[_index(self)] = np.broadcast_to(_obj(values), tuple(self.shape))
 
+    def gsr_span(self) -> tuple[Any, int, int]:
+        """(storage, first, one past the last element) for runtime.distinct_buffers: views of
+        one tensor share its `_box`."""
+        extent = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride(), strict=True))
+        return (("sym", id(self._box)), self.storage_offset(), self.storage_offset() + extent)
+
     def item(self) -> Any:
         """As aten's ``_local_scalar_dense``, but in Python: a tagged number keeps its tag (the
         C++ path would convert it to a plain float)."""

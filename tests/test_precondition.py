@@ -1,0 +1,142 @@
+"""The run-time precondition of every R step (`runtime.distinct_buffers`): when a step's gradients
+or state overlap each other or a param, or a param is listed twice, the original step runs, so
+results stay bitwise equal; when they are disjoint (views of one flat buffer included) the R step
+runs."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from gsr_rewrite import runtime
+from gsr_rewrite.optim import AdamW, AdamWR, Adan, AdanR, Lion, LionR
+
+PAIRS = [(AdamW, AdamWR), (Adan, AdanR), (Lion, LionR)]
+SHAPES = [(4, 6), (12,), (3, 2)]
+Layout = Callable[[list[torch.nn.Parameter], list[torch.Tensor]], list[torch.nn.Parameter]]
+
+
+def _params(seed: int) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+
+
+def _grads(step: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(s, generator=gen) for s in SHAPES]
+
+
+def _own(params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    return params
+
+
+def _flat_views(params: list[torch.nn.Parameter], grads: list[torch.Tensor]
+                ) -> list[torch.nn.Parameter]:
+    """Disjoint views of one flat buffer (DDP's gradient_as_bucket_view)."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    at = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[at:at + g.numel()].view(g.shape)
+        at += g.numel()
+    return params
+
+
+def _overlapping(params: list[torch.nn.Parameter], grads: list[torch.Tensor]
+                 ) -> list[torch.nn.Parameter]:
+    """The second gradient starts inside the first one's bytes."""
+    _own(params, grads)
+    buf = torch.cat([grads[0].reshape(-1), grads[1].reshape(-1)])
+    params[0].grad = buf[:24].view(4, 6)
+    params[1].grad = buf[12:24]
+    return params
+
+
+def _grad_is_state(params: list[torch.nn.Parameter], grads: list[torch.Tensor]
+                   ) -> list[torch.nn.Parameter]:
+    """Marked by the caller: the first gradient is a state tensor of its param."""
+    return _own(params, grads)
+
+
+def _run(cls: type, layout: Layout, steps: int = 6, duplicate: bool = False,
+         alias_state: bool = False) -> list[torch.Tensor]:
+    params = _params(0)
+    listed = [*params, params[0]] if duplicate else params
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about the duplicated param
+        opt = cls(listed, lr=0.01)
+    for step in range(steps):
+        layout(params, _grads(step))
+        if alias_state and step > 0:
+            key = next(k for k, v in opt.state[params[0]].items()
+                       if isinstance(v, torch.Tensor) and v.shape == params[0].shape)
+            opt.state[params[0]][key].copy_(params[0].grad)
+            params[0].grad = opt.state[params[0]][key]
+        opt.step()
+    out = [p.detach().clone() for p in params]
+    out += [v.clone() for p in params for v in opt.state[p].values()
+            if isinstance(v, torch.Tensor)]
+    return out
+
+
+@pytest.mark.parametrize(("orig", "rvar"), PAIRS, ids=[o.__name__ for o, _ in PAIRS])
+@pytest.mark.parametrize(("layout", "duplicate", "alias_state", "falls_back"), [
+    (_own, False, False, False),
+    (_flat_views, False, False, False),
+    (_own, True, False, True),
+    (_overlapping, False, False, True),
+    (_grad_is_state, False, True, True),
+], ids=["own", "flat-views", "duplicated-param", "overlapping-grads", "grad-is-state"])
+def test_bitwise_equal_and_falls_back_only_when_buffers_are_shared(
+        orig: type, rvar: type, layout: Layout, duplicate: bool, alias_state: bool,
+        falls_back: bool) -> None:
+    expected = _run(orig, layout, duplicate=duplicate, alias_state=alias_state)
+    before = runtime._FALLBACKS[0]
+    got = _run(rvar, layout, duplicate=duplicate, alias_state=alias_state)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+    assert (runtime._FALLBACKS[0] > before) == falls_back
+
+
+def test_shared_params_may_overlap_but_not_grads() -> None:
+    base = torch.zeros(10)
+    spans = runtime._spans([base[:6], base[4:]])
+    assert spans is not None
+    assert runtime._spans_disjoint([], spans)  # params (views of one weight) may overlap
+    assert not runtime._spans_disjoint(spans[:1], spans[1:])  # a grad inside a param may not
+    assert runtime._spans_disjoint(runtime._spans([base[:4]]) or [],
+                                   runtime._spans([base[4:]]) or [])
+
+
+def test_strided_view_counts_its_whole_extent() -> None:
+    base = torch.zeros(4, 4)
+    column = base[:, 0]  # elements 0, 4, 8, 12: its span reaches element 12
+    inner = base[1, 1:3]  # elements 5, 6: between two of the column's elements
+    assert not runtime._spans_disjoint(runtime._spans([column]) or [],
+                                       runtime._spans([inner]) or [])
+
+
+def test_a_closure_takes_the_original_step() -> None:
+    params = _params(0)
+    opt = AdamWR(params, lr=0.01)
+    ref = AdamW([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.01)
+    grads = _grads(0)
+
+    def closure(ps: list[torch.nn.Parameter]) -> Callable[[], float]:
+        def run() -> float:
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            return 0.0
+        return run
+
+    opt.step(closure(params))  # grads are set inside the step: the R step never sees them
+    ref.step(closure([p for g in ref.param_groups for p in g["params"]]))
+    for a, b in zip(params, ref.param_groups[0]["params"], strict=True):
+        assert torch.equal(a, b)
+    # tensors without real memory all report address 0: they count as overlapping
+    metas = [torch.empty(3, device="meta"), torch.empty(3, device="meta")]
+    assert not runtime._spans_disjoint(runtime._spans(metas) or [], [])
