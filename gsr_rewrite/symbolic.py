@@ -249,7 +249,8 @@ class SymTensor(torch.Tensor):
         """(storage, first, one past the last element) for runtime.distinct_buffers: views of
         one tensor share its `_box`."""
         extent = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride(), strict=True))
-        return (("sym", id(self._box)), self.storage_offset(), self.storage_offset() + extent)
+        start = int(self.storage_offset())
+        return (("sym", id(self._box)), start, start + int(extent))
 
     def item(self) -> Any:
         """As aten's ``_local_scalar_dense``, but in Python: a tagged number keeps its tag (the
