@@ -456,14 +456,27 @@ def _sym(name: str, role: str, assumptions: Assumptions) -> sympy.Symbol:
     return sympy.Symbol(name, **dict(assumptions.get(role, {"real": True})))
 
 
+#: attributes every optimizer has (torch's bookkeeping); what else an optimizer keeps on `self`
+#: is compared (a step counter, an EMA of params, a log of updates)
+_OPTIMIZER_OWN = frozenset(vars(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)))
+
+
 def _snapshot(params: list[SymTensor], opt: Any) -> dict[str, Any]:
-    def put(key: str, v: Any) -> None:
+    position = {id(p): i for i, p in enumerate(params)}
+
+    def put(key: str, v: Any, depth: int = 0) -> None:
         if isinstance(v, torch.Tensor):
             out.update({f"{key}[{j}]": e for j, e in enumerate(_arg(v).ravel())})
         elif isinstance(v, (bool, int, float)):
             out[key] = _const(v)
-        elif not isinstance(v, (list, tuple)) or key.startswith("state"):
-            out[key] = sympy.Symbol(f"<{v!r}>")
+        elif key.startswith("self.") and depth < 4 and isinstance(v, (list, tuple, dict)):
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                name = f"p{position[id(k)]}" if id(k) in position else repr(k)
+                put(f"{key}[{name}]", x, depth + 1)
+        elif not isinstance(v, (list, tuple)) or key.startswith(("state", "self.")):
+            out[key] = sympy.Symbol(f"<{type(v).__name__}>" if key.startswith("self.")
+                                    else f"<{v!r}>")
 
     out: dict[str, Any] = {}
     for i, p in enumerate(params):
@@ -474,7 +487,30 @@ def _snapshot(params: list[SymTensor], opt: Any) -> dict[str, Any]:
         for key, v in group.items():
             if key != "params":
                 put(f"group[{i}][{key!r}]", v)
+    for key, v in vars(opt).items():
+        if key not in _OPTIMIZER_OWN:
+            put(f"self.{key}", v)
     return out
+
+
+def _symbolic_param(i: int, shape: tuple[int, ...], asm: Assumptions, suffix: str = ""
+                    ) -> list[Any]:
+    return [_sym(f"p{i}_{j}{suffix}", "param", asm) for j in range(math.prod(shape))]
+
+
+def _second_group(opt: Any, params: list[SymTensor]) -> None:
+    """The last params go to a second group with half the first group's lr (when it has one), so
+    that per-group options are read from the right group."""
+    extra: dict[str, Any] = {}
+    lr = opt.param_groups[0].get("lr")
+    if isinstance(lr, float):
+        extra["lr"] = lr / 2
+    opt.add_param_group({"params": params, **extra})
+
+
+#: params of several ranks (1-D, 2-D, 3-D: `p.dim() > 1` branches), 2 elements each; the last one
+#: in a second param group
+PROOF_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (2, 1), (1, 2, 1))
 
 
 def symbolic_trajectory(
@@ -486,31 +522,39 @@ def symbolic_trajectory(
     numel: int = 2,
     resymbolize: bool = False,
     assumptions: Assumptions | None = None,
+    shapes: tuple[tuple[int, ...], ...] | None = None,
+    groups: int = 1,
 ) -> dict[str, Any]:
     """Final param/state elements after ``steps`` steps with symbolic params and grads.
 
     Param ``i`` element ``j`` starts as ``p{i}_{j}``; its grad at step ``s`` is ``g{i}_{j}_{s}``.
-    Keys: ``param[0][1]``, ``state[0]['exp_avg'][1]``, ``group[0]['lr']``.  With ``resymbolize``,
-    values after step 1 are also kept under ``after_step1:`` keys, then params and state tensors
-    are replaced by fresh symbols (``p0_1_s1``, ``exp_avg0_1_s1``).  ``assumptions`` maps
-    "param", "grad" or a state key to sympy assumptions (default ``real=True``).
+    Keys: ``param[0][1]``, ``state[0]['exp_avg'][1]``, ``group[0]['lr']``, ``self.ATTR``.  With
+    ``resymbolize``, values after step 1 are also kept under ``after_step1:`` keys, then params
+    and state tensors are replaced by fresh symbols (``p0_1_s1``, ``exp_avg0_1_s1``).
+    ``assumptions`` maps "param", "grad" or a state key to sympy assumptions (default
+    ``real=True``).  ``shapes`` (default ``n_params`` vectors of ``numel``) gives each param's
+    shape; with ``groups=2`` the last param is in a second group (see ``_second_group``).
     """
     asm = dict(assumptions or {})
     _COUNTERS.update(rand=0, uninit=0)
-    params = [
-        SymTensor.of([_sym(f"p{i}_{j}", "param", asm) for j in range(numel)])
-        for i in range(n_params)
-    ]
-    opt = optimizer_cls(params, **kwargs)
+    shapes = shapes or ((numel,),) * n_params
+    params = [SymTensor.fresh(torch.empty(shape, device="meta"),
+                              _vec(_symbolic_param(i, shape, asm), shape))
+              for i, shape in enumerate(shapes)]
+    split = len(params) - 1 if groups > 1 and len(params) > 1 else len(params)
+    opt = optimizer_cls(params[:split], **kwargs)
+    if split < len(params):
+        _second_group(opt, params[split:])
     out: dict[str, Any] = {}
     for s in range(1, steps + 1):
         for i, p in enumerate(params):
-            p.grad = SymTensor.of([_sym(f"g{i}_{j}_{s}", "grad", asm) for j in range(numel)])
+            p.grad = SymTensor.fresh(torch.empty(p.shape, device="meta"), _vec(
+                [_sym(f"g{i}_{j}_{s}", "grad", asm) for j in range(p.numel())], tuple(p.shape)))
         opt.step()
         if resymbolize and s == 1 and steps > 1:
             out.update({f"after_step1:{k}": v for k, v in _snapshot(params, opt).items()})
             for i, p in enumerate(params):
-                p.write(_vec([_sym(f"p{i}_{j}_s1", "param", asm) for j in range(numel)]))
+                p.write(_vec(_symbolic_param(i, tuple(p.shape), asm, "_s1"), tuple(p.shape)))
                 for key, t in opt.state.get(p, {}).items():
                     if isinstance(t, SymTensor):
                         syms = [_sym(f"{key}{i}_{j}_s1", str(key), asm) for j in range(t.numel())]
@@ -583,6 +627,8 @@ def validate_rewrite(
     n_params: int = 2,
     numel: int = 2,
     resymbolize: bool = True,
+    shapes: tuple[tuple[int, ...], ...] | None = None,
+    groups: int = 1,
 ) -> ValidationResult:
     """Prove ``rewritten_cls`` computes the same params and state as ``original_cls``.
 
@@ -595,7 +641,8 @@ def validate_rewrite(
     configs = [False, True] if has_flag and "foreach" not in kwargs else [None]
     res = ValidationResult(equal=True, exact_same_ops=True, steps=steps)
     opts: dict[str, Any] = dict(
-        steps=steps, n_params=n_params, numel=numel, assumptions=assumptions
+        steps=steps, n_params=n_params, numel=numel, assumptions=assumptions, shapes=shapes,
+        groups=groups,
     )
     for flag in configs:
         kw = dict(kwargs) if flag is None else {**kwargs, "foreach": flag}
@@ -625,7 +672,9 @@ def validate_rewrite(
     res.equal = not res.residuals
     mode = "state re-symbolized after step 1" if resymbolize else "from the initial state"
     res.notes.append(
-        f"configs foreach={configs}, {steps} steps, {n_params}x{numel} params, "
+        f"configs foreach={configs}, {steps} steps, "
+        f"{'params of shapes ' + str(list(shapes)) if shapes else f'{n_params}x{numel} params'}, "
+        f"{groups} group(s), "
         f"{mode}; {time.perf_counter() - t0:.2f} s"
     )
     return res

@@ -110,17 +110,25 @@ class Proof:
     detail: str
 
 
+#: symbolic validation: steps per configuration (the state after step 1 is re-symbolized, so
+#: steps 2 and 3 start from an arbitrary state)
+PROOF_STEPS = 3
+
+
 def prove_class(original: type, rewritten: type) -> Proof:
-    """Per-element symbolic execution of both steps, every default configuration, both paths."""
+    """Per-element symbolic execution of both steps: every configuration of `default_configs`,
+    both foreach paths, PROOF_STEPS steps, params of ranks 1-3 in two param groups, and
+    everything the optimizer keeps on `self` compared (symbolic.PROOF_SHAPES)."""
     from gsr_rewrite import runtime
-    from gsr_rewrite.symbolic import validate_rewrite
+    from gsr_rewrite.symbolic import PROOF_SHAPES, validate_rewrite
 
     configs = default_configs(original)
     hits = runtime.GUARD_HITS[0]
     for config in configs:
         try:
             with runtime.fine_strips():
-                res = validate_rewrite(original, rewritten, config, steps=2)
+                res = validate_rewrite(original, rewritten, config, steps=PROOF_STEPS,
+                                       shapes=PROOF_SHAPES, groups=2)
         except Exception as e:  # constructor needs arguments, data-dependent control flow, ...
             return Proof(None, f"symbolic validation could not run ({type(e).__name__}: {e})")
         if not res.equal:
@@ -130,4 +138,5 @@ def prove_class(original: type, rewritten: type) -> Proof:
     if runtime.GUARD_HITS[0] == hits:  # every guard said no: only the fallback was compared
         return Proof(None, "symbolic validation never reached a rewritten statement")
     return Proof(True, f"proved equal by symbolic execution ({len(configs)} configurations, "
-                       "2 steps, both paths)")
+                       f"{PROOF_STEPS} steps, both paths, params of ranks 1-3 in two groups, "
+                       "attributes on self)")
