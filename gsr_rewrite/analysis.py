@@ -7,13 +7,19 @@ any of them apply to the whole class: a gradient that escapes anywhere is never 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import libcst as cst
 
 from gsr_rewrite.catalog import OpCatalog
-from gsr_rewrite.closures import Closures, bound_names, bound_self_helpers, self_bound_methods
+from gsr_rewrite.closures import (
+    Closures,
+    bound_names,
+    bound_self_helpers,
+    self_attr_targets,
+    self_bound_methods,
+)
 from gsr_rewrite.dataflow import (
     Fact,
     FunctionFlow,
@@ -22,7 +28,17 @@ from gsr_rewrite.dataflow import (
     solve_liveness,
     solve_points_to,
 )
-from gsr_rewrite.effects import EMPTY, Evaluator, Value, buffers, is_role, scalar_state_keys
+from gsr_rewrite.effects import (
+    EMPTY,
+    OPAQUE,
+    Evaluator,
+    Unknowns,
+    Value,
+    buffers,
+    dotted,
+    is_role,
+    scalar_state_keys,
+)
 from gsr_rewrite.locate import OptimizerClass, SourceModule
 
 
@@ -109,25 +125,33 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             return (cls.methods[name[5:]], True) if name[5:] in cls.methods else None
         return (src.functions[name], False) if name in src.functions else None
 
-    def solve(fa: FunctionAnalysis) -> None:
+    unknowns = _unknowns(src, cls, scalar_keys)
+    foreign: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
+    returns: dict[str, Value] = {}  # helper -> what it returns, so far
+
+    def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = _param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
+        known = Unknowns(unknowns.opaque, unknowns.self_constants, unknowns.opaque_globals,
+                         unknowns.harmless_self_methods, dict(foreign), dict(returns))
 
         def make_eval(pt: PointsTo) -> Evaluator:
             return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
-                             src.imports, closures, self_helpers, unfollowed)
+                             src.imports, closures, self_helpers, unfollowed, known)
+        return make_eval
 
-        solve_points_to(fa.flow, fa.entry_pt, make_eval)
-        exit_live = fa.exit_live
-        if fa.name == "step":  # params and optimizer state outlive the step; gradients do not
-            seen: set[str] = set()
-            for n in fa.flow.nodes:  # bound to names, read, written or passed to a helper
-                seen |= {b for v in n.pt_out().values() for b in buffers(v)}
-                seen |= {b for _, b, _ in n.eff.reads} | {b for _, b in n.eff.writes}
-                for _, pos_v, kw_v, _ in n.eff.calls:
-                    seen |= {b for v in [*pos_v, *kw_v.values()] for b in buffers(v)}
-            roles = {b for b in seen if is_role(b) and b != "grad"} | {"param"}
-            exit_live = frozenset(("@" + b, b) for b in roles)
+    def solve(fa: FunctionAnalysis) -> None:
+        solve_points_to(fa.flow, fa.entry_pt, make_evaluator(fa))
+        # params and optimizer state outlive the step and every helper; gradients do not. (A
+        # helper's callers also add what they read after the call: `_bind`.)
+        seen: set[str] = set()
+        for n in fa.flow.nodes:  # bound to names, read, written or passed to a helper
+            seen |= {b for v in n.pt_out().values() for b in buffers(v)}
+            seen |= {b for _, b, _ in n.eff.reads} | {b for _, b in n.eff.writes}
+            for _, pos_v, kw_v, _ in n.eff.calls:
+                seen |= {b for v in [*pos_v, *kw_v.values()] for b in buffers(v)}
+        roles = {b for b in seen if is_role(b) and b != "grad"} | {"param"}
+        exit_live = fa.exit_live | frozenset(("@" + b, b) for b in roles)
         # a temporary stored into optimizer state (`state["m"] = m.mul(b)`) IS state from then on
         kept = {b for n in fa.flow.nodes for b in n.eff.persistent}
         exit_live = exit_live | frozenset(("@" + b, b) for b in kept)
@@ -144,6 +168,13 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             if solved_with.get(name) != inputs:
                 solve(fa)
                 solved_with[name] = inputs
+                reach = max((n.eff.foreign for n in fa.flow.nodes), default=0)
+                ret = _returned(fa, make_evaluator)
+                if reach > foreign.get(name, 0) or returns.get(name) != ret:
+                    foreign[name] = max(reach, foreign.get(name, 0))  # callers: solve again
+                    returns[name] = returns.get(name, EMPTY) | ret
+                    solved_with.clear()
+                    changed = True
                 pos, kw = _param_names(fa.func, fa.is_method)
                 added = {p: frozenset().union(*(n.eff.weak.get(p, EMPTY) for n in fa.flow.nodes))
                          for p in [*pos, *kw, *fa.free]}
@@ -170,6 +201,12 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             solve(funcs[name])
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
                for b, why, node in n.eff.escapes]
+    for fa in funcs.values():  # a wrapper that may read gradients after the step returns
+        for d in fa.func.decorators:
+            if not _known_decorator(d.decorator):
+                escapes.append(("grad", f"`{fa.name}` is decorated by "
+                                f"`{cst.Module([]).code_for_node(d.decorator)}`, which may use "
+                                "the gradients after it returns", src.where(d)))
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers)
 
 
@@ -183,3 +220,93 @@ def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
     needed = {b for _, b in live_after}
     fa.exit_live = fa.exit_live | frozenset(("@" + b, b) for b in needed)
     return (dict(fa.entry_pt), fa.exit_live) != before
+
+
+#: decorators that only switch autograd or compilation modes around the function they wrap
+_MODE_DECORATORS = {"torch.no_grad", "torch.enable_grad", "torch.inference_mode",
+                    "_use_grad_for_differentiable", "torch._disable_dynamo",
+                    "torch.compiler.disable", "_disable_dynamo_if_unsupported", "staticmethod",
+                    "classmethod", "torch._dynamo.disable"}
+#: methods of torch.optim.Optimizer that a step may call and that touch no tensor of it
+HARMLESS_OPTIMIZER_METHODS = frozenset({"_cuda_graph_capture_health_check",
+                                        "_accelerator_graph_capture_health_check"})
+
+
+def _returned(fa: FunctionAnalysis,
+              make_evaluator: Callable[[FunctionAnalysis], Callable[[PointsTo], Evaluator]]
+              ) -> Value:
+    """Every buffer a function may return (its callers bind the call's value to it)."""
+    make = make_evaluator(fa)
+    out = EMPTY
+    for n in fa.flow.nodes:
+        if n.kind == "return" and isinstance(n.node, cst.Return) and n.node.value is not None:
+            out |= make(n.pt_in).value(n.node.value)
+    return out
+
+
+def _known_decorator(d: cst.BaseExpression) -> bool:
+    name = dotted(d.func if isinstance(d, cst.Call) else d)
+    return name is not None and (name in _MODE_DECORATORS or
+                                 name.rsplit(".", 1)[-1] in _MODE_DECORATORS)
+
+
+def _is_data(e: cst.BaseExpression | None, names: set[str]) -> bool:
+    """A constant expression of `names` (constructor arguments): numbers, strings, tuples, and
+    arithmetic and float()/int()/bool() of them: no tensor of the optimizer can be in it."""
+    if e is None:
+        return False
+    if isinstance(e, (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString)):
+        return True
+    if isinstance(e, cst.Name):
+        return e.value in names or e.value in ("True", "False", "None")
+    if isinstance(e, (cst.Tuple, cst.List)):
+        return all(_is_data(el.value, names) for el in e.elements)
+    if isinstance(e, cst.UnaryOperation):
+        return _is_data(e.expression, names)
+    if isinstance(e, cst.BinaryOperation):
+        return _is_data(e.left, names) and _is_data(e.right, names)
+    if isinstance(e, cst.IfExp):
+        return all(_is_data(x, names) for x in (e.test, e.body, e.orelse))
+    if isinstance(e, cst.Comparison):
+        return _is_data(e.left, names) and all(_is_data(c.comparator, names)
+                                               for c in e.comparisons)
+    if isinstance(e, cst.Call) and dotted(e.func) in ("float", "int", "bool", "str", "tuple"):
+        return all(_is_data(a.value, names) for a in e.args)
+    return False
+
+
+def _unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozenset[str]) -> Unknowns:
+    """What an object the analysis does not model may be, for this class (see Unknowns)."""
+    keys: set[str] = set()
+
+    class _Keys(cst.CSTVisitor):
+        def visit_SubscriptElement(self, node: cst.SubscriptElement) -> None:
+            if isinstance(node.slice, cst.Index) and \
+                    isinstance(node.slice.value, cst.SimpleString):
+                keys.add(str(node.slice.value.evaluated_value))
+
+    src.module.visit(_Keys())
+    opaque = frozenset({OPAQUE, "grad", "param", "state:?"} |
+                       {f"state:{k}" for k in keys - scalar_keys})
+    init = cls.methods.get("__init__")
+    args = set()
+    if init is not None:
+        pos, kw = _param_names(init, True)
+        args = set(pos[1:]) | set(kw)  # pos[0] is the params
+    bound: dict[str, list[bool]] = {}
+    for name, f in cls.methods.items():
+        for attr, value in self_attr_targets(f):
+            bound.setdefault(attr, []).append(name == "__init__" and _is_data(value, args))
+    constants = frozenset(a for a, ok in bound.items() if a != "*" and all(ok)
+                          and "*" not in bound)
+    opaque_globals: set[str] = set()
+    for stmt in src.module.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if isinstance(small, (cst.Assign, cst.AnnAssign)) and \
+                        not _is_data(small.value, set()):
+                    targets = [t.target for t in small.targets] \
+                        if isinstance(small, cst.Assign) else [small.target]
+                    opaque_globals |= {t.value for t in targets if isinstance(t, cst.Name)}
+    return Unknowns(opaque, constants, frozenset(opaque_globals) - set(src.functions),
+                    HARMLESS_OPTIMIZER_METHODS)

@@ -1,15 +1,24 @@
 """Equivalence checks of an original optimizer against its R-variant (DESIGN.md sections 3 and 5).
 
-The original is ground truth. Both run in lockstep on identical odd-shaped problems with identical
-grads, each on its OWN grad clones (an R-variant may leave scratch in ``p.grad``), and after every
-step every param, every state value and every param-group option is compared.
+The original is ground truth. Both run in lockstep on identical problems with identical grads,
+each on its OWN grad clones (an R-variant may leave scratch in ``p.grad``) and from the same global
+RNG state; after every step every param, every state value, every param-group option and every
+other attribute the optimizer keeps on ``self`` is compared.
+
+`stress_matrix` is the gate an R-variant passes before it is emitted: every configuration of
+`stress_configs` on both foreach paths, each in eight scenarios (`_STRESS_CASES`: two param groups
+on odd and on dense shapes, a duplicated param, overlapping grads, bucket-view grads, autograd
+accumulation, a tensor lr, bf16), plus one checkpoint swap per path.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
+import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +36,8 @@ __all__ = [
     "make_problem",
     "measure_pair",
     "run_checks",
+    "stress_configs",
+    "stress_matrix",
 ]
 
 Mode = Literal["bitwise", "tolerance"]
@@ -39,6 +50,10 @@ OptimizerClass = Callable[..., Optimizer]
 #   record the bounds used.
 DEFAULT_RTOL = 1.3e-6
 DEFAULT_ATOL = 1e-5
+#   bfloat16 (the stress matrix's bf16 case): rtol 1.6e-2 (2 bf16 ulp, 2 * 2**-7), atol 1e-5 --
+#   torch.testing.assert_close defaults for bfloat16. The float32 cases keep the bounds above.
+BF16_RTOL = 1.6e-2
+BF16_ATOL = 1e-5
 
 # Equal-size shapes for measure_pair: 8 x 64x64 fp32 = 128 KiB, so 1 unit = one copy of all params.
 MEASURE_SHAPES: tuple[tuple[int, ...], ...] = ((64, 64),) * 8
@@ -49,6 +64,7 @@ class _Criteria:
     mode: Mode
     rtol: float
     atol: float
+    bits: bool = False  # bitwise mode compares bit patterns: -0.0 != 0.0 (any NaN == any NaN)
 
 
 @dataclass
@@ -63,6 +79,7 @@ class CheckResult:
     message: str = ""
     rtol: float | None = None  # tolerance mode only
     atol: float | None = None
+    case: str = ""  # stress_matrix: the scenario (`_STRESS_CASES` name, or "state_dict swap")
 
     @property
     def summary(self) -> str:
@@ -112,18 +129,23 @@ class _GradSchedule:
         self._gen = torch.Generator().manual_seed(seed + 1_000_003)  # independent of param init
         self._total_steps = total_steps
 
-    def _is_none(self, i: int, step: int) -> bool:
-        frozen = i == len(self._template) - 1 and step >= self._total_steps // 2
-        return frozen or (i % 2 == 1 and (3 * i + step) % 5 == 4)
-
     def grads(self, step: int) -> list[torch.Tensor | None]:
         out: list[torch.Tensor | None] = []
+        count = len(self._template)
         for i, p in enumerate(self._template):
             # Draw for every param every step so the stream does not depend on the None pattern.
             values = torch.randn(p.shape, generator=self._gen, dtype=p.dtype)
             g = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device=p.device)
-            out.append(None if self._is_none(i, step) else g.copy_(values))
+            none = _grad_is_none(i, count, step, self._total_steps)
+            out.append(None if none else g.copy_(values))
         return out
+
+
+def _grad_is_none(i: int, count: int, step: int, total_steps: int) -> bool:
+    """No grad for param ``i`` of ``count`` at ``step``: odd params on 1 step in 5 (staggered), the
+    last one from the middle of the run on (frozen)."""
+    frozen = i == count - 1 and step >= total_steps // 2
+    return frozen or (i % 2 == 1 and (3 * i + step) % 5 == 4)
 
 
 def _label(i: int, p: torch.Tensor) -> str:
@@ -141,10 +163,26 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nan_to_num(diff, nan=math.inf).max())
 
 
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit patterns (so -0.0 differs from 0.0), any NaN equal to any NaN."""
+    if a.is_complex():
+        a, b = torch.view_as_real(a.resolve_conj()), torch.view_as_real(b.resolve_conj())
+    ints = _INT_OF_SIZE[a.element_size()]
+    a_bits, b_bits = a.detach().contiguous().view(ints), b.detach().contiguous().view(ints)
+    if torch.equal(a_bits, b_bits):
+        return True
+    return bool(((a_bits == b_bits) | (a.isnan() & b.isnan())).all())
+
+
 def _tensors_match(a: torch.Tensor, b: torch.Tensor, crit: _Criteria) -> bool:
     exact_only = not (a.is_floating_point() or a.is_complex())
     if crit.mode == "tolerance" and not exact_only:
         return torch.allclose(a, b, rtol=crit.rtol, atol=crit.atol, equal_nan=True)
+    if crit.bits and not exact_only:
+        return _same_bits(a, b)
     if torch.equal(a, b):
         return True
     # NaN-aware equality; note -0.0 == 0.0 here (values, not bit patterns, are compared).
@@ -158,15 +196,17 @@ def _compare_values(a: Any, b: Any, what: str, crit: _Criteria) -> tuple[float, 
             return math.inf, f"{what} is {type(a).__name__} vs {type(b).__name__}"
         if a.dtype != b.dtype or a.shape != b.shape:
             return math.inf, (f"{what} is {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}")
-        diff = _max_abs_diff(a, b)
+        if not crit.bits and torch.equal(a, b):  # the common case, without _max_abs_diff's copies
+            return 0.0, None
         ok = _tensors_match(a, b, crit)
-        return diff, None if ok else f"{what} differs (max |diff| = {diff:.3g})"
+        diff = 0.0 if ok and crit.mode == "bitwise" else _max_abs_diff(a, b)
+        bits = "; bit patterns differ" if diff == 0 else ""
+        return diff, None if ok else f"{what} differs (max |diff| = {diff:.3g}{bits})"
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
-            return (
-                math.inf,
-                f"{what or 'snapshot'} keys {sorted(map(str, a))} vs {sorted(map(str, b))}",
-            )
+            only_a = sorted(map(str, set(a) - set(b)))
+            only_b = sorted(map(str, set(b) - set(a)))
+            return math.inf, f"{what or 'snapshot'} keys differ: {only_a} vs {only_b}"
         worst = 0.0
         for key in a:
             where = f"{what}[{key!r}]" if what else str(key)  # top level: a snapshot label
@@ -192,16 +232,130 @@ def _compare_values(a: Any, b: Any, what: str, crit: _Criteria) -> tuple[float, 
     return 0.0, None if equal else f"{what} is {a!r} vs {b!r}"
 
 
-def _snapshot(opt: Optimizer) -> dict[str, Any]:
-    """Everything compared, in order: params, then each param's state, then group options."""
+# -- snapshots: everything an optimizer keeps, as plain data ------------------------------------
+
+
+@functools.cache
+def _torch_bookkeeping() -> frozenset[str]:
+    """Attributes that are torch's, not the optimizer's results: whatever a bare SGD keeps on self
+    (param_groups, state, defaults, six hook dicts, the profiler name, a warned flag), plus what
+    torch.optim.lr_scheduler patches onto an optimizer."""
+    bare = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    return frozenset(vars(bare)) | {"_opt_called", "_patched_step", "_step_count"}
+
+
+def _is_bookkeeping(name: str) -> bool:
+    """torch's bookkeeping, warned-once flags, and gsr-rewrite's own caches (``_gsr_plans`` and
+    ``_gsr_replays`` of the Triton runtime, on R-variants only)."""
+    return name in _torch_bookkeeping() or name.startswith(("_warned", "_gsr"))
+
+
+#: Nesting followed inside what an optimizer keeps on self; deeper values compare as `_Opaque`.
+_MAX_DEPTH = 8
+_SCALARS = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+class _Opaque:
+    """A value that is not plain data. Equal when ``==`` says so; where ``==`` cannot tell two
+    runs' objects apart meaningfully (identity-based, or raising) equal when of the same type.
+    Bound methods count as identity-based: theirs compares ``__self__``, one optimizer per run."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Opaque) or type(self.value) is not type(other.value):
+            return False
+        try:
+            if bool(self.value == other.value):
+                return True
+        except Exception:  # a tensor-valued or otherwise unusable ==
+            return True
+        eq: Any = type(self.value).__eq__
+        return eq is object.__eq__ or callable(self.value)  # identity-based ==
+
+    def __repr__(self) -> str:
+        return f"<{type(self.value).__qualname__}>"
+
+
+@dataclass
+class _SnapshotContext:
+    root: Optimizer
+    labels: dict[int, str]  # id(param) -> label; a param found elsewhere stands for its label
+    open: set[int]  # ids of the containers being converted (a cycle compares as `_Opaque`)
+
+
+def _plain(value: Any, ctx: _SnapshotContext, depth: int) -> Any:
+    """``value`` as data `_compare_values` compares: tensors, scalars, dicts, lists, tuples."""
+    if isinstance(value, torch.Tensor):
+        label = ctx.labels.get(id(value))  # a param: its values are compared under its label
+        return value if label is None else f"<{label}>"
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if value is ctx.root:
+        return "<self>"
+    if depth > _MAX_DEPTH or id(value) in ctx.open:
+        return _Opaque(value)
+    ctx.open.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {_plain_key(k, i, ctx): _plain(v, ctx, depth + 1)
+                    for i, (k, v) in enumerate(value.items())}
+        if isinstance(value, list | collections.deque):
+            return [_plain(v, ctx, depth + 1) for v in value]
+        if isinstance(value, tuple):
+            return tuple(_plain(v, ctx, depth + 1) for v in value)
+        if isinstance(value, Optimizer):
+            return _describe(value, ctx, depth + 1, prefix="inner ")
+        return _Opaque(value)
+    finally:
+        ctx.open.discard(id(value))
+
+
+def _plain_key(key: Any, position: int, ctx: _SnapshotContext) -> Any:
+    """A dict key comparable across runs: a param's label, else the key itself when it is a
+    scalar, else its type and position."""
+    if isinstance(key, torch.Tensor):
+        return ctx.labels.get(id(key), f"<tensor key #{position}>")
+    if isinstance(key, _SCALARS):
+        return key
+    return f"<{type(key).__qualname__} key #{position}>"
+
+
+def _describe(opt: Optimizer, ctx: _SnapshotContext, depth: int, prefix: str = "",
+              attributes: bool = True) -> dict[str, Any]:
+    """Params, then each param's state, then group options, then what the optimizer keeps on
+    self besides torch's bookkeeping. An inner optimizer labels params it shares with the outer
+    one like the outer one does; its own with ``prefix``."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    snap: dict[str, Any] = {_label(i, p): p.data for i, p in enumerate(params)}
-    for i, p in enumerate(params):
+    labels = [ctx.labels.setdefault(id(p), prefix + _label(i, p)) for i, p in enumerate(params)]
+    snap: dict[str, Any] = {label: p.data for label, p in zip(labels, params, strict=True)}
+    for label, p in zip(labels, params, strict=True):
         # .get: optimizer.state is a defaultdict; indexing would create entries.
-        snap[f"state of {_label(i, p)}"] = opt.state.get(p, {})
+        snap[f"state of {label}"] = _plain(opt.state.get(p, {}), ctx, depth)
+    listed = set(map(id, params))
+    for i, (key, value) in enumerate(opt.state.items()):
+        if id(key) not in listed:  # state under any other key
+            snap[f"state[{_plain_key(key, i, ctx)}]"] = _plain(value, ctx, depth)
     for k, g in enumerate(opt.param_groups):
-        snap[f"param_groups[{k}]"] = {key: v for key, v in g.items() if key != "params"}
+        options = {key: v for key, v in g.items() if key != "params"}
+        snap[f"param_groups[{k}]"] = _plain(options, ctx, depth)
+    for name, value in vars(opt).items() if attributes else ():
+        if not _is_bookkeeping(name):
+            snap[f"self.{name}"] = _plain(value, ctx, depth)
     return snap
+
+
+def _snapshot(opt: Optimizer, attributes: bool = True) -> dict[str, Any]:
+    """Everything compared, in order: params, each param's state, group options, and (unless
+    ``attributes`` is False) the other attributes on self."""
+    ctx = _SnapshotContext(root=opt, labels={}, open=set())
+    return _describe(opt, ctx, depth=0, attributes=attributes)
+
+
+# -- lockstep -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -211,32 +365,117 @@ class _Run:
     params: list[Parameter]
 
 
+#: ``feed(step)`` prepares one step's gradients and returns what installs them into one run (its
+#: own copies; or, for autograd accumulation, runs its zero_grad and backward passes).
+_Feed = Callable[[int], Callable[[_Run], None]]
+#: What a run raised, with the sentence that reports it; None: it did not raise.
+_Raised = tuple[Exception, str] | None
+
+
+def _schedule_feed(schedule: _GradSchedule) -> _Feed:
+    def at(step: int) -> Callable[[_Run], None]:
+        grads = schedule.grads(step)
+
+        def install(run: _Run) -> None:
+            for p, g in zip(run.params, grads, strict=True):
+                p.grad = None if g is None else g.clone()  # own copy: a step may scribble on it
+
+        return install
+
+    return at
+
+
+@dataclass
+class _Outcome:
+    worst: float = 0.0
+    failure: str | None = None
+    not_applicable: str | None = None  # the original raised; every other run raised alike
+
+
+def _judge(where: str, labels: Sequence[str], raised: Sequence[_Raised],
+           same_error_ok: bool) -> _Outcome:
+    """Some run raised. With ``same_error_ok``, the original (first) raising and every other run
+    raising the same exception type means the scenario is not applicable; anything else fails."""
+    first = raised[0]
+    if same_error_ok and first is not None:
+        for label, other in zip(labels[1:], raised[1:], strict=True):
+            if other is None or type(other[0]) is not type(first[0]):
+                got = other[1] if other else f"{label} did not raise"
+                return _Outcome(failure=f"{where}: {first[1]} but {got}")
+        return _Outcome(not_applicable=f"{where}: {first[1]}, the R-variant alike")
+    text = next(r[1] for r in raised if r is not None)
+    return _Outcome(failure=f"{where}: {text}")
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    cuda = torch.cuda.get_rng_state_all() if initialized else []
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def _same_rng_state(a: tuple[torch.Tensor, list[torch.Tensor]],
+                    b: tuple[torch.Tensor, list[torch.Tensor]]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip((a[0], *a[1]), (b[0], *b[1]), strict=True))
+
+
 def _lockstep(
     runs: Sequence[_Run],
     pairs: Sequence[tuple[int, int]],
-    schedule: _GradSchedule,
+    feed: _Feed,
     steps: range,
     crit: _Criteria,
-) -> tuple[float, str | None]:
-    """Step all runs on the same grads (each its own clones) and compare runs[j] to runs[i]."""
-    worst = 0.0
+    *,
+    same_error_ok: bool = False,
+    attributes: bool = True,
+) -> _Outcome:
+    """Step all runs on the same grads (each its own clones) from the same global RNG state and
+    compare runs[j] to runs[i] (`_snapshot`); a run that raises ends the comparison (`_judge`)."""
+    out = _Outcome()
+    labels = [run.label for run in runs]
     for step in steps:
-        grads = schedule.grads(step)
+        install = feed(step)
+        start = _rng_state()
+        raised: list[_Raised] = []
+        ends = []
         for run in runs:
-            for p, g in zip(run.params, grads, strict=True):
-                p.grad = None if g is None else g.clone()  # own copy: a step may scribble on it
+            _set_rng_state(start)  # stochastic optimizers draw the same numbers in every run
+            try:
+                install(run)
+            except Exception as exc:
+                raised.append((exc, f"{run.label} raised {exc!r} while its grads were set"))
+                continue
             try:
                 run.optimizer.step()
             except Exception as exc:  # reported, never a crash of the checker
-                return worst, f"step {step + 1}: {run.label}.step() raised {exc!r}"
+                raised.append((exc, f"{run.label}.step() raised {exc!r}"))
+                continue
+            raised.append(None)
+            ends.append(_rng_state())
+        if any(r is not None for r in raised):
+            verdict = _judge(f"step {step + 1}", labels, raised, same_error_ok)
+            verdict.worst = out.worst
+            return verdict
+        _set_rng_state(ends[0])  # the stream goes on as it would for the original alone
         for i, j in pairs:
             diff, msg = _compare_values(
-                _snapshot(runs[i].optimizer), _snapshot(runs[j].optimizer), "", crit
+                _snapshot(runs[i].optimizer, attributes),
+                _snapshot(runs[j].optimizer, attributes),
+                "",
+                crit,
             )
-            worst = max(worst, diff)
+            if msg is None and not _same_rng_state(ends[i], ends[j]):
+                msg = "the global random number generator was advanced differently"
+            out.worst = max(out.worst, diff)
             if msg:
-                return worst, f"step {step + 1}: {runs[j].label} vs {runs[i].label}: {msg}"
-    return worst, None
+                out.failure = f"step {step + 1}: {runs[j].label} vs {runs[i].label}: {msg}"
+                return out
+    return out
 
 
 def _new_result(
@@ -261,6 +500,15 @@ def _new_result(
         rtol=crit.rtol if tol else None,
         atol=crit.atol if tol else None,
     )
+
+
+def _finish(result: CheckResult, outcome: _Outcome) -> CheckResult:
+    result.max_abs_diff, result.passed = outcome.worst, outcome.failure is None
+    if outcome.failure is not None:
+        result.message = outcome.failure
+    elif outcome.not_applicable is not None:
+        result.message = f"not applicable: {outcome.not_applicable}"
+    return result
 
 
 def compare_trajectories(
@@ -290,10 +538,8 @@ def compare_trajectories(
     except Exception as exc:
         result.message = f"constructor raised {exc!r}"
         return result
-    schedule = _GradSchedule(params_o, seed, steps)
-    diff, msg = _lockstep(runs, [(0, 1)], schedule, range(steps), crit)
-    result.max_abs_diff, result.passed, result.message = diff, msg is None, msg or ""
-    return result
+    feed = _schedule_feed(_GradSchedule(params_o, seed, steps))
+    return _finish(result, _lockstep(runs, [(0, 1)], feed, range(steps), crit))
 
 
 def check_state_dict_swap(
@@ -317,27 +563,43 @@ def check_state_dict_swap(
     match. Then a fresh R-variant loads the original's checkpoint and a fresh original loads the
     R-variant's; both continue ``steps_after`` steps next to the original and must match it.
     """
-    total = steps_before + steps_after
     crit = _Criteria(mode, rtol, atol)
+    return _state_dict_swap(original_cls, rewritten_cls, kwargs, steps_before, steps_after, seed,
+                            device, crit, dtype, dense)
+
+
+def _state_dict_swap(
+    original_cls: OptimizerClass,
+    rewritten_cls: OptimizerClass,
+    kwargs: dict[str, Any],
+    steps_before: int,
+    steps_after: int,
+    seed: int,
+    device: str,
+    crit: _Criteria,
+    dtype: torch.dtype,
+    dense: bool,
+) -> CheckResult:
+    total = steps_before + steps_after
     result = _new_result(
         original_cls, rewritten_cls, "state_dict swap", kwargs, device, total, crit
     )
     params_o = make_problem(seed, device, dtype, dense)
     params_r = _clone_params(params_o)
-    schedule = _GradSchedule(params_o, seed, total)
+    feed = _schedule_feed(_GradSchedule(params_o, seed, total))
     try:
         orig = _Run("original", original_cls(params_o, **kwargs), params_o)
         rvar = _Run("R-variant", rewritten_cls(params_r, **kwargs), params_r)
-        worst, msg = _lockstep([orig, rvar], [(0, 1)], schedule, range(steps_before), crit)
-        if msg is None:
+        outcome = _lockstep([orig, rvar], [(0, 1)], feed, range(steps_before), crit)
+        if outcome.failure is None:
             # deepcopy = a saved checkpoint: load_state_dict may keep the very tensors it is given.
             sd_o = copy.deepcopy(orig.optimizer.state_dict())
             sd_r = copy.deepcopy(rvar.optimizer.state_dict())
             diff, msg = _compare_values(sd_o, sd_r, "state_dict()", crit)
-            worst = max(worst, diff)
+            outcome.worst = max(outcome.worst, diff)
             if msg is not None:
-                msg = f"after step {steps_before}: R-variant vs original: {msg}"
-        if msg is None:
+                outcome.failure = f"after step {steps_before}: R-variant vs original: {msg}"
+        if outcome.failure is None:
             to_r = _clone_params(params_o)
             to_o = _clone_params(params_r)
             runs = [
@@ -347,14 +609,13 @@ def check_state_dict_swap(
             ]
             runs[1].optimizer.load_state_dict(sd_o)
             runs[2].optimizer.load_state_dict(sd_r)
-            after = range(steps_before, total)
-            diff, msg = _lockstep(runs, [(0, 1), (0, 2)], schedule, after, crit)
-            worst = max(worst, diff)
+            # attributes on self: not in a checkpoint, so a loaded original lacks them as well
+            after = _lockstep(runs, [(0, 1), (0, 2)], feed, range(steps_before, total), crit,
+                              attributes=False)
+            outcome = _Outcome(max(outcome.worst, after.worst), after.failure)
     except Exception as exc:
-        worst, msg = math.inf, f"raised {exc!r}"
-    result.max_abs_diff, result.passed, result.message = worst, msg is None, msg or ""
-    return result
-
+        outcome = _Outcome(math.inf, f"raised {exc!r}")
+    return _finish(result, outcome)
 
 def _accepts(cls: OptimizerClass, name: str) -> bool:
     try:
@@ -406,3 +667,305 @@ def measure_pair(
         return measure_temporaries(lambda ps: cls(ps, **kwargs), MEASURE_SHAPES, device=device)
 
     return measure(original_cls), measure(rewritten_cls)
+
+
+# -- the stress matrix ----------------------------------------------------------------------------
+
+#: Constructor options that choose an implementation, not the arithmetic: never varied.
+PATH_OPTIONS = ("foreach", "fused", "differentiable", "capturable")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _nonzero(name: str, option: inspect.Parameter) -> float:
+    """A small value for an option that defaults to 0: 0.5 for momentum and betas, 0.05 for other
+    floats (weight decay, dampening), 1 for ints."""
+    if "momentum" in name.lower() or "beta" in name.lower():
+        return 0.5
+    if isinstance(option.default, float) or "float" in str(option.annotation):
+        return 0.05
+    return 1
+
+
+def _constructs(cls: OptimizerClass, kwargs: dict[str, Any]) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls([Parameter(torch.zeros(2))], **kwargs)
+    except Exception:
+        return False
+    return True
+
+
+def stress_configs(cls: OptimizerClass) -> list[dict[str, Any]]:
+    """The defaults; each boolean option flipped; each numeric option that defaults to 0 set to a
+    small value (`_nonzero`), alone and all together. Tuple options keep their defaults, as do
+    `PATH_OPTIONS`. Configurations the constructor rejects are dropped, except that a flipped flag
+    the constructor rejects alone (nesterov without momentum) is retried with each numeric value
+    in turn and kept with the first it accepts."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return [{}] if _constructs(cls, {}) else []
+    options = {name: o for name, o in signature.parameters.items()
+               if name not in PATH_OPTIONS and o.default is not o.empty}
+    flips: list[dict[str, Any]] = [{name: not o.default} for name, o in options.items()
+                                   if isinstance(o.default, bool)]
+    numeric = {name: _nonzero(name, o) for name, o in options.items()
+               if _is_number(o.default) and o.default == 0}
+    singles: list[dict[str, Any]] = [{name: v} for name, v in numeric.items()]
+    together = [dict(numeric)] if len(numeric) > 1 else []
+    configs: list[dict[str, Any]] = []
+    for config in [{}, *flips, *singles, *together]:
+        tries: list[dict[str, Any]] = [config]
+        if config in flips:
+            tries += [{**config, name: v} for name, v in numeric.items()]
+        configs += next(([c] for c in tries if _constructs(cls, c)), [])
+    return configs
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One scenario of the stress matrix."""
+
+    name: str
+    dense: bool = True  # every param contiguous: only then do foreach reuse guards pass
+    two_groups: bool = False
+    duplicate: bool = False  # one param listed twice in its group
+    grads: Literal["own", "overlap", "bucket", "autograd"] = "own"
+    tensor_lr: bool = False
+    dtype: torch.dtype = torch.float32
+
+
+_STRESS_CASES = (
+    _Case("two groups, odd shapes", dense=False, two_groups=True),
+    _Case("two groups, dense", two_groups=True),
+    _Case("duplicate param", duplicate=True),
+    _Case("overlapping grads", grads="overlap"),
+    _Case("bucket-view grads", grads="bucket"),
+    _Case("autograd accumulation", grads="autograd"),
+    _Case("tensor lr", tensor_lr=True),
+    _Case("bf16", dtype=torch.bfloat16),
+)
+
+# Ranks 0 to 4, a 0-size and a 1-element param, one non-contiguous (odd problem only), and one of
+# 201 elements: more than 3 strips of runtime.STRIP_ALIGN (64). 9 params, 297 elements: the cost
+# of a step is the per-tensor overhead, whatever the optimizer.
+_STRESS_SHAPES = ((), (3,), (4, 5), (3, 67), (0, 3), (1,), (5, 7), (2, 3, 4), (2, 1, 3, 2))
+_NONCONTIGUOUS = 6  # built as a transposed (7, 5) unless the problem is dense
+_DUPLICATE = 2  # the (4, 5) param, listed a second time (last) in the duplicate case
+_SPLIT = 5  # two groups: params[:5] and params[5:]
+# The last param is frozen from the middle of the run on: no grad, or requires_grad=False.
+
+
+def _stress_params(case: _Case, seed: int, device: str) -> list[Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for i, shape in enumerate(_STRESS_SHAPES):
+        if i == _NONCONTIGUOUS and not case.dense:
+            t = torch.randn(shape[::-1], generator=gen).t()
+        else:
+            t = torch.randn(shape, generator=gen)
+        params.append(Parameter(t.to(device=device, dtype=case.dtype)))  # keeps strides
+    return params
+
+
+def _param_groups(case: _Case, params: list[Parameter], second: dict[str, Any]) -> list[Any]:
+    if case.two_groups:
+        return [{"params": params[:_SPLIT]}, {"params": params[_SPLIT:], **second}]
+    if case.duplicate:
+        return [*params, params[_DUPLICATE]]
+    return list(params)
+
+
+def _second_group_options(original_cls: OptimizerClass,
+                          kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Options of the second group, in the order to try them: lr halved and every other positive
+    float option of ``defaults`` (tuples of floats element-wise) scaled by 0.9; then lr alone,
+    for optimizers that reject some of those."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            defaults = original_cls([Parameter(torch.zeros(2))], **kwargs).defaults
+    except Exception:  # the real constructor raises too; the case reports it
+        return [{}]
+    scaled: dict[str, Any] = {}
+    for key, value in defaults.items():
+        if key == "lr" and _is_number(value):
+            scaled[key] = value / 2
+        elif key not in PATH_OPTIONS and isinstance(value, float) and value > 0:
+            scaled[key] = value * 0.9
+        elif isinstance(value, tuple) and value and all(isinstance(v, float) for v in value):
+            scaled[key] = tuple(v * 0.9 for v in value)
+    lr_only = {key: v for key, v in scaled.items() if key == "lr"}
+    return [scaled, lr_only] if scaled != lr_only else [scaled]
+
+
+def _flat_feed(template: list[Parameter], seed: int, steps: int, overlap: bool) -> _Feed:
+    """All grads are views of one flat buffer, a new one per run and step with equal values.
+    Bucket: back to back in reverse param order (DDP fills its buckets about in reverse), no two
+    sharing an element. Overlap: in param order, each starting halfway into the previous one."""
+    offsets, end = [0] * len(template), 0
+    for i in range(len(template)) if overlap else reversed(range(len(template))):
+        offsets[i] = end
+        n = template[i].numel()
+        end += -(-n // 2) if overlap else n
+    size = max(off + p.numel() for off, p in zip(offsets, template, strict=True))
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+
+    def at(step: int) -> Callable[[_Run], None]:
+        values = torch.randn(size, generator=gen).to(template[0].device, template[0].dtype)
+
+        def install(run: _Run) -> None:
+            flat = values.clone()
+            for i, (p, off) in enumerate(zip(run.params, offsets, strict=True)):
+                none = _grad_is_none(i, len(offsets), step, steps)
+                p.grad = None if none else flat[off:off + p.numel()].view(p.shape)
+
+        return install
+
+    return at
+
+
+def _autograd_feed(template: list[Parameter], seed: int, steps: int) -> _Feed:
+    """``zero_grad(set_to_none=False)``, then two ``backward()`` of ``sum((p * c_k).sum())`` with
+    seeded coefficients: autograd zeroes and accumulates into the very grad tensors the R-variant
+    used as scratch. The last param gets ``requires_grad=False`` from the middle of the run on."""
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+
+    def at(step: int) -> Callable[[_Run], None]:
+        coefficients = [[torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
+                         for p in template] for _ in range(2)]
+
+        def install(run: _Run) -> None:
+            if step >= steps // 2:
+                run.params[-1].requires_grad_(False)
+            run.optimizer.zero_grad(set_to_none=False)
+            with torch.enable_grad():
+                for cs in coefficients:
+                    terms = [(p * c).sum() for p, c in zip(run.params, cs, strict=True)
+                             if p.requires_grad]
+                    torch.autograd.backward(torch.stack(terms).sum())
+
+        return install
+
+    return at
+
+
+def _stress_feed(case: _Case, template: list[Parameter], seed: int, steps: int) -> _Feed:
+    if case.grads == "autograd":
+        return _autograd_feed(template, seed, steps)
+    if case.grads == "own":
+        return _schedule_feed(_GradSchedule(template, seed, steps))
+    return _flat_feed(template, seed, steps, overlap=case.grads == "overlap")
+
+
+def _config_label(kwargs: dict[str, Any]) -> str:
+    path = {k: v for k, v in kwargs.items() if k == "foreach"}
+    config = [f"{k}={v!r}" for k, v in kwargs.items() if k != "foreach"] or ["defaults"]
+    return ", ".join(config + [f"{k}={v!r}" for k, v in path.items()])
+
+
+def _stress_case(
+    original_cls: OptimizerClass,
+    rewritten_cls: OptimizerClass,
+    case: _Case,
+    kwargs: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    device: str,
+    crit: _Criteria,
+) -> CheckResult:
+    if case.dtype == torch.bfloat16:
+        crit = _Criteria(crit.mode, max(crit.rtol, BF16_RTOL), max(crit.atol, BF16_ATOL), crit.bits)
+    what = f"stress {case.name} ({_config_label(kwargs)})"
+    result = _new_result(original_cls, rewritten_cls, what, kwargs, device, steps, crit)
+    result.case = case.name
+    run_kwargs = dict(kwargs)
+    if case.tensor_lr:
+        lr = kwargs.get("lr", _default(original_cls, "lr"))
+        if not _is_number(lr):
+            return _finish(result, _Outcome(not_applicable="no float lr option"))
+        run_kwargs["lr"] = torch.tensor(float(lr))  # a new tensor per run, made below
+
+    def build(cls: OptimizerClass, label: str, second: dict[str, Any]) -> _Run:
+        params = _stress_params(case, seed, device)
+        kw = {**run_kwargs, "lr": run_kwargs["lr"].clone()} if case.tensor_lr else run_kwargs
+        return _Run(label, cls(_param_groups(case, params, second), **kw), params)
+
+    runs: list[_Run] = []
+    raised: list[_Raised] = []
+    options = _second_group_options(original_cls, kwargs) if case.two_groups else [{}]
+    for label, cls in (("original", original_cls), ("R-variant", rewritten_cls)):
+        # the original settles which second-group options both use: the first it accepts
+        for second in options if not runs else [options[0]]:
+            try:
+                runs.append(build(cls, label, second))
+                raised.append(None)
+                options = [second]
+                break
+            except Exception as exc:
+                error: _Raised = (exc, f"{label} raised {exc!r}")
+        else:
+            raised.append(error)
+    if any(r is not None for r in raised):
+        return _finish(result, _judge("constructor", ["original", "R-variant"], raised, True))
+    feed = _stress_feed(case, runs[0].params, seed, steps)
+    outcome = _lockstep(runs, [(0, 1)], feed, range(steps), crit, same_error_ok=True)
+    return _finish(result, outcome)
+
+
+def _default(cls: OptimizerClass, name: str) -> Any:
+    try:
+        option = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if option is None or option.default is option.empty else option.default
+
+
+def _paths(cls: OptimizerClass) -> list[dict[str, Any]]:
+    return [{"foreach": False}, {"foreach": True}] if _accepts(cls, "foreach") else [{}]
+
+
+def stress_matrix(
+    original_cls: OptimizerClass,
+    rewritten_cls: OptimizerClass,
+    *,
+    mode: Mode = "bitwise",
+    steps: int = 8,
+    device: str = "cpu",
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> list[CheckResult]:
+    """Every `stress_configs` configuration on each foreach path, in every `_STRESS_CASES`
+    scenario for ``steps`` steps, compared after each step (bitwise: bit patterns); plus a
+    state-dict swap per path on the first configuration (the defaults).
+
+    Where the original raises (constructor or a step), the R-variant must raise the same exception
+    type at the same point; the scenario is then "not applicable" (passed, and says so). An
+    original that no configuration constructs is one failed result: nothing could be checked.
+    """
+    crit = _Criteria(mode, rtol, atol, bits=True)
+    configs = stress_configs(original_cls)
+    if not configs:
+        result = _new_result(original_cls, rewritten_cls, "stress", {}, device, steps, crit)
+        result.message = "the constructor rejects every configuration, the defaults included"
+        return [result]
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate params, tensor lr...: the results decide
+        for path in _paths(original_cls):
+            for config in configs:
+                kwargs = {**config, **path}
+                for seed, case in enumerate(_STRESS_CASES):
+                    results.append(_stress_case(original_cls, rewritten_cls, case, kwargs,
+                                                seed=seed, steps=steps, device=device, crit=crit))
+            swap = _state_dict_swap(original_cls, rewritten_cls, {**configs[0], **path},
+                                    steps // 2, steps - steps // 2, 0, device, crit,
+                                    torch.float32, False)
+            swap.case = "state_dict swap"
+            results.append(swap)
+    return results

@@ -316,7 +316,7 @@ def _not_followed(parent: cst.FunctionDef, d: cst.FunctionDef,
 
 
 # -- helpers stored on self ----------------------------------------------------------------------
-def _self_attr_targets(func: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression | None]]:
+def self_attr_targets(func: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression | None]]:
     """(ATTR, value) for every `self.ATTR = value` in func (value None: not a plain binding, such
     as `self.ATTR += x`, a tuple target or `setattr(self, ...)` with an unknown name)."""
     found: list[tuple[str, cst.BaseExpression | None]] = []
@@ -381,9 +381,9 @@ def bound_self_helpers(src: SourceModule, cls: OptimizerClass
     if init is None:
         return {}, {}
     local = bound_names(init)
-    in_init = _self_attr_targets(init)
+    in_init = self_attr_targets(init)
     elsewhere = {a: m for m, f in cls.methods.items() if m != "__init__"
-                 for a, _ in _self_attr_targets(f)}
+                 for a, _ in self_attr_targets(f)}
     def function(v: cst.BaseExpression | None) -> str:
         fn = v.value if isinstance(v, cst.Name) else ""
         return fn if fn in src.functions and fn not in local else ""
@@ -397,7 +397,7 @@ def bound_self_helpers(src: SourceModule, cls: OptimizerClass
     body = init.body.body if isinstance(init.body, cst.IndentedBlock) else []
     for stmt in body:
         if isinstance(stmt, cst.SimpleStatementLine):
-            for a, v in _self_attr_targets(cst.FunctionDef(init.name, init.params,
+            for a, v in self_attr_targets(cst.FunctionDef(init.name, init.params,
                                                              cst.IndentedBlock([stmt]))):
                 last[a] = function(v)
     follow: dict[str, str] = {}
@@ -422,5 +422,5 @@ def bound_self_helpers(src: SourceModule, cls: OptimizerClass
 def self_bound_methods(cls: OptimizerClass) -> set[str]:
     """Method names that some method also binds on the instance (`self.m = ...`): a call
     `self.m(...)` may then run something else than the method."""
-    bound = {a for f in cls.methods.values() for a, _ in _self_attr_targets(f)}
+    bound = {a for f in cls.methods.values() for a, _ in self_attr_targets(f)}
     return set(cls.methods) if "*" in bound else bound & set(cls.methods)

@@ -15,7 +15,16 @@ from typing import Any
 
 import libcst as cst
 
-from gsr_rewrite.effects import EMPTY, Effects, Evaluator, Value, buffers, is_role, names_in
+from gsr_rewrite.effects import (
+    EMPTY,
+    Effects,
+    Evaluator,
+    Value,
+    buffers,
+    is_role,
+    names_in,
+    store_in_state,
+)
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.values import LIST, PART, element, flat, item
 
@@ -57,11 +66,28 @@ class _Builder:
         self.nodes: list[Node] = []
         self.exit = Node("exit")
         self.where = where
+        self.guarded: list[list[Node]] = []  # per enclosing try (or suppressing with): its nodes
 
     def new(self, kind: str, node: cst.CSTNode | None = None, **kw: object) -> Node:
         n = Node(kind, node, **kw)  # type: ignore[arg-type]
         self.nodes.append(n)
+        if self.guarded:
+            self.guarded[-1].append(n)
         return n
+
+    def guarded_block(self, stmts: Sequence[Any], nxt: Node, loop: tuple[Node, Node] | None,
+                      catchers: list[Node]) -> Node:
+        """`block`, where any node may raise (default-deny: any call, any op) and the exception
+        may land in any of `catchers` (handlers, a finally block, the end of a `with` whose
+        context manager may suppress it)."""
+        self.guarded.append([])
+        head = self.block(stmts, nxt, loop)
+        inside = self.guarded.pop()
+        for n in inside:
+            n.succ.extend(c for c in catchers if c not in n.succ)
+        if self.guarded:  # what the inner handlers do not catch reaches the outer ones
+            self.guarded[-1].extend(inside)
+        return head
 
     def block(self, stmts: Sequence[Any], nxt: Node, loop: tuple[Node, Node] | None) -> Node:
         """Build `stmts` so that control falls through to `nxt`; returns the first node."""
@@ -132,7 +158,10 @@ class _Builder:
         if isinstance(stmt, cst.With):
             head = self.new("with", stmt)
             join = self.new("join")
-            head.succ = [self.block(stmt.body.body, join, loop)]
+            if all(_mode_manager(item.item) for item in stmt.items):
+                head.succ = [self.block(stmt.body.body, join, loop)]
+            else:  # `contextlib.suppress(...)` or any manager we do not know: may swallow
+                head.succ = [self.guarded_block(stmt.body.body, join, loop, [join])]
             return head, _Tail(join)
         if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
             n = self.new("def", stmt)
@@ -147,10 +176,20 @@ class _Builder:
             orelse = self.block(stmt.orelse.body.body, fin, loop) if stmt.orelse else fin
             body_end.succ = [orelse, *handlers]
             start = self.new("join")
-            start.succ = [self.block(stmt.body.body, body_end, loop), *handlers]
+            body = self.guarded_block(stmt.body.body, body_end, loop, handlers or [fin])
+            start.succ = [body, *handlers]
             return start, _Tail(join)
         raise RewriteError(self.where(stmt), f"unsupported statement `{type(stmt).__name__}` in "
                            "an optimizer step; rewrite it with if/for/while")
+
+
+def _mode_manager(e: cst.BaseExpression) -> bool:
+    """`torch.no_grad()`, `torch.enable_grad()`, `torch.autograd.profiler.record_function(...)`:
+    context managers of torch that never swallow an exception."""
+    from gsr_rewrite.effects import dotted
+
+    name = dotted(e.func) if isinstance(e, cst.Call) else None
+    return name is not None and name.startswith("torch.")
 
 
 @dataclass
@@ -242,11 +281,7 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
                 ev.read(index.slice.value)
         base = ev.peek(target.value)
         if "%pstate" in base:  # state["k"] = v: v becomes persistent optimizer state
-            for b in buffers(v):
-                if is_role(b):
-                    ev.eff.escapes.append((b, "stored in optimizer state", target))
-                else:
-                    ev.eff.persistent.add(b)
+            store_in_state(ev, v, target)
         elif "%list" in base and isinstance(target.value, cst.Name):
             # `lst[i] = view_as_real(lst[i])`: the list now holds v (a tensor would copy it)
             lst = target.value.value
@@ -261,6 +296,10 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
     elif isinstance(target, cst.Attribute):
         for b in buffers(v):
             ev.eff.escapes.append((b, f"stored on attribute `.{target.attr.value}`", target))
+        # `p.grad = state["m"]`, `g.data = x`: the object's buffers change identity
+        for b in buffers(ev.peek(target.value)) | ({"grad"} if target.attr.value == "grad"
+                                                    else set()):
+            ev.eff.escapes.append((b, f"its `.{target.attr.value}` is reassigned", target))
 
 
 def _unpack(target: cst.Tuple | cst.List, value: cst.BaseExpression | None, v: Value,
@@ -451,13 +490,19 @@ def _per_element(latch: Node) -> bool:
     if not head.eff.partition and (not elements or not all(
             v <= frozenset({"%group"}) or all(is_role(b) for b in v) for v in elements)):
         return False
+    # default-deny: a body that reaches other parameters' buffers (`group["params"][i - 1]`,
+    # self.param_groups, an opaque object, an unknown call, a helper that does) is not per-element
+    inside = _stmts_in(loop.body)
+    reach = max((n.eff.foreign for n in reachable if n is not head and id(n.node) in inside),
+                default=0)
+    if reach >= (1 if not elements or any(v - {"%group"} for v in elements) else 2):
+        return False
     assigned = assigned_names(loop)
     outer = {k for k, v in head.pt_in.items() if buffers(v) and k not in assigned}
     # a function defined outside the loop and called in it reads the caller's variables it
     # closes over (they are passed as keywords, see Evaluator._helper_call): so does the loop
     calls = [n for n in reachable if any(kw for _, _, kw, _ in n.eff.calls)]
     if calls:
-        inside = _stmts_in(loop.body)
         if any(k in outer for n in calls if id(n.node) in inside
                for _, _, kw, _ in n.eff.calls for k in kw):
             return False

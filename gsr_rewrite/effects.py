@@ -43,9 +43,35 @@ __all__ = ["EMPTY", "LIST", "Alloc", "Buf", "Effects", "Evaluator", "Value", "bu
 
 BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter",
                       "filter"}
-HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "max", "min",
-                     "abs", "print", "any", "all", "type", "id", "hasattr", "getattr", "round",
-                     "RuntimeError", "ValueError", "TypeError", "NotImplementedError"}
+HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "abs", "print",
+                     "any", "all", "type", "id", "hasattr", "round", "RuntimeError",
+                     "ValueError", "TypeError", "NotImplementedError"}
+#: builtins whose result may be (an element of) one of their arguments
+RETURNS_AN_ARGUMENT = {"max", "min", "next", "sum", "map", "functools.reduce", "copy.copy"}
+#: attributes of a tensor that are not tensors (metadata); any other attribute may be a view
+TENSOR_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
+                   "is_sparse", "is_leaf", "grad_fn", "itemsize", "nbytes", "names", "is_meta",
+                   "is_quantized", "is_mps", "is_complex"}
+OPAQUE = "%opaque"  # an object the analysis does not model: it may be or hold any buffer
+
+
+@dataclass(frozen=True)
+class Unknowns:
+    """How the analysis stands for what it cannot see (DESIGN.md section 3, default-deny).
+
+    An object it does not model (an attribute of `self` that is not a constant from `__init__`,
+    a module global, the result of an unknown call) is `opaque`: it may be any param, gradient
+    or state tensor of any parameter. An unknown call that can reach the optimizer (its receiver
+    or arguments hold `self`, a group, params, state or an opaque object) may read and write all
+    of them, and may keep the gradients it reaches (they escape)."""
+
+    opaque: Value = frozenset({OPAQUE, "grad", "param", "state:?"})
+    self_constants: frozenset[str] = frozenset()  # self.ATTR bound once in __init__ to data
+    opaque_globals: frozenset[str] = frozenset()  # module globals that are not constants
+    harmless_self_methods: frozenset[str] = frozenset()  # Optimizer methods that touch nothing
+    foreign_helpers: Mapping[str, int] = field(default_factory=dict)  # see Effects.foreign
+    #: what each analysed helper returns (a helper not solved yet may return anything)
+    helper_returns: Mapping[str, Value] = field(default_factory=dict)
 
 
 def dotted(node: cst.BaseExpression) -> str | None:
@@ -83,6 +109,10 @@ class Effects:
     persistent: set[Buf] = field(default_factory=set)  # temporaries stored into state
     partition: bool = False  # a for-loop over disjoint subsets of the parameters (device groups)
     rooted: set[Buf] = field(default_factory=set)  # reached from a root: p.grad, state["k"], ...
+    # reaches buffers of other parameters than a per-element loop's own: 1 through its group's
+    # params list (`group["params"][i - 1]`), 2 through anything else (self.param_groups, an
+    # opaque object, an unknown call)
+    foreign: int = 0
 
 
 class Evaluator:
@@ -96,7 +126,8 @@ class Evaluator:
                  imports: Mapping[str, str] | None = None,
                  closures: Closures | None = None,
                  self_helpers: Mapping[str, str] | None = None,
-                 unfollowed: Mapping[str, str] | None = None) -> None:
+                 unfollowed: Mapping[str, str] | None = None,
+                 unknowns: Unknowns | None = None) -> None:
         self.pt = pt
         self.cat = catalog
         self.helpers = helpers  # module functions the analysis follows (called by plain name)
@@ -110,6 +141,7 @@ class Evaluator:
         self.closures = closures or Closures()  # functions defined inside analysed functions
         self.self_helpers = self_helpers or {}  # self.ATTR -> module function __init__ binds
         self.unfollowed = unfollowed or {}  # self.ATTR -> why it is not followed
+        self.unknowns = unknowns or Unknowns()
         self.eff = Effects()
         self._comprehension = 0
 
@@ -141,6 +173,8 @@ class Evaluator:
                 return frozenset({"%self"})
             if node.value not in self.pt and node.value in self.helpers:
                 return frozenset({"%fn:" + node.value})  # a helper function used as a value
+            if node.value not in self.pt and node.value in self.unknowns.opaque_globals:
+                return self._opaque()
             return self.pt.get(node.value, EMPTY)
         if isinstance(node, cst.Attribute):
             name = dotted(node)
@@ -202,14 +236,27 @@ class Evaluator:
         base = self.peek(node.value)
         attr = node.attr.value
         if "%self" in base:
-            return {"state": frozenset({"%statedict"}),
-                    "param_groups": frozenset({"%groups"})}.get(attr, EMPTY)
+            if attr == "param_groups":
+                self.eff.foreign = 2  # every group: not only a loop's own
+                return frozenset({"%groups"})
+            if attr == "state":
+                return frozenset({"%statedict"})
+            if attr == "defaults" or attr in self.unknowns.self_constants:
+                return EMPTY
+            return self._opaque()
         if attr == "grad" and "param" in base:
             self.eff.rooted.add("grad")
-            return frozenset({"grad"})
-        if attr in ("data", "T", "mT", "real", "imag"):
-            return base
-        return EMPTY  # metadata (shape, dtype, is_sparse, ...) or non-tensor attribute
+            if OPAQUE in base:
+                self.eff.foreign = 2
+            return frozenset({"grad"}) | (base & {OPAQUE})
+        if attr in TENSOR_METADATA:
+            return EMPTY
+        if OPAQUE in base:
+            return self._opaque()
+        return base  # .data, .T, .mH, a view the catalog does not know: the same buffers
+
+    def _opaque(self) -> Value:
+        return self.unknowns.opaque
 
     def _subscript(self, node: cst.Subscript) -> Value:
         base = self.peek(node.value)
@@ -222,16 +269,22 @@ class Evaluator:
         if "%pstate" in base:
             if key in self.scalar_keys:
                 return EMPTY
-            found = f"state:{key}" if key else "state:?"
-            self.eff.rooted.add(found)
-            return frozenset({found})
+            if key is None:  # a computed key may be any of them
+                found_all = frozenset(b for b in self.unknowns.opaque if b.startswith("state:"))
+                self.eff.rooted |= found_all
+                return found_all
+            self.eff.rooted.add(f"state:{key}")
+            return frozenset({f"state:{key}"})
         if "%groups" in base:
             return frozenset({"%group"})
         if "%group" in base:
             if key != "params":
                 return EMPTY
             self.eff.rooted.add("param")
+            self.eff.foreign = max(self.eff.foreign, 1)
             return frozenset({"param"}) | LIST
+        if OPAQUE in base:
+            return self._opaque()
         index = _const_index(node)
         if index is not None and is_structured(base):
             return item(base, index)
@@ -278,36 +331,96 @@ class Evaluator:
             if func.attr.value in ("values", "items", "keys") and not node.args and \
                     is_container(self.peek(func.value)):
                 return _dict_view(self.peek(func.value), func.attr.value)
-            if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name):
+            if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name) \
+                    and _local_list(self.peek(func.value)):
                 v = flat(self.value(node.args[0].value)) if node.args else EMPTY
                 lst = func.value.value
                 self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
                 return EMPTY
             recv = self.peek(func.value)
-            if buffers(recv) or name is None:
-                return self._method(node, func, recv)
             if "%self" in recv and func.attr.value in self.methods:
                 return self._helper_call("self." + func.attr.value, node)
             if "%self" in recv and func.attr.value in self.self_helpers:
                 return self._helper_call(self.self_helpers[func.attr.value], node)
+            if "%self" in recv and func.attr.value in self.unknowns.harmless_self_methods:
+                for a in node.args:
+                    self.peek(a.value)
+                return EMPTY
+            if "%self" in recv:  # a method of a base class, or a callable kept on self
+                attr = func.attr.value
+                why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
+                return self._unknown_call(node, f"unknown function `self.{attr}`{why}", recv,
+                                          [(a, self.read(a.value)) for a in node.args])
+            if recv & {"%statedict", "%pstate", "%group"}:
+                got = self._dict_method(node, func, recv)
+                if got is not None:
+                    return got
+            if buffers(recv) or name is None or any(not is_buffer(b) for b in flat(recv)):
+                return self._method(node, func, recv)
         if name is not None and name.startswith("torch."):
             return self._torch(node, name[len("torch."):])
         if name in self.helpers:
             return self._helper_call(name, node)
+        if name == "getattr" and len(node.args) >= 2 and \
+                isinstance(node.args[1].value, cst.SimpleString):  # getattr(p, "grad", None)
+            attr = str(node.args[1].value.evaluated_value)
+            got = self.value(cst.Attribute(node.args[0].value, cst.Name(attr))) \
+                if attr.isidentifier() else self._opaque()
+            return got | frozenset().union(*(self.value(a.value) for a in node.args[2:]))
         args = [self.read(a.value) for a in node.args]
         if name in BUILTIN_CONTAINERS:
             return frozenset().union(*args) if args else EMPTY
+        if name in RETURNS_AN_ARGUMENT:
+            return frozenset().union(*map(element, args), *args) if args else EMPTY
         if name in HARMLESS_BUILTINS or (name or "").startswith("math."):
             return EMPTY
         if name in self.local_callables:  # e.g. closure(): runs arbitrary code on params/grads
             self.eff.reads.append(("@grad", "grad", node))
             self.eff.writes.append(("@grad", "grad"))
+            # (an R step given a closure runs the original step: runtime.r_step)
+            return EMPTY
         attr = name[5:] if name is not None and name.startswith("self.") else ""
         why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
-        for a, v in zip(node.args, args, strict=True):
+        return self._unknown_call(node, f"unknown function `{name}`{why}", EMPTY,
+                                  list(zip(node.args, args, strict=True)))
+
+    def _dict_method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value | None:
+        """`state.get("k", d)`, `state.setdefault("k", v)`, `self.state.get(p)`, `group.get("lr")`
+        read like subscripts; None for any other method (then it is an unknown method)."""
+        m = func.attr.value
+        args = [a for a in node.args if a.keyword is None]
+        if m not in ("get", "setdefault") or not args or len(args) > 2 or \
+                len(args) != len(node.args):
+            return None
+        default = self.value(args[1].value) if len(args) > 1 else EMPTY
+        got = self._subscript(cst.Subscript(func.value, [cst.SubscriptElement(
+            cst.Index(args[0].value))]))
+        if m == "setdefault" and "%pstate" in recv:
+            store_in_state(self, default, node)
+        return got | default
+
+    def _unknown_call(self, node: cst.Call, what: str, recv: Value,
+                      args: list[tuple[cst.Arg, Value]]) -> Value:
+        """Default-deny: what it is given escapes; when it can reach the optimizer's buffers it
+        may read and write all of them and keep the gradients; its result may be anything it
+        was given, or anything at all."""
+        reach = recv.union(*(v for _, v in args))
+        for a, v in args:
             for b in buffers(v):
-                self.eff.escapes.append((b, f"passed to unknown function `{name}`{why}", a))
-        return EMPTY
+                self.eff.escapes.append((b, f"passed to {what}", a))
+        if reach & {"%self", "%group", "%groups", "%statedict", "%pstate", OPAQUE, "param",
+                    "grad"} or any(b.startswith("state:") for b in reach):
+            self._touch_all(node, f"{what} can reach every gradient")
+        return self._opaque() | flat(reach)
+
+    def _touch_all(self, node: cst.CSTNode, why: str) -> None:
+        """Code the analysis cannot see, run here with access to the optimizer: it may read and
+        write every param, gradient and state tensor, and keep the gradients."""
+        for b in buffers(self.unknowns.opaque):
+            self.eff.reads.append(("@expr", b, node))
+            self.eff.writes.append(("@expr", b))
+        self.eff.escapes.append(("grad", why, node))
+        self.eff.foreign = 2
 
     def _known(self, name: str | None) -> KnownFunction | None:
         """The catalog entry of an imported function (`_get_value`, `typing.cast`), or None."""
@@ -336,6 +449,7 @@ class Evaluator:
         return pos[fn.arg]
 
     def _helper_call(self, name: str, node: cst.Call) -> Value:
+        self.eff.foreign = max(self.eff.foreign, self.unknowns.foreign_helpers.get(name, 0))
         nested = self.closures.by_key.get(name)
         free = nested.free if nested is not None else ()
         if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
@@ -347,7 +461,7 @@ class Evaluator:
                     self.eff.writes.append(("@call", b))
                     self.eff.escapes.append((b, f"`{var}` read by `{name}` called with *args",
                                              node))
-            return EMPTY
+            return self._opaque()
         pos = [self.read(a.value) for a in node.args if a.keyword is None]
         kw = {a.keyword.value: self.read(a.value) for a in node.args if a.keyword is not None}
         for var in free:  # a closure reads the caller's variables when it runs: here
@@ -366,7 +480,7 @@ class Evaluator:
         for var in free:  # and a closure the caller's own lists
             if added.get(var):
                 self.eff.weak[var] = self.eff.weak.get(var, EMPTY) | added[var]
-        return EMPTY
+        return self.unknowns.helper_returns.get(name, self._opaque())
 
     def define(self, node: cst.FunctionDef | cst.ClassDef) -> None:
         """A `def` or `class` statement inside the analysed function."""
@@ -415,11 +529,11 @@ class Evaluator:
                 self.eff.writes.append((var, b))
             return recv
         self._note_read(func.value, recv)
+        args = [(a, self.read(a.value)) for a in node.args]
         for b in buffers(recv):
             self.eff.escapes.append((b, f"method `.{m}()` is not in the op catalog", node))
-        for a in node.args:
-            self.read(a.value)
-        return EMPTY
+        return self._unknown_call(node, f"method `.{m}()`, which is not in the op catalog,",
+                                  recv, args)
 
     def _torch(self, node: cst.Call, fn: str) -> Value:
         cat = self.cat
@@ -465,6 +579,9 @@ class Evaluator:
         if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
             for b in buffers(args_v):
                 self.eff.writes.append(("@expr", b))
+        if args_v & {"param", OPAQUE, "%self", "%group", "%groups", "%statedict", "%pstate"}:
+            # `torch.nn.utils.clip_grad_norm_(params)` reads and writes the params' .grad
+            self._touch_all(node, f"`torch.{fn}` is given params and may use their gradients")
         return args_v  # unknown torch function: its result may alias its arguments
 
     def _overwrite(self, target: cst.BaseExpression, v: Value) -> None:
@@ -482,6 +599,23 @@ class Evaluator:
         site = self.site_of[node]
         self.eff.allocs.append(Alloc(node, site, op, form, operands, self._comprehension > 0))
         return frozenset({site}) | (LIST if form == "foreach" else EMPTY)
+
+
+def _local_list(v: Value) -> bool:
+    """A list the analysed code made itself (`xs = []`, then appends): nothing outside the
+    function holds it. Anything else (a list kept in state or on self, an unknown object) is a
+    container whose `.append` keeps what it is given."""
+    bufs = buffers(v)
+    return not (flat(v) - bufs - LIST) and (not bufs or "%list" in v)
+
+
+def store_in_state(ev: Evaluator, v: Value, where: cst.CSTNode) -> None:
+    """`state["k"] = v`: v becomes persistent optimizer state (a role stored there escapes)."""
+    for b in buffers(v):
+        if is_role(b):
+            ev.eff.escapes.append((b, "stored in optimizer state", where))
+        else:
+            ev.eff.persistent.add(b)
 
 
 _BINOPS: dict[type, str] = {cst.Add: "add", cst.Subtract: "sub", cst.Multiply: "mul",

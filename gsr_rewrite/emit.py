@@ -109,8 +109,8 @@ def emit_placement(p: Placement, node: cst.BaseExpression, cat: OpCatalog,
     # "out": torch.OP(..., out=host); a scalar first operand needs the form torch itself uses
     if p.alloc.form == "operator" and len(ops) == 2 and not tensor_operands[0]:
         s, t = ops
-        if op == "div":  # torch computes `s / t` as `t.reciprocal() * s`
-            return _method(_call("torch.reciprocal", [t], _out([], host)), "mul_", [s])
+        if op == "div":  # as torch: a number divides as `t.reciprocal() * s`, a tensor truly
+            return _call(f"{RUNTIME}.rdiv", [s, t], _out([], host))
         if op == "sub":  # `s - t` is `(-t) + s`, exactly, in IEEE arithmetic
             return _method(_call("torch.neg", [t], _out([], host)), "add_", [s])
         if spec.commutative:

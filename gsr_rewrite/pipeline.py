@@ -90,12 +90,14 @@ def rewrite_source(source: str, filename: str = "<string>",
 
 def compile_source(source: str, filename: str = "<string>",
                    package: str | None = None) -> RewriteResult:
-    """rewrite_source, then 6. validate: a class whose rewrite is not proved equal to its
-    original by symbolic execution is refused and the module is emitted without it."""
+    """rewrite_source, then 6. validate: no class without proof. A class is kept only when
+    `validate.certify` accepts it (symbolic execution proved it or could not run, and the
+    differential stress matrix passed); otherwise it is refused with the reason and the module
+    is emitted without it."""
     import tempfile
     from pathlib import Path
 
-    from gsr_rewrite.validate import load_module, prove_class
+    from gsr_rewrite.validate import certify, load_module
 
     result = rewrite_source(source, filename, package)
     while result.code is not None:
@@ -105,12 +107,13 @@ def compile_source(source: str, filename: str = "<string>",
             module = load_module(path, f"gsr_candidate_{abs(hash(result.code))}")
             failed = False
             for c in result.classes:
-                if c.status != "rewritten":
-                    continue
-                proof = prove_class(getattr(module, c.name), getattr(module, c.r_name))
-                c.validation = proof.detail
-                if proof.proved is False:
-                    c.status, c.reason, failed = "refused", proof.detail, True
+                if c.status != "rewritten" or c.validation:
+                    continue  # certified in an earlier round: the same class, the same code
+                verdict = certify(getattr(module, c.name), getattr(module, c.r_name),
+                                  "bitwise" if c.equivalence == "bitwise" else "tolerance")
+                c.validation = verdict.detail
+                if not verdict.ok:
+                    c.status, c.reason, failed = "refused", verdict.detail, True
         if not failed:
             break
         result.code = (emit_module(parse(source, filename), result.classes, load_catalog(),

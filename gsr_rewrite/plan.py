@@ -94,6 +94,13 @@ class _FunctionPlanner:
         p.nested_operands = [id(op) in sites for op in a.operands]
         p.tensor_operands = [id(op) in sites or bool(buffers(_value_at(n, op)))
                              for op in a.operands]
+        if a.site in self.escaped:  # kept somewhere: it must own its storage
+            p.reason = f"the temporary escapes: {self.escaped[a.site]}"
+            return
+        if not _emittable(a):
+            p.reason = ("its form cannot be computed into a buffer exactly (`x.where(c, y)`, "
+                        "a creation op with keyword arguments)")
+            return
         why: list[str] = []
         for k, op in enumerate(a.operands):  # 1. in-place chains on dying operands
             inner = sites.get(id(op))
@@ -227,6 +234,18 @@ def _code(node: cst.CSTNode) -> str:
 def is_role_only(v: frozenset[str]) -> bool:
     bufs = buffers(v)
     return bool(bufs) and all(is_role(b) for b in bufs)
+
+
+def _emittable(a: Alloc) -> bool:
+    """Forms emit.py rewrites exactly: not the method form of `where` (its receiver is the
+    second operand of torch.where), not a creation op given dtype=, device=, fill_value=, ...
+    (the host would keep its own dtype)."""
+    if a.op == "where" and a.form == "method":
+        return False
+    if a.op.endswith(("_like", "clone")) or a.form == "creation":
+        return not (isinstance(a.node, cst.Call) and any(
+            x.keyword is not None and x.keyword.value != "memory_format" for x in a.node.args))
+    return True
 
 
 def _plain_binary(a: Alloc) -> bool:

@@ -131,6 +131,14 @@ def foreach_out(op: Callable[..., Any], host: list[Tensor], *operands: Any,
     return host
 
 
+def rdiv(s: Any, t: Tensor, out: Tensor) -> Tensor:
+    """`s / t` into `out`, exactly as the original computes it: torch divides a Python number
+    as `t.reciprocal() * s` (Tensor.__rtruediv__), a tensor (a 0-d tensor lr) truly."""
+    if isinstance(s, Tensor):
+        return torch.div(s, t, out=out)
+    return torch.reciprocal(t, out=out).mul_(s)
+
+
 def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 

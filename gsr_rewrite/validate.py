@@ -140,3 +140,38 @@ def prove_class(original: type, rewritten: type) -> Proof:
     return Proof(True, f"proved equal by symbolic execution ({len(configs)} configurations, "
                        f"{PROOF_STEPS} steps, both paths, params of ranks 1-3 in two groups, "
                        "attributes on self)")
+
+
+@dataclass
+class Certificate:
+    """Whether an emitted R-variant may be kept, and on what evidence (the report says which)."""
+
+    ok: bool
+    detail: str
+    proved: bool  # symbolic execution proved it (else it was only tested on the stress matrix)
+
+
+def certify(original: type, rewritten: type, mode: Mode = "bitwise") -> Certificate:
+    """No class without proof: symbolic validation must prove the rewrite or be unable to run,
+    and the differential stress matrix (check.stress_matrix: two groups, duplicated params,
+    overlapping and bucket-view grads, accumulation through backward, a 0-d tensor lr, bf16,
+    both paths, 8 steps, everything on `self`) must pass in either case. Symbolic execution is
+    real arithmetic; the stress matrix is what checks the bits."""
+    from gsr_rewrite.check import stress_matrix
+
+    proof = prove_class(original, rewritten)
+    if proof.proved is False:
+        return Certificate(False, proof.detail, False)
+    try:
+        results = stress_matrix(original, rewritten, mode=mode)
+    except Exception as e:  # a checker that cannot run proves nothing
+        return Certificate(False, f"the stress matrix could not run ({type(e).__name__}: {e})",
+                           False)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        return Certificate(False, f"failed the stress matrix ({len(failed)} of {len(results)} "
+                           f"runs): {failed[0].summary}", False)
+    tested = f"passed the stress matrix ({len(results)} runs, {mode})"
+    if proof.proved:
+        return Certificate(True, f"{proof.detail}; {tested}", True)
+    return Certificate(True, f"tested, not proved: {tested}; {proof.detail}", False)
