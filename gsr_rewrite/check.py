@@ -80,6 +80,7 @@ class CheckResult:
     rtol: float | None = None  # tolerance mode only
     atol: float | None = None
     case: str = ""  # stress_matrix: the scenario (`_STRESS_CASES` name, or "state_dict swap")
+    not_applicable: bool = False  # passed only because the original raises here (and R alike)
 
     @property
     def summary(self) -> str:
@@ -508,6 +509,7 @@ def _finish(result: CheckResult, outcome: _Outcome) -> CheckResult:
         result.message = outcome.failure
     elif outcome.not_applicable is not None:
         result.message = f"not applicable: {outcome.not_applicable}"
+        result.not_applicable = True
     return result
 
 
@@ -564,8 +566,8 @@ def check_state_dict_swap(
     R-variant's; both continue ``steps_after`` steps next to the original and must match it.
     """
     crit = _Criteria(mode, rtol, atol)
-    return _state_dict_swap(original_cls, rewritten_cls, kwargs, steps_before, steps_after, seed,
-                            device, crit, dtype, dense)
+    return _state_dict_swap(original_cls, rewritten_cls, kwargs, steps_before, steps_after,
+                            lambda: make_problem(seed, device, dtype, dense), seed, crit)
 
 
 def _state_dict_swap(
@@ -574,24 +576,32 @@ def _state_dict_swap(
     kwargs: dict[str, Any],
     steps_before: int,
     steps_after: int,
+    new_params: Callable[[], list[Parameter]],
     seed: int,
-    device: str,
     crit: _Criteria,
-    dtype: torch.dtype,
-    dense: bool,
+    *,
+    same_error_ok: bool = False,
 ) -> CheckResult:
+    """`check_state_dict_swap` on the params ``new_params()`` makes (equal ones at every call)."""
     total = steps_before + steps_after
+    device = str(new_params()[0].device)
     result = _new_result(
         original_cls, rewritten_cls, "state_dict swap", kwargs, device, total, crit
     )
-    params_o = make_problem(seed, device, dtype, dense)
-    params_r = _clone_params(params_o)
-    feed = _schedule_feed(_GradSchedule(params_o, seed, total))
+
+    def build(cls: OptimizerClass, label: str, options: dict[str, Any]) -> _Run:
+        params = new_params()
+        return _Run(label, cls(params, **kwargs), params)
+
+    runs, outcome = _build_pair(build, original_cls, rewritten_cls, [{}], same_error_ok)
+    if outcome is not None:
+        return _finish(result, outcome)
+    orig, rvar = runs
+    feed = _schedule_feed(_GradSchedule(orig.params, seed, total))
     try:
-        orig = _Run("original", original_cls(params_o, **kwargs), params_o)
-        rvar = _Run("R-variant", rewritten_cls(params_r, **kwargs), params_r)
-        outcome = _lockstep([orig, rvar], [(0, 1)], feed, range(steps_before), crit)
-        if outcome.failure is None:
+        outcome = _lockstep(runs, [(0, 1)], feed, range(steps_before), crit,
+                            same_error_ok=same_error_ok)
+        if outcome.failure is None and outcome.not_applicable is None:
             # deepcopy = a saved checkpoint: load_state_dict may keep the very tensors it is given.
             sd_o = copy.deepcopy(orig.optimizer.state_dict())
             sd_r = copy.deepcopy(rvar.optimizer.state_dict())
@@ -599,9 +609,9 @@ def _state_dict_swap(
             outcome.worst = max(outcome.worst, diff)
             if msg is not None:
                 outcome.failure = f"after step {steps_before}: R-variant vs original: {msg}"
-        if outcome.failure is None:
-            to_r = _clone_params(params_o)
-            to_o = _clone_params(params_r)
+        if outcome.failure is None and outcome.not_applicable is None:
+            to_r = _clone_params(orig.params)
+            to_o = _clone_params(rvar.params)
             runs = [
                 orig,
                 _Run("R-variant loaded from original", rewritten_cls(to_r, **kwargs), to_r),
@@ -611,11 +621,42 @@ def _state_dict_swap(
             runs[2].optimizer.load_state_dict(sd_r)
             # attributes on self: not in a checkpoint, so a loaded original lacks them as well
             after = _lockstep(runs, [(0, 1), (0, 2)], feed, range(steps_before, total), crit,
-                              attributes=False)
-            outcome = _Outcome(max(outcome.worst, after.worst), after.failure)
-    except Exception as exc:
+                              same_error_ok=same_error_ok, attributes=False)
+            after.worst = max(outcome.worst, after.worst)
+            outcome = after
+    except Exception as exc:  # load_state_dict, state_dict
         outcome = _Outcome(math.inf, f"raised {exc!r}")
     return _finish(result, outcome)
+
+
+def _build_pair(
+    build: Callable[[OptimizerClass, str, dict[str, Any]], _Run],
+    original_cls: OptimizerClass,
+    rewritten_cls: OptimizerClass,
+    options: Sequence[dict[str, Any]],
+    same_error_ok: bool,
+) -> tuple[list[_Run], _Outcome | None]:
+    """The original's and the R-variant's run, or the outcome when a constructor raised. The
+    original settles which of ``options`` (passed on to ``build``) both use: the first it takes."""
+    runs: list[_Run] = []
+    raised: list[_Raised] = []
+    for label, cls in (("original", original_cls), ("R-variant", rewritten_cls)):
+        error: _Raised = None
+        for option in options:
+            try:
+                runs.append(build(cls, label, option))
+            except Exception as exc:
+                error = (exc, f"{label} raised {exc!r}")
+                continue
+            error, options = None, [option]
+            break
+        else:
+            options = [options[-1]]  # the R-variant gets the option the original raised on last
+        raised.append(error)
+    if any(r is not None for r in raised):
+        return runs, _judge("constructor", ["original", "R-variant"], raised, same_error_ok)
+    return runs, None
+
 
 def _accepts(cls: OptimizerClass, name: str) -> bool:
     try:
@@ -689,11 +730,16 @@ def _nonzero(name: str, option: inspect.Parameter) -> float:
     return 1
 
 
+def _probe(cls: OptimizerClass, kwargs: dict[str, Any]) -> Optimizer:
+    """``cls`` on one 2 x 3 param: 2-D, which every optimizer takes (Muon takes nothing else)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls([Parameter(torch.zeros(2, 3))], **kwargs)
+
+
 def _constructs(cls: OptimizerClass, kwargs: dict[str, Any]) -> bool:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cls([Parameter(torch.zeros(2))], **kwargs)
+        _probe(cls, kwargs)
     except Exception:
         return False
     return True
@@ -750,21 +796,32 @@ _STRESS_CASES = (
     _Case("bf16", dtype=torch.bfloat16),
 )
 
+@dataclass(frozen=True)
+class _Problem:
+    """The params of a stress case. The last one is frozen from the middle of the run on (no
+    grad; with autograd, requires_grad=False)."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    noncontiguous: int  # a 2-D param built transposed unless the case is dense
+    duplicate: int  # listed a second time (last) in the duplicate case
+    split: int  # two groups: params[:split] and params[split:]
+
+
 # Ranks 0 to 4, a 0-size and a 1-element param, one non-contiguous (odd problem only), and one of
 # 201 elements: more than 3 strips of runtime.STRIP_ALIGN (64). 9 params, 297 elements: the cost
 # of a step is the per-tensor overhead, whatever the optimizer.
-_STRESS_SHAPES = ((), (3,), (4, 5), (3, 67), (0, 3), (1,), (5, 7), (2, 3, 4), (2, 1, 3, 2))
-_NONCONTIGUOUS = 6  # built as a transposed (7, 5) unless the problem is dense
-_DUPLICATE = 2  # the (4, 5) param, listed a second time (last) in the duplicate case
-_SPLIT = 5  # two groups: params[:5] and params[5:]
-# The last param is frozen from the middle of the run on: no grad, or requires_grad=False.
+_ALL_SHAPES = _Problem(((), (3,), (4, 5), (3, 67), (0, 3), (1,), (5, 7), (2, 3, 4), (2, 1, 3, 2)),
+                       noncontiguous=6, duplicate=2, split=5)
+# Where the original raises on that mix (Adafactor on the 0-size param; Muon takes 2-D params
+# only), the case runs again on non-empty 2-D params: a case is not applicable only if both raise.
+_2D_SHAPES = _Problem(((4, 5), (3, 67), (5, 7), (2, 12)), noncontiguous=2, duplicate=0, split=2)
 
 
-def _stress_params(case: _Case, seed: int, device: str) -> list[Parameter]:
+def _stress_params(problem: _Problem, case: _Case, seed: int, device: str) -> list[Parameter]:
     gen = torch.Generator().manual_seed(seed)
     params = []
-    for i, shape in enumerate(_STRESS_SHAPES):
-        if i == _NONCONTIGUOUS and not case.dense:
+    for i, shape in enumerate(problem.shapes):
+        if i == problem.noncontiguous and not case.dense:
             t = torch.randn(shape[::-1], generator=gen).t()
         else:
             t = torch.randn(shape, generator=gen)
@@ -772,11 +829,12 @@ def _stress_params(case: _Case, seed: int, device: str) -> list[Parameter]:
     return params
 
 
-def _param_groups(case: _Case, params: list[Parameter], second: dict[str, Any]) -> list[Any]:
+def _param_groups(problem: _Problem, case: _Case, params: list[Parameter],
+                  second: dict[str, Any]) -> list[Any]:
     if case.two_groups:
-        return [{"params": params[:_SPLIT]}, {"params": params[_SPLIT:], **second}]
+        return [{"params": params[:problem.split]}, {"params": params[problem.split:], **second}]
     if case.duplicate:
-        return [*params, params[_DUPLICATE]]
+        return [*params, params[problem.duplicate]]
     return list(params)
 
 
@@ -786,9 +844,7 @@ def _second_group_options(original_cls: OptimizerClass,
     float option of ``defaults`` (tuples of floats element-wise) scaled by 0.9; then lr alone,
     for optimizers that reject some of those."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            defaults = original_cls([Parameter(torch.zeros(2))], **kwargs).defaults
+        defaults = _probe(original_cls, kwargs).defaults
     except Exception:  # the real constructor raises too; the case reports it
         return [{}]
     scaled: dict[str, Any] = {}
@@ -889,33 +945,68 @@ def _stress_case(
         lr = kwargs.get("lr", _default(original_cls, "lr"))
         if not _is_number(lr):
             return _finish(result, _Outcome(not_applicable="no float lr option"))
-        run_kwargs["lr"] = torch.tensor(float(lr))  # a new tensor per run, made below
+        run_kwargs["lr"] = torch.tensor(float(lr))  # cloned for each run
 
+    def run(problem: _Problem) -> _Outcome:
+        return _stress_outcome(original_cls, rewritten_cls, problem, case, run_kwargs,
+                               seed=seed, steps=steps, device=device, crit=crit)
+
+    outcome = run(_ALL_SHAPES)
+    if outcome.not_applicable is None:
+        return _finish(result, outcome)
+    why = f"with every shape, {outcome.not_applicable}"
+    plain = run(_2D_SHAPES)
+    if plain.not_applicable is not None:
+        return _finish(result, _Outcome(plain.worst, not_applicable=f"{why}; with 2-D params, "
+                                                                    f"{plain.not_applicable}"))
+    if plain.failure is not None:
+        plain.failure = f"{plain.failure} (on 2-D params only: {why})"
+    _finish(result, plain)
+    result.message = result.message or f"compared on 2-D params only: {why}"
+    return result
+
+
+def _stress_outcome(
+    original_cls: OptimizerClass,
+    rewritten_cls: OptimizerClass,
+    problem: _Problem,
+    case: _Case,
+    kwargs: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    device: str,
+    crit: _Criteria,
+) -> _Outcome:
     def build(cls: OptimizerClass, label: str, second: dict[str, Any]) -> _Run:
-        params = _stress_params(case, seed, device)
-        kw = {**run_kwargs, "lr": run_kwargs["lr"].clone()} if case.tensor_lr else run_kwargs
-        return _Run(label, cls(_param_groups(case, params, second), **kw), params)
+        params = _stress_params(problem, case, seed, device)
+        kw = {**kwargs, "lr": kwargs["lr"].clone()} if case.tensor_lr else kwargs
+        return _Run(label, cls(_param_groups(problem, case, params, second), **kw), params)
 
-    runs: list[_Run] = []
-    raised: list[_Raised] = []
     options = _second_group_options(original_cls, kwargs) if case.two_groups else [{}]
-    for label, cls in (("original", original_cls), ("R-variant", rewritten_cls)):
-        # the original settles which second-group options both use: the first it accepts
-        for second in options if not runs else [options[0]]:
-            try:
-                runs.append(build(cls, label, second))
-                raised.append(None)
-                options = [second]
-                break
-            except Exception as exc:
-                error: _Raised = (exc, f"{label} raised {exc!r}")
-        else:
-            raised.append(error)
-    if any(r is not None for r in raised):
-        return _finish(result, _judge("constructor", ["original", "R-variant"], raised, True))
+    runs, outcome = _build_pair(build, original_cls, rewritten_cls, options, same_error_ok=True)
+    if outcome is not None:
+        return outcome
     feed = _stress_feed(case, runs[0].params, seed, steps)
-    outcome = _lockstep(runs, [(0, 1)], feed, range(steps), crit, same_error_ok=True)
-    return _finish(result, outcome)
+    return _lockstep(runs, [(0, 1)], feed, range(steps), crit, same_error_ok=True)
+
+
+def _stress_swap(original_cls: OptimizerClass, rewritten_cls: OptimizerClass,
+                 kwargs: dict[str, Any], *, steps: int, device: str,
+                 crit: _Criteria) -> CheckResult:
+    """The state-dict swap (half the steps before, half after) on the odd-shaped stress params;
+    on 2-D params where the original raises on those."""
+    odd = _Case("state_dict swap", dense=False)
+    for problem in (_ALL_SHAPES, _2D_SHAPES):
+        result = _state_dict_swap(
+            original_cls, rewritten_cls, kwargs, steps // 2, steps - steps // 2,
+            functools.partial(_stress_params, problem, odd, 0, device), 0, crit,
+            same_error_ok=True,
+        )
+        result.case = odd.name
+        if not result.not_applicable:
+            break
+    return result
 
 
 def _default(cls: OptimizerClass, name: str) -> Any:
@@ -954,18 +1045,19 @@ def stress_matrix(
         result = _new_result(original_cls, rewritten_cls, "stress", {}, device, steps, crit)
         result.message = "the constructor rejects every configuration, the defaults included"
         return [result]
-    results = []
+    results: list[CheckResult] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate params, tensor lr...: the results decide
         for path in _paths(original_cls):
-            for config in configs:
-                kwargs = {**config, **path}
-                for seed, case in enumerate(_STRESS_CASES):
-                    results.append(_stress_case(original_cls, rewritten_cls, case, kwargs,
-                                                seed=seed, steps=steps, device=device, crit=crit))
-            swap = _state_dict_swap(original_cls, rewritten_cls, {**configs[0], **path},
-                                    steps // 2, steps - steps // 2, 0, device, crit,
-                                    torch.float32, False)
-            swap.case = "state_dict swap"
-            results.append(swap)
+            cases = [_stress_case(original_cls, rewritten_cls, case, {**config, **path},
+                                  seed=seed, steps=steps, device=device, crit=crit)
+                     for config in configs for seed, case in enumerate(_STRESS_CASES)]
+            results += cases
+            if all(r.not_applicable for r in cases):  # e.g. a step that needs a closure
+                result = _new_result(original_cls, rewritten_cls, f"stress ({_config_label(path)})",
+                                     path, device, steps, crit)
+                result.message = f"no case could be compared; first: {cases[0].message}"
+                results.append(result)
+            results.append(_stress_swap(original_cls, rewritten_cls, {**configs[0], **path},
+                                        steps=steps, device=device, crit=crit))
     return results

@@ -381,8 +381,12 @@ class Evaluator:
             return EMPTY
         attr = name[5:] if name is not None and name.startswith("self.") else ""
         why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
-        return self._unknown_call(node, f"unknown function `{name}`{why}", EMPTY,
-                                  list(zip(node.args, args, strict=True)))
+        got = self._unknown_call(node, f"unknown function `{name}`{why}", EMPTY,
+                                 list(zip(node.args, args, strict=True)))
+        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and \
+                func.value.value in self.pt and not self.pt[func.value.value]:
+            return got - self._opaque() | flat(frozenset().union(*args))  # a host value's method
+        return got
 
     def _dict_method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value | None:
         """`state.get("k", d)`, `state.setdefault("k", v)`, `self.state.get(p)`, `group.get("lr")`

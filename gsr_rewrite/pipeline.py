@@ -304,6 +304,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
             new = _rewrite_function(fp, catalog, renamer, inner, regions)
             if fp.analysis.is_method:
+                new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name))
                 if fp.name == "step":
                     bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
                     new = new.with_changes(decorators=[
@@ -351,6 +352,47 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     new_module = module.with_changes(body=body + helpers + extra,
                                      header=[*lines, *module.header])
     return new_module.code
+
+
+class _AsInClass(cst.CSTTransformer):
+    """A method copied from class C into CR must mean what it meant in C: zero-argument
+    `super()` becomes `super(C, self)` (in CR it would reach C itself), and `self.__x` is
+    written mangled as in C (`self._C__x`; in CR it would mangle to `_CR__x`)."""
+
+    def __init__(self, cls: str, first: str) -> None:
+        self.cls, self.first = cls, first
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if isinstance(updated.func, cst.Name) and updated.func.value == "super" and \
+                not updated.args:
+            return updated.with_changes(args=[cst.Arg(cst.Name(self.cls)),
+                                              cst.Arg(cst.Name(self.first))])
+        return updated
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute
+                        ) -> cst.Attribute:
+        name = updated.attr.value
+        if name.startswith("__") and not name.endswith("__"):
+            return updated.with_changes(attr=cst.Name(f"_{self.cls.lstrip('_')}{name}"))
+        return updated
+
+
+def _defining_class(module: cst.Module, method: cst.FunctionDef, default: str) -> str:
+    """The module-level class whose body defines `method` (a base class for inherited ones)."""
+    for stmt in module.body:
+        if isinstance(stmt, cst.ClassDef) and isinstance(stmt.body, cst.IndentedBlock) and \
+                any(m is method for m in stmt.body.body):
+            return stmt.name.value
+    return default
+
+
+def _as_in_class(method: cst.FunctionDef, cls: str) -> cst.FunctionDef:
+    params = [*method.params.posonly_params, *method.params.params]
+    if not params:
+        return method
+    result = method.visit(_AsInClass(cls, params[0].name.value))
+    assert isinstance(result, cst.FunctionDef)
+    return result
 
 
 def _functions_to_copy(out: ClassOutcome) -> list[str]:
