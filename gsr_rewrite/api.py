@@ -7,8 +7,8 @@
 relative imports made absolute), writes the emitted module to a private cache, imports it under a
 unique name and returns its `<Name>R` class. The R-class derives from the regenerated copy of the
 original class in that module (same source), not from the very class object passed in, and the
-module's top level runs once more under that name. Before it is returned, the R-class is checked
-against the original (`check=True`, cached).
+module's top level runs once more under that name. Only certified classes are emitted
+(`validate.certify`, cached with the module).
 
 Cache: ``$GSR_REWRITE_CACHE_DIR/generated/`` (default ``~/.cache/gsr-rewrite/generated/``), one
 ``<stem>_<hash>.py`` per module plus ``<stem>_<hash>.json`` with the per-class outcome. The hash
@@ -34,7 +34,7 @@ import torch
 
 from gsr_rewrite import __version__
 from gsr_rewrite.errors import RewriteError
-from gsr_rewrite.pipeline import ClassOutcome, RewriteResult, rewrite_source
+from gsr_rewrite.pipeline import ClassOutcome, RewriteResult, compile_source
 
 __all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module", "reduce",
            "rewrite_module", "rewrite_text"]
@@ -42,8 +42,9 @@ __all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module"
 
 def rewrite_text(source: str, filename: str = "<string>",
                  package: str | None = None) -> RewriteResult:
-    """Rewrite an optimizer module given as text. `package` makes relative imports absolute."""
-    return rewrite_source(source, filename, package)
+    """Rewrite an optimizer module given as text (`package` makes relative imports absolute).
+    Only classes that `validate.certify` accepted are in the emitted code."""
+    return compile_source(source, filename, package)
 
 
 def cache_dir() -> Path:
@@ -180,9 +181,10 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
     else:
-        result = rewrite_source(source, str(path), package)
+        result = compile_source(source, str(path), package)  # certified classes only
         meta = {"tool": f"gsr-rewrite {__version__}", "source": str(path),
-                "classes": {c.name: [c.status, c.reason, _left(c)] for c in result.classes},
+                "classes": {c.name: [c.status, c.reason, _left(c), c.validation]
+                            for c in result.classes},
                 "code": result.code is not None}
         if result.code is not None:
             _atomic_write(code_path, result.code)
@@ -211,28 +213,15 @@ def _last_word(how: str) -> str:
 
 
 def _run_checks(cls: type, r_cls: type) -> str:
-    """'' when `r_cls` matches `cls` on every default configuration (trajectories and the
-    state_dict swap, both foreach paths), else the first failure."""
-    from gsr_rewrite.check import run_checks
-    from gsr_rewrite.validate import default_configs
+    """'' when `validate.certify` accepts `r_cls` against `cls` (symbolic proof where it runs,
+    and the stress matrix), else why not."""
+    from gsr_rewrite.validate import certify
 
     try:
-        failed = [r.summary for r in run_checks(cls, r_cls, default_configs(cls)) if not r.passed]
-        return failed[0] if failed else ""
+        verdict = certify(cls, r_cls)
     except Exception as e:  # a check that cannot run is a failed check
         return f"the check raised {type(e).__name__}: {e}"
-
-
-def _checked(rewritten: ModuleRewrite, cls: type, r_cls: type) -> str:
-    """`_run_checks`, cached beside the module."""
-    meta_path = rewritten.meta_path
-    meta = json.loads(meta_path.read_text()) if meta_path and meta_path.is_file() else {}
-    checks = meta.setdefault("checks", {})
-    if cls.__name__ not in checks:
-        checks[cls.__name__] = _run_checks(cls, r_cls)
-        if meta_path is not None:
-            _atomic_write(meta_path, json.dumps(meta, indent=2))
-    return str(checks[cls.__name__])
+    return "" if verdict.ok else verdict.detail
 
 
 #: what a subclass may add to the class whose `step` it runs and still take that class's R-variant:
@@ -282,19 +271,22 @@ def inherit_variant(cls: type, owner: type, owner_r: type) -> type:
 def reduce(cls: type, *, check: bool = True) -> type:
     """The R-variant of optimizer class `cls`: `<Name>R`, generated from `cls`'s module source.
 
-    With `check` (the default) the R-variant must first match `cls` step for step on the
-    default configurations (run once, a few seconds, then cached with the module). Raises
-    `RewriteError` naming the class and the reason when it is not rewritten (no
-    parameter-sized temporary, the gradient escapes, the source cannot be read, the check
-    failed, ...).
+    No class without proof: the R-variant was certified when it was emitted (`validate.certify`:
+    symbolic proof where it can run, and the differential stress matrix, run once and cached
+    with the module); a subclass that only constructs differently (AdamW(Adam)) is certified
+    against `cls` itself. `check` is kept for compatibility and no longer skips anything.
+    Raises `RewriteError` naming the class and the reason when it is not rewritten (no
+    parameter-sized temporary, the gradient escapes, the source cannot be read, the
+    certification failed, ...).
     """
+    del check  # every class is certified
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise TypeError(f"reduce() takes a torch.optim.Optimizer subclass, got {cls!r}")
     label = f"{cls.__module__}.{cls.__qualname__}"
     owner = step_owner(cls)
     if owner is not None:  # AdamW(Adam), partialclass(Adam, foreach=True): Adam's R-variant
-        r_cls = inherit_variant(cls, owner, reduce(owner, check=False))
-        failure = _run_checks(cls, r_cls) if check else ""
+        r_cls = inherit_variant(cls, owner, reduce(owner))
+        failure = _run_checks(cls, r_cls)
         if failure:
             raise RewriteError(label, f"{label} was rewritten, but {r_cls.__name__} failed its "
                                f"check against {cls.__name__}: {failure}")
@@ -319,9 +311,5 @@ def reduce(cls: type, *, check: bool = True) -> type:
     if status != "rewritten" or rewritten.module is None:
         raise RewriteError(str(path), f"{label} was not rewritten ({status}): {reason}")
     r_cls = getattr(rewritten.module, cls.__name__ + "R")
-    assert isinstance(r_cls, type)
-    failure = _checked(rewritten, cls, r_cls) if check else ""
-    if failure:
-        raise RewriteError(str(rewritten.path), f"{label} was rewritten, but {r_cls.__name__} "
-                           f"failed its check against {cls.__name__}: {failure}")
+    assert isinstance(r_cls, type)  # certified when it was emitted (compile_source)
     return r_cls

@@ -135,7 +135,7 @@ def _rewrite_one(src: str, out: str | None, check: bool, show_diff: bool,
                     if c.status == "rewritten":
                         chk = check_class(getattr(module, c.name), getattr(module, c.r_name),
                                           mode="bitwise" if c.equivalence == "bitwise"
-                                          else "tolerance")
+                                          else "tolerance", results=c.checks)
                         checks[c.name] = chk
                         failed |= not chk.passed
             if backend == "triton":

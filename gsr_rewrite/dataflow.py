@@ -376,6 +376,9 @@ def must_reach(nodes: Sequence[Node], entry: Node, start: set[str],
 def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
                     make_eval: Callable[[PointsTo], Evaluator]) -> None:
     preds = preds_of(flow.nodes)
+    for n in flow.nodes:  # from nothing: a value left from an earlier solve, kept alive by a
+        n.pt_in = {}  # loop's cycle, would never leave (the least fixpoint is the sound one)
+        n.eff = Effects()
     flow.entry.pt_in = dict(entry_pt)
     for _ in range(50):
         changed = False
@@ -389,8 +392,8 @@ def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
                     n.pt_in, changed = merged, True
             before = n.pt_out()
             n.eff = node_effects(n, make_eval(n.pt_in))
-            # a re-solve starts from the last solution: a node whose effects changed (a callee
-            # now known to append to a list) must reach its successors even where no pt_in did
+            # a node whose effects changed (a callee now known to append to a list) must reach
+            # its successors even where no pt_in did
             changed |= n.pt_out() != before
         if not changed:
             return

@@ -383,9 +383,11 @@ class Evaluator:
         why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
         got = self._unknown_call(node, f"unknown function `{name}`{why}", EMPTY,
                                  list(zip(node.args, args, strict=True)))
-        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and \
-                func.value.value in self.pt and not self.pt[func.value.value]:
-            return got - self._opaque() | flat(frozenset().union(*args))  # a host value's method
+        if isinstance(func, cst.Attribute) and not self.peek(func.value):
+            # a method of a host value or a function of an imported module (no buffer, no
+            # marker; also a name whose value is not known yet while the fixpoint grows): it
+            # was given no access to the optimizer, so its result is what it was given
+            return got - self._opaque() | flat(frozenset().union(*args))
         return got
 
     def _dict_method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value | None:

@@ -51,7 +51,8 @@ class ClassOutcome:
     name: str
     status: str  # rewritten | unchanged | refused
     reason: str = ""
-    validation: str = ""  # translation validation verdict (compile_source)
+    validation: str = ""  # certification verdict (compile_source): proved and/or tested
+    checks: list[Any] = field(default_factory=list)  # the stress matrix's CheckResults
     equivalence: str = "bitwise"  # bitwise: storage moved only; tolerance: a rule changed math
     rules: list[str] = field(default_factory=list)  # rules from rules/ the rewrite relies on
     temporaries: list[Temporary] = field(default_factory=list)
@@ -111,7 +112,7 @@ def compile_source(source: str, filename: str = "<string>",
                     continue  # certified in an earlier round: the same class, the same code
                 verdict = certify(getattr(module, c.name), getattr(module, c.r_name),
                                   "bitwise" if c.equivalence == "bitwise" else "tolerance")
-                c.validation = verdict.detail
+                c.validation, c.checks = verdict.detail, verdict.results
                 if not verdict.ok:
                     c.status, c.reason, failed = "refused", verdict.detail, True
         if not failed:

@@ -58,7 +58,7 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
             head += f" -- {c.reason}"
         lines.append(head)
         if c.validation:
-            lines.append(f"  translation validation: {c.validation}")
+            lines.append(f"  evidence: {c.validation}")
         if c.temporaries:
             lines.append("  predicted temporaries alive at once: "
                          f"before {_units(c.predicted_before)}; after {_units(c.predicted_after)}")

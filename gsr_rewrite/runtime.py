@@ -228,8 +228,9 @@ def _spans_disjoint(owned: list[tuple[Any, int, int]],
 
 def distinct_buffers(opt: Any) -> bool:
     """The run-time precondition of an R step (see above); False also when a tensor's memory
-    cannot be located. Per step three mapped C calls per tensor (address, size, contiguity); the
-    spans are computed and sorted again only when one of those changed since the last step."""
+    cannot be located. Per step three mapped C calls per tensor (address, size, strides: with the
+    param's shape they fix the span); the spans are computed and sorted again only when one of
+    those changed since the last step."""
     params = [p for group in opt.param_groups for p in group["params"]]
     if len(set(map(id, params))) != len(params):
         return _fallback()
@@ -239,7 +240,7 @@ def distinct_buffers(opt: Any) -> bool:
     every = params + owned
     try:
         key: Any = (len(params), tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every)),
-                    tuple(map(Tensor.is_contiguous, every)))
+                    tuple(map(Tensor.stride, every)))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
         key = None
     cached = _VERDICTS.get(opt)

@@ -17,13 +17,7 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite.check import (
-    CheckResult,
-    Mode,
-    check_state_dict_swap,
-    compare_trajectories,
-    measure_pair,
-)
+from gsr_rewrite.check import CheckResult, Mode, measure_pair
 from gsr_rewrite.memory import StepMemory
 
 
@@ -62,34 +56,23 @@ def default_configs(cls: type) -> list[dict[str, Any]]:
     return configs
 
 
-def _paths(cls: type, config: dict[str, Any]) -> list[dict[str, Any]]:
-    if "foreach" in config or "foreach" not in inspect.signature(cls).parameters:
-        return [config]
-    return [{**config, "foreach": False}, {**config, "foreach": True}]
-
-
 def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
-                steps: int = 7) -> ClassCheck:
+                results: list[CheckResult] | None = None) -> ClassCheck:
+    """`--check`: the stress matrix (check.stress_matrix; `results` when certify already ran
+    it) and the temporaries of one step of each, on every device, both foreach paths."""
+    from gsr_rewrite.check import stress_matrix
+
     out = ClassCheck(original.__name__, mode)
     try:
-        configs = default_configs(original)
         for device in devices():
-            # every configuration on a dense problem (where foreach guards pass: the rewritten
-            # path runs); the defaults also on the odd-shaped one (0-size, non-contiguous: the
-            # fallbacks run) and through a checkpoint swap (layout, not arithmetic)
-            for i, config in enumerate(configs):
-                for kw in _paths(original, config):
-                    for dense in (True, False) if i == 0 else (True,):
-                        out.results.append(compare_trajectories(
-                            original, rewritten, kw, steps=steps, device=device, mode=mode,
-                            dense=dense))
-                    if i == 0:
-                        out.results.append(check_state_dict_swap(original, rewritten, kw,
-                                                                 device=device, mode=mode))
+            if results is not None and device == "cpu":
+                out.results += results
+            else:
+                out.results += stress_matrix(original, rewritten, mode=mode, device=device)
             for foreach in (False, True):
                 kw = {"foreach": foreach} if "foreach" in inspect.signature(original).parameters \
                     else {}
@@ -149,6 +132,7 @@ class Certificate:
     ok: bool
     detail: str
     proved: bool  # symbolic execution proved it (else it was only tested on the stress matrix)
+    results: list[CheckResult] = field(default_factory=list)  # the stress matrix's runs
 
 
 def certify(original: type, rewritten: type, mode: Mode = "bitwise") -> Certificate:
@@ -170,8 +154,8 @@ def certify(original: type, rewritten: type, mode: Mode = "bitwise") -> Certific
     failed = [r for r in results if not r.passed]
     if failed:
         return Certificate(False, f"failed the stress matrix ({len(failed)} of {len(results)} "
-                           f"runs): {failed[0].summary}", False)
+                           f"runs): {failed[0].summary}", False, results)
     tested = f"passed the stress matrix ({len(results)} runs, {mode})"
     if proof.proved:
-        return Certificate(True, f"{proof.detail}; {tested}", True)
-    return Certificate(True, f"tested, not proved: {tested}; {proof.detail}", False)
+        return Certificate(True, f"{proof.detail}; {tested}", True, results)
+    return Certificate(True, f"tested, not proved: {tested}; {proof.detail}", False, results)

@@ -51,20 +51,20 @@ def test_reduce_shipped_adamw(private_cache: Path) -> None:
     assert reduce(shipped.AdamW) is r_cls  # cached: same module, same class object
 
 
-def test_reduce_refuses_an_r_variant_that_fails_its_check(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reduce_refuses_a_class_that_fails_certification(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No class without proof: a failed stress matrix refuses the class when it is emitted."""
     import gsr_rewrite.check as check
 
-    def failing(original: type, rewritten: type, configs: list[dict[str, object]],
-                **kw: object) -> list[check.CheckResult]:
-        return [check.CheckResult("AdamW->AdamWR trajectory", {}, "cpu", 7, "bitwise", 1.0,
+    def failing(original: type, rewritten: type, **kw: object) -> list[check.CheckResult]:
+        return [check.CheckResult("AdamW->AdamWR stress", {}, "cpu", 8, "bitwise", 1.0,
                                   False, "param[0] differs")]
 
-    monkeypatch.setattr(check, "run_checks", failing)
-    with pytest.raises(RewriteError, match=r"AdamW was rewritten, but AdamWR failed its check "
-                       r"against AdamW: FAIL .*param\[0\] differs"):
+    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(check, "stress_matrix", failing)
+    with pytest.raises(RewriteError, match=r"AdamW was not rewritten \(refused\): failed the "
+                       r"stress matrix .*param\[0\] differs"):
         reduce(shipped.AdamW)
-    assert reduce(shipped.AdamW, check=False).__name__ == "AdamWR"
 
 
 def test_reduce_torch_adamw() -> None:
