@@ -228,9 +228,9 @@ def _spans_disjoint(owned: list[tuple[Any, int, int]],
 
 def distinct_buffers(opt: Any) -> bool:
     """The run-time precondition of an R step (see above); False also when a tensor's memory
-    cannot be located. Per step three mapped C calls per tensor (address, size, strides: with the
-    param's shape they fix the span); the spans are computed and sorted again only when one of
-    those changed since the last step."""
+    cannot be located. Per step three mapped C calls per tensor (address, size, contiguity; and
+    shape and strides of a non-contiguous one: together they fix its span); the spans are
+    computed and sorted again only when one of those changed since the last step."""
     params = [p for group in opt.param_groups for p in group["params"]]
     if len(set(map(id, params))) != len(params):
         return _fallback()
@@ -239,8 +239,10 @@ def distinct_buffers(opt: Any) -> bool:
     owned += [v for p in params for v in state.get(p, {}).values() if isinstance(v, Tensor)]
     every = params + owned
     try:
+        dense = tuple(map(Tensor.is_contiguous, every))
         key: Any = (len(params), tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every)),
-                    tuple(map(Tensor.stride, every)))
+                    dense, () if all(dense) else tuple((t.shape, t.stride()) for t, d in
+                                                       zip(every, dense, strict=True) if not d))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
         key = None
     cached = _VERDICTS.get(opt)
