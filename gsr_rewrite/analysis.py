@@ -30,7 +30,6 @@ from gsr_rewrite.dataflow import (
 )
 from gsr_rewrite.effects import (
     EMPTY,
-    OPAQUE,
     Evaluator,
     Unknowns,
     Value,
@@ -39,6 +38,7 @@ from gsr_rewrite.effects import (
     is_role,
     scalar_state_keys,
 )
+from gsr_rewrite.errors import AnalysisLimit
 from gsr_rewrite.locate import OptimizerClass, SourceModule
 
 
@@ -132,7 +132,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = _param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
-        known = Unknowns(unknowns.opaque, unknowns.self_constants, unknowns.opaque_globals,
+        known = Unknowns(unknowns.roles, unknowns.self_constants, unknowns.opaque_globals,
                          unknowns.harmless_self_methods, dict(foreign), dict(returns))
 
         def make_eval(pt: PointsTo) -> Evaluator:
@@ -195,6 +195,9 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                     changed |= _bind(target, pos_v, kw_v, n.live_out)
         if not changed:
             break
+    else:  # what the helpers return, append or reach might still grow: nothing is proved
+        raise AnalysisLimit(src.where(cls.node), "the interprocedural analysis did not settle "
+                           "in 10 rounds (helpers calling helpers too deep); not rewritten")
     for name in order:  # a callee found in the last round has not been solved yet
         if solved_with.get(name) != (sorted(funcs[name].entry_pt.items()),
                                      funcs[name].exit_live):
@@ -286,8 +289,7 @@ def _unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozenset[str
                 keys.add(str(node.slice.value.evaluated_value))
 
     src.module.visit(_Keys())
-    opaque = frozenset({OPAQUE, "grad", "param", "state:?"} |
-                       {f"state:{k}" for k in keys - scalar_keys})
+    roles = frozenset({"grad", "param", "state:?"} | {f"state:{k}" for k in keys - scalar_keys})
     init = cls.methods.get("__init__")
     args = set()
     if init is not None:
@@ -308,5 +310,5 @@ def _unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozenset[str
                     targets = [t.target for t in small.targets] \
                         if isinstance(small, cst.Assign) else [small.target]
                     opaque_globals |= {t.value for t in targets if isinstance(t, cst.Name)}
-    return Unknowns(opaque, constants, frozenset(opaque_globals) - set(src.functions),
+    return Unknowns(roles, constants, frozenset(opaque_globals) - set(src.functions),
                     HARMLESS_OPTIMIZER_METHODS)

@@ -243,7 +243,7 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
         rhs = ev.read(s.value)
         target = ev.read(s.target)
         name = s.target.value if isinstance(s.target, cst.Name) else "@expr"
-        for b in buffers(target):
+        for b in ev.touched(target):
             ev.eff.writes.append((name, b))
         if not buffers(target) and isinstance(s.target, cst.Name) and buffers(rhs):
             ev.eff.assigns[s.target.value] = rhs
@@ -286,10 +286,10 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
             # `lst[i] = view_as_real(lst[i])`: the list now holds v (a tensor would copy it)
             lst = target.value.value
             ev.eff.weak[lst] = ev.eff.weak.get(lst, EMPTY) | flat(v) | LIST
-            ev.eff.writes.extend(("@expr", b) for b in buffers(base))
+            ev.eff.writes.extend(("@expr", b) for b in ev.touched(base))
             ev.eff.reads.extend(("@expr", b, target) for b in buffers(v))
         else:
-            for b in buffers(base):
+            for b in ev.touched(base):
                 ev.eff.writes.append(("@expr", b))
             for b in buffers(v):
                 ev.eff.escapes.append((b, "stored into a container or tensor", target))

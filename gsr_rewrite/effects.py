@@ -52,7 +52,11 @@ RETURNS_AN_ARGUMENT = {"max", "min", "next", "sum", "map", "functools.reduce", "
 TENSOR_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
                    "is_sparse", "is_leaf", "grad_fn", "itemsize", "nbytes", "names", "is_meta",
                    "is_quantized", "is_mps", "is_complex"}
+#: torch namespaces of functions of tensor data only (no `.grad`, no module state)
+DATA_NAMESPACES = ("linalg.", "special.", "fft.", "_C._linalg.", "ops.aten.")
 OPAQUE = "%opaque"  # an object the analysis does not model: it may be or hold any buffer
+#: a dict or set made by the analysed code: what goes in escapes, what comes out is opaque
+LOCAL: Value = frozenset({"%local"})
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,15 @@ class Unknowns:
     or arguments hold `self`, a group, params, state or an opaque object) may read and write all
     of them, and may keep the gradients it reaches (they escape)."""
 
-    opaque: Value = frozenset({OPAQUE, "grad", "param", "state:?"})
+    #: the buffers an opaque object may be (any param, gradient or state tensor); reading it
+    #: reads all of them, writing it writes all of them (`Evaluator.touched`); storing it
+    #: somewhere makes none of them escape: it was reachable from outside already
+    roles: Value = frozenset({"grad", "param", "state:?"})
     self_constants: frozenset[str] = frozenset()  # self.ATTR bound once in __init__ to data
     opaque_globals: frozenset[str] = frozenset()  # module globals that are not constants
     harmless_self_methods: frozenset[str] = frozenset()  # Optimizer methods that touch nothing
     foreign_helpers: Mapping[str, int] = field(default_factory=dict)  # see Effects.foreign
-    #: what each analysed helper returns (a helper not solved yet may return anything)
+    #: what each analysed helper returns, so far (see Evaluator._helper_call)
     helper_returns: Mapping[str, Value] = field(default_factory=dict)
 
 
@@ -154,6 +161,9 @@ class Evaluator:
         var = self._var_of(node, v)
         for b in buffers(v):
             self.eff.reads.append((var, b, node))
+        if OPAQUE in flat(v):  # an object the analysis does not model may be any buffer
+            for b in self.unknowns.roles - buffers(v):
+                self.eff.reads.append(("@expr", b, node))
         return v
 
     def _var_of(self, node: cst.BaseExpression, v: Value) -> str:
@@ -226,7 +236,7 @@ class Evaluator:
             return v
         if isinstance(node, (cst.Dict, cst.Set, cst.DictComp, cst.SetComp)):
             self._capture(node, "stored in a container the analysis does not follow")
-            return EMPTY
+            return LOCAL
         for child in node.children:  # constants, f-strings, ...
             if isinstance(child, cst.BaseExpression):
                 self.peek(child)
@@ -244,9 +254,9 @@ class Evaluator:
             if attr == "defaults" or attr in self.unknowns.self_constants:
                 return EMPTY
             return self._opaque()
-        if attr == "grad" and "param" in base:
+        if attr == "grad" and ("param" in base or OPAQUE in base):
             self.eff.rooted.add("grad")
-            if OPAQUE in base:
+            if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own
                 self.eff.foreign = 2
             return frozenset({"grad"}) | (base & {OPAQUE})
         if attr in TENSOR_METADATA:
@@ -256,7 +266,11 @@ class Evaluator:
         return base  # .data, .T, .mH, a view the catalog does not know: the same buffers
 
     def _opaque(self) -> Value:
-        return self.unknowns.opaque
+        return frozenset({OPAQUE})
+
+    def touched(self, v: Value) -> Value:
+        """The buffers a read or a write through a value of `v` may touch."""
+        return buffers(v) | (self.unknowns.roles if OPAQUE in flat(v) else EMPTY)
 
     def _subscript(self, node: cst.Subscript) -> Value:
         base = self.peek(node.value)
@@ -270,7 +284,7 @@ class Evaluator:
             if key in self.scalar_keys:
                 return EMPTY
             if key is None:  # a computed key may be any of them
-                found_all = frozenset(b for b in self.unknowns.opaque if b.startswith("state:"))
+                found_all = frozenset(b for b in self.unknowns.roles if b.startswith("state:"))
                 self.eff.rooted |= found_all
                 return found_all
             self.eff.rooted.add(f"state:{key}")
@@ -351,6 +365,12 @@ class Evaluator:
                 why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
                 return self._unknown_call(node, f"unknown function `self.{attr}`{why}", recv,
                                           [(a, self.read(a.value)) for a in node.args])
+            if recv == LOCAL:
+                for a in node.args:
+                    for b in buffers(self.read(a.value)):
+                        self.eff.escapes.append((b, "stored in a container the analysis does "
+                                                 "not follow", a))
+                return self._opaque()
             if recv & {"%statedict", "%pstate", "%group"}:
                 got = self._dict_method(node, func, recv)
                 if got is not None:
@@ -387,7 +407,7 @@ class Evaluator:
             # a method of a host value or a function of an imported module (no buffer, no
             # marker; also a name whose value is not known yet while the fixpoint grows): it
             # was given no access to the optimizer, so its result is what it was given
-            return got - self._opaque() | flat(frozenset().union(*args))
+            return got - self._opaque()
         return got
 
     def _dict_method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value | None:
@@ -422,7 +442,7 @@ class Evaluator:
     def _touch_all(self, node: cst.CSTNode, why: str) -> None:
         """Code the analysis cannot see, run here with access to the optimizer: it may read and
         write every param, gradient and state tensor, and keep the gradients."""
-        for b in buffers(self.unknowns.opaque):
+        for b in self.unknowns.roles:
             self.eff.reads.append(("@expr", b, node))
             self.eff.writes.append(("@expr", b))
         self.eff.escapes.append(("grad", why, node))
@@ -486,7 +506,9 @@ class Evaluator:
         for var in free:  # and a closure the caller's own lists
             if added.get(var):
                 self.eff.weak[var] = self.eff.weak.get(var, EMPTY) | added[var]
-        return self.unknowns.helper_returns.get(name, self._opaque())
+        # a helper the analysis follows: what it returns so far (the analysis iterates until
+        # these stop growing, so starting from nothing reaches the least sound answer)
+        return self.unknowns.helper_returns.get(name, EMPTY)
 
     def define(self, node: cst.FunctionDef | cst.ClassDef) -> None:
         """A `def` or `class` statement inside the analysed function."""
@@ -531,7 +553,7 @@ class Evaluator:
             for a in node.args:
                 self.read(a.value)
             var = func.value.value if isinstance(func.value, cst.Name) else "@expr"
-            for b in buffers(recv):
+            for b in self.touched(recv):
                 self.eff.writes.append((var, b))
             return recv
         self._note_read(func.value, recv)
@@ -557,7 +579,7 @@ class Evaluator:
                 for arg in node.args[1:]:
                     self.read(arg.value)
                 var = pos[0].value if isinstance(pos[0], cst.Name) else "@expr"
-                for b in buffers(target):
+                for b in self.touched(target):
                     self.eff.writes.append((var, b))
                 return EMPTY
             v = EMPTY
@@ -573,7 +595,7 @@ class Evaluator:
         if out_arg is not None:
             target = self.peek(out_arg)
             var = out_arg.value if isinstance(out_arg, cst.Name) else "@expr"
-            for b in buffers(target):
+            for b in self.touched(target):
                 self.eff.writes.append((var, b))
             return target
         if fn in cat.creation:
@@ -585,14 +607,16 @@ class Evaluator:
         if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
             for b in buffers(args_v):
                 self.eff.writes.append(("@expr", b))
-        if args_v & {"param", OPAQUE, "%self", "%group", "%groups", "%statedict", "%pstate"}:
-            # `torch.nn.utils.clip_grad_norm_(params)` reads and writes the params' .grad
+        if "." in fn and not fn.startswith(DATA_NAMESPACES) and args_v & {
+                "param", OPAQUE, "%self", "%group", "%groups", "%statedict", "%pstate"}:
+            # `torch.nn.utils.clip_grad_norm_(params)` reads and writes the params' .grad (the
+            # ops of `torch.` itself see the data of the tensors they are given, never .grad)
             self._touch_all(node, f"`torch.{fn}` is given params and may use their gradients")
         return args_v  # unknown torch function: its result may alias its arguments
 
     def _overwrite(self, target: cst.BaseExpression, v: Value) -> None:
-        bufs = buffers(v)
-        if len(bufs) == 1:
+        bufs = self.touched(v)
+        if len(bufs) == 1 and OPAQUE not in v:
             self.eff.kills |= bufs
         var = target.value if isinstance(target, cst.Name) else "@expr"
         for b in bufs:
@@ -600,8 +624,8 @@ class Evaluator:
 
     def _alloc(self, node: cst.BaseExpression, op: str, form: str,
                operands: list[cst.BaseExpression], inputs: Value) -> Value:
-        if not buffers(inputs):
-            return EMPTY  # scalar arithmetic
+        if not buffers(inputs):  # scalar arithmetic, or a new object made from opaque ones
+            return self._opaque() if OPAQUE in flat(inputs) else EMPTY
         site = self.site_of[node]
         self.eff.allocs.append(Alloc(node, site, op, form, operands, self._comprehension > 0))
         return frozenset({site}) | (LIST if form == "foreach" else EMPTY)

@@ -8,3 +8,7 @@ class RewriteError(Exception):
         super().__init__(f"{where}: {reason}")
         self.where = where
         self.reason = reason
+
+
+class AnalysisLimit(RewriteError):
+    """The analysis of one class could not finish soundly (it is refused; the module goes on)."""

@@ -18,7 +18,7 @@ from gsr_rewrite.analysis import ClassAnalysis, analyse_class
 from gsr_rewrite.catalog import OpCatalog, load_catalog
 from gsr_rewrite.closures import LOCALS
 from gsr_rewrite.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
-from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.errors import AnalysisLimit, RewriteError
 from gsr_rewrite.locate import OptimizerClass, SourceModule, parse
 from gsr_rewrite.plan import FunctionPlan, Placement, plan_class
 from gsr_rewrite.stripmine import (
@@ -148,7 +148,10 @@ def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -
     if "step" not in cls.methods:
         return ClassOutcome(cls.name, "refused", f"{src.where(cls.node)}: no `step` method here "
                             "or in a base class in this module")
-    analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
+    try:
+        analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
+    except AnalysisLimit as e:  # this class only: the others of the module go on
+        return ClassOutcome(cls.name, "refused", f"{e.where}: {e.reason}")
     plans = plan_class(analysis, catalog)  # 4. place temporaries in dead buffers
     for fp in plans:
         _drop_unguardable(fp, src)

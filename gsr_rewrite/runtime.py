@@ -45,7 +45,8 @@ def _dense(t: Tensor) -> bool:
 
 
 def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
-    """True when each host tensor can hold a temporary computed from the `like` tensors."""
+    """True when each host tensor can hold a temporary computed from the `like` tensors: same
+    shape, dtype, device and strides, dense, no storage shared with them."""
     if not hosts and not like:
         return False
     ref = (*hosts, *like)[0]
@@ -64,6 +65,10 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
         storage = _storage(h)
         for t in like:
             if t is not h and storage is not None and _storage(t) == storage:
+                return False
+            # the original's result takes its operands' memory layout; in the host it takes
+            # the host's: a later reduction over it (`update.norm()`) would add in another order
+            if t.stride() != h.stride():
                 return False
     GUARD_HITS[0] += 1
     return True

@@ -101,8 +101,9 @@ PROOF_STEPS = 3
 def prove_class(original: type, rewritten: type) -> Proof:
     """Per-element symbolic execution of both steps: every configuration of
     `check.stress_configs` (each boolean flipped, each numeric option that is off by default
-    turned on, alone and together), both foreach paths, PROOF_STEPS steps, params of ranks 1-3 in two param groups, and
-    everything the optimizer keeps on `self` compared (symbolic.PROOF_SHAPES)."""
+    turned on, alone and together), both foreach paths, PROOF_STEPS steps, params of ranks 1-3
+    in two param groups, and everything the optimizer keeps on `self` compared
+    (symbolic.PROOF_SHAPES)."""
     from gsr_rewrite import runtime
     from gsr_rewrite.check import stress_configs
     from gsr_rewrite.symbolic import PROOF_SHAPES, validate_rewrite

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -125,8 +126,9 @@ def test_diff_shows_the_rewrite(tmp_path: Path) -> None:
     assert "+class AdanR(Adan):" in stdout and "+from gsr_rewrite import runtime as _gsr" in stdout
 
 
-def test_both_examples_rewrite_and_check_under_10_s(tmp_path: Path) -> None:
-    """The whole job from the command line, in a fresh process, as a user runs it."""
+def test_both_examples_rewrite_and_check_under_20_s(tmp_path: Path) -> None:
+    """The whole job from the command line, in a fresh process, as a user runs it: rewrite,
+    certify (symbolic proof and the stress matrix), measure. About 9 s on a 2-core CPU."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     proc = subprocess.run(
@@ -136,10 +138,11 @@ def test_both_examples_rewrite_and_check_under_10_s(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, check=False)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("check: 10/10 runs passed (bitwise)") == 2, proc.stdout
+    passed = re.findall(r"check: (\d+)/(\d+) runs passed \(bitwise\)", proc.stdout)
+    assert len(passed) == 2 and all(a == b and int(a) >= 40 for a, b in passed), proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     for source in report["sources"]:
         for cls in source["classes"]:
             for key, m in cls["check"]["measured_units"].items():
                 assert m["rewritten_bytes"] < m["param_bytes"] / 1000, key
-    assert elapsed < 10.0, f"took {elapsed:.1f} s"
+    assert elapsed < 20.0, f"took {elapsed:.1f} s"
