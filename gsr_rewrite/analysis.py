@@ -7,6 +7,7 @@ any of them apply to the whole class: a gradient that escapes anywhere is never 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -90,7 +91,8 @@ class _Sites(Mapping[cst.CSTNode, str]):
 
 def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], list[str]]:
     pos = [p.name.value for p in (*func.params.posonly_params, *func.params.params)]
-    if is_method and pos:
+    static = any(dotted(d.decorator) == "staticmethod" for d in func.decorators)
+    if is_method and pos and not static:  # self (or cls): not an argument of the call
         pos = pos[1:]
     return pos, [p.name.value for p in func.params.kwonly_params]
 
@@ -132,8 +134,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = _param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
-        known = Unknowns(unknowns.roles, unknowns.self_constants, unknowns.opaque_globals,
-                         unknowns.harmless_self_methods, dict(foreign), dict(returns))
+        known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign),
+                                    helper_returns=dict(returns))
 
         def make_eval(pt: PointsTo) -> Evaluator:
             return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
@@ -310,5 +312,8 @@ def _unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozenset[str
                     targets = [t.target for t in small.targets] \
                         if isinstance(small, cst.Assign) else [small.target]
                     opaque_globals |= {t.value for t in targets if isinstance(t, cst.Name)}
+    callables = frozenset(m for m, f in cls.methods.items() if any(
+        dotted(d.decorator) in ("staticmethod", "classmethod") for d in f.decorators))
+    names = frozenset({cls.name, *cls.bases}) & {c.name for c in src.classes} | {cls.name}
     return Unknowns(roles, constants, frozenset(opaque_globals) - set(src.functions),
-                    HARMLESS_OPTIMIZER_METHODS)
+                    HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables)

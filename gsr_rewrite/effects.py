@@ -77,6 +77,10 @@ class Unknowns:
     opaque_globals: frozenset[str] = frozenset()  # module globals that are not constants
     harmless_self_methods: frozenset[str] = frozenset()  # Optimizer methods that touch nothing
     foreign_helpers: Mapping[str, int] = field(default_factory=dict)  # see Effects.foreign
+    #: the class and its bases in the module, and its static and class methods: `Cls.m(...)`,
+    #: `type(self).m(...)` and `self.__class__.m(...)` call them as `self.m(...)` does
+    class_names: frozenset[str] = frozenset()
+    class_callables: frozenset[str] = frozenset()
     #: what each analysed helper returns, so far (see Evaluator._helper_call)
     helper_returns: Mapping[str, Value] = field(default_factory=dict)
 
@@ -338,6 +342,9 @@ class Evaluator:
                 for t in targets:
                     self._helper_call(t, node)
                 return frozenset().union(*(self._torch(node, op) for op in ops))
+        if isinstance(func, cst.Attribute) and func.attr.value in self.unknowns.class_callables \
+                and func.attr.value in self.methods and self._names_the_class(func.value):
+            return self._helper_call("self." + func.attr.value, node)
         known = self._known(name)
         if known is not None:
             return self._known_call(node, known)
@@ -409,6 +416,16 @@ class Evaluator:
             # was given no access to the optimizer, so its result is what it was given
             return got - self._opaque()
         return got
+
+    def _names_the_class(self, e: cst.BaseExpression) -> bool:
+        """`Cls`, `type(self)`, `self.__class__` (the static or class method they reach is the
+        class's own, as `self.m` is)."""
+        if isinstance(e, cst.Name):
+            return e.value in self.unknowns.class_names and e.value not in self.pt
+        if isinstance(e, cst.Call):
+            return dotted(e.func) == "type" and len(e.args) == 1 and \
+                isinstance(e.args[0].value, cst.Name) and e.args[0].value.value == "self"
+        return dotted(e) == "self.__class__"
 
     def _dict_method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value | None:
         """`state.get("k", d)`, `state.setdefault("k", v)`, `self.state.get(p)`, `group.get("lr")`
