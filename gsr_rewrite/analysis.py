@@ -135,7 +135,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         pos, kw = _param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
         known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign),
-                                    helper_returns=dict(returns))
+                                    helper_returns=dict(returns),
+                                    local_lists=_local_lists(fa.func, fa.free))
 
         def make_eval(pt: PointsTo) -> Evaluator:
             return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
@@ -235,6 +236,74 @@ _MODE_DECORATORS = {"torch.no_grad", "torch.enable_grad", "torch.inference_mode"
 #: methods of torch.optim.Optimizer that a step may call and that touch no tensor of it
 HARMLESS_OPTIMIZER_METHODS = frozenset({"_cuda_graph_capture_health_check",
                                         "_accelerator_graph_capture_health_check"})
+
+
+def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]:
+    """Unknowns.local_lists of `func`: every binding of the name in its body (nested functions
+    aside) is a list display, a list comprehension or `list(...)`; or it is a parameter, or a
+    variable of the enclosing function that a nested one reads (`free`: its caller's list)."""
+    ok: set[str] = set()
+    bad: set[str] = set()
+
+    def is_list(v: cst.BaseExpression | None) -> bool:
+        return isinstance(v, (cst.List, cst.ListComp)) or (
+            isinstance(v, cst.Call) and dotted(v.func) == "list")
+
+    def bind(target: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
+        if isinstance(target, cst.Name):
+            (ok if is_list(value) else bad).add(target.value)
+        elif isinstance(target, (cst.Tuple, cst.List)) and \
+                isinstance(value, (cst.Tuple, cst.List)) and \
+                len(target.elements) == len(value.elements) and not any(
+                    isinstance(el, cst.StarredElement) for el in (*target.elements,
+                                                                  *value.elements)):
+            for t, v in zip(target.elements, value.elements, strict=True):  # `a, b = [], []`
+                bind(t.value, v.value)
+        else:
+            bad.update(_bound(target))
+
+    class _Bindings(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is func  # nested functions bind their own names
+
+        def visit_Lambda(self, node: cst.Lambda) -> bool:
+            return False
+
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                bind(t.target, node.value)
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            if isinstance(node.target, cst.Name) and node.value is not None:
+                (ok if is_list(node.value) else bad).add(node.target.value)
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            bad.update(_bound(node.target))
+
+        def visit_For(self, node: cst.For) -> None:
+            bad.update(_bound(node.target))
+
+        def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+            bad.update(_bound(node.target))
+
+        def visit_WithItem(self, node: cst.WithItem) -> None:
+            if node.asname is not None:
+                bad.update(_bound(node.asname.name))
+
+    func.visit(_Bindings())
+    params = {p.name.value for p in (*func.params.posonly_params, *func.params.params,
+                                     *func.params.kwonly_params)}
+    return frozenset((ok - bad) | (params - bad) | (set(free) - bad))
+
+
+def _bound(t: cst.BaseExpression) -> set[str]:
+    if isinstance(t, cst.Name):
+        return {t.value}
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return {n for el in t.elements for n in _bound(el.value)}
+    if isinstance(t, cst.StarredElement):
+        return _bound(t.value)
+    return set()
 
 
 def _returned(fa: FunctionAnalysis,

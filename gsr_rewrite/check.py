@@ -216,7 +216,9 @@ def _compare_values(a: Any, b: Any, what: str, crit: _Criteria) -> tuple[float, 
             if msg:
                 return worst, msg
         return worst, None
-    if isinstance(a, list | tuple) and type(a) is type(b):
+    if isinstance(a, collections.deque) and type(a) is type(b) and a.maxlen != b.maxlen:
+        return math.inf, f"{what} has maxlen {a.maxlen} vs {b.maxlen}"
+    if isinstance(a, list | tuple | collections.deque) and type(a) is type(b):
         if len(a) != len(b):
             return math.inf, f"{what} has length {len(a)} vs {len(b)}"
         return _compare_values(dict(enumerate(a)), dict(enumerate(b)), what, crit)
@@ -610,13 +612,17 @@ def _state_dict_swap(
             if msg is not None:
                 outcome.failure = f"after step {steps_before}: R-variant vs original: {msg}"
         if outcome.failure is None and outcome.not_applicable is None:
+            # the reference is the original loaded from its own checkpoint: load_state_dict
+            # itself changes some state (a deque loses its maxlen), for both classes alike
+            to_ref = _clone_params(orig.params)
             to_r = _clone_params(orig.params)
             to_o = _clone_params(rvar.params)
             runs = [
-                orig,
+                _Run("original loaded from original", original_cls(to_ref, **kwargs), to_ref),
                 _Run("R-variant loaded from original", rewritten_cls(to_r, **kwargs), to_r),
                 _Run("original loaded from R-variant", original_cls(to_o, **kwargs), to_o),
             ]
+            runs[0].optimizer.load_state_dict(copy.deepcopy(sd_o))
             runs[1].optimizer.load_state_dict(sd_o)
             runs[2].optimizer.load_state_dict(sd_r)
             # attributes on self: not in a checkpoint, so a loaded original lacks them as well

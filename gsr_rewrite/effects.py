@@ -81,6 +81,10 @@ class Unknowns:
     #: `type(self).m(...)` and `self.__class__.m(...)` call them as `self.m(...)` does
     class_names: frozenset[str] = frozenset()
     class_callables: frozenset[str] = frozenset()
+    #: names of the function being analysed that only ever hold a list it made itself (`xs =
+    #: []`, `[f(x) for ...]`, `list(...)`) or that are its parameters (what a helper appends to
+    #: a parameter is handed back to its callers); `.append` on any other name is unknown
+    local_lists: frozenset[str] = frozenset()
     #: what each analysed helper returns, so far (see Evaluator._helper_call)
     helper_returns: Mapping[str, Value] = field(default_factory=dict)
 
@@ -353,7 +357,7 @@ class Evaluator:
                     is_container(self.peek(func.value)):
                 return _dict_view(self.peek(func.value), func.attr.value)
             if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name) \
-                    and _local_list(self.peek(func.value)):
+                    and func.value.value in self.unknowns.local_lists:
                 v = flat(self.value(node.args[0].value)) if node.args else EMPTY
                 lst = func.value.value
                 self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
@@ -517,15 +521,24 @@ class Evaluator:
         bound = [*zip(params, [a for a in node.args if a.keyword is None], strict=False),
                  *((a.keyword.value, a) for a in node.args if a.keyword is not None)]
         for param, arg in bound:  # `self._init_group(group, params, grads)` fills the lists
-            if isinstance(arg.value, cst.Name) and added.get(param):
-                lst = arg.value.value
-                self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | added[param]
+            if added.get(param):
+                self._filled(arg.value, added[param], name)
         for var in free:  # and a closure the caller's own lists
             if added.get(var):
-                self.eff.weak[var] = self.eff.weak.get(var, EMPTY) | added[var]
+                self._filled(cst.Name(var), added[var], name)
         # a helper the analysis follows: what it returns so far (the analysis iterates until
         # these stop growing, so starting from nothing reaches the least sound answer)
         return self.unknowns.helper_returns.get(name, EMPTY)
+
+    def _filled(self, lst: cst.BaseExpression, added: Value, helper: str) -> None:
+        """A helper appended `added` to the list `lst` the caller gave it: a list of the caller's
+        own holds them from now on; any other container keeps them (they escape)."""
+        if isinstance(lst, cst.Name) and lst.value in self.unknowns.local_lists:
+            self.eff.weak[lst.value] = self.eff.weak.get(lst.value, EMPTY) | added
+            return
+        for b in buffers(added):
+            self.eff.escapes.append((b, f"appended by `{helper}` to a container the analysis "
+                                     "does not follow", lst))
 
     def define(self, node: cst.FunctionDef | cst.ClassDef) -> None:
         """A `def` or `class` statement inside the analysed function."""
@@ -550,7 +563,11 @@ class Evaluator:
             self._note_read(func.value, recv)
             for a in node.args:
                 self.read(a.value)
-            return EMPTY
+            if m in ("max", "min") and len(node.args) == 1 and not _is_int(node.args[0].value) \
+                    and node.args[0].keyword is None:  # `x.max(y)`: elementwise
+                return self._alloc(node, m + "imum", "method", [func.value, node.args[0].value],
+                                   recv | self.value(node.args[0].value))
+            return _reduced(node, 0)
         if m in cat.inplace_kill:
             for a in node.args:
                 self.read(a.value)
@@ -619,8 +636,13 @@ class Evaluator:
             return self._alloc(node, fn, "creation", pos[:1], args_v)
         if fn in cat.elementwise:
             return self._alloc(node, fn, "function", pos, args_v)
-        if fn in cat.reduce or fn in cat.metadata or fn.startswith(("linalg.", "is_")):
-            return EMPTY  # not parameter-sized: a reduction, a bool (`torch.is_complex(p)`)
+        if fn in ("max", "min") and len(pos) == 2 and not _is_int(pos[1]):
+            # `torch.max(a, b)`: the elementwise maximum (torch.maximum), parameter-sized
+            return self._alloc(node, fn + "imum", "function", pos, args_v)
+        if fn in cat.reduce or fn.startswith("linalg."):
+            return _reduced(node, 1)  # a reduction: 0-d without dims, else of unknown shape
+        if fn in cat.metadata or fn.startswith("is_"):
+            return EMPTY  # not a tensor of the step: a bool (`torch.is_complex(p)`), a shape
         if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
             for b in buffers(args_v):
                 self.eff.writes.append(("@expr", b))
@@ -648,12 +670,22 @@ class Evaluator:
         return frozenset({site}) | (LIST if form == "foreach" else EMPTY)
 
 
-def _local_list(v: Value) -> bool:
-    """A list the analysed code made itself (`xs = []`, then appends): nothing outside the
-    function holds it. Anything else (a list kept in state or on self, an unknown object) is a
-    container whose `.append` keeps what it is given."""
-    bufs = buffers(v)
-    return not (flat(v) - bufs - LIST) and (not bufs or "%list" in v)
+#: a tensor of unknown shape that aliases nothing (a reduction over some dims): the analysis
+#: does not count it as a buffer, but it is a tensor operand (guards check it) and never a host
+#: scalar of a strip-mined run
+SHAPED = "%shaped"
+
+
+def _is_int(e: cst.BaseExpression) -> bool:
+    return isinstance(e, cst.Integer) or (isinstance(e, cst.UnaryOperation)
+                                          and isinstance(e.expression, cst.Integer))
+
+
+def _reduced(node: cst.Call, first: int) -> Value:
+    """A reduction's result: a 0-d tensor (a host scalar to the analysis, it broadcasts like
+    one) when it is given no dimension, else SHAPED."""
+    dims = [a for a in node.args[first:] if a.keyword is None or a.keyword.value in ("dim", "axis")]
+    return frozenset({SHAPED}) if dims else EMPTY
 
 
 def store_in_state(ev: Evaluator, v: Value, where: cst.CSTNode) -> None:

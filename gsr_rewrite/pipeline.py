@@ -160,6 +160,14 @@ def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -
         regions = strip_mine(fp, catalog, src.line_of)
         if regions:
             out.regions[fp.name] = regions
+        # a strip-mined temporary is strip-sized, and its name no longer holds it after its
+        # run: outside the run nothing may be placed in its buffer
+        inside = _statements_of(regions)
+        stripped = {p.alloc.site for p in fp.placements if p.strips}
+        for p in fp.placements:
+            if p.placed and p.storage in stripped and id(p.node.line) not in inside:
+                p.storage = None
+                p.reason = "its host, a temporary, is strip-mined"
     for fp in plans:
         for p in fp.placements:
             if not p.placed and not p.strips and (p.reason == "kept as state" or
@@ -182,6 +190,21 @@ def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -
     else:
         out.reason = "no temporary could be placed in a dead buffer (see each temporary)"
     return out
+
+
+def _statements_of(regions: Sequence[StripRegion]) -> set[int]:
+    """ids of every statement inside the strip-mined runs."""
+    found: set[int] = set()
+
+    class _Statements(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            found.add(id(node))
+            return not isinstance(node, cst.BaseExpression)
+
+    for r in regions:
+        for stmt in r.block.body[r.start:r.end]:
+            stmt.visit(_Statements())
+    return found
 
 
 def _code(node: cst.CSTNode) -> str:

@@ -17,7 +17,7 @@ import libcst as cst
 from gsr_rewrite.analysis import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.catalog import OpCatalog
 from gsr_rewrite.dataflow import Node, assigned_names, must_reach, preds_of
-from gsr_rewrite.effects import OPAQUE, Alloc, buffers, flat, is_role
+from gsr_rewrite.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_role
 from gsr_rewrite.values import is_structured
 
 
@@ -93,7 +93,8 @@ class _FunctionPlanner:
         a, n = p.alloc, p.node
         p.nested_operands = [id(op) in sites for op in a.operands]
         p.tensor_operands = [id(op) in sites or bool(buffers(_value_at(n, op)))
-                             or OPAQUE in flat(_value_at(n, op)) for op in a.operands]
+                             or bool({OPAQUE, SHAPED} & flat(_value_at(n, op)))
+                             for op in a.operands]
         if a.site in self.escaped:  # kept somewhere: it must own its storage
             p.reason = f"the temporary escapes: {self.escaped[a.site]}"
             return

@@ -34,7 +34,7 @@ import libcst as cst
 from gsr_rewrite.catalog import OpCatalog
 from gsr_rewrite.closures import loaded_names
 from gsr_rewrite.dataflow import Node, PointsTo, must_reach, preds_of, read_parts
-from gsr_rewrite.effects import EMPTY, OPAQUE, _for_ins, buffers, dotted, names_in
+from gsr_rewrite.effects import EMPTY, OPAQUE, SHAPED, _for_ins, buffers, dotted, names_in
 from gsr_rewrite.emit import Renamer
 from gsr_rewrite.plan import FunctionPlan, Placement
 
@@ -310,7 +310,7 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         if n.eff.persistent:
             raise _Refuse("a tensor it allocates is kept as optimizer state")
         used = names_in(n.node) if n.node is not None else set()
-        if n.eff.foreign or any(OPAQUE in n.pt_in.get(x, EMPTY) for x in used):
+        if n.eff.foreign or any({OPAQUE, SHAPED} & n.pt_in.get(x, EMPTY) for x in used):
             raise _Refuse("it reads an object the analysis does not model (an attribute of "
                           "self, a global, a call's result): its shape is unknown")
     assigned = _assigned_before(nodes, entry, preds, inside)
