@@ -309,7 +309,8 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse(f"it appends to `{min(n.eff.weak)}` once per strip")
         if n.eff.persistent:
             raise _Refuse("a tensor it allocates is kept as optimizer state")
-        used = names_in(n.node) if n.node is not None else set()
+        used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
+            if n.node is not None else set()
         if n.eff.foreign or any({OPAQUE, SHAPED} & n.pt_in.get(x, EMPTY) for x in used):
             raise _Refuse("it reads an object the analysis does not model (an attribute of "
                           "self, a global, a call's result): its shape is unknown")

@@ -47,9 +47,53 @@ Every program ends by updating the params from computed temporaries (each tempor
 is consumed there), optionally followed by a last read of the gradient (`p.add_(grad, ...)`) and
 the overwrite of a previous-gradient state (`prev_grad.copy_(grad)`).
 
+Constructs (CONSTRUCTS; `Program.features` lists those a program has). Half of the programs have
+none: a first coin decides, so a shrunk program loses them all; the other half one or more, each
+by its own coin. They are the objects, calls and control flow a default-deny analysis must not be
+fooled by; their lines do not count in the 5-15 statements:
+
+- "self_log":     `self.log.append(x)` (x a temporary or the gradient, no copy, or a copy;
+                  `self.log = []` in __init__), sometimes bounded (`self.log.pop(0)`); in the
+                  helper styles, `self.log.append(grads)` in step before or after the call;
+- "self_prev":    `self.prev[p] = x` (foreach: `for q, u in zip(params, xs)`), and sometimes a
+                  read `self.prev[p] * 0.5 if p in self.prev else torch.zeros_like(p)`;
+- "state_hist":   `state.setdefault("hist", [])` or `deque(maxlen=2)` in state, appended to
+                  directly or through `hist = state.setdefault(...)`, maybe popped, maybe read
+                  back (`torch.stack(list(hist)).mean(0)`, `hist[0] * 0.5`); in the foreach and
+                  helper styles in the collecting loop, with `p.grad` (or a copy);
+- "helper_fn":    `_direction(g, m)` returning a temporary (or an alias of its argument), as a
+                  module-level function, a method or a staticmethod; sometimes two calls in a row;
+- "try_raise":    try/except around the body (or around the param loop / helper call), with
+                  `if group["flag_a"]: raise _GenSkip()` (a custom exception, or ValueError;
+                  raised only under a flipped flag, or never: `group["flag_b"] and beta1 < 0`,
+                  or from the third param on: `p.numel() > 20`) at a statement boundary, and a
+                  handler that reads the gradient(s) (and may count `self.fallbacks += 1`);
+- "getattr_grad": `grad = getattr(p, "grad", None)` in place of `p.grad`;
+- "minmax":       builtin max/min over hyperparameters (`lr = min(group["lr"], 1.0)`) and over a
+                  0-d tensor (`x / max(y.norm(), 1.0)`), element-wise `torch.max(a, b)` /
+                  `torch.min(a, b)`, and the reduction `torch.max(t)` (of a tensor that holds a
+                  1 besides `|y|`, so that it is never empty);
+- "next_iter":    `first = next(iter(group["params"]))` (or `next(iter(grads))`), whose
+                  gradient's norm scales the update: `fscale = 1 / (float(first.grad.norm()) + 1)`;
+- "super_call":   the class derives from `_GenBase(Optimizer)` defined in the module, whose method
+                  step calls through `super()` (or `self`): `_record(t)` keeps its tensor
+                  (`self.recorded = t`), reads it (`self.total += float(t.sum())`), or appends its
+                  norm to a list made by the base's __init__; `_scaled(t)` returns a new tensor;
+- "other_grads":  other params' gradients read from inside the per-param loop: the previous one
+                  (`group["params"][i - 1].grad`, `grads[i - 1]`) or a global norm of all of them
+                  (`clip = min(1.0, 1.0 / (total + 1e-6))`), used as a scalar; or the global norm
+                  before the loop (a safe read) or after the update (`self.grad_norm = ...`);
+- "tensor_lr":    `lr` is a 0-d tensor group option (`lr=torch.tensor(float(lr))` in the
+                  defaults), used wherever torch 2.x takes it (`alpha=-lr`, `lr * u`), never as a
+                  positional foreach scalar.
+
+Programs with constructs stay valid under every configuration the checks use (a duplicated
+param, two param groups, bf16, overlapping grads): scalars read from gradients are norms (an
+empty tensor has norm 0), never maxima.
+
 ALIASES and FUNCTIONAL_STATE switch off the two program features that found the bugs listed next
-to them; the test keeps both on. Turning them off (in every process that generates) helps tell a
-regression of those from a new kind of bug.
+to them, NEW_CONSTRUCTS all of the constructs; the test keeps them on. Turning them off (in every
+process that generates) helps tell a regression of those from a new kind of bug.
 """
 
 from __future__ import annotations
@@ -70,8 +114,52 @@ ALIASES = True
 #: False: no state rebound to a new tensor mid-step (`m = m.mul(b).add(g); state["m"] = m`). These
 #: found a second bug (the new state buffer was used as scratch after its last write).
 FUNCTIONAL_STATE = True
+#: False: none of the CONSTRUCTS below (the programs of the first generator only).
+NEW_CONSTRUCTS = True
 #: boolean hyperparameters of every generated class, with their defaults
 FLAGS = {"maximize": False, "flag_a": False, "flag_b": True}
+
+#: The optional constructs (see "Constructs" in the module docstring), each with the styles that
+#: can have it. Half of the programs get none; the other half one or more, each independently.
+CONSTRUCTS: dict[str, tuple[str, ...]] = {
+    "self_log": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "self_prev": ("loop", "foreach"),
+    "state_hist": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "helper_fn": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "try_raise": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "getattr_grad": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "minmax": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "next_iter": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "super_call": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "other_grads": ("loop", "foreach", "loop-helper", "foreach-helper"),
+    "tensor_lr": ("loop", "foreach", "loop-helper", "foreach-helper"),
+}
+#: constructs that keep a tensor made in an earlier step somewhere and drop it later (a bounded
+#: list, a deque with maxlen, `self.prev[p] = ...`, `self.recorded = t`): see frees_old_state
+_KEEPS_OLD = {"self_log", "self_prev", "state_hist", "super_call"}
+
+# helpers that return a temporary (or, marked False, an alias of an argument): (body, fresh)
+HELPERS_LOOP = [
+    ("return m.mul(2) - g", True),
+    ("d = m.clone()\nd.add_(g, alpha=-0.5)\nreturn d", True),
+    ("return torch.where(m * g > 0, m, g * 0.5)", True),
+    ("m2 = m * 0.5\nreturn m2.add_(g)", True),
+    ("return g.view_as(g)", False),
+]
+HELPERS_FOREACH = [
+    ("return torch._foreach_sub(torch._foreach_mul(m, 2), g)", True),
+    ("d = torch._foreach_mul(m, 1.0)\ntorch._foreach_add_(d, g, alpha=-0.5)\nreturn d", True),
+    ("return [x.mul(2) - y for x, y in zip(m, g)]", True),
+    ("return list(g)", False),
+]
+# methods of the base class `_GenBase` that step reaches through `super()` (or `self`):
+# (kind, body); "record" keeps or reads its tensor argument, "scaled" returns a new tensor
+BASE_METHODS = [
+    ("record", "self.recorded = t"),
+    ("record", "self.total = getattr(self, \"total\", 0.0) + float(t.sum())"),
+    ("record", "self.norms.append(t.norm())"),
+    ("scaled", "return t.mul(0.5)"),
+]
 
 
 # -- choosers ---------------------------------------------------------------------------------
@@ -232,6 +320,21 @@ FOREACH_EXPR: dict[str, list[Tpl]] = {
         "torch._foreach_add({P}, {N})", "torch._foreach_mul({P}, {q})",
     ),
 }
+# constructs "minmax": builtin max/min over numbers and 0-d tensors, torch.max/min of two tensors
+MINMAX_LOOP_EXPR = {
+    REAL: _t("torch.max({R}, {R})", "torch.min({R}, {R})", "{r} / max({R}.norm(), 1.0)",
+             "{r} / torch.max(torch.cat([{R}.abs().flatten(), {R}.new_ones(1)]))"),
+    NONNEG: _t("torch.max({N}, {R})", "torch.min({N}, {r}.abs())"),
+    POS: _t("torch.max({P}, {R})", "{n} + max(eps, 0.5)"),
+}
+MINMAX_FOREACH_EXPR = {
+    REAL: _t("torch._foreach_mul({R}, min(beta1, 0.5))", "torch._foreach_div({R}, max(beta2, 1.0))"),
+    NONNEG: _t("torch._foreach_mul({N}, min(beta2, 0.5))"),
+    POS: _t("torch._foreach_add({N}, max(eps, 0.5))"),
+}
+#: templates whose {s} must be a Python number (a positional foreach scalar): no tensor lr there
+NEEDS_NUMBER = {"torch._foreach_addcmul({R}, {R}, {R}, {s})"}
+
 FOREACH_BASE = {NONNEG: _t("torch._foreach_abs({R})", "torch._foreach_mul({X}, {X})"),
                 POS: _t("torch._foreach_add(torch._foreach_abs({R}), {c})")}
 
@@ -340,6 +443,7 @@ class Program:
     statements: int = 0  # statements of the generated body (after the state set-up)
     #: step frees a tensor made before it (a state rebound to a new tensor, the old one dropped)
     frees_old_state: bool = False
+    features: list[str] = field(default_factory=list)  # the CONSTRUCTS it has
 
 
 class _Builder:
@@ -356,15 +460,37 @@ class _Builder:
         self.base_tpls = FOREACH_BASE if self.foreach else LOOP_BASE
         self.grad = "grads" if self.foreach else "grad"
         self.param = "params" if self.foreach else "p"
+        # -- the CONSTRUCTS (all empty / off unless _program turns them on) --
+        self.features: set[str] = set()
+        self.scalars = {k: list(v) for k, v in SCALARS.items()}
+        self.extra = 0  # body lines of constructs: not counted by size()
+        self.group_pre: list[str] = []  # group level, before the param loop / helper call
+        self.group_post: list[str] = []  # group level, after it
+        self.collect_extra: list[str] = []  # the collecting loop, after the state set-up
+        self.module_pre: list[str] = []  # module level, before the class
+        self.methods: list[str] = []  # more methods of the class (after __init__)
+        self.init_extra: list[str] = []  # __init__, after super().__init__
+        self.imports: list[str] = []
+        self.hyper: dict[str, str] = {}  # hyperparameter -> its line's right-hand side
+        self.base = "Optimizer"
+        self.loop_head = 'for p in group["params"]:'
+        self.getattr_grad = False
+        self.tensor_lr = False
+        self.try_outer: tuple[str, list[str]] | None = None  # (except line, handler lines)
+        self.helper_call: tuple[str, bool] = ("_direction", True)  # (callee, returns fresh)
+        self.base_method: tuple[str, str] = ("record", "")  # a BASE_METHODS entry
+        self.loop_form = "zip"  # how a loop helper walks its lists: zip, enumerate, range
 
     # -- output --------------------------------------------------------------------------
-    def emit(self, text: str) -> None:
+    def emit(self, text: str, extra: bool = False) -> None:
         for line in text.split("\n"):
             self.body.append("    " * self.indent + line)
+            self.extra += extra
 
     def size(self) -> int:
-        """Statements emitted so far (an `if` counts, its `else:` does not)."""
-        return sum(1 for line in self.body if line.strip() != "else:")
+        """Statements emitted so far (an `if` counts, its `else:` does not), constructs not
+        counted."""
+        return sum(1 for line in self.body if line.strip() != "else:") - self.extra
 
     def new_name(self) -> str:
         free = [n for n in self.names if n not in self.values]
@@ -399,8 +525,11 @@ class _Builder:
             key = m.group(1)
             if key in fixed:
                 return fixed[key]
-            if key in SCALARS:
-                return self.ch.choice(SCALARS[key])
+            if key in self.scalars:
+                options = self.scalars[key]
+                if self.tensor_lr and tpl.text in NEEDS_NUMBER:
+                    options = [o for o in options if "lr" not in o]
+                return self.ch.choice(options)
             if key in ("x", "X"):
                 if "x" not in twice:
                     e = self.expr(REAL, depth)
@@ -579,6 +708,164 @@ class _Builder:
                 merged[k] = Val(meet(v.kind, w.kind), v.fresh and w.fresh, v.role)
         self.values = merged
 
+    # -- constructs (CONSTRUCTS): each emits lines that size() does not count ----------------
+    def stored(self) -> str:
+        """A value to keep in a container or on self: a temporary or the gradient itself (no
+        copy), sometimes a copy."""
+        name = self.ch.choice([*self.temps(), self.grad, self.grad])
+        self.used.add(name)
+        if self.ch.coin(0.25):
+            return f"[t.clone() for t in {name}]" if self.foreach else f"{name}.clone()"
+        return name
+
+    def one_tensor(self) -> str:
+        """A single tensor: a temporary or the gradient (in the foreach style, its first)."""
+        name = self.ch.choice([*self.temps(), self.grad])
+        self.used.add(name)
+        return f"{name}[0]" if self.foreach else name
+
+    def add_scalar(self, name: str) -> None:
+        """A Python float in (0, 1] computed from data: from here on one of the {s} and {q}."""
+        for key in ("s", "q"):
+            self.scalars[key].append(name)
+
+    def new_temp(self, code: str, fresh: bool = True) -> str:
+        name = self.new_name()
+        self.emit(f"{name} = {code}", True)
+        self.values[name] = Val(REAL, fresh, "tmp")
+        return name
+
+    def con_self_log(self) -> None:
+        self.emit(f"self.log.append({self.stored()})", True)
+        if self.ch.coin(0.5):
+            self.emit("if len(self.log) > 3:\n    self.log.pop(0)", True)
+
+    def con_self_prev_store(self) -> None:
+        v = self.stored()
+        if self.foreach:
+            self.emit(f"for q, u in zip(params, {v}):\n    self.prev[q] = u", True)
+        else:
+            self.emit(f"self.prev[p] = {v}", True)
+
+    def con_self_prev_read(self) -> None:
+        if self.foreach:
+            self.new_temp("[self.prev[q] * 0.5 if q in self.prev else torch.zeros_like(q) "
+                          "for q in params]")
+        else:
+            self.new_temp("self.prev[p] * 0.5 if p in self.prev else torch.zeros_like(p)")
+
+    def con_state_hist(self) -> None:
+        """Loop style, in the body: a list or a deque with maxlen in state."""
+        container = self.ch.choice(["[]", "deque(maxlen=2)"])
+        if container != "[]":
+            self.imports.append("from collections import deque")
+        v = self.stored()
+        if self.ch.coin(0.4):
+            self.emit(f'state.setdefault("hist", {container}).append({v})', True)
+            return
+        self.emit(f'hist = state.setdefault("hist", {container})\nhist.append({v})', True)
+        if container == "[]" and self.ch.coin(0.5):
+            self.emit("if len(hist) > 2:\n    hist.pop(0)", True)
+        if self.ch.coin(0.5):
+            self.new_temp(self.ch.choice(["torch.stack(list(hist)).mean(0)", "hist[0] * 0.5",
+                                          "hist[-1].clone()"]))
+
+    def con_helper_fn(self) -> None:
+        """`d = self._direction(a, b)`, sometimes a second call on the first one's result."""
+        call, fresh = self.helper_call
+        a, b = (self.expr(REAL, self.ch.integer(0, 1)) for _ in range(2))
+        name = self.new_temp(f"{call}({a.code}, {b.code})", fresh)
+        if not fresh and a.code in self.values:  # the result is the argument
+            self.values[a.code] = replace(self.values[a.code], fresh=False)
+        if self.ch.coin(0.4):
+            c = self.expr(REAL, 0)
+            self.used.add(name)
+            second = self.new_temp(f"{call}({name}, {c.code})", fresh)
+            if not fresh:
+                self.values[name] = replace(self.values[name], fresh=False)
+            self.used.discard(second)
+
+    def con_super_call(self) -> None:
+        kind, _ = self.base_method
+        who = self.ch.choice(["super()", "super()", "self"])
+        if kind == "record":
+            self.emit(f"{who}._record({self.one_tensor()})", True)
+        elif self.foreach:
+            a = self.expr(REAL, self.ch.integer(0, 1))
+            self.new_temp(f"[self._scaled(t) for t in {a.code}]")
+        else:
+            a = self.expr(REAL, self.ch.integer(0, 1))
+            self.new_temp(f"{who}._scaled({a.code})")
+
+    def con_next_iter(self) -> None:
+        if self.style == "loop":  # `first = next(iter(group["params"]))` at group level
+            self.emit("fscale = 1 / (float(first.grad.norm()) + 1) if first.grad is not None "
+                      "else 1.0", True)
+        else:
+            self.emit("fscale = 1 / (float(next(iter(grads)).norm()) + 1)", True)
+        self.add_scalar("fscale")
+
+    def con_neighbor(self) -> None:
+        """Another param's gradient read inside the per-param loop."""
+        if self.style == "loop":
+            self.emit('nb = group["params"][i - 1].grad\n'
+                      "nscale = 1 / (float(nb.norm()) + 1) if nb is not None else 1.0", True)
+        else:
+            self.emit("nb = grads[i - 1]\nnscale = 1 / (float(nb.norm()) + 1)", True)
+        self.add_scalar("nscale")
+
+    def con_global_norm(self) -> None:
+        """A global gradient norm computed inside the per-param loop (or the foreach body)."""
+        if self.foreach:
+            total = "float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))"
+        elif self.style == "loop":
+            total = ('sum(float(q.grad.norm()) ** 2 for q in group["params"] '
+                     "if q.grad is not None) ** 0.5")
+        else:
+            total = "sum(float(q.norm()) ** 2 for q in grads) ** 0.5"
+        self.emit(f"total = {total}\nclip = min(1.0, 1.0 / (total + 1e-6))", True)
+        self.add_scalar("clip")
+
+    def con_try_raise(self) -> None:
+        """Wraps the body (inner) or the param loop / helper call (outer) in try/except, with a
+        raise inside at a statement boundary of the body; the handler reads the gradient."""
+        exc = self.ch.choice(["_GenSkip", "ValueError"])
+        if exc == "_GenSkip":
+            self.module_pre += ["class _GenSkip(Exception):", "    pass", "", ""]
+        catch = self.ch.choice([exc, f"({exc}, RuntimeError)", "Exception"])
+        outer = self.style != "foreach" and self.ch.coin(0.4)
+        tests = ['group["flag_a"]', 'not group["flag_b"]', 'group["flag_b"] and beta1 < 0']
+        if not self.foreach:
+            tests.append('group["flag_a"] and p.numel() > 20')
+        raise_ = f"if {self.ch.choice(tests)}:\n    raise {exc}({'' if exc == '_GenSkip' else repr('skip')})"
+        spots = [i for i, line in enumerate(self.body) if not line.startswith(" ")
+                 and line != "else:"] + [len(self.body)]
+        at = self.ch.choice(spots)
+        lines = raise_.split("\n")
+        self.body[at:at] = lines
+        self.extra += len(lines)
+        counter = not self.helper and self.ch.coin(0.5)
+        if counter:
+            self.init_extra.append("self.fallbacks = 0")
+        if outer:
+            if self.helper:
+                handler = ['torch._foreach_add_(params, torch._foreach_sign(grads), '
+                           'alpha=-group["lr"] * 0.1)']
+            else:
+                handler = ['for q in group["params"]:', "    if q.grad is not None:",
+                           "        q.add_(q.grad.sign(), alpha=-lr * 0.1)"]
+            self.try_outer = (f"except {catch}:", handler + ["self.fallbacks += 1"] * counter)
+            return
+        if self.foreach:
+            handler = [f"torch._foreach_add_(params, torch._foreach_sign({self.grad}), "
+                       "alpha=-lr * 0.1)"]
+        else:
+            handler = [f"p.add_({self.grad}.sign(), alpha=-lr * 0.1)"]
+        handler += ["self.fallbacks += 1"] * counter
+        self.body = ["try:", *("    " + line for line in self.body), f"except {catch}:",
+                     *("    " + line for line in handler)]
+        self.extra += 2 + len(handler)
+
     def act_final(self) -> None:
         """Update the params from the temporaries, each unused one at least once."""
         unused = [t for t in self.temps() if t not in self.used]
@@ -598,9 +885,125 @@ def _init_line(key: str, init: str, grad: str) -> str:
     return f'state["{key}"] = {src}'
 
 
-def _program(ch: Chooser) -> tuple[str, str, int]:
+def _choose_constructs(ch: Chooser, style: str) -> set[str]:
+    """Half of the programs get no construct (a shrunk program has none); the rest one or more."""
+    if not NEW_CONSTRUCTS or not ch.coin(0.5):
+        return set()
+    available = [c for c, styles in CONSTRUCTS.items() if style in styles]
+    chosen = {c for c in available if ch.coin(0.25)}
+    return chosen or {ch.choice(available)}
+
+
+def _setup_constructs(b: _Builder, pending: list[tuple[str, str]],
+                      late: list[tuple[str, str]]) -> None:
+    """Declarations (module, class, __init__, group level) of the chosen constructs, and their
+    body actions: `pending` ones interleave with the core statements, `late` ones follow the
+    update of the params."""
+    ch, fe, features = b.ch, b.foreach, b.features
+
+    def body_action(name: str) -> None:
+        (late if ch.coin(0.3) else pending).append(("con", name))
+
+    def group_line(line: str) -> None:  # before or after the param loop / helper call
+        (b.group_pre if ch.coin(0.5) else b.group_post).append(line)
+
+    if "tensor_lr" in features:
+        b.tensor_lr = True
+    if "minmax" in features:  # builtin max/min over Python numbers; templates over tensors
+        overrides = {"lr": 'min(group["lr"], 1.0)', "eps": 'max(group["eps"], 1e-3)',
+                     "beta1": 'min(max(group["beta1"], 0.0), 0.999)',
+                     "beta2": 'max(group["beta2"], 0.5)'}
+        for key in [k for k in overrides if ch.coin(0.5)] or [ch.choice(list(overrides))]:
+            b.hyper[key] = overrides[key]
+        extra = MINMAX_FOREACH_EXPR if fe else MINMAX_LOOP_EXPR
+        b.expr_tpls = {k: v + extra.get(k, []) for k, v in b.expr_tpls.items()}
+    if "getattr_grad" in features:
+        b.getattr_grad = True
+    if "helper_fn" in features:
+        body, fresh = ch.choice(HELPERS_FOREACH if fe else HELPERS_LOOP)
+        where = "module" if b.helper else ch.choice(["module", "method", "static"])
+        lines = body.split("\n")
+        if where == "module":
+            b.module_pre += ["def _direction(g, m):", *("    " + x for x in lines), "", ""]
+            b.helper_call = ("_direction", fresh)
+        else:
+            deco = ["    @staticmethod"] if where == "static" else []
+            args = "g, m" if where == "static" else "self, g, m"
+            b.methods += ["", *deco, f"    def _direction({args}):",
+                          *("        " + x for x in lines)]
+            b.helper_call = ("self._direction", fresh)
+        pending.append(("con", "helper_fn"))
+    if "self_log" in features:
+        b.init_extra.append("self.log = []")
+        if b.helper:
+            group_line("self.log.append(" + ch.choice(["grads", "[g.clone() for g in grads]",
+                                                        "grads[0]"]) + ")")
+        else:
+            body_action("self_log")
+    if "self_prev" in features:
+        b.init_extra.append("self.prev = {}")
+        body_action("self_prev_store")
+        if ch.coin(0.6):
+            pending.append(("con", "self_prev_read"))
+    if "state_hist" in features:
+        if b.style == "loop":
+            body_action("state_hist")
+        else:  # in the collecting loop, before the update
+            container = ch.choice(["[]", "deque(maxlen=2)"])
+            if container != "[]":
+                b.imports.append("from collections import deque")
+            value = ch.choice(["{G}", "{G}", "{G}.clone()"])
+            if ch.coin(0.5):
+                b.collect_extra.append(f'state.setdefault("hist", {container}).append({value})')
+            else:
+                b.collect_extra += [f'hist = state.setdefault("hist", {container})',
+                                    f"hist.append({value})"]
+    if "next_iter" in features:
+        if b.style == "loop":
+            b.group_pre.append('first = next(iter(group["params"]))')
+        pending.append(("con", "next_iter"))
+    if "super_call" in features:
+        kind, body = ch.choice(BASE_METHODS if not b.helper else BASE_METHODS[:3])
+        b.base = "_GenBase"
+        b.base_method = (kind, body)
+        base = ["class _GenBase(Optimizer):"]
+        if "self.norms" in body:
+            base += ["    def __init__(self, params, defaults):",
+                     "        super().__init__(params, defaults)", "        self.norms = []", ""]
+        name = "_record" if kind == "record" else "_scaled"
+        b.module_pre += [*base, f"    def {name}(self, t):", f"        {body}", "", ""]
+        if b.helper:
+            group_line(f"{ch.choice(['super()', 'self'])}._record(grads[0])")
+        else:
+            body_action("super_call")
+    if "other_grads" in features:
+        forms = ["global_in", "post"]
+        if b.style == "loop":
+            forms += ["neighbor", "pre"]
+        elif b.style == "loop-helper" and b.loop_form != "zip":
+            forms.append("neighbor")
+        form = ch.choice(forms)
+        norm = ('sum(float(q.grad.norm()) ** 2 for q in group["params"] '
+                "if q.grad is not None) ** 0.5")
+        if form == "neighbor":
+            if b.style == "loop":
+                b.loop_head = 'for i, p in enumerate(group["params"]):'
+            pending.append(("con", "neighbor"))
+        elif form == "global_in":
+            pending.append(("con", "global_norm"))
+        elif form == "pre":  # before the loop: every gradient still as the caller left it
+            b.group_pre += [f"total = {norm}", "clip = min(1.0, 1.0 / (total + 1e-6))"]
+            b.add_scalar("clip")
+        else:  # after the update (in the foreach style, at the end of the body)
+            target = ch.choice(["self.grad_norm", 'group["grad_norm"]'])
+            b.group_post.append(f"{target} = {norm}")
+
+
+def _program(ch: Chooser) -> tuple[_Builder, str, int]:
     style = ch.choice(["loop", "foreach", "loop", "foreach", "loop-helper", "foreach-helper"])
     b = _Builder(ch, style)
+    b.features = _choose_constructs(ch, style)
+    b.loop_form = ch.choice(["zip", "enumerate", "range"])  # how a loop helper walks its lists
     fe = b.foreach
     n_states = ch.integer(1, 3)
     keys: list[str] = []
@@ -617,6 +1020,12 @@ def _program(ch: Chooser) -> tuple[str, str, int]:
     b.values[b.param] = Val(REAL, False, "param")
     for k in keys:
         b.values[locals_[k]] = Val(STATE_KINDS[k][0], False, "state")
+    pending: list[tuple[str, str]] = []
+    late: list[tuple[str, str]] = []
+    _setup_constructs(b, pending, late)
+    if fe and not b.helper and b.group_pre:  # the foreach body is at group level already
+        b.emit("\n".join(b.group_pre), True)
+        b.group_pre = []
 
     # prologue of the body: maximize and L2 weight decay rebind the gradient
     if not grad_direct and ch.coin(0.3):
@@ -634,7 +1043,7 @@ def _program(ch: Chooser) -> tuple[str, str, int]:
             ch.choice([f"grad.add(p, alpha={wd})", f"grad + {wd} * p"])
         b.emit(f"if {wd} != 0:\n    {b.grad} = {add}")
 
-    pending: list[tuple[str, str]] = [("state", locals_[k]) for k in keys if k != "prev_grad"]
+    pending += [("state", locals_[k]) for k in keys if k != "prev_grad"]
     pending += [("temp", "")] * ch.integer(1, 3)
     if not fe and not grad_direct and ch.coin(0.3):  # `p.grad` read next to `grad`
         b.values["p.grad"] = Val(REAL, False, "grad")
@@ -647,11 +1056,15 @@ def _program(ch: Chooser) -> tuple[str, str, int]:
         action, arg = pending.pop(ch.integer(0, len(pending) - 1))
         if action == "state":
             b.act_state(arg)
+        elif action == "con":  # constructs always run; size() does not count them
+            getattr(b, "con_" + arg)()
         elif b.size() < 10 or (action == "temp" and not b.temps()):  # 5-15 statements in all
             getattr(b, "act_" + action)()
     while not b.temps() or b.size() < 4:
         b.act_temp()
     b.act_final()
+    for _, arg in late:
+        getattr(b, "con_" + arg)()
     if ch.coin(0.25):  # the gradient is read at the very end, maybe on one path only
         read = "torch._foreach_add_(params, grads, alpha=-lr * 0.01)" if fe \
             else f"p.add_({b.grad}, alpha=-lr * 0.01)"
@@ -659,24 +1072,32 @@ def _program(ch: Chooser) -> tuple[str, str, int]:
     if "prev_grad" in keys:  # the previous gradient is overwritten last
         b.emit(f"torch._foreach_copy_(prev_grads, {b.grad})" if fe
                else f"prev_grad.copy_({b.grad})")
-    loop_form = ch.choice(["zip", "enumerate", "range"])  # how a loop helper walks its lists
-    return style, _module(b, keys, ch.coin(0.3), loop_form), b.size()
+    if "try_raise" in b.features:
+        b.con_try_raise()
+    if fe and not b.helper and b.group_post:
+        b.emit("\n".join(b.group_post), True)
+        b.group_post = []
+    return b, _module(b, keys, ch.coin(0.3)), b.size()
 
 
-def _module(b: _Builder, keys: list[str], closure: bool, loop_form: str) -> str:
+def _module(b: _Builder, keys: list[str], closure: bool) -> str:
     fe = b.foreach
+    imports = ["import torch", *sorted(set(b.imports)), "from torch.optim import Optimizer"]
+    lr = "torch.tensor(float(lr))" if b.tensor_lr else "lr"
     head = [
-        "import torch",
-        "from torch.optim import Optimizer",
+        *imports,
         "",
         "",
-        f"class {CLASS_NAME}(Optimizer):",
+        *b.module_pre,
+        f"class {CLASS_NAME}({b.base}):",
         "    def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.99, eps=0.1,",
         "                 weight_decay=0.01, maximize=False, flag_a=False, flag_b=True):",
-        "        defaults = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps,",
+        f"        defaults = dict(lr={lr}, beta1=beta1, beta2=beta2, eps=eps,",
         "                        weight_decay=weight_decay, maximize=maximize, flag_a=flag_a,",
         "                        flag_b=flag_b)",
         "        super().__init__(params, defaults)",
+        *("        " + line for line in b.init_extra),
+        *b.methods,
         "",
         "    @torch.no_grad()",
         "    def step(self, closure=None):",
@@ -686,54 +1107,78 @@ def _module(b: _Builder, keys: list[str], closure: bool, loop_form: str) -> str:
                  "            with torch.enable_grad():", "                loss = closure()"]
     head.append("        for group in self.param_groups:")
     i2, i3, i4 = " " * 12, " " * 16, " " * 20
-    hyper = [f'{i2}lr = group["lr"]', f'{i2}beta1 = group["beta1"]',
-             f'{i2}beta2 = group["beta2"]', f'{i2}eps = group["eps"]']
+    hyper = [f'{i2}{k} = {b.hyper.get(k, f"group[{k!r}]")}'.replace("'", '"')
+             for k in ("lr", "beta1", "beta2", "eps")]
     grad_at_init = "grad" if b.style == "loop" and b.grad == "grad" else "p.grad"
     inits = [i4 + _init_line(k, STATE_KINDS[k][1], grad_at_init) for k in keys]
     lists = ["params", "grads", *(k + "s" for k in keys)]
+    g = "g" if b.getattr_grad else "p.grad"
+    skip = [f'{i3}g = getattr(p, "grad", None)', f"{i3}if g is None:"] if b.getattr_grad else \
+        [f"{i3}if p.grad is None:"]
     collect = [f"{i2}{', '.join(lists)} = {', '.join(['[]'] * len(lists))}",
-               f'{i2}for p in group["params"]:', f"{i3}if p.grad is None:",
+               f'{i2}for p in group["params"]:', *skip,
                f"{i3}    continue", f"{i3}state = self.state[p]", f"{i3}if len(state) == 0:",
-               *inits, f"{i3}params.append(p)", f"{i3}grads.append(p.grad)",
+               *inits, *(i3 + line.replace("{G}", g) for line in b.collect_extra),
+               f"{i3}params.append(p)", f"{i3}grads.append({g})",
                *(f'{i3}{k}s.append(state["{k}"])' for k in keys),
                f"{i2}if not params:", f"{i2}    continue"]
+    pre = [i2 + line for line in b.group_pre]
+    post = [i2 + line for line in b.group_post]
     helper: list[str] = []
     if b.helper:  # the update lives in a module-level function that step calls
-        lines = [*collect, f"{i2}_gen_update(group, {', '.join(lists)})"]
+        call = [f"{i2}_gen_update(group, {', '.join(lists)})"]
+        lines = [*collect, *pre, *_try_outer(b, call, i2), *post]
         helper = ["", "", f"def _gen_update(group, {', '.join(lists)}):",
                   *(line[8:] for line in hyper)]
         if fe:
             helper += ["    " + line for line in b.body]
-        elif loop_form == "zip":
+        elif b.loop_form == "zip":
             loop_vars = ", ".join(["p", "grad", *keys])
             helper += [f"    for {loop_vars} in zip({', '.join(lists)}):",
                        *("        " + line for line in b.body)]
         else:  # torch's _single_tensor_* layout: index the lists
-            head_line = "for i, p in enumerate(params):" if loop_form == "enumerate" else \
+            head_line = "for i, p in enumerate(params):" if b.loop_form == "enumerate" else \
                 "for i in range(len(params)):"
-            picks = ([] if loop_form == "enumerate" else ["p = params[i]"]) + \
+            picks = ([] if b.loop_form == "enumerate" else ["p = params[i]"]) + \
                 [f"{name} = {name}s[i]" for name in ["grad", *keys]]
             helper += [f"    {head_line}", *("        " + line for line in picks),
                        *("        " + line for line in b.body)]
     elif fe:
         lines = [*collect[:1], *hyper, *collect[1:], *(i2 + line for line in b.body)]
     else:
-        grad_line = [] if b.grad == "p.grad" else [f"{i3}grad = p.grad"]
-        lines = [*hyper, f'{i2}for p in group["params"]:', f"{i3}if p.grad is None:",
-                 f"{i3}    continue", *grad_line, f"{i3}state = self.state[p]",
-                 f"{i3}if len(state) == 0:", *inits,
-                 *(f'{i3}{k} = state["{k}"]' for k in keys),
-                 *(i3 + line for line in b.body)]
+        if b.getattr_grad and b.grad == "grad":
+            grad_lines = [f'{i3}grad = getattr(p, "grad", None)', f"{i3}if grad is None:",
+                          f"{i3}    continue"]
+        elif b.getattr_grad:
+            grad_lines = [f'{i3}if getattr(p, "grad", None) is None:', f"{i3}    continue"]
+        else:
+            grad_lines = [f"{i3}if p.grad is None:", f"{i3}    continue",
+                          *([] if b.grad == "p.grad" else [f"{i3}grad = p.grad"])]
+        loop = [f"{i2}{b.loop_head}", *grad_lines, f"{i3}state = self.state[p]",
+                f"{i3}if len(state) == 0:", *inits,
+                *(f'{i3}{k} = state["{k}"]' for k in keys),
+                *(i3 + line for line in b.body)]
+        lines = [*hyper, *pre, *_try_outer(b, loop, i2), *post]
     tail = ["        return loss" if closure else "        return None"]
     return "\n".join(head + lines + tail + helper) + "\n"
 
 
+def _try_outer(b: _Builder, lines: list[str], indent: str) -> list[str]:
+    """`lines` (the param loop or the helper call) in try/except when the program says so."""
+    if b.try_outer is None:
+        return lines
+    catch, handler = b.try_outer
+    return [f"{indent}try:", *("    " + line for line in lines), indent + catch,
+            *(indent + "    " + line for line in handler)]
+
+
 def generate_with(ch: Chooser, seed: int | None = None) -> Program:
-    style, source, statements = _program(ch)
+    b, source, statements = _program(ch)
     step = source.split("def step", 1)[1]
     flags = [f for f in FLAGS if f'group["{f}"]' in step]
-    frees = re.search(r'state\["\w+"\] = \w+\n', step) is not None
-    return Program(seed, style, source, flags, statements, frees)
+    frees = re.search(r'state\["\w+"\] = \w+\n', step) is not None or \
+        bool(b.features & _KEEPS_OLD)
+    return Program(seed, b.style, source, flags, statements, frees, sorted(b.features))
 
 
 def generate(seed: int) -> Program:
