@@ -136,7 +136,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         local = set(pos) | set(kw)
         known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign),
                                     helper_returns=dict(returns),
-                                    local_lists=_local_lists(fa.func, fa.free))
+                                    local_lists=_local_lists(fa.func, fa.free),
+                                    outer_names=_declared_outer(fa.func))
 
         def make_eval(pt: PointsTo) -> Evaluator:
             return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
@@ -294,6 +295,24 @@ def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]
     params = {p.name.value for p in (*func.params.posonly_params, *func.params.params,
                                      *func.params.kwonly_params)}
     return frozenset((ok - bad) | (params - bad) | (set(free) - bad))
+
+
+def _declared_outer(func: cst.FunctionDef) -> frozenset[str]:
+    """Names `func` declares `global` or `nonlocal` (anywhere in its own body)."""
+    found: set[str] = set()
+
+    class _Declarations(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is func
+
+        def visit_Global(self, node: cst.Global) -> None:
+            found.update(n.name.value for n in node.names)
+
+        def visit_Nonlocal(self, node: cst.Nonlocal) -> None:
+            found.update(n.name.value for n in node.names)
+
+    func.visit(_Declarations())
+    return frozenset(found)
 
 
 def _bound(t: cst.BaseExpression) -> set[str]:

@@ -270,7 +270,11 @@ def _targets(t: cst.BaseExpression) -> list[cst.BaseExpression]:
 
 def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
             value: cst.BaseExpression | None = None) -> None:
-    if isinstance(target, cst.Name):
+    if isinstance(target, cst.Name) and target.value in ev.unknowns.outer_names:
+        for b in buffers(v):  # `global HISTORY; HISTORY = grad`
+            ev.eff.escapes.append((b, f"stored in `{target.value}`, declared global or "
+                                   "nonlocal", target))
+    elif isinstance(target, cst.Name):
         ev.eff.assigns[target.value] = v
     elif isinstance(target, (cst.Tuple, cst.List)):
         for el, sub in zip(target.elements, _unpack(target, value, v, ev), strict=True):

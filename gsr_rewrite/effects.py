@@ -85,6 +85,9 @@ class Unknowns:
     #: []`, `[f(x) for ...]`, `list(...)`) or that are its parameters (what a helper appends to
     #: a parameter is handed back to its callers); `.append` on any other name is unknown
     local_lists: frozenset[str] = frozenset()
+    #: names the function declares `global` or `nonlocal`: they live outside it (opaque; what is
+    #: stored in them escapes)
+    outer_names: frozenset[str] = frozenset()
     #: what each analysed helper returns, so far (see Evaluator._helper_call)
     helper_returns: Mapping[str, Value] = field(default_factory=dict)
 
@@ -191,7 +194,8 @@ class Evaluator:
                 return frozenset({"%self"})
             if node.value not in self.pt and node.value in self.helpers:
                 return frozenset({"%fn:" + node.value})  # a helper function used as a value
-            if node.value not in self.pt and node.value in self.unknowns.opaque_globals:
+            if node.value in self.unknowns.outer_names or (
+                    node.value not in self.pt and node.value in self.unknowns.opaque_globals):
                 return self._opaque()
             return self.pt.get(node.value, EMPTY)
         if isinstance(node, cst.Attribute):
