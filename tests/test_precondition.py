@@ -140,3 +140,13 @@ def test_a_closure_takes_the_original_step() -> None:
     # tensors without real memory all report address 0: they count as overlapping
     metas = [torch.empty(3, device="meta"), torch.empty(3, device="meta")]
     assert not runtime._spans_disjoint(runtime._spans(metas) or [], [])
+
+
+@pytest.mark.parametrize("numerator", [0.3, torch.tensor(0.3)], ids=["number", "0-d tensor"])
+def test_rdiv_divides_as_the_original_does(numerator: float | torch.Tensor) -> None:
+    """`s / t` placed into a dead buffer: a number divides as `t.reciprocal() * s` (what torch
+    does for `number / tensor`), a 0-d tensor `lr` truly; both bitwise equal to the original."""
+    gen = torch.Generator().manual_seed(3)
+    t = torch.rand(4096, generator=gen) + 0.5
+    out = torch.empty_like(t)
+    assert torch.equal(runtime.rdiv(numerator, t, out), numerator / t)
