@@ -1,10 +1,12 @@
 """Adversarial suite: realistic optimizers (tests/adversarial/cases/) through compile_source, each
 rewritten class checked by an independent lockstep oracle (tests/adversarial/harness.py).
 
-EXPECT = "rewritten": a plain safe optimizer; it must be rewritten and equal the original.
-EXPECT = "refused":   a construct where reusing a dead-looking buffer can change results; the
-                      class may be left alone or rewritten, but a rewritten class must be equal.
-Any rewritten class that the oracle finds different is a WRONG REWRITE and fails.
+EXPECT = "rewritten": the tool rewrites it (a safe optimizer, or one whose dangerous construct
+                      the rewrite respects) and the oracle finds it equal to the original.
+EXPECT = "refused":   the tool leaves it alone, with a reason (a construct where reusing a
+                      dead-looking buffer could change results, or one it cannot prove).
+Any rewritten class that the oracle finds different is a WRONG REWRITE and fails; an outcome
+other than the expected one fails too (a precision loss or a new rewrite to review).
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def test_adversarial_case(case: str, record_property: Any) -> None:
     OUTCOMES[case] = f"{tag} ({compiled.equivalence}): {verdict.summary()}"
     record_property("outcome", OUTCOMES[case])
     assert verdict.ok, f"WRONG REWRITE of {case}: {verdict.summary()}"
+    assert expect == "rewritten", f"{case}: expected to be refused, but it was rewritten " \
+        "(and is equal): review the case and update its EXPECT"
 
 
 # --------------------------------------------------------------------------- oracle sanity

@@ -5,7 +5,7 @@ import math
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class CautiousAdamW(Optimizer):

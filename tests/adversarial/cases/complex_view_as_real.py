@@ -3,7 +3,7 @@ before the real-valued update (state tensors are complex, viewed as real pairs).
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 COMPLEX = True
 
 

@@ -3,7 +3,7 @@ gradient), then an AdaBelief-like step with an `(grad - exp_avg)` residual tempo
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class DetachPrev(Optimizer):

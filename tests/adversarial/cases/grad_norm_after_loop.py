@@ -3,7 +3,7 @@ common monitoring pattern: the gradients are read again once every update is don
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class LoggedRMSprop(Optimizer):

@@ -3,7 +3,7 @@ inside the step and later reads `p.grad` again for the update and a `state["last
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class ReassignSGD(Optimizer):

@@ -3,7 +3,7 @@ with zero weight decay the momentum buffer IS the gradient tensor; Nesterov temp
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 CTOR = {"momentum": 0.9, "nesterov": True}
 GROUP2 = {"lr": 0.05}
 

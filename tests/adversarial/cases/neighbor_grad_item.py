@@ -3,7 +3,7 @@ blend, with a data-dependent skip (`if not torch.isfinite(grad).all().item(): co
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class CrossLayerRMS(Optimizer):

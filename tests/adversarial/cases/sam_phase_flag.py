@@ -3,7 +3,7 @@ ascent stores `e_w = grad * scale` (a fresh temporary) in state and restores it 
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class PhasedSAM(Optimizer):

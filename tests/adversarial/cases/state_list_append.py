@@ -3,7 +3,7 @@ sum `state["acc"]` that aliases the FIRST gradient (`state["acc"] = grad` on ste
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class AccumulatedSign(Optimizer):

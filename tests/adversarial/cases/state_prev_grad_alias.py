@@ -3,7 +3,7 @@ clone (`state["prev_grad"] = grad`): the stored tensor is the gradient buffer it
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # the dangerous construct is respected; other temporaries move
 
 
 class PrevGradAlias(Optimizer):
