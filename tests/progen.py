@@ -322,13 +322,14 @@ FOREACH_EXPR: dict[str, list[Tpl]] = {
 }
 # constructs "minmax": builtin max/min over numbers and 0-d tensors, torch.max/min of two tensors
 MINMAX_LOOP_EXPR = {
-    REAL: _t("torch.max({R}, {R})", "torch.min({R}, {R})", "{r} / max({R}.norm(), 1.0)",
-             "{r} / torch.max(torch.cat([{R}.abs().flatten(), {R}.new_ones(1)]))"),
+    REAL: _t("torch.max({R}, {R})", "torch.min({R}, {R})", "{r} / max({r}.norm(), 1.0)",
+             "{r} / torch.max(torch.cat([{r}.abs().flatten(), p.new_ones(1)]))"),
     NONNEG: _t("torch.max({N}, {R})", "torch.min({N}, {r}.abs())"),
     POS: _t("torch.max({P}, {R})", "{n} + max(eps, 0.5)"),
 }
 MINMAX_FOREACH_EXPR = {
-    REAL: _t("torch._foreach_mul({R}, min(beta1, 0.5))", "torch._foreach_div({R}, max(beta2, 1.0))"),
+    REAL: _t("torch._foreach_mul({R}, min(beta1, 0.5))",
+             "torch._foreach_div({R}, max(beta2, 1.0))"),
     NONNEG: _t("torch._foreach_mul({N}, min(beta2, 0.5))"),
     POS: _t("torch._foreach_add({N}, max(eps, 0.5))"),
 }
@@ -837,7 +838,8 @@ class _Builder:
         tests = ['group["flag_a"]', 'not group["flag_b"]', 'group["flag_b"] and beta1 < 0']
         if not self.foreach:
             tests.append('group["flag_a"] and p.numel() > 20')
-        raise_ = f"if {self.ch.choice(tests)}:\n    raise {exc}({'' if exc == '_GenSkip' else repr('skip')})"
+        args = "" if exc == "_GenSkip" else '"skip"'
+        raise_ = f"if {self.ch.choice(tests)}:\n    raise {exc}({args})"
         spots = [i for i, line in enumerate(self.body) if not line.startswith(" ")
                  and line != "else:"] + [len(self.body)]
         at = self.ch.choice(spots)
