@@ -246,13 +246,19 @@ def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]
     ok: set[str] = set()
     bad: set[str] = set()
 
-    def is_list(v: cst.BaseExpression | None) -> bool:
-        return isinstance(v, (cst.List, cst.ListComp)) or (
-            isinstance(v, cst.Call) and dotted(v.func) == "list")
+    def is_list(v: cst.BaseExpression | None, name: str) -> bool:
+        """A new list, or the name's own list again (`xs = xs if c else _foreach_neg(xs)`)."""
+        if isinstance(v, cst.IfExp):
+            return is_list(v.body, name) and is_list(v.orelse, name)
+        if isinstance(v, cst.Name):
+            return v.value == name
+        fn = dotted(v.func) if isinstance(v, cst.Call) else None
+        return isinstance(v, (cst.List, cst.ListComp)) or fn == "list" or (
+            fn is not None and fn.startswith("torch._foreach_") and not fn.endswith("_"))
 
     def bind(target: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
         if isinstance(target, cst.Name):
-            (ok if is_list(value) else bad).add(target.value)
+            (ok if is_list(value, target.value) else bad).add(target.value)
         elif isinstance(target, (cst.Tuple, cst.List)) and \
                 isinstance(value, (cst.Tuple, cst.List)) and \
                 len(target.elements) == len(value.elements) and not any(
@@ -276,7 +282,7 @@ def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]
 
         def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
             if isinstance(node.target, cst.Name) and node.value is not None:
-                (ok if is_list(node.value) else bad).add(node.target.value)
+                bind(node.target, node.value)
 
         def visit_AugAssign(self, node: cst.AugAssign) -> None:
             bad.update(_bound(node.target))

@@ -361,10 +361,14 @@ class Evaluator:
                     is_container(self.peek(func.value)):
                 return _dict_view(self.peek(func.value), func.attr.value)
             if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name) \
-                    and func.value.value in self.unknowns.local_lists:
-                v = flat(self.value(node.args[0].value)) if node.args else EMPTY
+                    and len(node.args) == 1 and OPAQUE not in self.peek(func.value):
+                v = flat(self.value(node.args[0].value))
                 lst = func.value.value
                 self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
+                if lst not in self.unknowns.local_lists:  # maybe a list kept in state or on self
+                    for b in buffers(v):
+                        self.eff.escapes.append((b, f"appended to `{lst}`, which may be a list "
+                                                 "kept outside the function", node.args[0]))
                 return EMPTY
             recv = self.peek(func.value)
             if "%self" in recv and func.attr.value in self.methods:

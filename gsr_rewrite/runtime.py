@@ -46,7 +46,7 @@ def _dense(t: Tensor) -> bool:
 
 def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     """True when each host tensor can hold a temporary computed from the `like` tensors: same
-    shape, dtype, device and strides, dense, no storage shared with them."""
+    shape, dtype, device and strides, dense, not 0-d, no storage shared with them."""
     if not hosts and not like:
         return False
     ref = (*hosts, *like)[0]
@@ -60,7 +60,9 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
                 t.device != device or t.layout != torch.strided:
             return False
     for h in hosts:
-        if h.requires_grad or not _dense(h):
+        # a 0-d host: an operand the analysis takes for a number may be a 0-d tensor (a tensor
+        # lr) of another dtype, and with only 0-d operands it decides the result's dtype
+        if h.requires_grad or not _dense(h) or h.dim() == 0:
             return False
         storage = _storage(h)
         for t in like:
@@ -89,12 +91,17 @@ def _storage(t: Tensor) -> int | None:
         return None
 
 
-def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]]) -> bool:
-    """`fits` for every index of parallel tensor lists (foreach code)."""
+def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
+               wide: bool = False) -> bool:
+    """`fits` for every index of parallel tensor lists (foreach code); with `wide`, float32 and
+    float64 only (emit.FOREACH_INPLACE_ROUNDS_DIFFERENTLY)."""
     if not hosts and not like:
         return False
     n = len((*hosts, *like)[0])
     if any(len(x) != n for x in (*hosts, *like)):
+        return False
+    if wide and any(not isinstance(t, Tensor) or t.dtype not in (torch.float32, torch.float64)
+                    for x in (*hosts, *like) for t in x):
         return False
     return all(fits([h[i] for h in hosts], [x[i] for x in like]) for i in range(n))
 
@@ -136,12 +143,23 @@ def foreach_out(op: Callable[..., Any], host: list[Tensor], *operands: Any,
     return host
 
 
-def rdiv(s: Any, t: Tensor, out: Tensor) -> Tensor:
-    """`s / t` into `out`, exactly as the original computes it: torch divides a Python number
-    as `t.reciprocal() * s` (Tensor.__rtruediv__), a tensor (a 0-d tensor lr) truly."""
+def scalar_first(op: str, s: Any, t: Tensor, out: Tensor) -> Tensor:
+    """`s OP t` into `out`, computed exactly as the original expression: for a Python number
+    torch evaluates `t.__rOP__(s)` (`s / t` as `t.reciprocal() * s`, `s - t` as `(-t) + s`,
+    `s * t` as `t * s`); a tensor `s` (a 0-d tensor lr) is the first operand of the op, and in
+    bf16 a 0-d first operand rounds differently from a 0-d second one (measured)."""
+    fn = getattr(torch, op)
     if isinstance(s, Tensor):
-        return torch.div(s, t, out=out)
-    return torch.reciprocal(t, out=out).mul_(s)
+        if torch.result_type(s, t) != out.dtype or s.dim() > t.dim():
+            return fn(s, t)  # type: ignore[no-any-return]  # out would round or not fit
+        return fn(s, t, out=out)  # type: ignore[no-any-return]
+    if op == "div":
+        return torch.reciprocal(t, out=out).mul_(s)
+    if op == "sub":
+        return torch.neg(t, out=out).add_(s)
+    if op in ("add", "mul"):
+        return fn(t, s, out=out)  # type: ignore[no-any-return]
+    return fn(s, t, out=out)  # type: ignore[no-any-return]
 
 
 def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
