@@ -120,7 +120,9 @@ class _Builder:
                     n.succ = [self.exit]
                     n.kind = "return"
                 elif isinstance(n.node, cst.Raise):
-                    n.succ = []
+                    # a caller may catch it and go on: what outlives the function (params,
+                    # state: the exit's live facts) must be intact here
+                    n.succ = [self.exit]
                     n.kind = "raise"
                 elif isinstance(n.node, (cst.Continue, cst.Break)):
                     if loop is None:

@@ -273,8 +273,6 @@ class Evaluator:
             return frozenset({"grad"}) | (base & {OPAQUE})
         if attr in TENSOR_METADATA:
             return EMPTY
-        if OPAQUE in base:
-            return self._opaque()
         return base  # .data, .T, .mH, a view the catalog does not know: the same buffers
 
     def _opaque(self) -> Value:
@@ -309,8 +307,8 @@ class Evaluator:
             self.eff.rooted.add("param")
             self.eff.foreign = max(self.eff.foreign, 1)
             return frozenset({"param"}) | LIST
-        if OPAQUE in base:
-            return self._opaque()
+        if OPAQUE in base:  # an element of an unknown object, or of what else it may be
+            return self._opaque() | element(base)
         index = _const_index(node)
         if index is not None and is_structured(base):
             return item(base, index)
@@ -361,11 +359,12 @@ class Evaluator:
                     is_container(self.peek(func.value)):
                 return _dict_view(self.peek(func.value), func.attr.value)
             if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name) \
-                    and len(node.args) == 1 and OPAQUE not in self.peek(func.value):
+                    and len(node.args) == 1:
                 v = flat(self.value(node.args[0].value))
                 lst = func.value.value
                 self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
-                if lst not in self.unknowns.local_lists:  # maybe a list kept in state or on self
+                if lst not in self.unknowns.local_lists or OPAQUE in self.peek(func.value):
+                    # maybe a list kept in state or on self: what it is given stays there
                     for b in buffers(v):
                         self.eff.escapes.append((b, f"appended to `{lst}`, which may be a list "
                                                  "kept outside the function", node.args[0]))
@@ -671,8 +670,8 @@ class Evaluator:
 
     def _alloc(self, node: cst.BaseExpression, op: str, form: str,
                operands: list[cst.BaseExpression], inputs: Value) -> Value:
-        if not buffers(inputs):  # scalar arithmetic, or a new object made from opaque ones
-            return self._opaque() if OPAQUE in flat(inputs) else EMPTY
+        if not buffers(inputs):  # scalar arithmetic, or a new object made from unknown ones
+            return flat(inputs) & {OPAQUE, SHAPED}
         site = self.site_of[node]
         self.eff.allocs.append(Alloc(node, site, op, form, operands, self._comprehension > 0))
         return frozenset({site}) | (LIST if form == "foreach" else EMPTY)

@@ -394,8 +394,10 @@ def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
         shape = g[0].shape
         for t in g:
             plain = type(t) is Tensor or isinstance(t, torch.nn.Parameter) or _FINE_STRIPS[0]
+            # a 0-d tensor stays whole: its 1-element strip would be 1-d, and type promotion
+            # with a 0-d operand (a tensor lr) depends on that (bf16 results round otherwise)
             if not isinstance(t, Tensor) or not plain or t.layout != torch.strided or \
-                    t.shape != shape or not t.is_contiguous():
+                    t.shape != shape or not t.is_contiguous() or t.dim() == 0:
                 return None
     return groups
 

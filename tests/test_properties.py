@@ -249,8 +249,8 @@ def _count_guards() -> Iterator[collections.Counter[bool]]:
     saved = runtime.fits, runtime.fits_lists
 
     def spy(fn: Any) -> Any:
-        def guard(*args: Any) -> bool:
-            ok = bool(fn(*args))
+        def guard(*args: Any, **kwargs: Any) -> bool:
+            ok = bool(fn(*args, **kwargs))
             counts[ok] += 1
             return ok
         return guard
