@@ -102,8 +102,7 @@ def emit_placement(p: Placement, node: cst.BaseExpression, cat: OpCatalog,
             return _call(f"{RUNTIME}.foreach_inplace", [_expr(f"torch._foreach_{op}_"), ops[1],
                                                         ops[0]])
         if p.alloc.form == "operator" and not tensor_operands[0]:  # `lr * t`, t dying
-            return _call(f"{RUNTIME}.scalar_first", [cst.SimpleString(f'"{op}"'), *ops],
-                         _out([], ops[1]))
+            return _call(f"{RUNTIME}.scalar_first_", [cst.SimpleString(f'"{op}"'), *ops], [])
         return _method(ops[1], spec.inplace, [ops[0]])
     if p.form == "into":
         return _call(f"{RUNTIME}.foreach_into", [host, _expr(f"torch._foreach_{op}_"), *ops], kw)

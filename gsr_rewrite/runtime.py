@@ -162,6 +162,11 @@ def scalar_first(op: str, s: Any, t: Tensor, out: Tensor) -> Tensor:
     return fn(s, t, out=out)  # type: ignore[no-any-return]
 
 
+def scalar_first_(op: str, s: Any, t: Tensor) -> Tensor:
+    """`s OP t` computed in `t`'s own buffer (t dies here; it is evaluated once)."""
+    return scalar_first(op, s, t, t)
+
+
 def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
