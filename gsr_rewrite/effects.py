@@ -424,8 +424,12 @@ class Evaluator:
         if isinstance(func, cst.Attribute) and not self.peek(func.value):
             # a method of a host value or a function of an imported module (no buffer, no
             # marker; also a name whose value is not known yet while the fixpoint grows): it
-            # was given no access to the optimizer, so its result is what it was given
-            return got - self._opaque()
+            # was given no access to the optimizer; its result holds no buffer of the step (what
+            # it was given escaped above). Returning none keeps the fixpoint monotone: once
+            # the receiver is known to hold a buffer, the call is a tensor method instead.
+            module_function = isinstance(func.value, cst.Name) and \
+                func.value.value in self.imports and func.value.value not in self.pt
+            return got - self._opaque() if module_function else got & {SHAPED}
         return got
 
     def _names_the_class(self, e: cst.BaseExpression) -> bool:
