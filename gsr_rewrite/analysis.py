@@ -28,6 +28,7 @@ from gsr_rewrite.dataflow import (
     build_flow,
     solve_liveness,
     solve_points_to,
+    target_names,
 )
 from gsr_rewrite.effects import (
     EMPTY,
@@ -267,7 +268,7 @@ def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]
             for t, v in zip(target.elements, value.elements, strict=True):  # `a, b = [], []`
                 bind(t.value, v.value)
         else:
-            bad.update(_bound(target))
+            bad.update(target_names(target))
 
     class _Bindings(cst.CSTVisitor):
         def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
@@ -285,17 +286,17 @@ def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]
                 bind(node.target, node.value)
 
         def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            bad.update(_bound(node.target))
+            bad.update(target_names(node.target))
 
         def visit_For(self, node: cst.For) -> None:
-            bad.update(_bound(node.target))
+            bad.update(target_names(node.target))
 
         def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-            bad.update(_bound(node.target))
+            bad.update(target_names(node.target))
 
         def visit_WithItem(self, node: cst.WithItem) -> None:
             if node.asname is not None:
-                bad.update(_bound(node.asname.name))
+                bad.update(target_names(node.asname.name))
 
     func.visit(_Bindings())
     params = {p.name.value for p in (*func.params.posonly_params, *func.params.params,
@@ -319,16 +320,6 @@ def _declared_outer(func: cst.FunctionDef) -> frozenset[str]:
 
     func.visit(_Declarations())
     return frozenset(found)
-
-
-def _bound(t: cst.BaseExpression) -> set[str]:
-    if isinstance(t, cst.Name):
-        return {t.value}
-    if isinstance(t, (cst.Tuple, cst.List)):
-        return {n for el in t.elements for n in _bound(el.value)}
-    if isinstance(t, cst.StarredElement):
-        return _bound(t.value)
-    return set()
 
 
 def _returned(fa: FunctionAnalysis,

@@ -247,7 +247,7 @@ def _torch_bookkeeping() -> frozenset[str]:
     return frozenset(vars(bare)) | {"_opt_called", "_patched_step", "_step_count"}
 
 
-def _is_bookkeeping(name: str) -> bool:
+def is_bookkeeping(name: str) -> bool:
     """torch's bookkeeping, warned-once flags, and gsr-rewrite's own caches (``_gsr_plans`` and
     ``_gsr_replays`` of the Triton runtime, on R-variants only)."""
     return name in _torch_bookkeeping() or name.startswith(("_warned", "_gsr"))
@@ -346,7 +346,7 @@ def _describe(opt: Optimizer, ctx: _SnapshotContext, depth: int, prefix: str = "
         options = {key: v for key, v in g.items() if key != "params"}
         snap[f"param_groups[{k}]"] = _plain(options, ctx, depth)
     for name, value in vars(opt).items() if attributes else ():
-        if not _is_bookkeeping(name):
+        if not is_bookkeeping(name):
             snap[f"self.{name}"] = _plain(value, ctx, depth)
     return snap
 

@@ -267,6 +267,8 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
 def _targets(t: cst.BaseExpression) -> list[cst.BaseExpression]:
     if isinstance(t, (cst.Tuple, cst.List)):
         return [x for el in t.elements for x in _targets(el.value)]
+    if isinstance(t, cst.StarredElement):
+        return _targets(t.value)
     return [t]
 
 
@@ -550,19 +552,19 @@ def assigned_names(loop: cst.For) -> set[str]:
 
     class _V(cst.CSTVisitor):
         def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-            names.update(_names(node.target))
+            names.update(target_names(node.target))
 
         def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            names.update(_names(node.target))
+            names.update(target_names(node.target))
 
         def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-            names.update(_names(node.target))
+            names.update(target_names(node.target))
 
         def visit_For(self, node: cst.For) -> None:
-            names.update(_names(node.target))
+            names.update(target_names(node.target))
 
         def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-            names.update(_names(node.target))
+            names.update(target_names(node.target))
 
     loop.visit(_V())
     if len(_ASSIGNED) > 4096:  # bounded: it keeps nodes alive
@@ -571,7 +573,7 @@ def assigned_names(loop: cst.For) -> set[str]:
     return names
 
 
-def _names(t: cst.BaseExpression) -> list[str]:
+def target_names(t: cst.BaseExpression) -> list[str]:
     return [x.value for x in _targets(t) if isinstance(x, cst.Name)]
 
 

@@ -456,9 +456,6 @@ def _sym(name: str, role: str, assumptions: Assumptions) -> sympy.Symbol:
     return sympy.Symbol(name, **dict(assumptions.get(role, {"real": True})))
 
 
-#: attributes every optimizer has (torch's bookkeeping); what else an optimizer keeps on `self`
-#: is compared (a step counter, an EMA of params, a log of updates)
-_OPTIMIZER_OWN = frozenset(vars(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)))
 
 
 def _snapshot(params: list[SymTensor], opt: Any) -> dict[str, Any]:
@@ -487,8 +484,10 @@ def _snapshot(params: list[SymTensor], opt: Any) -> dict[str, Any]:
         for key, v in group.items():
             if key != "params":
                 put(f"group[{i}][{key!r}]", v)
-    for key, v in vars(opt).items():
-        if key not in _OPTIMIZER_OWN:
+    from gsr_rewrite.check import is_bookkeeping  # what the stress matrix compares, too
+
+    for key, v in vars(opt).items():  # a step counter, an EMA of params, a log of updates
+        if not is_bookkeeping(key):
             put(f"self.{key}", v)
     return out
 
