@@ -11,9 +11,11 @@ module's top level runs once more under that name. Only certified classes are em
 (`validate.certify`, cached with the module).
 
 Cache: ``$GSR_REWRITE_CACHE_DIR/generated/`` (default ``~/.cache/gsr-rewrite/generated/``), one
-``<stem>_<hash>.py`` per module plus ``<stem>_<hash>.json`` with the per-class outcome. The hash
-covers the source, its file name and package, the tool version and the tool's own code and rules,
-so a changed optimizer or a changed rewriter never reuses a stale module.
+``<stem>_<hash>.py`` per module plus ``<stem>_<hash>.json`` with the per-class outcome, and
+``certified_<Name>_<hash>.json`` with the verdict for a subclass that runs its base's step
+(AdamW(Adam)). The hash covers the sources, their file names and package, torch's version, the
+tool version and the tool's own code and rules, so a changed optimizer, torch or rewriter never
+reuses a stale module or verdict. A cached class comes back in a fresh process in about 0.3 s.
 """
 
 from __future__ import annotations
@@ -127,9 +129,11 @@ def _has_class(file: str, name: str) -> bool:
         return False
 
 
-def _cache_key(source: str, filename: str, package: str | None) -> str:
-    h = hashlib.sha256(_tool_fingerprint().encode())
-    for part in (filename, package or "", source):
+def _cache_key(*parts: str) -> str:
+    """Hash of `parts` (sources, file names, ...), the tool and torch's version: a cached
+    rewrite or verdict is reused only when all of them are unchanged."""
+    h = hashlib.sha256(_tool_fingerprint().encode() + b"\0" + torch.__version__.encode())
+    for part in parts:
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:20]
 
@@ -173,7 +177,7 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
     if package is None and "." in module_name:
         package = module_name.rsplit(".", 1)[0]
     source = path.read_text()
-    key = _cache_key(source, str(path), package)
+    key = _cache_key(str(path), package or "", source)
     stem = module_name.replace(".", "_")
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,6 +226,29 @@ def _run_checks(cls: type, r_cls: type) -> str:
     except Exception as e:  # a check that cannot run is a failed check
         return f"the check raised {type(e).__name__}: {e}"
     return "" if verdict.ok else verdict.detail
+
+
+def _certify_cached(cls: type, owner: type, r_cls: type) -> str:
+    """`_run_checks(cls, r_cls)`, its verdict cached on disk: keyed by the source files of every
+    class from `cls` up to `owner` (what `r_cls` runs and how it is constructed), the tool and
+    torch's version. Without readable sources nothing is cached."""
+    chain = cls.__mro__[:cls.__mro__.index(owner) + 1]
+    try:
+        files = sorted({inspect.getsourcefile(c) or "" for c in chain})
+        texts = [Path(f).read_text() for f in files]
+    except (OSError, TypeError):
+        return _run_checks(cls, r_cls)
+    key = _cache_key(f"{cls.__module__}.{cls.__qualname__}", *files, *texts)
+    verdict_path = cache_dir() / f"certified_{cls.__name__}_{key}.json"
+    if verdict_path.is_file():
+        return str(json.loads(verdict_path.read_text())["failure"])
+    failure = _run_checks(cls, r_cls)
+    verdict_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(verdict_path, json.dumps({
+        "tool": f"gsr-rewrite {__version__}", "torch": torch.__version__,
+        "class": f"{cls.__module__}.{cls.__qualname__}", "runs_step_of": owner.__qualname__,
+        "failure": failure}, indent=2))
+    return failure
 
 
 #: what a subclass may add to the class whose `step` it runs and still take that class's R-variant:
@@ -286,7 +313,7 @@ def reduce(cls: type, *, check: bool = True) -> type:
     owner = step_owner(cls)
     if owner is not None:  # AdamW(Adam), partialclass(Adam, foreach=True): Adam's R-variant
         r_cls = inherit_variant(cls, owner, reduce(owner))
-        failure = _run_checks(cls, r_cls)
+        failure = _certify_cached(cls, owner, r_cls)
         if failure:
             raise RewriteError(label, f"{label} was rewritten, but {r_cls.__name__} failed its "
                                f"check against {cls.__name__}: {failure}")

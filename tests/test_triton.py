@@ -21,10 +21,13 @@ pytest.importorskip("triton")
 
 from gsr_rewrite import triton_runtime  # noqa: E402
 from gsr_rewrite.kernel_trace import KernelTraceError, trace_program  # noqa: E402
-from gsr_rewrite.optim import AdamW, AdamWR, Adan, Lion, LionR  # noqa: E402
+from gsr_rewrite.optim import Adan, Lion, LionR  # noqa: E402
+from gsr_rewrite.optim.adamw import AdamW, AdamWR  # noqa: E402
 from gsr_rewrite.shipped import SHIPPED_TRITON, generate  # noqa: E402
 from gsr_rewrite.triton_check import TOLERANCE, check_triton  # noqa: E402
 
+# AdamW, AdamWR: the reference classes AdamWRTriton derives from (gsr_rewrite.optim.AdamW is
+# torch's own)
 REPO = Path(__file__).resolve().parent.parent
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
