@@ -295,6 +295,10 @@ def inherit_variant(cls: type, owner: type, owner_r: type) -> type:
                    "gsr-rewrite); after step() the contents of p.grad are undefined."})
 
 
+#: classes `reduce()` returned in this process: the same class for the same original, always
+_REDUCED: dict[type, type] = {}
+
+
 def reduce(cls: type, *, check: bool = True) -> type:
     """The R-variant of optimizer class `cls`: `<Name>R`, generated from `cls`'s module source.
 
@@ -309,6 +313,18 @@ def reduce(cls: type, *, check: bool = True) -> type:
     del check  # every class is certified
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise TypeError(f"reduce() takes a torch.optim.Optimizer subclass, got {cls!r}")
+    r_cls = _REDUCED.get(cls)
+    if r_cls is None:
+        r_cls = _REDUCED[cls] = _reduce_uncached(cls)
+        from gsr_rewrite import reduced
+
+        module = reduced.name_for(cls)
+        if module is not None:  # objects pickle by reference to it, in any process
+            r_cls.__module__, r_cls.__qualname__ = module, r_cls.__name__
+    return r_cls
+
+
+def _reduce_uncached(cls: type) -> type:
     label = f"{cls.__module__}.{cls.__qualname__}"
     owner = step_owner(cls)
     if owner is not None:  # AdamW(Adam), partialclass(Adam, foreach=True): Adam's R-variant
