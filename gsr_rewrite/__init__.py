@@ -3,13 +3,14 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "reduce"]
+__all__ = ["__version__", "install", "reduce", "uninstall"]
 
 
 def __getattr__(name: str) -> Any:
-    """`gsr_rewrite.reduce(cls)`, imported on first use (it pulls in torch and the pipeline)."""
-    if name == "reduce":
-        from gsr_rewrite.api import reduce
+    """`gsr_rewrite.reduce(cls)`, `install(opt)`, `uninstall(opt)`, imported on first use (they
+    pull in torch and the pipeline)."""
+    if name in ("reduce", "install", "uninstall"):
+        from gsr_rewrite import api
 
-        return reduce
+        return getattr(api, name)
     raise AttributeError(f"module 'gsr_rewrite' has no attribute {name!r}")

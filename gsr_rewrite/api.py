@@ -27,10 +27,12 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import torch
 
@@ -38,8 +40,8 @@ from gsr_rewrite import __version__
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.pipeline import ClassOutcome, RewriteResult, compile_source
 
-__all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module", "reduce",
-           "rewrite_module", "rewrite_text"]
+__all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module", "install",
+           "reduce", "rewrite_module", "rewrite_text", "uninstall"]
 
 
 def rewrite_text(source: str, filename: str = "<string>",
@@ -356,3 +358,63 @@ def _reduce_uncached(cls: type) -> type:
     r_cls = getattr(rewritten.module, cls.__name__ + "R")
     assert isinstance(r_cls, type)  # certified when it was emitted (compile_source)
     return r_cls
+
+
+#: instance attribute listing what `install` put on an optimizer (what `uninstall` removes)
+_INSTALLED = "_gsr_installed"
+
+
+def install(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Give `optimizer` the R step of its class in place; `type(optimizer)` stays what it was.
+
+    For code that checks `type(opt)` (DeepSpeed ZeRO's list of tested optimizers,
+    `DDP._register_fused_optim`): the methods `reduce(type(optimizer))` rewrote (step and the
+    helpers it calls) become attributes of this one object, `step` wrapped in torch's step hooks
+    as the class's is. Install before creating LR schedulers or wrappers that replace
+    `optimizer.step` (a step already replaced on the object is refused). Pickling an installed
+    optimizer keeps only its state (torch pickles `defaults`, `state`, `param_groups`): install
+    again after loading. `uninstall` undoes it. Returns `optimizer`.
+    """
+    cls = type(optimizer)
+    if _INSTALLED in vars(optimizer):
+        return optimizer
+    if "step" in vars(optimizer):
+        raise RewriteError(f"{cls.__qualname__}.step", "this optimizer's step was already "
+                           "replaced on the object (an LR scheduler or a wrapper); install the "
+                           "R step before creating them")
+    r_cls = reduce(cls)
+    methods = {name: fn for name, fn in vars(r_cls).items() if callable(fn)
+               and not (name.startswith("__") and name.endswith("__"))}
+    if not issubclass(r_cls, cls):  # the methods were made for a regenerated copy of `cls`:
+        for name, fn in methods.items():  # they run on `cls` objects unless they call super()
+            if _calls_super(getattr(_unhooked(fn), "__func__", _unhooked(fn))):
+                raise RewriteError(f"{r_cls.__qualname__}.{name}", "calls super(): it cannot "
+                                   f"run on a {cls.__qualname__} object; use the class "
+                                   f"{r_cls.__name__} instead")
+    for name, fn in methods.items():
+        if name == "step":  # torch's step hooks, once (an R object's class step has them)
+            fn = torch.optim.Optimizer.profile_hook_step(cast(Callable[..., Any], _unhooked(fn)))
+        setattr(optimizer, name, fn.__get__(optimizer, cls))
+    setattr(optimizer, _INSTALLED, tuple(methods))
+    return optimizer
+
+
+def _calls_super(fn: object) -> bool:
+    """Whether `fn` (or a function nested in it) names `super`; True when it has no code."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return True
+    pending = [code]
+    while pending:
+        c = pending.pop()
+        if "super" in c.co_names or "__class__" in c.co_freevars:
+            return True
+        pending += [k for k in c.co_consts if hasattr(k, "co_names")]
+    return False
+
+
+def uninstall(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Undo `install`: the object runs its class's methods again. Returns `optimizer`."""
+    for name in vars(optimizer).pop(_INSTALLED, ()):
+        vars(optimizer).pop(name, None)
+    return optimizer
