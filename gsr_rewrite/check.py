@@ -33,6 +33,7 @@ __all__ = [
     "CheckResult",
     "check_state_dict_swap",
     "compare_trajectories",
+    "foreach_paths",
     "make_problem",
     "measure_pair",
     "run_checks",
@@ -85,10 +86,9 @@ class CheckResult:
     @property
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        text = (
-            f"{verdict} {self.name} {self.config} on {self.device}, {self.steps} steps, "
-            f"{self.mode}, max|diff|={self.max_abs_diff:.3g}"
-        )
+        # the name says the case, configuration, path and (off the CPU) device
+        text = f"{verdict} {self.name}: {self.steps} steps, {self.mode}, " \
+            f"max|diff|={self.max_abs_diff:.3g}"
         return f"{text}: {self.message}" if self.message else text
 
 
@@ -490,10 +490,13 @@ def _new_result(
     steps: int,
     crit: _Criteria,
 ) -> CheckResult:
+    """A failed result to fill in, named distinctly within one class's check: the case
+    (``what``), the configuration and foreach path, and the device when it is not the CPU."""
     names = [getattr(c, "__name__", repr(c)) for c in (original_cls, rewritten_cls)]
     tol = crit.mode == "tolerance"
+    on = "" if device == "cpu" else f" on {device}"
     return CheckResult(
-        name=f"{names[0]}->{names[1]} {what}",
+        name=f"{names[0]}->{names[1]} {what} ({_config_label(kwargs)}){on}",
         config=dict(kwargs),
         device=device,
         steps=steps,
@@ -531,7 +534,8 @@ def compare_trajectories(
 ) -> CheckResult:
     """Run original and R-variant side by side for ``steps`` steps; compare after every step."""
     crit = _Criteria(mode, rtol, atol)
-    result = _new_result(original_cls, rewritten_cls, "trajectory", kwargs, device, steps, crit)
+    what = "trajectory, dense" if dense else "trajectory"
+    result = _new_result(original_cls, rewritten_cls, what, kwargs, device, steps, crit)
     params_o = make_problem(seed, device, dtype, dense)
     params_r = _clone_params(params_o)
     try:
@@ -583,13 +587,13 @@ def _state_dict_swap(
     crit: _Criteria,
     *,
     same_error_ok: bool = False,
+    what: str = "state_dict swap",
 ) -> CheckResult:
-    """`check_state_dict_swap` on the params ``new_params()`` makes (equal ones at every call)."""
+    """`check_state_dict_swap` on the params ``new_params()`` makes (equal ones at every call);
+    ``what`` names the run."""
     total = steps_before + steps_after
     device = str(new_params()[0].device)
-    result = _new_result(
-        original_cls, rewritten_cls, "state_dict swap", kwargs, device, total, crit
-    )
+    result = _new_result(original_cls, rewritten_cls, what, kwargs, device, total, crit)
 
     def build(cls: OptimizerClass, label: str, options: dict[str, Any]) -> _Run:
         params = new_params()
@@ -959,7 +963,7 @@ def _stress_case(
 ) -> CheckResult:
     if case.dtype == torch.bfloat16:
         crit = _Criteria(crit.mode, max(crit.rtol, BF16_RTOL), max(crit.atol, BF16_ATOL), crit.bits)
-    what = f"stress {case.name} ({_config_label(kwargs)})"
+    what = f"stress {case.name}"
 
     def new_result() -> CheckResult:
         result = _new_result(original_cls, rewritten_cls, what, kwargs, device, steps, crit)
@@ -1032,7 +1036,7 @@ def _stress_swap(original_cls: OptimizerClass, rewritten_cls: OptimizerClass,
         result = _state_dict_swap(
             original_cls, rewritten_cls, kwargs, steps // 2, steps - steps // 2,
             functools.partial(_stress_params, problem, odd, 0, device), 0, crit,
-            same_error_ok=True,
+            same_error_ok=True, what=f"stress {odd.name}",
         )
         result.case = odd.name
         return result
@@ -1048,7 +1052,8 @@ def _default_lr(cls: OptimizerClass, kwargs: dict[str, Any]) -> Any:
         return None
 
 
-def _paths(cls: OptimizerClass) -> list[dict[str, Any]]:
+def foreach_paths(cls: OptimizerClass) -> list[dict[str, Any]]:
+    """The constructor options of each foreach path: none when it takes no ``foreach``."""
     return [{"foreach": False}, {"foreach": True}] if _accepts(cls, "foreach") else [{}]
 
 
@@ -1084,14 +1089,14 @@ def stress_matrix(
     results: list[CheckResult] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate params, tensor lr...: the results decide
-        for path in _paths(original_cls):
+        for path in foreach_paths(original_cls):
             cases = [_stress_case(original_cls, rewritten_cls, case, {**config, **path},
                                   seed=seed, steps=steps, device=device, crit=crit)
                      for config in configs for seed, case in enumerate(_STRESS_CASES)]
             results += cases
             if all(r.not_applicable for r in cases):  # e.g. a step that needs a closure
-                result = _new_result(original_cls, rewritten_cls, f"stress ({_config_label(path)})",
-                                     path, device, steps, crit)
+                result = _new_result(original_cls, rewritten_cls, "stress", path, device, steps,
+                                     crit)
                 result.message = f"no case could be compared; first: {cases[0].message}"
                 results.append(result)
             results.append(_stress_swap(original_cls, rewritten_cls, {**configs[0], **path},

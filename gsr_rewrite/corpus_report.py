@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import json
+import collections
 import platform
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from gsr_rewrite import __version__
 from gsr_rewrite.check import MEASURE_SHAPES
-from gsr_rewrite.corpus import REUSE_FROM, REUSE_TO, TARGET, CorpusRow, run_corpus
+from gsr_rewrite.corpus import REUSE_FROM, REUSE_TO, TARGET, CorpusRow
+from gsr_rewrite.validate import plural
 
 
 def _num(x: float | None) -> str:
@@ -45,12 +43,13 @@ def summary(rows: list[CorpusRow]) -> str:
     good = [r for r in eligible
             if r.after_units is not None and r.after_units <= REUSE_TO and r.passes]
     share = len(good) / len(eligible) if eligible else 0.0
-    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}"
-                       for s in ("rewritten", "unchanged", "refused", "error"))
-    return (f"{len(rows)} classes: {counts}. Of the {len(eligible)} classes whose original "
-            f"allocates >= {REUSE_FROM} parameter-sizes in one step, {len(good)} "
-            f"({share:.0%}) come out with <= {REUSE_TO} and pass equivalence "
-            f"(target {TARGET:.0%}).")
+    count = collections.Counter(r.status for r in rows)
+    counts = ", ".join([*(f"{count[s]} {s}" for s in ("rewritten", "unchanged", "refused")),
+                        plural(count["error"], "error")])
+    return (f"{plural(len(rows), 'class', 'classes')}: {counts}. Of the "
+            f"{plural(len(eligible), 'class', 'classes')} whose original allocates >= "
+            f"{REUSE_FROM} parameter-sizes in one step: {len(good)} ({share:.0%}) with <= "
+            f"{REUSE_TO} after the rewrite and equivalence passed (target {TARGET:.0%}).")
 
 
 def environment() -> dict[str, Any]:
@@ -94,37 +93,3 @@ def to_json(rows: list[CorpusRow], skipped: list[str], packages: list[str], step
     return {**environment(), "packages": packages, "steps": steps, "seconds": seconds,
             "summary": summary(rows), "skipped_modules": skipped,
             "rows": [asdict(r) for r in rows]}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gsr_rewrite.corpus",
-                                 description="Rewrite and check every optimizer class of the "
-                                 "named installed packages.")
-    ap.add_argument("packages", nargs="+", metavar="PACKAGE")
-    ap.add_argument("--out", default="benchmarks/results/corpus.md",
-                    help="markdown table (JSON is written beside it, .json)")
-    ap.add_argument("--steps", type=int, default=7)
-    ap.add_argument("--quick", action="store_true",
-                    help="default constructor path only (no foreach=False/True split)")
-    ap.add_argument("--classes", help="comma-separated class names to keep")
-    ap.add_argument("--time-limit", type=float, default=180.0, help="seconds per class")
-    args = ap.parse_args(argv)
-    classes = set(args.classes.split(",")) if args.classes else None
-    skipped: list[str] = []
-    start = time.perf_counter()
-
-    def progress(r: CorpusRow) -> None:
-        print(f"{r.module}.{r.cls}: {r.status} {_num(r.before_units)} -> "
-              f"{_num(r.after_units)} {r.equivalence} ({r.seconds:.1f} s)", file=sys.stderr)
-
-    rows = run_corpus(args.packages, steps=args.steps, quick=args.quick, classes=classes,
-                      time_limit=args.time_limit, progress=progress, skipped=skipped)
-    seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(rows, skipped, args.packages, args.steps, seconds))
-    data = to_json(rows, skipped, args.packages, args.steps, seconds)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=2))
-    print(summary(rows), file=sys.stderr)
-    print(f"wrote {out} and {out.with_suffix('.json')} ({seconds:.0f} s)", file=sys.stderr)
-    return 0

@@ -7,13 +7,19 @@ is needed, so "zero param-sized temporaries" is testable in CI.
 
 CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
 ``memory_allocated`` at entry (both synchronized).
+
+Time: `time_step_pair`, the median wall time of one step of an original and of its R-variant,
+stepped in turn on equal params, on one CPU thread (what strip-mining costs; see `StepTimes`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import statistics
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +28,8 @@ import torch
 from torch._C._autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["StepMemory", "measure_step_peak_bytes", "measure_temporaries"]
+__all__ = ["StepMemory", "StepTimes", "measure_step_peak_bytes", "measure_temporaries",
+           "time_step_pair"]
 
 Closure = Callable[[], Any]
 
@@ -128,6 +135,30 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _random_problem(
+    shapes: Sequence[tuple[int, ...]], device: str | torch.device, dtype: torch.dtype, seed: int
+) -> tuple[list[torch.nn.Parameter], Callable[[], None]]:
+    """Params of ``shapes`` with random grads (the same for the same seed), and a function that
+    refreshes the grads in place (an R-variant leaves scratch in them) allocating nothing that
+    outlives it."""
+    gen = torch.Generator().manual_seed(seed)
+    dev = torch.device(device)
+
+    def randn(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=dtype).to(dev)
+
+    params = [torch.nn.Parameter(randn(shape)) for shape in shapes]
+    for p in params:
+        p.grad = randn(tuple(p.shape))
+
+    def refresh_grads() -> None:
+        for p in params:
+            assert p.grad is not None
+            p.grad.copy_(randn(tuple(p.shape)))  # the fresh tensor is freed before the step
+
+    return params, refresh_grads
+
+
 def measure_temporaries(
     make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
     shapes: Sequence[tuple[int, ...]],
@@ -143,22 +174,8 @@ def measure_temporaries(
     not counted as a temporary. Grads are refreshed in place before each step (an R-variant leaves
     scratch in them), so the refresh allocates nothing inside the measured step.
     """
-    gen = torch.Generator().manual_seed(seed)
-    dev = torch.device(device)
-
-    def randn(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=gen, dtype=dtype).to(dev)
-
-    params = [torch.nn.Parameter(randn(shape)) for shape in shapes]
-    for p in params:
-        p.grad = randn(tuple(p.shape))
+    params, refresh_grads = _random_problem(shapes, device, dtype, seed)
     optimizer = make_optimizer(params)
-
-    def refresh_grads() -> None:
-        for p in params:
-            assert p.grad is not None
-            p.grad.copy_(randn(tuple(p.shape)))  # the fresh tensor is freed before the step
-
     for _ in range(warmup_steps):
         refresh_grads()
         optimizer.step()
@@ -171,3 +188,76 @@ def measure_temporaries(
         param_bytes=sum(with_grad),
         largest_param_bytes=max(with_grad, default=0),
     )
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Median wall time of one step of an original and of its R-variant, over ``steps`` steps."""
+
+    original_s: float
+    rewritten_s: float
+    steps: int
+
+    @property
+    def ratio(self) -> float:
+        """R-variant time over original time (2.0: the R step takes twice as long)."""
+        return self.rewritten_s / self.original_s if self.original_s else math.inf
+
+
+def time_step_pair(
+    make_original: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    make_rewritten: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    warmup_steps: int = 2,
+    steps: int = 7,
+    min_steps: int = 5,
+    budget_s: float = 0.75,
+    seed: int = 0,
+) -> StepTimes:
+    """Median time of one step of each, each on its own copy of the params `measure_temporaries`
+    builds (same ``shapes`` and ``seed``). The two step in turn, in alternating order, so drift
+    (clock frequency, other processes) hits both alike; on one CPU thread. Warm-up steps create
+    lazy state and are not timed; the timed steps stop early, after ``min_steps``, once
+    ``budget_s`` is spent."""
+    dev = torch.device(device)
+    problems = [_random_problem(shapes, dev, dtype, seed) for _ in range(2)]
+    optimizers = [make(params) for make, (params, _) in
+                  zip((make_original, make_rewritten), problems, strict=True)]
+
+    def step(i: int) -> float:
+        problems[i][1]()  # refresh the grads
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        began = time.perf_counter()
+        optimizers[i].step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - began
+
+    times: tuple[list[float], list[float]] = ([], [])
+    with _one_cpu_thread():
+        for _ in range(warmup_steps):
+            for i in (0, 1):
+                step(i)
+        start = time.perf_counter()
+        for n in range(steps):
+            for i in (0, 1) if n % 2 else (1, 0):
+                times[i].append(step(i))
+            if n + 1 >= min_steps and time.perf_counter() - start > budget_s:
+                break
+    return StepTimes(statistics.median(times[0]), statistics.median(times[1]), len(times[0]))
+
+
+@contextlib.contextmanager
+def _one_cpu_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy CPU, waking the pool's threads costs tens of ms at random
+    (measured: a 0.2 ms foreach step took 63 ms with 2 threads on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Stage 6, validate: run each emitted R-variant against its original and measure its memory.
+"""Stage 6, validate: run each emitted R-variant against its original, measure its memory, time.
 
 Configurations come from the constructor's own signature: the defaults, then each boolean
 flag flipped (amsgrad, maximize, nesterov, ...), then a non-zero weight decay where there is one.
@@ -17,8 +17,11 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite.check import CheckResult, Mode, measure_pair
-from gsr_rewrite.memory import StepMemory
+from gsr_rewrite.check import MEASURE_SHAPES, CheckResult, Mode, measure_pair
+from gsr_rewrite.memory import StepMemory, StepTimes, time_step_pair
+
+#: the params `measure_pair` and `time_pair` measure on, in words
+MEASURED_ON = f"{len(MEASURE_SHAPES)} params of {'x'.join(map(str, MEASURE_SHAPES[0]))} fp32"
 
 
 @dataclass
@@ -26,12 +29,19 @@ class ClassCheck:
     name: str
     mode: Mode
     results: list[CheckResult] = field(default_factory=list)
+    #: per device and foreach path ("cpu foreach=False"; "cpu" when there is no foreach flag)
     memory: dict[str, tuple[StepMemory, StepMemory]] = field(default_factory=dict)
+    times: dict[str, StepTimes] = field(default_factory=dict)  # the same keys as `memory`
     error: str = ""
 
     @property
     def passed(self) -> bool:
         return not self.error and all(r.passed for r in self.results)
+
+
+def plural(count: int, noun: str, plural_form: str = "") -> str:
+    """`1 run`, `2 runs`, `0 runs` (``plural_form`` for irregular nouns)."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
 def load_module(path: Path, name: str = "gsr_generated") -> ModuleType:
@@ -63,8 +73,9 @@ def devices() -> list[str]:
 def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
                 results: list[CheckResult] | None = None) -> ClassCheck:
     """`--check`: the stress matrix (check.stress_matrix; `results` when certify already ran
-    it) and the temporaries of one step of each, on every device, both foreach paths."""
-    from gsr_rewrite.check import stress_matrix
+    it), and the temporaries and the time of one step of each (`time_pair`), on every device,
+    on each foreach path when the constructor takes ``foreach``."""
+    from gsr_rewrite.check import foreach_paths, stress_matrix
 
     out = ClassCheck(original.__name__, mode)
     try:
@@ -73,16 +84,22 @@ def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
                 out.results += results
             else:
                 out.results += stress_matrix(original, rewritten, mode=mode, device=device)
-            for foreach in (False, True):
-                kw = {"foreach": foreach} if "foreach" in inspect.signature(original).parameters \
-                    else {}
-                out.memory[f"{device} foreach={foreach}"] = measure_pair(original, rewritten, kw,
-                                                                         device=device)
-                if not kw:
-                    break
+            for kw in foreach_paths(original):
+                key = " ".join([device, *(f"{k}={v}" for k, v in kw.items())])
+                out.memory[key] = measure_pair(original, rewritten, kw, device=device)
+                out.times[key] = time_pair(original, rewritten, kw, device=device)
     except Exception as e:  # a crash of the R-variant is a failed check, reported, not raised
         out.error = f"{type(e).__name__}: {e}"
     return out
+
+
+def time_pair(original: type, rewritten: type, kwargs: dict[str, Any], *,
+              device: str = "cpu") -> StepTimes:
+    """Median time of one step of each on the params `measure_pair` measures (8 x 64x64 fp32),
+    stepped in turn: what the R-variant's memory costs in time (strip-mining's per-strip calls,
+    the run-time checks). At most 0.75 s of timed steps (`time_step_pair`'s budget)."""
+    return time_step_pair(lambda ps: original(ps, **kwargs), lambda ps: rewritten(ps, **kwargs),
+                          MEASURE_SHAPES, device=device)
 
 
 @dataclass
@@ -123,9 +140,9 @@ def prove_class(original: type, rewritten: type) -> Proof:
                                 f"{first[0]} differs by {first[1]}")
     if runtime.GUARD_HITS[0] == hits:  # every guard said no: only the fallback was compared
         return Proof(None, "symbolic validation never reached a rewritten statement")
-    return Proof(True, f"proved equal by symbolic execution ({len(configs)} configurations, "
-                       f"{PROOF_STEPS} steps, both paths, params of ranks 1-3 in two groups, "
-                       "attributes on self)")
+    scope = f"{plural(len(configs), 'configuration')}, {plural(PROOF_STEPS, 'step')}"
+    return Proof(True, f"proved equal by symbolic execution ({scope}, both paths, params of "
+                       "ranks 1-3 in two groups, attributes on self)")
 
 
 @dataclass
@@ -156,9 +173,9 @@ def certify(original: type, rewritten: type, mode: Mode = "bitwise") -> Certific
                            False)
     failed = [r for r in results if not r.passed]
     if failed:
-        return Certificate(False, f"failed the stress matrix ({len(failed)} of {len(results)} "
-                           f"runs): {failed[0].summary}", False, results)
-    tested = f"passed the stress matrix ({len(results)} runs, {mode})"
+        return Certificate(False, f"failed the stress matrix ({len(failed)} of "
+                           f"{plural(len(results), 'run')}): {failed[0].summary}", False, results)
+    tested = f"passed the stress matrix ({plural(len(results), 'run')}, {mode})"
     if proof.proved:
         return Certificate(True, f"{proof.detail}; {tested}", True, results)
     return Certificate(True, f"tested, not proved: {tested}; {proof.detail}", False, results)

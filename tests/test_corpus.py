@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.optim import Optimizer
 
-import gsr_rewrite.optim as shipped
+import gsr_rewrite.optim.adamw as shipped  # the reference AdamW (not torch's)
+from gsr_rewrite import api
 from gsr_rewrite.api import cache_dir, reduce, rewrite_text, step_owner
 from gsr_rewrite.check import compare_trajectories
 from gsr_rewrite.corpus import CorpusRow, main, run_corpus
@@ -62,6 +63,7 @@ def test_reduce_refuses_a_class_that_fails_certification(
 
     monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(check, "stress_matrix", failing)
+    monkeypatch.setattr(api, "_REDUCED", {})  # forget the classes reduced earlier in-process
     with pytest.raises(RewriteError, match=r"AdamW was not rewritten \(refused\): failed the "
                        r"stress matrix .*param\[0\] differs"):
         reduce(shipped.AdamW)
@@ -232,8 +234,8 @@ def test_main_writes_markdown_and_json(tmp_path: Path) -> None:
     assert "| AdamW | gsr_rewrite.optim.adamw | rewritten |" in text
     data = json.loads(out.with_suffix(".json").read_text())
     assert len(data["rows"]) == 1 and data["torch"] == torch.__version__
-    assert "**Summary.** 1 classes: 1 rewritten" in text
-    assert "come out with <= 0.05 and pass equivalence" in text
+    assert "**Summary.** 1 class: 1 rewritten, 0 unchanged, 0 refused, 0 errors." in text
+    assert "1 (100%) with <= 0.05 after the rewrite and equivalence passed" in text
 
 
 def test_reduce_is_exported_at_top_level() -> None:

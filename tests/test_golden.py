@@ -30,7 +30,7 @@ def _render(case: str) -> tuple[str, str | None]:
     source = (GOLDEN / case / "before.py").read_text()
     result = rewrite_source(source, "before.py")
     text = (result.code or "# (no module emitted)\n") + "\n# ---- report ----\n"
-    text += "".join(f"# {line}\n" for line in to_text(result, {}, None).splitlines())
+    text += "".join(f"# {line}\n" for line in to_text(result, {}, None, verbose=True).splitlines())
     return text, result.code
 
 
