@@ -2,6 +2,8 @@
 
     python -m gsr_rewrite.corpus torch.optim lion_pytorch --out benchmarks/results/corpus.md
 
+Without ``--out`` the table and its JSON go into a new directory ``./gsr-corpus-<time>/``.
+
 For each module of each package (walked with pkgutil), every class that subclasses
 ``torch.optim.Optimizer`` and whose ``class`` statement is in that module is one row. Its module is
 rewritten once (cached, `gsr_rewrite.api.rewrite_module`); each class then gets: the status and
@@ -13,10 +15,12 @@ closure or special construction are recorded as such, never skipped. One crash n
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import importlib.util
 import inspect
+import json
 import pkgutil
 import re
 import signal
@@ -42,6 +46,7 @@ from gsr_rewrite.api import (
     rewrite_module,
     step_owner,
 )
+from gsr_rewrite.bench.output import new_results_dir, note, progress_bar, wrote
 from gsr_rewrite.check import MEASURE_SHAPES, compare_trajectories
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.memory import measure_temporaries
@@ -256,27 +261,36 @@ def run_corpus(packages: list[str], *, steps: int = 7, quick: bool = False,
         found = [f for f in found if f.name in classes or f"{f.label}.{f.name}" in classes]
     rewrites: dict[str, ModuleRewrite | BaseException] = {}
     rows: list[CorpusRow] = []
-    for f in found:
-        start = time.perf_counter()
-        row = CorpusRow(f.name, f.label, "error")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                module = _source_module(f)
-                if module is not None and module not in rewrites:
-                    with _time_limit(time_limit):  # once per module, its own time limit
-                        rewrites[module] = _rewrite(module)
-                with _time_limit(time_limit):
-                    _one(row, f, rewrites, steps, quick)
-        except (Exception, _TimeLimit) as e:  # recorded in the row; the run goes on
-            row.detail = _crash(e)
-            if row.status == "error":
-                row.reason = row.reason or row.detail
-        row.seconds = time.perf_counter() - start
-        rows.append(row)
-        if progress is not None:
-            progress(row)
+    with progress_bar(len(found), "class") as bar:
+        for f in found:
+            bar.set_postfix_str(f"{f.label}.{f.name}")
+            rows.append(_run_one(f, rewrites, steps, quick, time_limit))
+            if progress is not None:
+                progress(rows[-1])
+            bar.update()
     return rows
+
+
+def _run_one(f: Found, rewrites: dict[str, ModuleRewrite | BaseException], steps: int,
+             quick: bool, time_limit: float) -> CorpusRow:
+    """The row of one class; a crash or a time limit is recorded in it."""
+    start = time.perf_counter()
+    row = CorpusRow(f.name, f.label, "error")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = _source_module(f)
+            if module is not None and module not in rewrites:
+                with _time_limit(time_limit):  # once per module, its own time limit
+                    rewrites[module] = _rewrite(module)
+            with _time_limit(time_limit):
+                _one(row, f, rewrites, steps, quick)
+    except (Exception, _TimeLimit) as e:  # recorded in the row; the run goes on
+        row.detail = _crash(e)
+        if row.status == "error":
+            row.reason = row.reason or row.detail
+    row.seconds = time.perf_counter() - start
+    return row
 
 
 def _rewrite(module: str) -> ModuleRewrite | BaseException:
@@ -340,10 +354,42 @@ def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseExcep
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gsr_rewrite.corpus PACKAGE... [--out PATH.md]`: table + JSON beside it."""
-    from gsr_rewrite.corpus_report import main as report_main
+    """`python -m gsr_rewrite.corpus PACKAGE... [--out PATH.md]`: table + JSON beside it, by
+    default in a new directory; progress on stderr (on a terminal), the results on stdout."""
+    from gsr_rewrite.corpus_report import _num, summary, to_json, to_markdown
 
-    return report_main(argv)
+    ap = argparse.ArgumentParser(prog="python -m gsr_rewrite.corpus",
+                                 description="Rewrite and check every optimizer class of the "
+                                 "named installed packages.")
+    ap.add_argument("packages", nargs="+", metavar="PACKAGE")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown table; the JSON is written beside it (.json). Default: "
+                    "corpus.md in a new directory ./gsr-corpus-YYYYmmdd-HHMMSS")
+    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--quick", action="store_true",
+                    help="default constructor path only (no foreach=False/True split)")
+    ap.add_argument("--classes", help="comma-separated class names to keep")
+    ap.add_argument("--time-limit", type=float, default=180.0, help="seconds per class")
+    args = ap.parse_args(argv)
+    classes = set(args.classes.split(",")) if args.classes else None
+    skipped: list[str] = []
+    start = time.perf_counter()
+
+    def done(r: CorpusRow) -> None:
+        note(f"{r.module}.{r.cls}: {r.status} {_num(r.before_units)} -> "
+             f"{_num(r.after_units)} {r.equivalence} ({r.seconds:.1f} s)")
+
+    rows = run_corpus(args.packages, steps=args.steps, quick=args.quick, classes=classes,
+                      time_limit=args.time_limit, progress=done, skipped=skipped)
+    seconds = time.perf_counter() - start
+    out: Path = args.out or new_results_dir("gsr-corpus") / "corpus.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_markdown(rows, skipped, args.packages, args.steps, seconds))
+    data = to_json(rows, skipped, args.packages, args.steps, seconds)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2))
+    print(summary(rows))
+    print(f"{wrote([out, out.with_suffix('.json')])} ({seconds:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_oom_rows_are_reported_as_did_not_fit() -> None:
 
     pair = DEFAULT_PAIRS["adamw"]
     plan = Plan(["vit_b_32", "vit_g_32"], [False, True], [pair], device="cuda")
-    rows = run_benchmark(plan, runner=runner, log=lambda _: None)
+    rows = run_benchmark(plan, runner=runner)
     assert len(rows) == 4 and len(calls) == 8
     oom = next(r for r in rows if r.model == "vit_g_32" and not r.checkpointing)
     assert oom.did_not_fit and oom.savings_pct is None
@@ -166,7 +166,7 @@ def test_shared_optimizers_are_measured_once() -> None:
         OptimizerPair("a", torch_foreach, OptimizerSpec("torch.optim:AdamW", {"fused": True})),
         OptimizerPair("b", torch_foreach, OptimizerSpec("torch.optim:AdamW", {"foreach": False})),
     ]
-    rows = run_benchmark(Plan(["tiny_vit"], [False], pairs), runner=runner, log=lambda _: None)
+    rows = run_benchmark(Plan(["tiny_vit"], [False], pairs), runner=runner)
     assert len(rows) == 2 and len(calls) == 3 == len(set(calls))
 
 
@@ -190,10 +190,11 @@ def test_cpu_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         "--out", str(out), "--plot", str(png),
     ]  # fmt: skip
     assert memory_main(argv) == 0
-    printed = capsys.readouterr().out
+    printed, results_line = capsys.readouterr().out.rstrip("\n").rsplit("\n", 1)
     row = next(line for line in printed.splitlines() if line.startswith("| tiny_vit"))
     assert "AdamW[foreach] → AdamW[fused]" in row and "| yes / no |" in row
     assert out.read_text() == printed.rstrip("\n") + "\n"
+    assert results_line.startswith(f"wrote {out}, {out.with_suffix('.json')}")
 
     data = json.loads(out.with_suffix(".json").read_text())
     (result,) = data["rows"]

@@ -2,11 +2,14 @@
 
 Examples::
 
-    python -m gsr_rewrite.bench memory --device cpu --out benchmarks/results/memory_cpu.md \\
-        --plot benchmarks/results/memory_cpu.png
+    python -m gsr_rewrite.bench memory --device cpu --out benchmarks/results/memory_cpu.md
     python -m gsr_rewrite.bench memory --device cuda --models vit_b_32,gpt2 --checkpointing both
     python -m gsr_rewrite.bench memory --pair ref=torch.optim:AdamW,torch.optim:AdamW \\
         --r-kwargs 'ref={"fused": true}' --models tiny_vit --checkpointing off
+
+Without ``--out``, ``memory.md``, ``memory.json`` and ``memory.png`` go into a new directory
+``./gsr-bench-<time>/``; the last line of stdout names them. Progress is drawn on stderr when it
+is a terminal.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gsr_rewrite.bench.memory import (
     parse_pair,
     run_benchmark,
 )
+from gsr_rewrite.bench.output import new_results_dir, wrote
 from gsr_rewrite.bench.plot import plot_timeline
 from gsr_rewrite.bench.report import markdown_report, rows_json
 
@@ -109,13 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=5, help="training iterations (default 5)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
     parser.add_argument(
-        "--out", type=Path, default=None, help="markdown file; the JSON goes next to it (.json)"
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown file; the JSON goes next to it (.json). Default: memory.md in a new "
+        "directory ./gsr-bench-YYYYmmdd-HHMMSS",
     )
     parser.add_argument(
         "--plot",
         type=Path,
         default=None,
-        help="PNG of memory over one iteration, first measured row (matplotlib)",
+        help="PNG of memory over one iteration, first measured row (needs matplotlib). "
+        "Default: next to --out (.png)",
     )
     return parser
 
@@ -143,25 +152,34 @@ def memory_main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     ckpt = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
-    plan = Plan(models, ckpt, pairs, device, args.iters, timeline=args.plot is not None)
+    plotting = _have_matplotlib()
+    if not plotting:
+        print("matplotlib is not installed (pip install matplotlib): no plot", file=sys.stderr)
+    plan = Plan(models, ckpt, pairs, device, args.iters, timeline=plotting)
     rows = run_benchmark(plan, timeout_s=args.timeout)
     meta = _meta(rows, device, args.iters, argv)
     text = markdown_report(rows, meta)
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(rows_json(rows, meta), indent=1) + "\n")
-        print(f"wrote {args.out} and {args.out.with_suffix('.json')}", file=sys.stderr)
-    if args.plot is not None:
-        drawn = any(plot_timeline(row, args.plot, device) for row in rows if row.ok)
-        print(
-            f"wrote {args.plot}"
-            if drawn
-            else "no plot: matplotlib missing or no row of the first model measured",
-            file=sys.stderr,
-        )
+    out: Path = args.out or new_results_dir("gsr-bench") / "memory.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(rows_json(rows, meta), indent=1) + "\n")
+    written = [out, out.with_suffix(".json")]
+    plot: Path = args.plot or out.with_suffix(".png")
+    if plotting and any(plot_timeline(row, plot, device) for row in rows if row.ok):
+        written.append(plot)
+    elif plotting:
+        print("no plot: no row of the first model was measured", file=sys.stderr)
+    print(wrote(written))
     return 0
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _default_device() -> str:
@@ -193,12 +211,15 @@ def _meta(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in COMMANDS:
-        print(
-            f"usage: python -m gsr_rewrite.bench {{{','.join(COMMANDS)}}} [--help]", file=sys.stderr
-        )
-        return 2
-    return memory_main(args[1:])
+    if args and args[0] in COMMANDS:
+        return memory_main(args[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m gsr_rewrite.bench", description="Benchmarks of gsr-rewrite."
+    )
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+    commands.add_parser("memory", help="peak memory of a whole training step (memory --help)")
+    parser.parse_args(args)  # --help: usage, exit 0; no or an unknown command: exit 2
+    parser.error("COMMAND must be the first argument")  # e.g. `-- memory`
 
 
 if __name__ == "__main__":

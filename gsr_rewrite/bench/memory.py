@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gsr_rewrite.bench.measure import RESULT_PREFIX, RunConfig
+from gsr_rewrite.bench.output import note, progress_bar
 
 __all__ = [
     "DEFAULT_PAIRS",
@@ -181,28 +182,27 @@ class Plan:
 
 
 def run_benchmark(
-    plan: Plan,
-    runner: Runner = run_in_subprocess,
-    timeout_s: float = 1800.0,
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+    plan: Plan, runner: Runner = run_in_subprocess, timeout_s: float = 1800.0
 ) -> list[Row]:
-    """Measure every configuration of ``plan`` once (shared optimizers are not re-run)."""
-    cache: dict[str, Result] = {}
-    rows: list[Row] = []
+    """Measure every configuration of ``plan`` once (shared optimizers are not re-run); a bar on
+    stderr counts the runs (on a terminal)."""
     keys = [(m, c, p) for m in plan.models for c in plan.checkpointing for p in plan.pairs]
-    for n, key in enumerate(keys, 1):
-        results = []
-        for config in plan.configs(key):
-            if config.key() not in cache:
-                result = runner(config, timeout_s)
-                cache[config.key()] = result
-                status = result.get("status", "?")
-                peak = result.get("peak_allocated")
-                shown = f"{peak / 2**20:.1f} MB" if peak is not None else result.get("error", "")
-                log(
-                    f"[{n}/{len(keys)}] {config.model} ckpt={config.checkpointing} "
-                    f"{OptimizerSpec(config.target, config.kwargs).label}: {status} {shown}"
-                )
-            results.append(cache[config.key()])
-        rows.append(Row(key[0], key[1], key[2], results[0], results[1]))
+    configs = {config.key(): config for key in keys for config in plan.configs(key)}
+    results: dict[str, Result] = {}
+    with progress_bar(len(configs), "run") as bar:
+        for config in configs.values():
+            name = (
+                f"{config.model} ckpt={'on' if config.checkpointing else 'off'} "
+                f"{OptimizerSpec(config.target, config.kwargs).label}"
+            )
+            bar.set_postfix_str(name)
+            result = results[config.key()] = runner(config, timeout_s)
+            peak = result.get("peak_allocated")
+            shown = f"{peak / 2**20:.1f} MB" if peak is not None else result.get("error", "")
+            note(f"{name}: {result.get('status', '?')} {shown}")
+            bar.update()
+    rows = []
+    for model, ckpt, pair in keys:
+        original, variant = (results[c.key()] for c in plan.configs((model, ckpt, pair)))
+        rows.append(Row(model, ckpt, pair, original, variant))
     return rows
