@@ -46,7 +46,9 @@ def _dense(t: Tensor) -> bool:
 
 def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     """True when each host tensor can hold a temporary computed from the `like` tensors: same
-    shape, dtype, device and strides, dense, not 0-d, no storage shared with them."""
+    shape, dtype, device and strides, dense, not 0-d, no storage shared with them. DTensors
+    (FSDP2) fit when all of them are laid out alike (same mesh and placements); their storage
+    is their local shard's."""
     if not hosts and not like:
         return False
     ref = (*hosts, *like)[0]
@@ -55,9 +57,10 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     shape, dtype, device = ref.shape, ref.dtype, ref.device
     if not dtype.is_floating_point or ref.layout != torch.strided:
         return False
+    layout = _distribution(ref)
     for t in (*hosts, *like):
         if not isinstance(t, Tensor) or t.shape != shape or t.dtype != dtype or \
-                t.device != device or t.layout != torch.strided:
+                t.device != device or t.layout != torch.strided or _distribution(t) != layout:
             return False
     for h in hosts:
         # a 0-d host: an operand the analysis takes for a number may be a 0-d tensor (a tensor
@@ -65,30 +68,62 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
         if h.requires_grad or not _dense(h) or h.dim() == 0:
             return False
         storage = _storage(h)
+        if storage is _UNLOCATED:
+            return False
         for t in like:
-            if t is not h and storage is not None and _storage(t) == storage:
+            if t is h:
+                continue
+            other = _storage(t)
+            if other is _UNLOCATED or (storage is not None and other == storage):
                 return False
             # the original's result takes its operands' memory layout; in the host it takes
             # the host's: a later reduction over it (`update.norm()`) would add in another order
-            if t.stride() != h.stride():
+            if not _same_layout(t, h):
                 return False
     GUARD_HITS[0] += 1
     return True
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    """Equal strides where they matter: a dimension of size 1 may have any stride (a [1, 1, 128]
+    class token's gradient comes as strides (8320, 128, 1), its state as (128, 128, 1))."""
+    return all(n == 1 or x == y for n, x, y in zip(a.shape, a.stride(), b.stride(), strict=True))
 
 
 #: How often a guard let a rewritten statement run (translation validation checks it moved).
 GUARD_HITS = [0]
 
 
-def _storage(t: Tensor) -> int | None:
-    """Storage address, or None for tensor subclasses without one (symbolic, fake, meta) and for
-    empty tensors (every empty tensor reports address 0; they overlap nothing)."""
+#: `_storage` of a tensor whose memory cannot be located (fake, meta, unknown subclasses): it
+#: may share memory with anything, so it never hosts a temporary nor sits beside one
+_UNLOCATED = object()
+
+
+def _local(t: Tensor) -> Tensor:
+    """The tensor that holds `t`'s bytes on this rank: a DTensor's local shard, else `t`."""
+    local = getattr(t, "_local_tensor", None)
+    return local if isinstance(local, Tensor) else t
+
+
+def _distribution(t: Tensor) -> Any:
+    """How a DTensor is spread over ranks (mesh, placements); None for a plain tensor."""
+    spec = getattr(t, "_spec", None)
+    return None if spec is None else (spec.mesh, spec.placements)
+
+
+def _storage(t: Tensor) -> Any:
+    """Identity of `t`'s storage (a DTensor's: its local shard's; the symbolic tensors': their
+    element box); None for an empty tensor (they overlap nothing); `_UNLOCATED` when unknown."""
     if t.numel() == 0:
         return None
+    span = getattr(t, "gsr_span", None)
+    if span is not None:
+        return span()[0]
+    local = _local(t)
     try:
-        return int(t.untyped_storage().data_ptr())
+        return local.device, int(local.untyped_storage().data_ptr())
     except (RuntimeError, NotImplementedError):
-        return None
+        return _UNLOCATED
 
 
 def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
@@ -124,8 +159,8 @@ def foreach_into(host: list[Tensor], op_: Callable[..., Any] | None, first: list
     `torch.ops.aten._foreach_X.out` would allocate a full temporary list (measured on CUDA and
     CPU, tests/test_memory.py), so the copy + in-place pair is the allocation-free form.
     """
-    if host is not first:
-        torch._foreach_copy_(host, first)
+    if host is not first:  # DTensor has no _foreach_copy_; alike laid out (fits_lists), their
+        torch._foreach_copy_([_local(h) for h in host], [_local(f) for f in first])  # shards
     if op_ is not None:
         op_(host, *args, **kwargs)
     return host
@@ -178,16 +213,20 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
     - ATTR=F in `bound` (each `self.ATTR(...)` the rewrite analysed as a call of F, what
       `__init__` binds it to) while `self.ATTR` is anything else.
 
+    - the step is being traced by `torch.compile` (Inductor plans the original's temporaries
+      itself; the guards' storage checks would break the graph).
+
     The debug switch poisons reused gradients after the R step."""
 
     def decorate(step: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(step)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if any(a is not None for a in (*args, *kwargs.values())) or \
+            if torch.compiler.is_compiling() or \
+                    any(a is not None for a in (*args, *kwargs.values())) or \
                     any(g.get("differentiable", False) for g in self.param_groups) or \
                     any(getattr(self, a, None) is not f for a, f in bound.items()) or \
                     not distinct_buffers(self):
-                return original.step(self, *args, **kwargs)  # type: ignore[attr-defined]
+                return _unhooked_step(original)(self, *args, **kwargs)
             out = step(self, *args, **kwargs)
             poison_grads(self.param_groups)
             return out
@@ -197,6 +236,13 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
     return decorate
 
 
+def _unhooked_step(cls: type) -> Callable[..., Any]:
+    """`cls.step` without the step hooks torch wraps it in once an object of `cls` exists (the
+    R step already runs inside them: they must not run twice)."""
+    step = cls.step  # type: ignore[attr-defined]
+    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step  # type: ignore[no-any-return]
+
+
 # -- the run-time precondition -----------------------------------------------------------------
 # The static analysis reasons about names; what it cannot see is how the user laid out memory.
 # An R step writes scratch into gradients (and into state it proved dead), so it is exact only
@@ -204,6 +250,7 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
 # no two of them overlap, none overlaps a param, and no param is listed twice. Checked once per
 # step; the verdict is cached while the spans of all those tensors are unchanged.
 
+_PLAIN = {Tensor, torch.nn.Parameter}
 _FALLBACKS = [0]  # steps that took the original path because the precondition failed
 _nbytes = operator.attrgetter("nbytes")
 
@@ -226,6 +273,7 @@ def _spans(ts: list[Tensor]) -> list[tuple[Any, int, int]] | None:
         if own is not None:
             out.append(own())
             continue
+        t = _local(t)
         try:
             lo = t.data_ptr()
         except (RuntimeError, NotImplementedError):
@@ -266,6 +314,8 @@ def distinct_buffers(opt: Any) -> bool:
     owned = [p.grad for p in params if p.grad is not None]
     owned += [v for p in params for v in state.get(p, {}).values() if isinstance(v, Tensor)]
     every = params + owned
+    if not set(map(type, every)) <= _PLAIN:
+        every = [_local(t) for t in every]  # DTensors: their shards on this rank
     try:
         dense = tuple(map(Tensor.is_contiguous, every))
         key: Any = (len(params), tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every)),
