@@ -54,12 +54,12 @@ if importlib.util.find_spec("gsr_rewrite") is None:  # run from a checkout witho
 
 from gsr_rewrite import optim as gsr_optim  # noqa: E402
 from gsr_rewrite import triton_runtime  # noqa: E402
+from gsr_rewrite.bench.output import new_results_dir  # noqa: E402
 from gsr_rewrite.memory import measure_step_peak_bytes  # noqa: E402
 
 Shape = tuple[int, ...]
 Make = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("foreach", "fused", "compiled", "eager_r", "triton_r")
 SETS = ("vit_b32", "small_2000")
 DEVICE_ACTIVITIES = {"kernel", "gpu_memcpy", "gpu_memset"}  # kineto activity types
@@ -543,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-timeout", type=float, default=300.0,
                    help="seconds for a compiled row, compile included (default 300)")
     p.add_argument("--copy-mb", type=int, help="size of the copy_ reference (default 512; smoke 4)")
-    p.add_argument("--out", type=Path, help="output directory (default benchmarks/results; "
-                                            "smoke: a temporary directory)")
+    p.add_argument("--out", type=Path, help="output directory (default: a new ./gsr-step-bench-"
+                                            "<time>/; smoke: a temporary directory)")
     p.add_argument("--row", help=argparse.SUPPRESS)  # SET:OPTIMIZER:VARIANT, for compiled rows
     return p
 
@@ -599,7 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       flush=True)
 
     meta = _meta(cfg, argv)
-    out_dir = args.out or (Path(tempfile.gettempdir()) / "step_bench" if small else RESULTS)
+    # never into the committed results unless --out says so: a new directory it names below
+    out_dir = args.out or (Path(tempfile.gettempdir()) / "step_bench" if small
+                           else new_results_dir("gsr-step-bench"))
     out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(meta, copy, sets, rows)
     stem = out_dir / _stem(meta, sets)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from gsr_rewrite.bench.output import new_results_dir
 from gsr_rewrite.corpus import discover
 from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.triton_backend import triton_classes
@@ -105,7 +106,8 @@ def run_module(module: str, names: list[str]) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("packages", nargs="+")
-    ap.add_argument("--out", default="benchmarks/results/triton_corpus.md")
+    ap.add_argument("--out", help="where to write the table (default: triton_corpus.md in a "
+                    "new ./gsr-triton-corpus-<time>/)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         ap.error("no GPU: run with TRITON_INTERPRET=1 (set before triton is imported)")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(r.status == 'not rewritten' for r in rows)} not rewritten (no R class to "
               f"derive from), {sum(r.status == 'error' for r in rows)} errors; "
               f"{len(failed)} checks failed."]
-    out = Path(args.out)
+    out = Path(args.out) if args.out else new_results_dir("gsr-triton-corpus") / "triton_corpus.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
