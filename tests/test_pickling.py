@@ -68,3 +68,15 @@ torch.save(_one_more_step(opt), {str(tmp_path / 'next.pt')!r})
     assert out.stdout.split() == ["gsr_rewrite.reduced.torch.optim.adam", "AdamR"]
     got = torch.load(tmp_path / "next.pt")
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_every_shipped_class_pickles() -> None:
+    import gsr_rewrite.optim as shipped
+
+    for name in ("AdamWR", "AdanR", "LionR"):
+        opt, _ = _trained(getattr(shipped, name))
+        for twin in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
+            assert type(twin) is type(opt)
+            expected = _one_more_step(copy.deepcopy(opt))
+            assert all(torch.equal(a, b) for a, b in
+                       zip(expected, _one_more_step(twin), strict=True))
