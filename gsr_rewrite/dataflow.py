@@ -107,8 +107,11 @@ class _Builder:
     def statement(self, stmt: cst.BaseStatement, loop: tuple[Node, Node] | None
                   ) -> tuple[Node, Node | _Tail]:
         """Returns (head, tail); the tail's successors are filled in by `block`."""
-        if isinstance(stmt, cst.SimpleStatementLine):
-            nodes = [self.new("stmt", s, line=stmt) for s in stmt.body
+        if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+            # a suite (`if p.grad is None: continue`) has no line of its own: nothing in it is
+            # rewritten (placement wants a statement on its own line), but its flow counts
+            line = stmt if isinstance(stmt, cst.SimpleStatementLine) else None
+            nodes = [self.new("stmt", s, line=line) for s in stmt.body
                      if not isinstance(s, cst.Pass)]
             if not nodes:
                 n = self.new("stmt", None)
@@ -133,7 +136,7 @@ class _Builder:
         if isinstance(stmt, cst.If):
             test = self.new("test", stmt.test)
             join = self.new("join")
-            body = self.block(stmt.body.body, join, loop)
+            body = self.block(_statements(stmt.body), join, loop)
             other: Node
             if stmt.orelse is None:
                 other = join
@@ -143,7 +146,7 @@ class _Builder:
                     x.succ.append(join)
                 other = h
             else:
-                other = self.block(stmt.orelse.body.body, join, loop)
+                other = self.block(_statements(stmt.orelse.body), join, loop)
             test.succ = [body, other]
             return test, _Tail(join)
         if isinstance(stmt, (cst.For, cst.While)):
@@ -152,18 +155,18 @@ class _Builder:
             after = self.new("join")
             latch = self.new("latch", stmt, after_loop=after)
             latch.succ = [head]
-            body = self.block(stmt.body.body, latch, (latch, after))
-            exit_to = after if stmt.orelse is None else self.block(stmt.orelse.body.body, after,
-                                                                   loop)
+            body = self.block(_statements(stmt.body), latch, (latch, after))
+            exit_to = after if stmt.orelse is None else \
+                self.block(_statements(stmt.orelse.body), after, loop)
             head.succ = [body, exit_to]
             return head, _Tail(after)
         if isinstance(stmt, cst.With):
             head = self.new("with", stmt)
             join = self.new("join")
             if all(_mode_manager(item.item) for item in stmt.items):
-                head.succ = [self.block(stmt.body.body, join, loop)]
+                head.succ = [self.block(_statements(stmt.body), join, loop)]
             else:  # `contextlib.suppress(...)` or any manager we do not know: may swallow
-                head.succ = [self.guarded_block(stmt.body.body, join, loop, [join])]
+                head.succ = [self.guarded_block(_statements(stmt.body), join, loop, [join])]
             return head, _Tail(join)
         if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
             n = self.new("def", stmt)
@@ -172,17 +175,24 @@ class _Builder:
             # Handlers are entered from the start and the end of the body (an approximation that
             # keeps everything read in a handler live across the whole body).
             join = self.new("join")
-            fin = self.block(stmt.finalbody.body.body, join, loop) if stmt.finalbody else join
+            fin = self.block(_statements(stmt.finalbody.body), join, loop) \
+                if stmt.finalbody else join
             body_end = self.new("join")
-            handlers = [self.block(h.body.body, fin, loop) for h in stmt.handlers]
-            orelse = self.block(stmt.orelse.body.body, fin, loop) if stmt.orelse else fin
+            handlers = [self.block(_statements(h.body), fin, loop) for h in stmt.handlers]
+            orelse = self.block(_statements(stmt.orelse.body), fin, loop) if stmt.orelse else fin
             body_end.succ = [orelse, *handlers]
             start = self.new("join")
-            body = self.guarded_block(stmt.body.body, body_end, loop, handlers or [fin])
+            body = self.guarded_block(_statements(stmt.body), body_end, loop, handlers or [fin])
             start.succ = [body, *handlers]
             return start, _Tail(join)
         raise RewriteError(self.where(stmt), f"unsupported statement `{type(stmt).__name__}` in "
                            "an optimizer step; rewrite it with if/for/while")
+
+
+def _statements(body: cst.BaseSuite) -> Sequence[Any]:
+    """The statements of a compound statement's body; a one-line suite (`if c: continue`) is
+    one statement."""
+    return body.body if isinstance(body, cst.IndentedBlock) else [body]
 
 
 def _mode_manager(e: cst.BaseExpression) -> bool:

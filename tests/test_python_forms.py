@@ -1,0 +1,64 @@
+"""Python as people write it: one-line compound statements are analysed, not refused."""
+
+from __future__ import annotations
+
+from gsr_rewrite.api import rewrite_text
+
+HEAD = '''
+import torch
+from torch.optim import Optimizer
+
+
+class Mine(Optimizer):
+    def __init__(self, params, lr=1e-3, beta=0.9, eps=1e-8):
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+'''
+TAIL = '''
+        return None
+'''
+
+
+def _rewrite(body: str) -> tuple[str, dict[str, str]]:
+    """(status of Mine, where each temporary lives) for a step whose loop body is `body`."""
+    indented = "".join(f"                {line}\n" for line in body.strip().splitlines())
+    result = rewrite_text(HEAD + indented + TAIL, "mine.py")
+    (mine,) = result.classes
+    return mine.status, {t.code: t.lives_in if t.placed else "stays" for t in mine.temporaries}
+
+
+def test_one_line_continue_is_analysed() -> None:
+    status, temps = _rewrite('''
+if p.grad is None: continue
+grad = p.grad
+state = self.state[p]
+if len(state) == 0: state["v"] = torch.zeros_like(p)
+v = state["v"]
+v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
+denom = v.sqrt()
+p.addcdiv_(v, denom.add_(group["eps"]), value=-group["lr"])
+''')
+    assert status == "rewritten"
+    assert "gradient" in temps["v.sqrt()"]
+
+
+def test_a_one_line_read_keeps_the_gradient_alive() -> None:
+    """`if ...: total += grad.sum()` after the temporary reads the gradient: the temporary
+    must not live in it (before, such code was refused; now its reads count)."""
+    status, temps = _rewrite('''
+if p.grad is None: continue
+grad = p.grad
+state = self.state[p]
+if len(state) == 0: state["v"] = torch.zeros_like(p)
+v = state["v"]
+v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
+denom = v.sqrt().add_(group["eps"])
+p.addcdiv_(v, denom, value=-group["lr"])
+if group["lr"] > 0: p.add_(grad, alpha=-group["lr"])
+''')
+    assert status in ("rewritten", "unchanged")
+    assert "gradient" not in temps.get("v.sqrt()", "stays")
