@@ -5,9 +5,11 @@
 
 `reduce` reads the source of the module that defines the class, rewrites the whole module (with
 relative imports made absolute), writes the emitted module to a private cache, imports it under a
-unique name and returns its `<Name>R` class. The R-class derives from the regenerated copy of the
-original class in that module (same source), not from the very class object passed in, and the
-module's top level runs once more under that name. Only certified classes are emitted
+unique name and returns its `<Name>R` class. The module's top level runs once more under that
+name. The class returned derives from the very class passed in: the R methods are moved onto a
+subclass of it when the class's code equals its file's (not edited since import), no moved method
+calls super(), and that subclass passes certification against it (cached); otherwise it derives
+from the class regenerated from the file. Only certified classes are emitted
 (`validate.certify`, cached with the module).
 
 Cache: ``$GSR_REWRITE_CACHE_DIR/generated/`` (default ``~/.cache/gsr-rewrite/generated/``), one
@@ -355,9 +357,67 @@ def _reduce_uncached(cls: type) -> type:
     status, reason = outcome
     if status != "rewritten" or rewritten.module is None:
         raise RewriteError(str(path), f"{label} was not rewritten ({status}): {reason}")
-    r_cls = getattr(rewritten.module, cls.__name__ + "R")
-    assert isinstance(r_cls, type)  # certified when it was emitted (compile_source)
-    return r_cls
+    r_copy = getattr(rewritten.module, cls.__name__ + "R")
+    assert isinstance(r_copy, type)  # certified when it was emitted (compile_source)
+    return _onto_original(cls, getattr(rewritten.module, cls.__name__), r_copy)
+
+
+def _onto_original(cls: type, copy: type, r_copy: type) -> type:
+    """`r_copy` derives from `copy`, the class regenerated from `cls`'s source; a subclass of
+    `cls` itself is what users expect (`isinstance(opt, cls)`, type checks in frameworks). It
+    is made by moving `r_copy`'s methods onto `cls` when that is exact: every method of `cls` has
+    the code of `copy`'s (the file was not edited since `cls` was imported), no moved method
+    (nor the original step the R step falls back to) calls super(), and the result passes the
+    same certification against `cls`. Otherwise `r_copy`, as emitted."""
+    moved = [v for k, v in vars(r_copy).items() if not (k.startswith("__") and k.endswith("__"))]
+    if not _same_code(cls, copy) or any(_calls_super(_function(f)) for f in
+                                        [*moved, vars(copy).get("step")]):
+        return r_copy
+    r_cls = inherit_variant(cls, cls, r_copy)
+    return r_copy if _certify_cached(cls, cls, r_cls) else r_cls
+
+
+def _function(f: object) -> object:
+    """The plain function behind a method, a static/class method, a torch step hook or a
+    `functools.wraps` decorator."""
+    f = getattr(_unhooked(f), "__func__", _unhooked(f))
+    return inspect.unwrap(f) if callable(f) else f
+
+
+def _same_code(a: type, b: type) -> bool:
+    """`a` and `b` define the same attribute names, and their functions the same code (file
+    names and line numbers aside)."""
+    va = {k: v for k, v in vars(a).items() if k not in ("__module__", "__doc__", "__dict__",
+                                                          "__weakref__", "__qualname__")}
+    vb = {k: v for k, v in vars(b).items() if k in va or k not in vars(object)}
+    if va.keys() != {k for k in vb if k not in ("__module__", "__doc__", "__dict__",
+                                                 "__weakref__", "__qualname__")}:
+        return False
+    for k, x in va.items():
+        fx, fy = _function(x), _function(vb[k])
+        cx, cy = getattr(fx, "__code__", None), getattr(fy, "__code__", None)
+        if (cx is None) != (cy is None) or (cx is not None and _bare(cx) != _bare(cy)):
+            return False
+        facts = ("__defaults__", "__kwdefaults__") if cx is not None else ("__class__",)
+        if not all(_equal(getattr(fx, f, None), getattr(fy, f, None)) for f in facts):
+            return False
+        if cx is None and not _equal(x, vb[k]):  # a class-level constant
+            return False
+    return True
+
+
+def _equal(x: object, y: object) -> bool:
+    """`x == y` as a plain bool; False when they cannot say (tensors, odd objects)."""
+    try:
+        return bool(type(x) is type(y) and x == y)
+    except Exception:
+        return False
+
+
+def _bare(code: Any) -> Any:
+    """`code` without its file name and line numbers (nested code objects too)."""
+    consts = tuple(_bare(c) if hasattr(c, "co_code") else c for c in code.co_consts)
+    return code.replace(co_filename="", co_firstlineno=1, co_linetable=b"", co_consts=consts)
 
 
 #: instance attribute listing what `install` put on an optimizer (what `uninstall` removes)
