@@ -139,8 +139,8 @@ def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> C
     if sum(t.placed for t in again.temporaries) <= sum(t.placed for t in out.temporaries):
         return out
     again.equivalence, again.rules = "tolerance", [RULE]
-    again.reason = (f"reordered with rule {RULE} (guarded by its condition; lines refer to the "
-                    "reordered source)")
+    again.reason = (f"reordered with rule {RULE} (guarded by its condition and float32/float64 "
+                    "tensors; lines refer to the reordered source)")
     return again
 
 

@@ -7,27 +7,38 @@ temporary be recomputed from the *updated* state with the rule book's `ema-recov
 (m = (m_new - (1 - b)*g) / b, proved under b != 0). The statements between must not touch m or
 g. The rule's condition becomes a run-time branch whose else branch is the original order:
 
-    if (1 - (1 - beta2)) != 0:   # gsr: rule ema-recover-old
+    if (beta2) != 0 and all(t.dtype in (torch.float32, torch.float64) for t in (exp_avg, grad)):
         exp_avg.lerp_(grad, 1 - beta2)
         update = grad.lerp(exp_avg, <coefficient of m_new>)
         ...
     else:
         <original statements>
 
+A rule is proved in real arithmetic; the reordered form rounds differently, and only in float32
+and float64 is that rounding "equal up to float rounding". In bf16 and fp16 it is coarse enough to
+flip the sign of an element near 0, and Lion's `sign()` makes that a full `lr` step. So the branch
+also asks, at run time, that every tensor the rule computes with is float32 or float64
+(WIDE_DTYPES): any other dtype, known or not, runs the original order (exact).
+
 The module is then planned again: in the first branch the gradient dies at `update`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import libcst as cst
 import sympy
 
 from gsr_rewrite.effects import buffers, dotted
+from gsr_rewrite.locate import _imports
 from gsr_rewrite.plan import FunctionPlan, Placement
 
 RULE = "ema-recover-old"
+#: dtypes (attributes of torch) in which a reordered statement may run; default-deny: any other
+#: dtype runs the original statements
+WIDE_DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -36,7 +47,9 @@ class Reorder:
     first: cst.SimpleStatementLine  # the temporary's statement
     last: cst.SimpleStatementLine  # the EMA update S
     new_temp: cst.BaseStatement  # the temporary recomputed from the updated state
-    condition: str
+    condition: str  # the rule's condition, on host scalars
+    tensors: tuple[str, ...]  # the variables the rule computes with (m and g)
+    lists: bool  # they hold foreach tensor lists
 
 
 class _Sym:
@@ -203,7 +216,7 @@ def _reformulate(p: Placement, fp: FunctionPlan, owner: cst.CSTNode,
     assign = line.body[0]
     assert isinstance(assign, cst.Assign)
     new_line = line.with_changes(body=[assign.with_changes(value=cst.parse_expression(value))])
-    return Reorder(owner, line, s, new_line, f"({sym.code(b)}) != 0")
+    return Reorder(owner, line, s, new_line, f"({sym.code(b)}) != 0", (m, g), foreach)
 
 
 def _as_out_of_place(call: cst.Call) -> cst.Call:
@@ -219,8 +232,28 @@ def _as_out_of_place(call: cst.Call) -> cst.Call:
     return out
 
 
+def wide_only(torch_name: str, tensors: Sequence[str], lists: bool) -> str:
+    """Run-time test that every tensor (every tensor of every list) has a WIDE_DTYPES dtype."""
+    dtypes = ", ".join(f"{torch_name}.{d}" for d in WIDE_DTYPES)
+    items = ", ".join(f"*{t}" if lists else t for t in tensors)
+    return f"all(t.dtype in ({dtypes}) for t in ({items}))"
+
+
+def _torch_name(module: cst.Module) -> str | None:
+    """The module's top-level name for torch (`import torch`, `import torch as th`)."""
+    names = {k for k, v in _imports(module).items() if v == "torch"}
+    return "torch" if "torch" in names else min(names, default=None)
+
+
 def apply_reorders(module: cst.Module, reorders: list[Reorder]) -> cst.Module:
+    """Each reorder as `if <condition> and <wide_only>: <reordered> else: <original>`; none
+    where the module names no torch to test dtypes with."""
+    torch_name = _torch_name(module)
+    if torch_name is None:
+        return module
     by_first = {id(r.first): r for r in reorders}
+    tests = {id(r): f"{r.condition} and {wide_only(torch_name, r.tensors, r.lists)}"
+             for r in reorders}
 
     class _T(cst.CSTTransformer):
         def _fix(self, body: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
@@ -237,10 +270,11 @@ def apply_reorders(module: cst.Module, reorders: list[Reorder]) -> cst.Module:
                 moved = [r.last.with_changes(leading_lines=[]),
                          r.new_temp.with_changes(leading_lines=[]), *original[1:-1]]
                 out.append(cst.If(
-                    test=cst.parse_expression(r.condition),
+                    test=cst.parse_expression(tests[id(r)]),
                     body=cst.IndentedBlock(moved, header=cst.TrailingWhitespace(
                         whitespace=cst.SimpleWhitespace("  "),
-                        comment=cst.Comment(f"# gsr: rule {RULE} (reordered)"))),
+                        comment=cst.Comment(f"# gsr: rule {RULE} (reordered; "
+                                            f"{'/'.join(WIDE_DTYPES)} only)"))),
                     orelse=cst.Else(cst.IndentedBlock(
                         [original[0].with_changes(leading_lines=[]), *original[1:]])),
                     leading_lines=getattr(original[0], "leading_lines", ())))

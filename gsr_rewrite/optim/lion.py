@@ -189,7 +189,7 @@ def _lion_single_gsr(
                 grad = -grad
 
         # Interpolate the update from the momentum before it moves.
-        if ((beta2)) != 0:  # gsr: rule ema-recover-old (reordered)
+        if ((beta2)) != 0 and all(t.dtype in (torch.float32, torch.float64) for t in (exp_avg, grad)):  # gsr: rule ema-recover-old (reordered; float32/float64 only)
             exp_avg.lerp_(grad, 1 - beta2)
             if _gsr.fits((grad,), (exp_avg,)):  # gsr: lerp -> gradient
                 update = grad.lerp_(exp_avg, (beta1)/(beta2))
@@ -240,7 +240,7 @@ def _lion_multi_gsr(
             grads = torch._foreach_neg(grads)  # type: ignore[assignment]
 
     # Interpolate the update from the momentum before it moves.
-    if ((beta2)) != 0:  # gsr: rule ema-recover-old (reordered)
+    if ((beta2)) != 0 and all(t.dtype in (torch.float32, torch.float64) for t in (*exp_avgs, *grads)):  # gsr: rule ema-recover-old (reordered; float32/float64 only)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
         if _gsr.fits_lists((grads,), (exp_avgs,)):  # gsr: lerp -> gradient
             updates = _gsr.foreach_inplace(torch._foreach_lerp_, grads, exp_avgs, (beta1)/(beta2))
