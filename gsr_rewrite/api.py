@@ -270,9 +270,26 @@ def step_owner(cls: type) -> type | None:
                                         for b in cls.__mro__[k + 1:]):
             return c if c is not cls else None
         if any(name not in _INHERIT_ADDS and name != "step" and not name.startswith("__")
-               and (callable(v) or hasattr(v, "__get__")) for name, v in vars(c).items()):
+               and (callable(v) or hasattr(v, "__get__"))
+               and not _rewrapped_from_base(cls.__mro__[k + 1:], name, v)
+               for name, v in vars(c).items()):
             return None
     return None
+
+
+def _rewrapped_from_base(bases: tuple[type, ...], name: str, value: object) -> bool:
+    """Whether class attribute `value` is only a base's `name` wrapped again: after any
+    `torch.compile`, Dynamo sets `C._init_group = disable(C._init_group)` on every torch.optim
+    class, so AdamW gets its own copy of Adam's method."""
+    base = next((vars(b)[name] for b in bases if name in vars(b)), None)
+    return base is not None and _innermost(value) is _innermost(base)
+
+
+def _innermost(f: object) -> object:
+    """What Dynamo's `disable(...)` wrappers (one or more) wrap."""
+    while hasattr(f, "_torchdynamo_orig_callable"):
+        f = f._torchdynamo_orig_callable
+    return f
 
 
 def _unhooked(step: object) -> object:

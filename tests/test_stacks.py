@@ -104,3 +104,19 @@ def test_distributed_two_ranks(stack: str, path: str, tmp_path: Path) -> None:
             assert seen["guard_hits"] > 0 and seen["fallbacks"] == 0, (name, seen)
             assert seen["original_units"] >= 0.9 and seen["r_units"] <= 0.05, (name, seen)
             assert seen["param_type"] == ("DTensor" if stack == "fsdp2" else "Parameter")
+
+
+def test_after_torch_compile_adamw_still_runs_adams_r_step() -> None:
+    """Any torch.compile (DeepSpeed runs one) makes Dynamo set `AdamW._init_group =
+    disable(Adam._init_group)`: AdamW still only constructs differently from Adam, and gets
+    Adam's R step (it was refused: "no optimizer class found")."""
+    code = ("import torch, gsr_rewrite\n"
+            "torch.compile(lambda x: x + 1, backend='eager')(torch.ones(2))\n"
+            "assert '_init_group' in vars(torch.optim.AdamW)\n"
+            "opt = gsr_rewrite.install(torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))]))\n"
+            "from gsr_rewrite.optim import AdamWR\n"
+            "print(type(opt).__name__, AdamWR.__mro__[1].__name__)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["AdamW", "AdamW"]
