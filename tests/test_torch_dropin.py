@@ -155,7 +155,7 @@ def test_cache_key_covers_torch_version(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_pickles_across_processes(adamw_r: type, tmp_path: Path) -> None:
-    """An AdamWR object pickles by reference to `gsr_rewrite.optim.AdamWR`, so a fresh process
+    """An AdamWR object pickles by reference to its `gsr_rewrite.reduced` name, so a fresh process
     (with the cache warm) loads it as that class."""
     params = _params()
     opt = adamw_r(params, lr=1e-2)
@@ -166,4 +166,4 @@ def test_pickles_across_processes(adamw_r: type, tmp_path: Path) -> None:
             "isinstance(d['opt'], torch.optim.AdamW))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["gsr_rewrite.optim", "AdamWR", "True"]
+    assert out.stdout.split() == ["gsr_rewrite.reduced.torch.optim.adamw", "AdamWR", "True"]

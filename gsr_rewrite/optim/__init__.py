@@ -29,18 +29,11 @@ _TRITON = {"AdamWRTriton": "adamw_triton", "AdanRTriton": "adan_triton",
 __all__ = ["AdamW", "AdamWR", "Adan", "AdanR", "Lion", "LionR", *_TRITON]
 
 
-def _torch_rewritten(original: type) -> type:
-    """`reduce(original)`, named as this module's attribute so its objects pickle."""
-    from gsr_rewrite.api import reduce
-
-    r_cls = reduce(original)
-    r_cls.__module__, r_cls.__qualname__ = __name__, r_cls.__name__
-    return r_cls
-
-
 def __getattr__(name: str) -> Any:
-    if name == "AdamWR":
-        value = _torch_rewritten(AdamW)
+    if name == "AdamWR":  # its objects pickle as gsr_rewrite.reduced.torch.optim.adamw.AdamWR
+        from gsr_rewrite.api import reduce
+
+        value = reduce(AdamW)
     elif name in _TRITON:
         import importlib
 
