@@ -5,6 +5,7 @@ with the usual permissions, and its help and --diff show what matters."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import stat
 import subprocess
@@ -112,6 +113,20 @@ def test_existing_file_not_written_by_gsr_rewrite_is_kept(tmp_path: Path, adamw:
     assert_refused_early(tmp_path, "adamw.py", "-o", "out", says="--force")
     assert mine.read_text() == "# my notes\n"
     assert (out_dir / "adamw_r.py").read_text() == "# hand edited\n"
+
+
+def test_existing_report_not_written_by_gsr_rewrite_is_kept(tmp_path: Path, adamw: Path
+                                                             ) -> None:
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    assert_refused_early(tmp_path, "adamw.py", "-o", "out.py", "--report", "notes.json",
+                         says="--force")
+    assert notes.read_text() == '{"mine": 1}\n'
+    report = tmp_path / "r.json"
+    for _ in range(2):  # the second run replaces the report the first one wrote
+        code, _, err = run(str(adamw), "-o", str(tmp_path / "out.py"), "--report", str(report))
+        assert code == 0, err
+    assert json.loads(report.read_text())["tool"].startswith("gsr-rewrite")
 
 
 def test_generated_output_is_replaced_with_the_usual_permissions(
