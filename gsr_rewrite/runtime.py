@@ -346,9 +346,36 @@ def _fallback() -> bool:
 #: Elements per strip are a multiple of this: a multiple of every CPU vector loop's step, so each
 #: element takes the same code path (vector body or scalar tail) in a strip as in its whole tensor.
 STRIP_ALIGN = 64
+#: A strip-mined run with k temporaries alive at once is emitted with 64 * k strips
+STRIP_FRACTION = 64
 #: GSR_STRIPS=N overrides the number of strips of every strip-mined run (1: whole tensors, the
 #: original's speed and memory); unset, each run uses the number the rewriter chose.
 _STRIPS_OVERRIDE = os.environ.get("GSR_STRIPS", "")
+#: A strip-mined run is cut into no more strips than it needs to keep its temporaries under this
+#: many bytes (GSR_STRIP_FLOOR_MB, default 16 MiB; 0: always the emitted count, 1/64 of the
+#: tensors per temporary): a run over 2,000 tensors of 64x64 takes 4 strips instead of 128, one
+#: over ViT-B/32's 88 M params 44, and a small run one (whole tensors, the original's speed).
+_STRIP_FLOOR = [int(float(os.environ.get("GSR_STRIP_FLOOR_MB", "16")) * 2**20)]
+
+
+@contextlib.contextmanager
+def strip_floor(nbytes: int) -> Iterator[None]:
+    """Run with another strip floor (memory measurements use 0: the strip structure itself)."""
+    saved, _STRIP_FLOOR[0] = _STRIP_FLOOR[0], nbytes
+    try:
+        yield
+    finally:
+        _STRIP_FLOOR[0] = saved
+
+
+def _budgeted(count: int, positions: list[list[Tensor]]) -> int:
+    """`count` strips give each of the run's `count / 64` temporaries 1/64 of its tensors; fewer
+    when the temporaries of all positions still fit under the floor."""
+    floor = _STRIP_FLOOR[0]
+    if floor <= 0:
+        return count
+    total = sum(g[0].numel() * g[0].element_size() for g in positions if g)
+    return max(1, min(count, -(-count * total // (STRIP_FRACTION * floor))))
 
 
 class At:
@@ -389,10 +416,14 @@ def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
     range of each tensor (aligned to STRIP_ALIGN); lists keep their length and order, so lists of
     scalars that go with them still match. Tensors that cannot be sliced alike (non-contiguous,
     different shapes, sparse, a mix of lists and single tensors) are yielded whole, once."""
-    if _STRIPS_OVERRIDE and not _FINE_STRIPS[0]:
-        count = int(_STRIPS_OVERRIDE)
     whole = [v.item() if isinstance(v, At) else v for v in values]
     positions = _strip_positions(whole) if count > 1 else None
+    if _STRIPS_OVERRIDE and not _FINE_STRIPS[0]:
+        count = int(_STRIPS_OVERRIDE)
+    elif positions is not None and not _FINE_STRIPS[0]:
+        count = _budgeted(count, positions)
+    if count <= 1:
+        positions = None
     if positions is None:
         yield tuple(StripItem(v.seq, v.index, w) if isinstance(v, At) else w
                     for v, w in zip(values, whole, strict=True))

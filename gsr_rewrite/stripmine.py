@@ -37,8 +37,11 @@ from gsr_rewrite.dataflow import Node, PointsTo, must_reach, preds_of, read_part
 from gsr_rewrite.effects import EMPTY, OPAQUE, SHAPED, _for_ins, buffers, dotted, names_in
 from gsr_rewrite.emit import Renamer
 from gsr_rewrite.plan import FunctionPlan, Placement
+from gsr_rewrite.runtime import STRIP_FRACTION
 
-STRIPS_PER_TEMPORARY = 64  # each temporary of a run is at most 1/64 of its tensors (+ alignment)
+#: each temporary of a run is at most 1/64 of its tensors (+ alignment), or the run's temporaries
+#: fit under the run-time floor (runtime.strips)
+STRIPS_PER_TEMPORARY = STRIP_FRACTION
 MAX_STRIPS = 512
 # metadata that a strip view shares with its whole tensor (shape, numel, strides differ)
 _SAME_ON_STRIPS = {"dtype", "device", "is_sparse", "is_complex", "is_cuda", "is_cpu", "layout",

@@ -21,7 +21,8 @@ from gsr_rewrite.check import MEASURE_SHAPES, CheckResult, Mode, measure_pair
 from gsr_rewrite.memory import StepMemory, StepTimes, time_step_pair
 
 #: the params `measure_pair` and `time_pair` measure on, in words
-MEASURED_ON = f"{len(MEASURE_SHAPES)} params of {'x'.join(map(str, MEASURE_SHAPES[0]))} fp32"
+MEASURED_ON = (f"{len(MEASURE_SHAPES)} params of {'x'.join(map(str, MEASURE_SHAPES[0]))} fp32, "
+               "strip-mined runs in their strips")
 
 
 @dataclass

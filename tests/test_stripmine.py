@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,29 @@ def test_refused_where_a_strip_would_differ(body: str, why: str) -> None:
     assert "cannot be strip-mined" in reasons and why in reasons, reasons
 
 
-def test_strips_keep_list_positions_and_cover_every_element() -> None:
+@pytest.fixture
+def no_floor() -> Iterator[None]:
+    """The strip structure itself: without the run-time floor, small runs are cut too."""
+    with runtime.strip_floor(0):
+        yield
+
+
+def test_the_floor_cuts_a_run_into_no_more_strips_than_it_needs() -> None:
+    """Temporaries under the floor: one strip (whole tensors, the original's speed); above it,
+    as many strips as keep them under it, never more than the emitted count."""
+    small = [torch.zeros(64 * 64) for _ in range(8)]  # 128 KiB per operand list
+    assert len(list(runtime.strips(128, small, small))) == 1
+    with runtime.strip_floor(2**20):  # 2 temporaries of 128 KiB fit under 1 MiB: 1 strip
+        assert len(list(runtime.strips(128, small, small))) == 1
+    with runtime.strip_floor(64 * 1024):  # 2 x 128 KiB over a 64 KiB floor: 4 strips
+        pieces = list(runtime.strips(128, small, small))
+        assert len(pieces) == 4
+        assert sum(x.numel() for strip in pieces for x in strip[0]) == 8 * 64 * 64
+    with runtime.strip_floor(1):
+        assert len(list(runtime.strips(128, small, small))) == 64  # 4096 elements, 64-aligned
+
+
+def test_strips_keep_list_positions_and_cover_every_element(no_floor: None) -> None:
     a = [torch.arange(300.0), torch.arange(5.0), torch.zeros(0)]
     b = [torch.zeros(300), torch.zeros(5), torch.zeros(0)]
     scales = [1.0, 2.0, 3.0]  # goes with a and b position by position
@@ -255,7 +278,7 @@ def test_strips_keep_list_positions_and_cover_every_element() -> None:
     assert torch.equal(b[0], torch.arange(300.0)) and torch.equal(b[1], 2 * torch.arange(5.0))
 
 
-def test_strips_yield_whole_tensors_when_they_cannot_be_cut_alike() -> None:
+def test_strips_yield_whole_tensors_when_they_cannot_be_cut_alike(no_floor: None) -> None:
     t = torch.randn(6, 7).t()  # not contiguous
     u = torch.randn(7, 6)
     (whole,) = list(runtime.strips(8, t, u))
@@ -264,7 +287,8 @@ def test_strips_yield_whole_tensors_when_they_cannot_be_cut_alike() -> None:
     assert whole[0].numel() == 4
 
 
-def test_items_of_a_list_are_cut_like_the_tensors_and_missing_items_raise() -> None:
+def test_items_of_a_list_are_cut_like_the_tensors_and_missing_items_raise(no_floor: None
+                                                                          ) -> None:
     grad, avgs = torch.ones(200), [torch.zeros(200)]
     for g, items in runtime.strips(3, grad, runtime.at(avgs, 0)):
         items[0].add_(g)
