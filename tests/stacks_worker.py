@@ -79,8 +79,12 @@ def _rank(rank: int, stack: str, foreach: bool, port: int, out: str) -> None:
     report: dict[str, Any] = {}
     if stack == "fsdp2":  # the aliasing guard sees a DTensor's local storage
         param = next(iter(_model(stack).parameters())).detach()
+        from torch.distributed.tensor import Replicate
+
+        replicated = param.redistribute(param.device_mesh, [Replicate()])
         report["guards"] = {"fits_own_view": runtime.fits((param,), (param.view(param.shape),)),
-                            "fits_other": runtime.fits((param,), (param.clone(),))}
+                            "fits_other": runtime.fits((param,), (param.clone(),)),
+                            "fits_other_placement": runtime.fits((param,), (replicated,))}
     for name, (orig, rvar, kwargs) in _pairs().items():
         try:
             ref, orig_peak, param_bytes = _train(stack, orig, kwargs, foreach, rank)

@@ -62,3 +62,31 @@ if group["lr"] > 0: p.add_(grad, alpha=-group["lr"])
 ''')
     assert status in ("rewritten", "unchanged")
     assert "gradient" not in temps.get("v.sqrt()", "stays")
+
+
+BASE = '''
+if p.grad is None: continue
+grad = p.grad
+state = self.state[p]
+if len(state) == 0: state["v"] = torch.zeros_like(p)
+v = state["v"]
+v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
+denom = v.sqrt().add_(group["eps"])
+p.addcdiv_(v, denom, value=-group["lr"])
+'''
+
+
+def test_a_one_line_store_makes_the_gradient_escape() -> None:
+    """`if ...: state["g"] = grad` keeps the gradient past the step: never scratch."""
+    assert _rewrite(BASE) == ("rewritten", {"v.sqrt()": "gradient"})  # without it: placed
+    assert _rewrite(BASE + 'if group["lr"] > 0: state["g"] = grad\n') == \
+        ("rewritten", {"v.sqrt()": "stays"})
+
+
+def test_a_one_line_read_of_another_params_gradient_blocks_reuse() -> None:
+    """A one-line suite that reads the previous parameter's gradient after its step: that
+    gradient must not hold this step's scratch."""
+    status, temps = _rewrite(BASE + 'if len(group["params"]) > 1: '
+                             'p.add_(group["params"][0].grad, alpha=0.0)\n')
+    assert status == "rewritten" and temps["v.sqrt()"] == "stays"
+
