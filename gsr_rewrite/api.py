@@ -41,6 +41,7 @@ import torch
 from gsr_rewrite import __version__
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.pipeline import ClassOutcome, RewriteResult, compile_source
+from gsr_rewrite.runtime import unhooked
 
 __all__ = ["EmittedModuleError", "ModuleRewrite", "cache_dir", "defining_module", "install",
            "reduce", "rewrite_module", "rewrite_text", "uninstall"]
@@ -265,8 +266,8 @@ def step_owner(cls: type) -> type | None:
     but `__init__` / `__setstate__` and data attributes; else None (cls has its own step, or
     overrides a method that step may call)."""
     for k, c in enumerate(cls.__mro__):
-        step = _unhooked(vars(c).get("step"))
-        if step is not None and not any(step is _unhooked(vars(b).get("step"))
+        step = unhooked(vars(c).get("step"))
+        if step is not None and not any(step is unhooked(vars(b).get("step"))
                                         for b in cls.__mro__[k + 1:]):
             return c if c is not cls else None
         if any(name not in _INHERIT_ADDS and name != "step" and not name.startswith("__")
@@ -290,12 +291,6 @@ def _innermost(f: object) -> object:
     while hasattr(f, "_torchdynamo_orig_callable"):
         f = f._torchdynamo_orig_callable
     return f
-
-
-def _unhooked(step: object) -> object:
-    """`Optimizer.__init__` wraps the step of the instance's class once (a profiling hook,
-    marked `hooked`): the function it wraps is what the class really defines or inherits."""
-    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
 
 
 def inherit_variant(cls: type, owner: type, owner_r: type) -> type:
@@ -397,28 +392,32 @@ def _onto_original(cls: type, copy: type, r_copy: type) -> type:
 def _function(f: object) -> object:
     """The plain function behind a method, a static/class method, a torch step hook or a
     `functools.wraps` decorator."""
-    f = getattr(_unhooked(f), "__func__", _unhooked(f))
+    f = getattr(unhooked(f), "__func__", unhooked(f))
     return inspect.unwrap(f) if callable(f) else f
 
 
+#: what every class body gets from Python itself, not from its source
+_CLASS_BOOKKEEPING = frozenset({"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__",
+                                "__firstlineno__"})
+
+
 def _same_code(a: type, b: type) -> bool:
-    """`a` and `b` define the same attribute names, and their functions the same code (file
-    names and line numbers aside)."""
-    va = {k: v for k, v in vars(a).items() if k not in ("__module__", "__doc__", "__dict__",
-                                                          "__weakref__", "__qualname__")}
-    vb = {k: v for k, v in vars(b).items() if k in va or k not in vars(object)}
-    if va.keys() != {k for k in vb if k not in ("__module__", "__doc__", "__dict__",
-                                                 "__weakref__", "__qualname__")}:
+    """`a` and `b` define the same attribute names, their functions the same code (file names
+    and line numbers aside) and defaults, and their other attributes equal values."""
+    va, vb = ({k: v for k, v in vars(c).items() if k not in _CLASS_BOOKKEEPING} for c in (a, b))
+    if va.keys() != vb.keys():
         return False
     for k, x in va.items():
         fx, fy = _function(x), _function(vb[k])
         cx, cy = getattr(fx, "__code__", None), getattr(fy, "__code__", None)
-        if (cx is None) != (cy is None) or (cx is not None and _bare(cx) != _bare(cy)):
+        if (cx is None) != (cy is None):
             return False
-        facts = ("__defaults__", "__kwdefaults__") if cx is not None else ("__class__",)
-        if not all(_equal(getattr(fx, f, None), getattr(fy, f, None)) for f in facts):
-            return False
-        if cx is None and not _equal(x, vb[k]):  # a class-level constant
+        if cx is None:  # a class-level constant
+            if not _equal(x, vb[k]):
+                return False
+        elif _bare(cx) != _bare(cy) or not all(
+                _equal(getattr(fx, f, None), getattr(fy, f, None))
+                for f in ("__defaults__", "__kwdefaults__")):
             return False
     return True
 
@@ -464,13 +463,13 @@ def install(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
                and not (name.startswith("__") and name.endswith("__"))}
     if not issubclass(r_cls, cls):  # the methods were made for a regenerated copy of `cls`:
         for name, fn in methods.items():  # they run on `cls` objects unless they call super()
-            if _calls_super(getattr(_unhooked(fn), "__func__", _unhooked(fn))):
+            if _calls_super(_function(fn)):
                 raise RewriteError(f"{r_cls.__qualname__}.{name}", "calls super(): it cannot "
                                    f"run on a {cls.__qualname__} object; use the class "
                                    f"{r_cls.__name__} instead")
     for name, fn in methods.items():
         if name == "step":  # torch's step hooks, once (an R object's class step has them)
-            fn = torch.optim.Optimizer.profile_hook_step(cast(Callable[..., Any], _unhooked(fn)))
+            fn = torch.optim.Optimizer.profile_hook_step(cast(Callable[..., Any], unhooked(fn)))
         setattr(optimizer, name, fn.__get__(optimizer, cls))
     setattr(optimizer, _INSTALLED, tuple(methods))
     return optimizer

@@ -47,7 +47,7 @@ from gsr_rewrite.api import (
     step_owner,
 )
 from gsr_rewrite.bench.output import new_results_dir, note, progress_bar, wrote
-from gsr_rewrite.check import MEASURE_SHAPES, compare_trajectories
+from gsr_rewrite.check import MEASURE_SHAPES, compare_trajectories, foreach_paths
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.memory import measure_temporaries
 from gsr_rewrite.validate import load_module
@@ -177,13 +177,7 @@ def _needs_closure(cls: type) -> bool:
 
 
 def _paths(cls: type, quick: bool) -> list[dict[str, Any]]:
-    try:
-        takes_foreach = "foreach" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        takes_foreach = False
-    if quick or not takes_foreach:
-        return [{}]
-    return [{"foreach": False}, {"foreach": True}]
+    return [{}] if quick else foreach_paths(cls)
 
 
 def _label(kw: dict[str, Any]) -> str:

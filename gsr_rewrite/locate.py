@@ -58,12 +58,12 @@ def parse(source: str, filename: str) -> SourceModule:
     positions = {n: (r.start.line, r.start.column) for n, r in ranges.items()}
     functions = {s.name.value: s for s in module.body if isinstance(s, cst.FunctionDef)}
     class_defs = {s.name.value: s for s in module.body if isinstance(s, cst.ClassDef)}
-    src = SourceModule(filename, source, module, positions, functions, [], _imports(module))
+    src = SourceModule(filename, source, module, positions, functions, [], module_imports(module))
     src.classes = _optimizer_classes(class_defs)
     return src
 
 
-def _imports(module: cst.Module) -> dict[str, str]:
+def module_imports(module: cst.Module) -> dict[str, str]:
     """Top-level imports: `from .optimizer import Optimizer as O` -> {"O": ".optimizer.Optimizer"},
     `import torch.nn` -> {"torch": "torch"}."""
     found: dict[str, str] = {}

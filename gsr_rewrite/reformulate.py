@@ -32,7 +32,7 @@ import libcst as cst
 import sympy
 
 from gsr_rewrite.effects import buffers, dotted
-from gsr_rewrite.locate import _imports
+from gsr_rewrite.locate import module_imports
 from gsr_rewrite.plan import FunctionPlan, Placement
 
 RULE = "ema-recover-old"
@@ -241,7 +241,7 @@ def wide_only(torch_name: str, tensors: Sequence[str], lists: bool) -> str:
 
 def _torch_name(module: cst.Module) -> str | None:
     """The module's top-level name for torch (`import torch`, `import torch as th`)."""
-    names = {k for k, v in _imports(module).items() if v == "torch"}
+    names = {k for k, v in module_imports(module).items() if v == "torch"}
     return "torch" if "torch" in names else min(names, default=None)
 
 

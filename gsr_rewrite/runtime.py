@@ -107,6 +107,8 @@ def _local(t: Tensor) -> Tensor:
 
 def _distribution(t: Tensor) -> Any:
     """How a DTensor is spread over ranks (mesh, placements); None for a plain tensor."""
+    if type(t) in _PLAIN:  # the common case, without a failed attribute lookup per tensor
+        return None
     spec = getattr(t, "_spec", None)
     return None if spec is None else (spec.mesh, spec.placements)
 
@@ -226,7 +228,8 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
                     any(g.get("differentiable", False) for g in self.param_groups) or \
                     any(getattr(self, a, None) is not f for a, f in bound.items()) or \
                     not distinct_buffers(self):
-                return _unhooked_step(original)(self, *args, **kwargs)
+                # the R step already runs inside torch's step hooks: not twice
+                return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
             out = step(self, *args, **kwargs)
             poison_grads(self.param_groups)
             return out
@@ -236,11 +239,10 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
     return decorate
 
 
-def _unhooked_step(cls: type) -> Callable[..., Any]:
-    """`cls.step` without the step hooks torch wraps it in once an object of `cls` exists (the
-    R step already runs inside them: they must not run twice)."""
-    step = cls.step  # type: ignore[attr-defined]
-    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step  # type: ignore[no-any-return]
+def unhooked(step: Any) -> Any:
+    """`step` without the hooks `Optimizer.__init__` wraps a class's step in once an object of
+    it exists (marked `hooked`): what the class really defines or inherits."""
+    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
 
 
 # -- the run-time precondition -----------------------------------------------------------------
