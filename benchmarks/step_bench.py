@@ -13,8 +13,8 @@ Metrics per row (fp32 params, grads and states):
 * kernel time (CUDA): torch.profiler, the summed device time of every kernel, memcpy and memset
   of ``--profile-steps`` back-to-back steps, divided by the step count; launches = kernels/step.
 * peak temporaries: CUDA ``max_memory_allocated`` during one step minus ``memory_allocated``
-  before it; CPU: the profiler replay of ``gsr_rewrite.memory``. In MB and in units of the total
-  parameter size.
+  before it; CPU: the profiler replay of ``gsr_rewrite.proof.memory``. In MB and in units of the
+  total parameter size.
 * bandwidth: the bytes the algorithm must move per step (AdamW 28, Lion 20, Adan 44 B/param)
   over kernel time (wall time on CPU), and that as a fraction of a device-to-device ``copy_``
   measured in the same run (read + write bytes).
@@ -53,9 +53,9 @@ if importlib.util.find_spec("gsr_rewrite") is None:  # run from a checkout witho
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gsr_rewrite import optim as gsr_optim  # noqa: E402
-from gsr_rewrite import triton_runtime  # noqa: E402
 from gsr_rewrite.bench.output import new_results_dir  # noqa: E402
-from gsr_rewrite.memory import measure_step_peak_bytes  # noqa: E402
+from gsr_rewrite.proof.memory import measure_step_peak_bytes  # noqa: E402
+from gsr_rewrite.runtime import triton_launch  # noqa: E402
 
 Shape = tuple[int, ...]
 Make = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -331,7 +331,7 @@ class Row:
     wall_ms: float | None = None
     kernel_ms: float | None = None
     kernels_per_step: float | None = None  # CUDA: profiler
-    triton_launches_per_step: float | None = None  # triton_runtime.COUNTS
+    triton_launches_per_step: float | None = None  # triton_launch.COUNTS
     eager_groups_per_step: float | None = None  # Triton rows: groups that fell back to eager
     peak_bytes: int | None = None
     peak_units: float | None = None  # peak_bytes / total param bytes
@@ -350,7 +350,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _counts() -> tuple[int, int]:
-    return triton_runtime.COUNTS["launches"], triton_runtime.COUNTS["eager_groups"]
+    return triton_launch.COUNTS["launches"], triton_launch.COUNTS["eager_groups"]
 
 
 def _measure_here(case: OptimizerCase, variant: str, impl: Impl, pset: ParamSet,
@@ -479,8 +479,8 @@ def _meta(cfg: Settings, argv: Sequence[str]) -> dict[str, Any]:
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
         "smoke": cfg.smoke, "steps": cfg.steps, "warmup": cfg.warmup,
         "profile_steps": cfg.profile_steps, "compile_timeout_s": cfg.compile_timeout,
-        "chunk": triton_runtime.CHUNK, "block": triton_runtime.BLOCK,
-        "num_warps": triton_runtime.NUM_WARPS,
+        "chunk": triton_launch.CHUNK, "block": triton_launch.BLOCK,
+        "num_warps": triton_launch.NUM_WARPS,
     }
 
 

@@ -2,11 +2,11 @@
 """How general the Triton backend is: every optimizer class of installed packages, through it.
 
 For each module defining optimizer classes: the eager rewrite (gsr_rewrite.pipeline), then the
-Triton classes (gsr_rewrite.triton_backend) for every class that was rewritten; per class the
-number of traced specializations and distinct kernels, the configurations refused (with the first
-reason), and a check of the Triton class against the original (defaults, 7 steps, fp32 and bf16,
-sizes 0 to one chunk + 5, gsr_rewrite.triton_check) — on a GPU, or on the CPU in Triton's
-interpreter.  Writes a markdown table and JSON.
+Triton classes (gsr_rewrite.triton_backend.generate) for every class that was rewritten; per class
+the number of traced specializations and distinct kernels, the configurations refused (with the
+first reason), and a check of the Triton class against the original (defaults, 7 steps, fp32 and
+bf16, sizes 0 to one chunk + 5, gsr_rewrite.triton_backend.check) — on a GPU, or on the CPU in
+Triton's interpreter.  Writes a markdown table and JSON.
 
     TRITON_INTERPRET=1 python benchmarks/triton_corpus.py torch.optim lion_pytorch adan_pytorch
 """
@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from gsr_rewrite.bench.output import new_results_dir
-from gsr_rewrite.corpus import discover
+from gsr_rewrite.corpus.runner import discover
 from gsr_rewrite.pipeline import rewrite_source
-from gsr_rewrite.triton_backend import triton_classes
-from gsr_rewrite.triton_check import check_triton
-from gsr_rewrite.validate import load_module
+from gsr_rewrite.proof.validate import load_module
+from gsr_rewrite.triton_backend.check import check_triton
+from gsr_rewrite.triton_backend.generate import triton_classes
 
 
 @dataclass
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Triton backend corpus", "", head, "",
              "Check: the Triton class against the original with default arguments, 7 steps, sizes"
              " 0, 1, 7, 33, 1000 and one chunk + 5; worst difference as a fraction of the "
-             "tolerance of `gsr_rewrite/triton_check.py` (<= 1 passes).", "",
+             "tolerance of `gsr_rewrite/triton_backend/check.py` (<= 1 passes).", "",
              "| class | module | status | specializations | kernels | passes | configs refused "
              "| first refusal | fp32 | bf16 |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.module} | {r.status} | {r.specs} | {r.kernels} | {r.passes} | "

@@ -14,14 +14,14 @@ from typing import Any
 import libcst as cst
 
 from gsr_rewrite import __version__
-from gsr_rewrite.analysis import ClassAnalysis, analyse_class
-from gsr_rewrite.catalog import OpCatalog, load_catalog
-from gsr_rewrite.closures import LOCALS
-from gsr_rewrite.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.analysis.interprocedural import ClassAnalysis, analyse_class
 from gsr_rewrite.errors import AnalysisLimit, RewriteError
-from gsr_rewrite.locate import OptimizerClass, SourceModule, parse
-from gsr_rewrite.plan import FunctionPlan, Placement, plan_class
-from gsr_rewrite.stripmine import (
+from gsr_rewrite.frontend.catalog import OpCatalog, load_catalog
+from gsr_rewrite.frontend.closures import LOCALS
+from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule, parse
+from gsr_rewrite.transform.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.transform.plan import FunctionPlan, Placement, plan_class
+from gsr_rewrite.transform.stripmine import (
     StripRegion,
     fresh_name,
     guard_once,
@@ -98,7 +98,7 @@ def compile_source(source: str, filename: str = "<string>",
     import tempfile
     from pathlib import Path
 
-    from gsr_rewrite.validate import certify, load_module
+    from gsr_rewrite.proof.validate import certify, load_module
 
     result = rewrite_source(source, filename, package)
     while result.code is not None:
@@ -125,7 +125,7 @@ def compile_source(source: str, filename: str = "<string>",
 
 def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> ClassOutcome:
     """Plan again after reordering with rules/ where a temporary found no dead buffer."""
-    from gsr_rewrite.reformulate import RULE, apply_reorders, block_owners, find_reorders
+    from gsr_rewrite.transform.reformulate import RULE, apply_reorders, block_owners, find_reorders
 
     if all(t.placed for t in out.temporaries):
         return out
@@ -490,7 +490,7 @@ def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer,
         note = "; ".join(f"{p.alloc.op} -> {_describe_storage(p)}" for p in placed)
         new[key] = rewrite_statement(lines[key], placed, catalog, tensor_ops,
                                      guard_expression(placed, leaves), renamer, note)
-    from gsr_rewrite.effects import names_in
+    from gsr_rewrite.frontend.effects import names_in
 
     result = fp.analysis.func.visit(_StatementSwap(new, renamer, regions,
                                                    names_in(fp.analysis.func)))

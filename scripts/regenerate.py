@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from gsr_rewrite.shipped import SHIPPED, SHIPPED_TRITON, generate
+from gsr_rewrite.optim.shipped import SHIPPED, SHIPPED_TRITON, generate
 
 repo = Path(__file__).resolve().parent.parent
 for module in [*SHIPPED, *SHIPPED_TRITON]:  # eager first: Triton modules import them

@@ -1,6 +1,6 @@
 """CPU ranks (gloo) train a small MLP under DeepSpeed ZeRO stage 2, once with torch's AdamW and
 once with `gsr_rewrite.install()` on a torch AdamW, and write what each rank saw as JSON (used by
-tests/test_deepspeed_stack.py).
+tests/runtime/test_deepspeed_stack.py).
 
     DS_ACCELERATOR=cpu python tests/deepspeed_worker.py deepspeed WORLD OUT.json
 
@@ -38,7 +38,7 @@ def _model() -> torch.nn.Module:
 def _measured_step(opt: torch.optim.Optimizer) -> list[int]:
     """Make the next `opt.step()` (called by DeepSpeed) measure its own temporaries; the peak
     bytes land in the returned list and `opt.step` is restored."""
-    from gsr_rewrite.memory import measure_step_peak_bytes
+    from gsr_rewrite.proof.memory import measure_step_peak_bytes
 
     had = "step" in vars(opt)
     real = opt.step

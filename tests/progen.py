@@ -1,4 +1,5 @@
-"""Random optimizer step programs for the property tests of gsr-rewrite (tests/test_properties.py).
+"""Random optimizer step programs for the property tests of gsr-rewrite
+(tests/pipeline/test_properties.py).
 
 `generate(seed)` returns the source of a module with one `torch.optim.Optimizer` subclass,
 `GenOpt`, whose `step()` is a small random composition (5-15 statements) of per-element torch

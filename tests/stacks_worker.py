@@ -1,5 +1,5 @@
 """Two CPU ranks (gloo) train a small MLP with an original optimizer and its R-variant on a real
-distributed engine, and write what they saw as JSON (used by tests/test_stacks.py).
+distributed engine, and write what they saw as JSON (used by tests/runtime/test_stacks.py).
 
     python tests/stacks_worker.py STACK FOREACH OUT.json    STACK: fsdp2 | ddp
 """
@@ -53,7 +53,7 @@ def _train(stack: str, cls: type, kwargs: dict[str, Any], foreach: bool,
            rank: int) -> tuple[list[torch.Tensor], int, int]:
     """STEPS steps; the last one measured: (local params after, peak bytes of the last step,
     bytes of the local params)."""
-    from gsr_rewrite.memory import measure_step_peak_bytes
+    from gsr_rewrite.proof.memory import measure_step_peak_bytes
 
     model = _model(stack)
     opt = cls(model.parameters(), foreach=foreach, **kwargs)

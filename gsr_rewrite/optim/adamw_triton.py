@@ -13,8 +13,8 @@ import math  # host scalar functions
 import triton
 import triton.language as tl
 
-from gsr_rewrite import triton_runtime as _gsr_triton
-from gsr_rewrite.triton_lib import sign, store_cast
+from gsr_rewrite.runtime import triton_launch as _gsr_triton
+from gsr_rewrite.runtime.triton_lib import sign, store_cast
 
 
 def _sign(x):
@@ -1152,7 +1152,7 @@ _ADAMW_SPECS = (
 
 
 class AdamWRTriton(AdamWR):
-    """AdamWR whose step runs fused Triton kernels (see gsr_rewrite.triton_runtime)."""
+    """AdamWR whose step runs fused Triton kernels (see gsr_rewrite.runtime.triton_launch)."""
 
     @torch.no_grad()
     def step(self, closure=None):

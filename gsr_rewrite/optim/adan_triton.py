@@ -13,8 +13,8 @@ import math  # host scalar functions
 import triton
 import triton.language as tl
 
-from gsr_rewrite import triton_runtime as _gsr_triton
-from gsr_rewrite.triton_lib import sign, store_cast
+from gsr_rewrite.runtime import triton_launch as _gsr_triton
+from gsr_rewrite.runtime.triton_lib import sign, store_cast
 
 
 def _sign(x):
@@ -624,7 +624,7 @@ _ADAN_SPECS = (
 
 
 class AdanRTriton(AdanR):
-    """AdanR whose step runs fused Triton kernels (see gsr_rewrite.triton_runtime)."""
+    """AdanR whose step runs fused Triton kernels (see gsr_rewrite.runtime.triton_launch)."""
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -1,7 +1,7 @@
 """An independent oracle for R-variants: run an original optimizer class and its R-variant in
 lockstep on identical inputs under a stress matrix and report the first observable difference.
 
-Deliberately shares no code with ``gsr_rewrite.check``.  What is compared after every step:
+Deliberately shares no code with ``gsr_rewrite.proof.check``.  What is compared after every step:
 params, every state value (tensor keys mapped to param positions), every param_groups option,
 every attribute the optimizer keeps on ``self`` (``vars(opt)`` minus torch's bookkeeping),
 mutable module-level globals of the two modules, and the value ``step`` returns.  ``p.grad`` is

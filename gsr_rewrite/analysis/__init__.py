@@ -1,0 +1,1 @@
+"""Analysis: control flow, points-to and liveness of `step` and every helper it reaches."""

@@ -1,0 +1,404 @@
+"""Stage 3, analyse: points-to, escapes and liveness over `step` and every helper it reaches.
+
+`step` is solved first; each helper is then solved with what its call sites pass in (entry
+points-to) and with what the callers still need after the call (exit liveness). Escapes found in
+any of them apply to the whole class: a gradient that escapes anywhere is never used as scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite.analysis.dataflow import (
+    Fact,
+    FunctionFlow,
+    PointsTo,
+    build_flow,
+    solve_liveness,
+    solve_points_to,
+    target_names,
+)
+from gsr_rewrite.errors import AnalysisLimit
+from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.frontend.closures import (
+    Closures,
+    bound_names,
+    bound_self_helpers,
+    self_attr_targets,
+    self_bound_methods,
+)
+from gsr_rewrite.frontend.effects import (
+    EMPTY,
+    Evaluator,
+    Unknowns,
+    Value,
+    buffers,
+    dotted,
+    is_role,
+    scalar_state_keys,
+)
+from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
+
+
+@dataclass
+class FunctionAnalysis:
+    name: str
+    func: cst.FunctionDef
+    is_method: bool
+    flow: FunctionFlow
+    entry_pt: PointsTo = field(default_factory=dict)
+    exit_live: frozenset[Fact] = frozenset()
+    free: tuple[str, ...] = ()  # a nested function: the caller's variables it reads
+    parent: str | None = None  # a nested function: the function whose body defines it
+
+
+@dataclass
+class ClassAnalysis:
+    cls: OptimizerClass
+    functions: dict[str, FunctionAnalysis]  # step first, then helpers in call order
+    escapes: list[tuple[str, str, str]]  # (buffer, reason, file:line:col)
+    self_helpers: dict[str, str] = field(default_factory=dict)  # self.ATTR -> module function
+
+
+class _Sites(Mapping[cst.CSTNode, str]):
+    """Maps an allocating expression to its buffer name, tmp@LINE:COL (names made on demand)."""
+
+    def __init__(self, src: SourceModule) -> None:
+        self.src = src
+        self.names: dict[int, str] = {}
+        self.taken: set[str] = set()
+
+    def __getitem__(self, node: cst.CSTNode) -> str:
+        if id(node) not in self.names:
+            line, col = self.src.positions.get(node, (0, 0))
+            name, k = f"tmp@{line}:{col + 1}", 1
+            while name in self.taken:  # nested nodes may start at the same column
+                k += 1
+                name = f"tmp@{line}:{col + 1}#{k}"
+            self.taken.add(name)
+            self.names[id(node)] = name
+        return self.names[id(node)]
+
+    def __iter__(self) -> Iterator[cst.CSTNode]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], list[str]]:
+    pos = [p.name.value for p in (*func.params.posonly_params, *func.params.params)]
+    static = any(dotted(d.decorator) == "staticmethod" for d in func.decorators)
+    if is_method and pos and not static:  # self (or cls): not an argument of the call
+        pos = pos[1:]
+    return pos, [p.name.value for p in func.params.kwonly_params]
+
+
+def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassAnalysis:
+    helpers = set(src.functions)
+    # self.m(...) runs method m, unless some method also binds self.m to something else
+    methods = {m for m in cls.methods if m != "step"} - self_bound_methods(cls)
+    sites = _Sites(src)
+    scalar_keys = scalar_state_keys(src.module)
+    appends: dict[str, tuple[list[str], dict[str, Value]]] = {}  # out-parameter lists
+    funcs: dict[str, FunctionAnalysis] = {}
+    closures = Closures()
+    self_helpers, unfollowed = bound_self_helpers(src, cls)
+    enclosing: dict[str, frozenset[str]] = {}  # names the functions around a nested one bind
+
+    def add(name: str, func: cst.FunctionDef, is_method: bool) -> FunctionAnalysis:
+        nested = closures.by_key.get(name)
+        fa = FunctionAnalysis(name, func, is_method, build_flow(func, src.where),
+                              free=nested.free if nested else (),
+                              parent=nested.parent if nested else None)
+        outer = enclosing.get(nested.parent, frozenset()) if nested else frozenset()
+        enclosing[name] = outer | bound_names(func)
+        closures.add(name, func, outer, src.where)
+        funcs[name] = fa
+        return fa
+
+    def lookup(name: str) -> tuple[cst.FunctionDef, bool] | None:
+        if name in closures.by_key:
+            return closures.by_key[name].node, False
+        if name.startswith("self."):  # self.m(...) is a method; never a module function
+            return (cls.methods[name[5:]], True) if name[5:] in cls.methods else None
+        return (src.functions[name], False) if name in src.functions else None
+
+    unknowns = _unknowns(src, cls, scalar_keys)
+    foreign: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
+    returns: dict[str, Value] = {}  # helper -> what it returns, so far
+
+    def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
+        pos, kw = _param_names(fa.func, fa.is_method)
+        local = set(pos) | set(kw)
+        known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign),
+                                    helper_returns=dict(returns),
+                                    local_lists=_local_lists(fa.func, fa.free),
+                                    outer_names=_declared_outer(fa.func))
+
+        def make_eval(pt: PointsTo) -> Evaluator:
+            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
+                             src.imports, closures, self_helpers, unfollowed, known)
+        return make_eval
+
+    def solve(fa: FunctionAnalysis) -> None:
+        solve_points_to(fa.flow, fa.entry_pt, make_evaluator(fa))
+        # params and optimizer state outlive the step and every helper; gradients do not. (A
+        # helper's callers also add what they read after the call: `_bind`.)
+        seen: set[str] = set()
+        for n in fa.flow.nodes:  # bound to names, read, written or passed to a helper
+            seen |= {b for v in n.pt_out().values() for b in buffers(v)}
+            seen |= {b for _, b, _ in n.eff.reads} | {b for _, b in n.eff.writes}
+            for _, pos_v, kw_v, _ in n.eff.calls:
+                seen |= {b for v in [*pos_v, *kw_v.values()] for b in buffers(v)}
+        roles = {b for b in seen if is_role(b) and b != "grad"} | {"param"}
+        exit_live = fa.exit_live | frozenset(("@" + b, b) for b in roles)
+        # a temporary stored into optimizer state (`state["m"] = m.mul(b)`) IS state from then on
+        kept = {b for n in fa.flow.nodes for b in n.eff.persistent}
+        exit_live = exit_live | frozenset(("@" + b, b) for b in kept)
+        solve_liveness(fa.flow, exit_live)
+
+    order = ["step"]
+    add("step", cls.methods["step"], True)
+    solved_with: dict[str, object] = {}  # the inputs each function was last solved with
+    for _ in range(10):  # helpers of helpers; stops early once nothing changes
+        changed = False
+        for name in list(order):
+            fa = funcs[name]
+            inputs = (sorted(fa.entry_pt.items()), fa.exit_live)
+            if solved_with.get(name) != inputs:
+                solve(fa)
+                solved_with[name] = inputs
+                reach = max((n.eff.foreign for n in fa.flow.nodes), default=0)
+                ret = _returned(fa, make_evaluator)
+                if reach > foreign.get(name, 0) or returns.get(name) != ret:
+                    foreign[name] = max(reach, foreign.get(name, 0))  # callers: solve again
+                    returns[name] = returns.get(name, EMPTY) | ret
+                    solved_with.clear()
+                    changed = True
+                pos, kw = _param_names(fa.func, fa.is_method)
+                added = {p: frozenset().union(*(n.eff.weak.get(p, EMPTY) for n in fa.flow.nodes))
+                         for p in [*pos, *kw, *fa.free]}
+                summary = ([*pos], {p: v for p, v in added.items() if v})
+                if appends.get(name, ([], {}))[1] != summary[1]:
+                    appends[name] = summary  # callers see the lists it fills: solve them again
+                    solved_with.clear()
+                    changed = True
+            for n in fa.flow.nodes:
+                for callee, pos_v, kw_v, _call in n.eff.calls:
+                    found = lookup(callee)
+                    if found is None:
+                        continue
+                    if callee not in funcs:
+                        add(callee, found[0], found[1])
+                        order.append(callee)
+                    target = funcs[callee]
+                    changed |= _bind(target, pos_v, kw_v, n.live_out)
+        if not changed:
+            break
+    else:  # what the helpers return, append or reach might still grow: nothing is proved
+        raise AnalysisLimit(src.where(cls.node), "the interprocedural analysis did not settle "
+                           "in 10 rounds (helpers calling helpers too deep); not rewritten")
+    for name in order:  # a callee found in the last round has not been solved yet
+        if solved_with.get(name) != (sorted(funcs[name].entry_pt.items()),
+                                     funcs[name].exit_live):
+            solve(funcs[name])
+    escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
+               for b, why, node in n.eff.escapes]
+    for fa in funcs.values():  # a wrapper that may read gradients after the step returns
+        for d in fa.func.decorators:
+            if not _known_decorator(d.decorator):
+                escapes.append(("grad", f"`{fa.name}` is decorated by "
+                                f"`{cst.Module([]).code_for_node(d.decorator)}`, which may use "
+                                "the gradients after it returns", src.where(d)))
+    return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers)
+
+
+def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
+          live_after: frozenset[Fact]) -> bool:
+    pos, kw = _param_names(fa.func, fa.is_method)
+    before = (dict(fa.entry_pt), fa.exit_live)
+    for name, v in [*zip(pos, pos_v, strict=False), *kw_v.items()]:
+        if name in pos or name in kw or name in fa.free:
+            fa.entry_pt[name] = fa.entry_pt.get(name, EMPTY) | v
+    needed = {b for _, b in live_after}
+    fa.exit_live = fa.exit_live | frozenset(("@" + b, b) for b in needed)
+    return (dict(fa.entry_pt), fa.exit_live) != before
+
+
+#: decorators that only switch autograd or compilation modes around the function they wrap
+_MODE_DECORATORS = {"torch.no_grad", "torch.enable_grad", "torch.inference_mode",
+                    "_use_grad_for_differentiable", "torch._disable_dynamo",
+                    "torch.compiler.disable", "_disable_dynamo_if_unsupported", "staticmethod",
+                    "classmethod", "torch._dynamo.disable"}
+#: methods of torch.optim.Optimizer that a step may call and that touch no tensor of it
+HARMLESS_OPTIMIZER_METHODS = frozenset({"_cuda_graph_capture_health_check",
+                                        "_accelerator_graph_capture_health_check"})
+
+
+def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]:
+    """Unknowns.local_lists of `func`: every binding of the name in its body (nested functions
+    aside) is a list display, a list comprehension or `list(...)`; or it is a parameter, or a
+    variable of the enclosing function that a nested one reads (`free`: its caller's list)."""
+    ok: set[str] = set()
+    bad: set[str] = set()
+
+    def is_list(v: cst.BaseExpression | None, name: str) -> bool:
+        """A new list, or the name's own list again (`xs = xs if c else _foreach_neg(xs)`)."""
+        if isinstance(v, cst.IfExp):
+            return is_list(v.body, name) and is_list(v.orelse, name)
+        if isinstance(v, cst.Name):
+            return v.value == name
+        fn = dotted(v.func) if isinstance(v, cst.Call) else None
+        return isinstance(v, (cst.List, cst.ListComp)) or fn == "list" or (
+            fn is not None and fn.startswith("torch._foreach_") and not fn.endswith("_"))
+
+    def bind(target: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
+        if isinstance(target, cst.Name):
+            (ok if is_list(value, target.value) else bad).add(target.value)
+        elif isinstance(target, (cst.Tuple, cst.List)) and \
+                isinstance(value, (cst.Tuple, cst.List)) and \
+                len(target.elements) == len(value.elements) and not any(
+                    isinstance(el, cst.StarredElement) for el in (*target.elements,
+                                                                  *value.elements)):
+            for t, v in zip(target.elements, value.elements, strict=True):  # `a, b = [], []`
+                bind(t.value, v.value)
+        else:
+            bad.update(target_names(target))
+
+    class _Bindings(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is func  # nested functions bind their own names
+
+        def visit_Lambda(self, node: cst.Lambda) -> bool:
+            return False
+
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                bind(t.target, node.value)
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            if isinstance(node.target, cst.Name) and node.value is not None:
+                bind(node.target, node.value)
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            bad.update(target_names(node.target))
+
+        def visit_For(self, node: cst.For) -> None:
+            bad.update(target_names(node.target))
+
+        def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+            bad.update(target_names(node.target))
+
+        def visit_WithItem(self, node: cst.WithItem) -> None:
+            if node.asname is not None:
+                bad.update(target_names(node.asname.name))
+
+    func.visit(_Bindings())
+    params = {p.name.value for p in (*func.params.posonly_params, *func.params.params,
+                                     *func.params.kwonly_params)}
+    return frozenset((ok - bad) | (params - bad) | (set(free) - bad))
+
+
+def _declared_outer(func: cst.FunctionDef) -> frozenset[str]:
+    """Names `func` declares `global` or `nonlocal` (anywhere in its own body)."""
+    found: set[str] = set()
+
+    class _Declarations(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is func
+
+        def visit_Global(self, node: cst.Global) -> None:
+            found.update(n.name.value for n in node.names)
+
+        def visit_Nonlocal(self, node: cst.Nonlocal) -> None:
+            found.update(n.name.value for n in node.names)
+
+    func.visit(_Declarations())
+    return frozenset(found)
+
+
+def _returned(fa: FunctionAnalysis,
+              make_evaluator: Callable[[FunctionAnalysis], Callable[[PointsTo], Evaluator]]
+              ) -> Value:
+    """Every buffer a function may return (its callers bind the call's value to it)."""
+    make = make_evaluator(fa)
+    out = EMPTY
+    for n in fa.flow.nodes:
+        if n.kind == "return" and isinstance(n.node, cst.Return) and n.node.value is not None:
+            out |= make(n.pt_in).value(n.node.value)
+    return out
+
+
+def _known_decorator(d: cst.BaseExpression) -> bool:
+    name = dotted(d.func if isinstance(d, cst.Call) else d)
+    return name is not None and (name in _MODE_DECORATORS or
+                                 name.rsplit(".", 1)[-1] in _MODE_DECORATORS)
+
+
+def _is_data(e: cst.BaseExpression | None, names: set[str]) -> bool:
+    """A constant expression of `names` (constructor arguments): numbers, strings, tuples, and
+    arithmetic and float()/int()/bool() of them: no tensor of the optimizer can be in it."""
+    if e is None:
+        return False
+    if isinstance(e, (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString)):
+        return True
+    if isinstance(e, cst.Name):
+        return e.value in names or e.value in ("True", "False", "None")
+    if isinstance(e, (cst.Tuple, cst.List)):
+        return all(_is_data(el.value, names) for el in e.elements)
+    if isinstance(e, cst.UnaryOperation):
+        return _is_data(e.expression, names)
+    if isinstance(e, cst.BinaryOperation):
+        return _is_data(e.left, names) and _is_data(e.right, names)
+    if isinstance(e, cst.IfExp):
+        return all(_is_data(x, names) for x in (e.test, e.body, e.orelse))
+    if isinstance(e, cst.Comparison):
+        return _is_data(e.left, names) and all(_is_data(c.comparator, names)
+                                               for c in e.comparisons)
+    if isinstance(e, cst.Call) and dotted(e.func) in ("float", "int", "bool", "str", "tuple"):
+        return all(_is_data(a.value, names) for a in e.args)
+    return False
+
+
+def _unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozenset[str]) -> Unknowns:
+    """What an object the analysis does not model may be, for this class (see Unknowns)."""
+    keys: set[str] = set()
+
+    class _Keys(cst.CSTVisitor):
+        def visit_SubscriptElement(self, node: cst.SubscriptElement) -> None:
+            if isinstance(node.slice, cst.Index) and \
+                    isinstance(node.slice.value, cst.SimpleString):
+                keys.add(str(node.slice.value.evaluated_value))
+
+    src.module.visit(_Keys())
+    roles = frozenset({"grad", "param", "state:?"} | {f"state:{k}" for k in keys - scalar_keys})
+    init = cls.methods.get("__init__")
+    args = set()
+    if init is not None:
+        pos, kw = _param_names(init, True)
+        args = set(pos[1:]) | set(kw)  # pos[0] is the params
+    bound: dict[str, list[bool]] = {}
+    for name, f in cls.methods.items():
+        for attr, value in self_attr_targets(f):
+            bound.setdefault(attr, []).append(name == "__init__" and _is_data(value, args))
+    constants = frozenset(a for a, ok in bound.items() if a != "*" and all(ok)
+                          and "*" not in bound)
+    opaque_globals: set[str] = set()
+    for stmt in src.module.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if isinstance(small, (cst.Assign, cst.AnnAssign)) and \
+                        not _is_data(small.value, set()):
+                    targets = [t.target for t in small.targets] \
+                        if isinstance(small, cst.Assign) else [small.target]
+                    opaque_globals |= {t.value for t in targets if isinstance(t, cst.Name)}
+    callables = frozenset(m for m, f in cls.methods.items() if any(
+        dotted(d.decorator) in ("staticmethod", "classmethod") for d in f.decorators))
+    names = frozenset({cls.name, *cls.bases}) & {c.name for c in src.classes} | {cls.name}
+    return Unknowns(roles, constants, frozenset(opaque_globals) - set(src.functions),
+                    HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables)

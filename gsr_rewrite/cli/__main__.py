@@ -1,0 +1,5 @@
+"""`python -m gsr_rewrite.cli ...` is `gsr-rewrite ...`."""
+
+from gsr_rewrite.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Corpus tooling: rewrite every optimizer class of installed packages and tabulate."""

@@ -1,0 +1,1 @@
+"""Proofs and checks: symbolic translation validation, run-time equivalence, measured memory."""

@@ -1,0 +1,1 @@
+"""Transforms: plan where temporaries live, reorder by proved rules, strip-mine, emit."""

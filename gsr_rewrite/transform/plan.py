@@ -1,0 +1,318 @@
+"""Stage 4, plan: give each temporary a dead buffer to live in, or say why none is free.
+
+Candidates, in order: an operand that dies in this very op (an in-place chain), then dead
+buffers named by a variable in scope: optimizer state first (Adan's previous gradient), then the
+gradient, then storage of earlier temporaries. A buffer S may host temporary t when, at every
+point where t is alive, no other contents of S are (liveness facts of S are allowed only through
+variables that may themselves hold t, e.g. `grad = grad if ... else -grad`), nothing else writes
+S, and within t's own statement S is read only by t's operands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from gsr_rewrite.analysis.dataflow import Node, assigned_names, must_reach, preds_of
+from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
+from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_role
+from gsr_rewrite.frontend.values import is_structured
+
+
+@dataclass
+class Placement:
+    function: str
+    alloc: Alloc
+    node: Node
+    storage: str | None = None  # buffer the result lives in; None: it still allocates
+    form: str = ""  # inplace | swap | out | into | foreach_out | creation
+    chain: int | None = None  # operand index whose buffer is reused
+    host: cst.BaseExpression | None = None  # expression naming the host, when not chained
+    reason: str = ""
+    tensor_operands: list[bool] = field(default_factory=list)
+    nested_operands: list[bool] = field(default_factory=list)
+    strips: int = 0  # strip-mined (stripmine.py): computed 1/strips of its tensors at a time
+
+    @property
+    def placed(self) -> bool:
+        return self.storage is not None
+
+
+@dataclass
+class FunctionPlan:
+    name: str
+    analysis: FunctionAnalysis
+    placements: list[Placement] = field(default_factory=list)
+
+
+class _FunctionPlanner:
+    def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: dict[str, str]) -> None:
+        self.fa, self.cat, self.escaped = fa, cat, escaped
+        self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
+        self.persistent = {b for n in fa.flow.nodes for b in n.eff.persistent}
+        self.defined = _must_defined(fa)
+        # per-element loops and the names each binds: inside one, a name bound outside it holds
+        # other parameters' buffers (or all of them), never a host for this iteration
+        self.loops = [(n.node, assigned_names(n.node)) for n in fa.flow.nodes
+                      if n.kind == "latch" and n.per_element and isinstance(n.node, cst.For)]
+
+    def storage_of(self, b: str) -> str:
+        return self.storage.get(b, b)
+
+    def plan(self) -> FunctionPlan:
+        out = FunctionPlan(self.fa.name, self.fa)
+        for n in self.fa.flow.nodes:
+            allocs = n.eff.allocs
+            if not allocs:
+                continue
+            single = n.line is not None and len(n.line.body) == 1
+            busy: set[str] = set()
+            sites = {id(a.node): a for a in allocs}
+            for a in allocs:
+                p = Placement(self.fa.name, a, n)
+                out.placements.append(p)
+                if a.in_comprehension or a.site in self.persistent:
+                    p.reason = "inside a comprehension" if a.in_comprehension else "kept as state"
+                    continue
+                if not single:
+                    p.reason = "not a statement of its own line"
+                    continue
+                self._place(p, sites, busy)
+                if p.placed:
+                    self.storage[a.site] = p.storage  # type: ignore[assignment]
+                for op in a.operands:  # consumed nested temporaries free their buffers
+                    inner = sites.get(id(op))
+                    if inner is not None:
+                        busy.discard(self.storage_of(inner.site))
+                busy.add(self.storage_of(a.site))
+        return out
+
+    def _place(self, p: Placement, sites: dict[int, Alloc], busy: set[str]) -> None:
+        a, n = p.alloc, p.node
+        p.nested_operands = [id(op) in sites for op in a.operands]
+        p.tensor_operands = [id(op) in sites or bool(buffers(_value_at(n, op)))
+                             or bool({OPAQUE, SHAPED} & flat(_value_at(n, op)))
+                             for op in a.operands]
+        if a.site in self.escaped:  # kept somewhere: it must own its storage
+            p.reason = f"the temporary escapes: {self.escaped[a.site]}"
+            return
+        if not _emittable(a):
+            p.reason = ("its form cannot be computed into a buffer exactly (`x.where(c, y)`, "
+                        "a creation op with keyword arguments)")
+            return
+        why: list[str] = []
+        for k, op in enumerate(a.operands):  # 1. in-place chains on dying operands
+            inner = sites.get(id(op))
+            vals = {self.storage_of(inner.site)} if inner else \
+                {self.storage_of(b) for b in buffers(_value_at(n, op))}
+            if len(vals) != 1:
+                continue
+            s = vals.pop()
+            form = self._chain_form(a, k, nested=inner is not None, op=op)
+            if form and self._free(s, a, n, busy - ({s} if inner else set()), why):
+                p.storage, p.chain, p.form = s, k, form
+                p.reason = f"in place on operand {k + 1}, which dies here"
+                return
+        for s, host in self._dead_hosts(n, a.form == "foreach"):  # 2. dead named buffers
+            form = self._host_form(a, s, n)
+            if form and s not in busy and self._free(s, a, n, busy, why):
+                p.storage, p.host, p.form = s, host, form
+                p.reason = f"in `{_code(host)}` ({_describe(s)}), dead here"
+                return
+        p.reason = "; ".join(dict.fromkeys(why)) if why else \
+            "no dead buffer of this size is named at this point"
+
+    # -- forms ---------------------------------------------------------------------------
+    def _chain_form(self, a: Alloc, k: int, nested: bool, op: cst.BaseExpression) -> str:
+        spec = self.cat.elementwise.get(a.op)
+        if a.form in ("creation", "method") and a.op in self.cat.creation:
+            return "creation" if a.op == "clone" and k == 0 else ""
+        if spec is None:
+            return ""
+        if a.form == "foreach":
+            if not spec.foreach:
+                return ""
+            if k == 0:
+                return "inplace"
+            if k == 1 and spec.commutative and _plain_binary(a):
+                return "swap"
+            return "foreach_out" if spec.out and isinstance(op, cst.Name) and \
+                len(a.operands) <= spec.arity else ""
+        if k == 0 and spec.inplace and a.form in ("method", "function", "operator"):
+            return "inplace"
+        if k == 1 and a.form == "operator" and spec.commutative and spec.inplace:
+            return "swap"
+        return "out" if spec.out and isinstance(op, cst.Name) else ""
+
+    def _host_form(self, a: Alloc, s: str, n: Node) -> str:
+        if a.op in self.cat.creation:
+            return "creation" if a.form in ("creation", "method") else ""
+        spec = self.cat.elementwise.get(a.op)
+        if spec is None:
+            return ""
+        if a.form != "foreach":
+            return "out" if spec.out else ""
+        if not spec.foreach:
+            return ""
+        reads_host = any(self.storage_of(b) == s and not _within(e, a.operands[0])
+                         for _, b, e in n.eff.reads)
+        if not reads_host:
+            return "into"
+        return "foreach_out" if spec.out and len(a.operands) <= spec.arity else ""
+
+    # -- legality ------------------------------------------------------------------------
+    def _free(self, s: str, a: Alloc, n: Node, busy: set[str], why: list[str]) -> bool:
+        if s == "param" or s in self.escaped:
+            why.append(f"{_describe(s)} escapes: {self.escaped[s]}" if s in self.escaped
+                       else "params stay live")
+            return False
+        if s in busy:
+            why.append(f"{_describe(s)} already holds another temporary of this statement")
+            return False
+        subtree = _subtree(a.node)
+        for _, b, e in n.eff.reads:
+            if self.storage_of(b) == s and id(e) not in subtree:
+                why.append(f"{_describe(s)} is read elsewhere in this statement")
+                return False
+        local_sites = {x.site for x in n.eff.allocs}
+        for _, b in n.eff.writes:
+            if b not in local_sites and self.storage_of(b) == s:
+                why.append(f"{_describe(s)} is written in this statement")
+                return False
+        for m in self.fa.flow.nodes:
+            alive = any(b == a.site for _, b in m.live_out)
+            if m is not n and not alive:
+                continue
+            pt = m.pt_out()
+            holders = {var for var, b in m.live_out if b == a.site}
+            # a variable that holds either this temporary or b, never both, may keep b
+            needed = [var for var, b in m.live_out if self.storage_of(b) == s and b != a.site
+                      and not (a.site in buffers(pt.get(var, frozenset())) and holders <= {var})]
+            if needed:  # the first name in order: reports do not depend on set order
+                why.append(f"{_describe(s)} is still needed (through `{min(needed).lstrip('@')}`)")
+                return False
+            if m is not n:
+                for var, b in m.eff.writes:
+                    if self.storage_of(b) == s and \
+                            a.site not in buffers(m.pt_in.get(var, frozenset())):
+                        why.append(f"{_describe(s)} is written while the temporary is alive")
+                        return False
+                if any(self.storage_of(b) == s for b in m.eff.kills):
+                    why.append(f"{_describe(s)} is overwritten while the temporary is alive")
+                    return False
+        return True
+
+    def _dead_hosts(self, n: Node, lists: bool) -> list[tuple[str, cst.BaseExpression]]:
+        by_storage: dict[str, str] = {}
+        bound_here = [names for loop, names in self.loops
+                      if n.node is not None and _within(n.node, loop)]
+        defined = {v for v in self.defined.get(id(n), set())
+                   if all(v in names for names in bound_here)}
+        # prefer the variable that names the buffer itself (`prev_grads`) over aliases (`diffs`)
+        for var, v in sorted(n.pt_in.items(), key=lambda kv: (not is_role_only(kv[1]), kv[0])):
+            bufs = {self.storage_of(b) for b in buffers(v)}
+            if ("%list" in v) != lists or is_structured(v):  # a tuple is no host
+                continue
+            if len(bufs) == 1 and var in defined:
+                by_storage.setdefault(bufs.pop(), var)
+        hosts: dict[str, cst.BaseExpression] = {s: cst.Name(v) for s, v in by_storage.items()}
+        if not lists and "grad" not in hosts:  # `p.grad` names this parameter's gradient
+            for var, v in sorted(n.pt_in.items()):
+                if v == frozenset({"param"}) and var in defined:
+                    hosts["grad"] = cst.Attribute(cst.Name(var), cst.Name("grad"))
+                    break
+        order = sorted(hosts, key=lambda s: (0 if s.startswith("state:") else
+                                             1 if s == "grad" else 2, s))
+        return [(s, hosts[s]) for s in order if s != "param"]
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
+
+
+def is_role_only(v: frozenset[str]) -> bool:
+    bufs = buffers(v)
+    return bool(bufs) and all(is_role(b) for b in bufs)
+
+
+def _emittable(a: Alloc) -> bool:
+    """Forms emit.py rewrites exactly: not the method form of `where` (its receiver is the
+    second operand of torch.where), not a creation op given dtype=, device=, fill_value=, ...
+    (the host would keep its own dtype)."""
+    if a.op == "where" and a.form == "method":
+        return False
+    if a.op.endswith(("_like", "clone")) or a.form == "creation":
+        return not (isinstance(a.node, cst.Call) and any(
+            x.keyword is not None and x.keyword.value != "memory_format" for x in a.node.args))
+    return True
+
+
+def _plain_binary(a: Alloc) -> bool:
+    node = a.node
+    if isinstance(node, cst.Call):
+        return len(node.args) == 2 and all(x.keyword is None for x in node.args)
+    return True
+
+
+def _value_at(n: Node, op: cst.BaseExpression) -> frozenset[str]:
+    if isinstance(op, cst.Name):
+        return n.pt_in.get(op.value, frozenset())
+    reads = [b for _, b, e in n.eff.reads if e is op]
+    return frozenset(reads)
+
+
+_SUBTREES: dict[int, tuple[cst.CSTNode, set[int]]] = {}  # node -> ids below it (a cache)
+
+
+def _subtree(node: cst.CSTNode) -> set[int]:
+    cached = _SUBTREES.get(id(node))
+    if cached is not None and cached[0] is node:
+        return cached[1]
+    ids: set[int] = set()
+
+    class _V(cst.CSTVisitor):
+        def on_visit(self, x: cst.CSTNode) -> bool:
+            ids.add(id(x))
+            return True
+
+    node.visit(_V())
+    if len(_SUBTREES) > 4096:  # bounded: it keeps nodes alive
+        _SUBTREES.clear()
+    _SUBTREES[id(node)] = (node, ids)
+    return ids
+
+
+def _within(e: cst.CSTNode, root: cst.CSTNode) -> bool:
+    return id(e) in _subtree(root)
+
+
+def _describe(s: str) -> str:
+    if s == "grad":
+        return "the gradient buffer"
+    if s.startswith("state:"):
+        return f"state buffer '{s[6:]}'"
+    return f"the buffer of temporary {s}" if not is_role(s) else s
+
+
+def _must_defined(fa: FunctionAnalysis) -> dict[int, set[str]]:
+    """Names definitely bound before each node in the current loop iteration."""
+    flow = fa.flow
+    params = {p.name.value for p in (*fa.func.params.posonly_params, *fa.func.params.params,
+                                      *fa.func.params.kwonly_params)}
+    return must_reach(flow.nodes, flow.entry, params, _def_out, preds_of(flow.nodes))
+
+
+def _def_out(n: Node, din: set[str]) -> set[str]:
+    out = din | set(n.eff.assigns)
+    if n.kind == "latch" and isinstance(n.node, cst.For):
+        out -= assigned_names(n.node)  # the next iteration starts without this one's names
+    return out
+
+
+def plan_class(ca: ClassAnalysis, cat: OpCatalog) -> list[FunctionPlan]:
+    escaped: dict[str, str] = {}
+    for b, why, where in ca.escapes:
+        escaped.setdefault(b, f"{why} ({where})")
+    return [_FunctionPlanner(fa, cat, escaped).plan() for fa in ca.functions.values()]

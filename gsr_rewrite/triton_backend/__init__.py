@@ -1,0 +1,1 @@
+"""``--backend triton``: trace per-element programs, emit kernels, check them."""
