@@ -24,13 +24,7 @@ from gsr_rewrite.analysis.dataflow import (
 )
 from gsr_rewrite.errors import AnalysisLimit
 from gsr_rewrite.frontend.catalog import OpCatalog
-from gsr_rewrite.frontend.closures import (
-    Closures,
-    bound_names,
-    bound_self_helpers,
-    self_attr_targets,
-    self_bound_methods,
-)
+from gsr_rewrite.frontend.closures import Closures
 from gsr_rewrite.frontend.effects import (
     EMPTY,
     Evaluator,
@@ -42,6 +36,12 @@ from gsr_rewrite.frontend.effects import (
     scalar_state_keys,
 )
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
+from gsr_rewrite.frontend.scopes import bound_names
+from gsr_rewrite.frontend.self_helpers import (
+    bound_self_helpers,
+    self_attr_targets,
+    self_bound_methods,
+)
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Functions defined inside an analysed function (`def grad_step_(...)` inside `step`), and helper
-functions that `__init__` stores on `self` (`self.update_fn = update_fn`).
+"""Functions defined inside an analysed function (`def grad_step_(...)` inside `step`). Helper
+functions that `__init__` stores on `self` (`self.update_fn = update_fn`) are found in
+self_helpers.py, the names a scope binds and reads in scopes.py.
 
 A nested function is analysed like a same-module helper when it is only ever called directly by
 its enclosing function: then its body runs exactly at those calls, and the variables of the
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
+from gsr_rewrite.frontend.scopes import VariableNames, bound_names, loaded_names, param_list
+
+__all__ = ["LOCALS", "Closures", "NestedFunction", "parent_of"]
 
 LOCALS = ".<locals>."
 
@@ -95,112 +98,6 @@ def _defs_in(func: cst.FunctionDef) -> list[cst.FunctionDef]:
     return v.found
 
 
-def _param_list(func: cst.FunctionDef | cst.Lambda) -> list[cst.Param]:
-    p = func.params
-    star = [p.star_arg] if isinstance(p.star_arg, cst.Param) else []
-    kwargs = [p.star_kwarg] if p.star_kwarg is not None else []
-    return [*p.posonly_params, *p.params, *star, *p.kwonly_params, *kwargs]
-
-
-def _target_names(t: cst.CSTNode) -> list[str]:
-    if isinstance(t, cst.Name):
-        return [t.value]
-    if isinstance(t, (cst.Tuple, cst.List)):
-        return [n for el in t.elements for n in _target_names(el.value)]
-    if isinstance(t, cst.StarredElement):
-        return _target_names(t.value)
-    return []  # attributes and subscripts bind no name
-
-
-class _Bound(cst.CSTVisitor):
-    """Names a function binds in its own scope: parameters, assignment / for / with / except
-    targets, imports, walrus targets, and the names of the functions and classes it defines
-    (whose bodies are other scopes). Comprehension targets belong to the comprehension."""
-
-    def __init__(self, root: cst.FunctionDef) -> None:
-        self.root = root
-        self.names: set[str] = {p.name.value for p in _param_list(root)}
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        if node is self.root:
-            return True
-        self.names.add(node.name.value)
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        self.names.add(node.name.value)
-        return False
-
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return False
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        self.names.update(_target_names(node.target))
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        self.names.update(_target_names(node.target))
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self.names.update(_target_names(node.target))
-
-    def visit_For(self, node: cst.For) -> None:
-        self.names.update(_target_names(node.target))
-
-    def visit_AsName(self, node: cst.AsName) -> None:  # with ... as x, except E as x, imports
-        self.names.update(_target_names(node.name))
-
-    def visit_ImportAlias(self, node: cst.ImportAlias) -> None:
-        if node.asname is None:
-            n = node.name
-            while isinstance(n, cst.Attribute):
-                n = n.value  # type: ignore[assignment]
-            if isinstance(n, cst.Name):
-                self.names.add(n.value)
-
-    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-        self.names.update(_target_names(node.target))
-
-    def visit_Del(self, node: cst.Del) -> None:
-        self.names.update(_target_names(node.target))
-
-
-def bound_names(func: cst.FunctionDef) -> frozenset[str]:
-    v = _Bound(func)
-    func.visit(v)
-    return frozenset(v.names)
-
-
-class _VariableNames(cst.CSTVisitor):
-    """Visits the names that are variables: not attribute names (`x.F`) or keywords (`f(F=1)`)."""
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)
-        return False
-
-
-class _Loaded(_VariableNames):
-    """Every Name that may be read as a variable: not attribute names, keywords or parameters."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names.add(node.value)
-
-    def visit_Param(self, node: cst.Param) -> bool:
-        if node.default is not None:
-            node.default.visit(self)
-        return False
-
-
-def loaded_names(node: cst.CSTNode) -> frozenset[str]:
-    v = _Loaded()
-    node.visit(v)
-    return frozenset(v.names)
 
 
 _CONSTANTS = (cst.Integer, cst.Float, cst.SimpleString, cst.Imaginary)
@@ -237,7 +134,7 @@ def _contains(node: cst.CSTNode, *kinds: type) -> bool:
 _INNER = (cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp, cst.ClassDef)
 
 
-class _Uses(_VariableNames):
+class _Uses(VariableNames):
     """How `name` is used in the enclosing function's own scope: direct calls only."""
 
     def __init__(self, root: cst.FunctionDef, target: cst.FunctionDef, name: str) -> None:
@@ -300,127 +197,15 @@ def _not_followed(parent: cst.FunctionDef, d: cst.FunctionDef,
     p = d.params
     if isinstance(p.star_arg, cst.Param) or p.star_kwarg is not None:
         return f"nested function `{name}` takes *args or **kwargs"
-    if any(x.default is not None and not _constant(x.default) for x in _param_list(d)):
+    if any(x.default is not None and not _constant(x.default) for x in param_list(d)):
         return f"nested function `{name}` has a default that is not a constant"
     if name in loaded_names(d.body):
         return f"nested function `{name}` refers to itself"
     uses = _Uses(parent, d, name)
     parent.visit(uses)
-    if uses.bindings != 1 or name in {x.name.value for x in _param_list(parent)}:
+    if uses.bindings != 1 or name in {x.name.value for x in param_list(parent)}:
         return f"the name of nested function `{name}` is bound more than once"
     if uses.bad is not None:
         return (f"nested function `{name}` is used other than as the callee of a direct call "
                 f"({where(uses.bad)}): it may run at any time")
     return ""
-
-
-
-# -- helpers stored on self ----------------------------------------------------------------------
-def self_attr_targets(func: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression | None]]:
-    """(ATTR, value) for every `self.ATTR = value` in func (value None: not a plain binding, such
-    as `self.ATTR += x`, a tuple target or `setattr(self, ...)` with an unknown name)."""
-    found: list[tuple[str, cst.BaseExpression | None]] = []
-
-    def attr(t: cst.BaseExpression) -> str | None:
-        if isinstance(t, cst.Attribute) and isinstance(t.value, cst.Name) and \
-                t.value.value == "self":
-            return t.attr.value
-        return None
-
-    def targets(t: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
-        a = attr(t)
-        if a is not None:
-            found.append((a, value))
-        elif isinstance(t, (cst.Tuple, cst.List)):
-            for el in t.elements:
-                targets(el.value, None)
-        elif isinstance(t, cst.StarredElement):
-            targets(t.value, None)
-
-    class _V(cst.CSTVisitor):
-        def visit_Assign(self, node: cst.Assign) -> None:
-            for t in node.targets:
-                targets(t.target, node.value)
-
-        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-            targets(node.target, node.value)
-
-        def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            targets(node.target, None)
-
-        def visit_For(self, node: cst.For) -> None:
-            targets(node.target, None)
-
-        def visit_AsName(self, node: cst.AsName) -> None:
-            if isinstance(node.name, cst.BaseExpression):
-                targets(node.name, None)
-
-        def visit_Call(self, node: cst.Call) -> None:
-            if isinstance(node.func, cst.Name) and node.func.value in ("setattr", "delattr"):
-                key = node.args[1].value if len(node.args) > 1 else None
-                name = key.evaluated_value if isinstance(key, cst.SimpleString) else None
-                found.append((str(name) if name is not None else "*", None))
-
-        def visit_Del(self, node: cst.Del) -> None:
-            targets(node.target, None)
-
-    func.visit(_V())
-    return found
-
-
-def bound_self_helpers(src: SourceModule, cls: OptimizerClass
-                       ) -> tuple[dict[str, str], dict[str, str]]:
-    """`self.ATTR(...)` -> the module function F when `__init__` binds `self.ATTR = F` and no
-    other method of the class binds `self.ATTR` (nor setattr/delattr with a computed name).
-
-    `__init__` may bind ATTR to other things too (`if use_triton: self.update_fn = kernel`): the
-    R-variant's step checks `self.ATTR is F` when it starts, and runs the original step when it
-    is not (`runtime.r_step`), so the rewrite only ever runs where its analysis holds.
-    """
-    init = cls.methods.get("__init__")
-    if init is None:
-        return {}, {}
-    local = bound_names(init)
-    in_init = self_attr_targets(init)
-    elsewhere = {a: m for m, f in cls.methods.items() if m != "__init__"
-                 for a, _ in self_attr_targets(f)}
-    def function(v: cst.BaseExpression | None) -> str:
-        fn = v.value if isinstance(v, cst.Name) else ""
-        return fn if fn in src.functions and fn not in local else ""
-
-    found: dict[str, set[str]] = {}
-    for a, v in in_init:
-        if function(v):
-            found.setdefault(a, set()).add(function(v))
-    # the binding every instance starts from: the last one among __init__'s own statements
-    last: dict[str, str] = {}
-    body = init.body.body if isinstance(init.body, cst.IndentedBlock) else []
-    for stmt in body:
-        if isinstance(stmt, cst.SimpleStatementLine):
-            for a, v in self_attr_targets(cst.FunctionDef(init.name, init.params,
-                                                             cst.IndentedBlock([stmt]))):
-                last[a] = function(v)
-    follow: dict[str, str] = {}
-    why: dict[str, str] = {}
-    for a, fs in found.items():
-        other = elsewhere.get(a) or elsewhere.get("*") or \
-            ("__init__" if any(x == "*" for x, _ in in_init) else None)
-        if other is not None:
-            why[a] = f"`{other}` may rebind `self.{a}`, which `__init__` binds to a function"
-        elif len(fs) > 1 and not last.get(a):
-            why[a] = (f"`__init__` binds `self.{a}` to one of {', '.join(sorted(fs))}, none "
-                      "of them unconditionally")
-        elif len(fs) > 1:
-            follow[a] = last[a]  # the others take the original step (r_step checks)
-        elif a in cls.methods:
-            why[a] = f"`self.{a}` is both a method and bound in `__init__`"
-        else:
-            follow[a] = next(iter(fs))
-    return follow, why
-
-
-def self_bound_methods(cls: OptimizerClass) -> set[str]:
-    """Method names that some method also binds on the instance (`self.m = ...`): a call
-    `self.m(...)` may then run something else than the method."""
-    bound = {a for f in cls.methods.values() for a, _ in self_attr_targets(f)}
-    return set(cls.methods) if "*" in bound else bound & set(cls.methods)

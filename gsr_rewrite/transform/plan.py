@@ -33,7 +33,7 @@ class Placement:
     reason: str = ""
     tensor_operands: list[bool] = field(default_factory=list)
     nested_operands: list[bool] = field(default_factory=list)
-    strips: int = 0  # strip-mined (stripmine.py): computed 1/strips of its tensors at a time
+    strips: int = 0  # strip-mined (stripmine/): computed 1/strips of its tensors at a time
 
     @property
     def placed(self) -> bool:

@@ -25,9 +25,12 @@ from gsr_rewrite import rulebook
 from gsr_rewrite.rulebook import (
     RuleBookError,
     RuleError,
+    cache,
     check_rulebook,
     format_rules_table,
     load_rulebook,
+    parser,
+    prover,
 )
 from tests.common import REPO, TESTS
 
@@ -171,11 +174,11 @@ def test_strict_mode_raises_with_every_failure() -> None:
 
 
 def test_numeric_check_catches_a_wrong_rule_on_its_own(tmp_path: Path) -> None:
-    rule = rulebook._parse_rule(
+    rule = parser.parse_rule(
         {**_raw(lion(tmp_path)), "after": "(b1/b2)*m_new + (1 - b1)*g"}, "x.toml"
     )
     with pytest.raises(RuleError, match="numeric check failed"):
-        rulebook._numeric_check(rule)
+        prover._numeric_check(rule)
 
 
 BAD_CONSTRUCTS = [
@@ -231,7 +234,7 @@ def test_non_whitelisted_construct_is_rejected_without_evaluation(
 def test_translator_only_ever_raises_rule_error(src: str) -> None:
     names = {n: sp.Symbol(n, real=True) for n in ("m", "g", "b1", "b2")}
     try:
-        rulebook._translate(src, "before", names)
+        parser.translate(src, "before", names)
     except RuleError:
         pass
 
@@ -281,7 +284,7 @@ def test_file_level_problems(tmp_path: Path) -> None:
 def test_numeric_check_skips_points_outside_the_condition(shipped: rulebook.RuleBook) -> None:
     rule = shipped.get("lion-reorder")
     assert rule is not None and rule.proof is not None
-    points = list(rulebook._sample_points(rule))
+    points = list(prover._sample_points(rule))
     assert any(p["b2"] == 0.0 for p in points)  # the edge value is sampled ...
     assert rule.proof.skipped >= 1  # ... and skipped: b2 != 0 fails there
 
@@ -291,9 +294,9 @@ def test_reorder_without_its_condition_is_rejected(tmp_path: Path) -> None:
     (failure,) = book.failures
     assert "divides by `b2`" in failure.message and failure.residual == "b2"
     # the numeric check alone also catches it, at the sampled edge b2 = 0
-    rule = rulebook._parse_rule({**_raw(lion(tmp_path)), "condition": "true"}, "x.toml")
+    rule = parser.parse_rule({**_raw(lion(tmp_path)), "condition": "true"}, "x.toml")
     with pytest.raises(RuleError, match=r"`after` is undefined at .*'b2': 0\.0"):
-        rulebook._numeric_check(rule)
+        prover._numeric_check(rule)
 
 
 def test_symbolic_proof_uses_the_condition(tmp_path: Path) -> None:
@@ -364,7 +367,7 @@ def test_warm_load_proves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_proofs(rule: Any) -> Any:
         raise AssertionError(f"re-proved {rule.id}")
 
-    monkeypatch.setattr(rulebook, "_prove", no_proofs)
+    monkeypatch.setattr(rulebook, "prove", no_proofs)
     book = load_rulebook(strict=True)
     assert all(r.proof is not None and r.proof.cached for r in book.rules.values())
 
@@ -399,13 +402,13 @@ def test_cache_key_covers_text_and_proof_version(
     assert load_rulebook([path]).rules["t-lion"].proof.cached is True  # type: ignore[union-attr]
     path.write_text(path.read_text().replace("Lion reorder", "Lion reorder, reworded"))
     assert load_rulebook([path]).rules["t-lion"].proof.cached is False  # type: ignore[union-attr]
-    monkeypatch.setattr(rulebook, "PROOF_VERSION", "test")
+    monkeypatch.setattr(cache, "PROOF_VERSION", "test")
     assert load_rulebook([path]).rules["t-lion"].proof.cached is False  # type: ignore[union-attr]
 
 
 def test_failures_are_cached_too(monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_rulebook([RULES_BAD]).failures
-    monkeypatch.setattr(rulebook, "_prove", lambda rule: pytest.fail("re-proved"))
+    monkeypatch.setattr(rulebook, "prove", lambda rule: pytest.fail("re-proved"))
     assert load_rulebook([RULES_BAD]).failures == first
 
 
@@ -467,10 +470,10 @@ def test_function_meanings_match_torch(src: str) -> None:
     }
     expected = torch_eval(src, env)
     symbols = {n: sp.Symbol(n, real=True) for n in env}
-    expr = rulebook._translate(src, "before", symbols)
+    expr = parser.translate(src, "before", symbols)
     for i in range(0, 2000, 97):
         point = {symbols[n]: mpmath.mpf(float(t[i])) for n, t in env.items()}
-        value = rulebook._value(expr, point)
+        value = prover._value(expr, point)
         assert float(value) == pytest.approx(float(expected[i]), rel=1e-12, abs=1e-12), (src, i)
 
 

@@ -1,4 +1,4 @@
-"""Strip-mining (gsr_rewrite/transform/stripmine.py, runtime.strips): temporaries that no dead
+"""Strip-mining (gsr_rewrite/transform/stripmine/, runtime.strips): temporaries that no dead
 buffer can hold run 1/K of their tensors at a time; exact, measured, and refused where a strip
 would differ."""
 

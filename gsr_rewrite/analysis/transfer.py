@@ -1,0 +1,168 @@
+"""What one node of the control-flow graph does (the transfer function of the analyses): its
+statement evaluated by the `Evaluator` under the node's points-to map, with assignments, tuple
+unpacking and loop targets bound; and which parts of a statement it reads."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from gsr_rewrite.analysis.cfg import Node
+from gsr_rewrite.frontend.effects import EMPTY, Effects, Evaluator, Value, buffers, store_in_state
+from gsr_rewrite.frontend.values import LIST, PART, element, flat, item
+
+
+def node_effects(n: Node, ev: Evaluator) -> Effects:
+    s = n.node
+    if n.kind in ("stmt", "return", "raise") and s is not None:
+        _small_statement(s, ev)
+    elif n.kind == "test" and isinstance(s, cst.BaseExpression):
+        ev.value(s)
+    elif n.kind == "for" and isinstance(s, cst.For):
+        _bind_for(s, ev)
+    elif n.kind == "with" and isinstance(s, cst.With):
+        for item in s.items:
+            v = ev.value(item.item)
+            if item.asname is not None:
+                _assign(item.asname.name, v, ev)
+    elif n.kind == "def" and isinstance(s, (cst.FunctionDef, cst.ClassDef)):
+        ev.define(s)
+    return ev.eff
+
+
+def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
+    if isinstance(s, cst.Assign):
+        v = ev.value(s.value)
+        for t in s.targets:
+            _assign(t.target, v, ev, s.value)
+    elif isinstance(s, cst.AnnAssign) and s.value is not None:
+        _assign(s.target, ev.value(s.value), ev, s.value)
+    elif isinstance(s, cst.AugAssign):
+        rhs = ev.read(s.value)
+        target = ev.read(s.target)
+        name = s.target.value if isinstance(s.target, cst.Name) else "@expr"
+        for b in ev.touched(target):
+            ev.eff.writes.append((name, b))
+        if not buffers(target) and isinstance(s.target, cst.Name) and buffers(rhs):
+            ev.eff.assigns[s.target.value] = rhs
+    elif isinstance(s, cst.Expr):
+        ev.value(s.value)
+    elif isinstance(s, cst.Return) and s.value is not None:
+        for b in buffers(ev.read(s.value)):
+            ev.eff.escapes.append((b, "returned from the function", s))
+    elif isinstance(s, cst.Del):
+        for gone in _targets(s.target):
+            if isinstance(gone, cst.Name):
+                ev.eff.assigns[gone.value] = EMPTY
+    else:
+        for child in s.children:
+            if isinstance(child, cst.BaseExpression):
+                ev.value(child)
+
+
+def _targets(t: cst.BaseExpression) -> list[cst.BaseExpression]:
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [x for el in t.elements for x in _targets(el.value)]
+    if isinstance(t, cst.StarredElement):
+        return _targets(t.value)
+    return [t]
+
+
+def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
+            value: cst.BaseExpression | None = None) -> None:
+    if isinstance(target, cst.Name) and target.value in ev.unknowns.outer_names:
+        for b in buffers(v):  # `global HISTORY; HISTORY = grad`
+            ev.eff.escapes.append((b, f"stored in `{target.value}`, declared global or "
+                                   "nonlocal", target))
+    elif isinstance(target, cst.Name):
+        ev.eff.assigns[target.value] = v
+    elif isinstance(target, (cst.Tuple, cst.List)):
+        for el, sub in zip(target.elements, _unpack(target, value, v, ev), strict=True):
+            _assign(el.value, sub, ev)
+    elif isinstance(target, cst.Subscript):
+        for index in target.slice:  # `t[t.gt(0)] = c` reads t to build its mask
+            if isinstance(index.slice, cst.Index):
+                ev.read(index.slice.value)
+        base = ev.peek(target.value)
+        if "%pstate" in base:  # state["k"] = v: v becomes persistent optimizer state
+            store_in_state(ev, v, target)
+        elif "%list" in base and isinstance(target.value, cst.Name):
+            # `lst[i] = view_as_real(lst[i])`: the list now holds v (a tensor would copy it)
+            lst = target.value.value
+            ev.eff.weak[lst] = ev.eff.weak.get(lst, EMPTY) | flat(v) | LIST
+            ev.eff.writes.extend(("@expr", b) for b in ev.touched(base))
+            ev.eff.reads.extend(("@expr", b, target) for b in buffers(v))
+        else:
+            for b in ev.touched(base):
+                ev.eff.writes.append(("@expr", b))
+            for b in buffers(v):
+                ev.eff.escapes.append((b, "stored into a container or tensor", target))
+    elif isinstance(target, cst.Attribute):
+        for b in buffers(v):
+            ev.eff.escapes.append((b, f"stored on attribute `.{target.attr.value}`", target))
+        # `p.grad = state["m"]`, `g.data = x`: the object's buffers change identity
+        for b in buffers(ev.peek(target.value)) | ({"grad"} if target.attr.value == "grad"
+                                                    else set()):
+            ev.eff.escapes.append((b, f"its `.{target.attr.value}` is reassigned", target))
+
+
+def _unpack(target: cst.Tuple | cst.List, value: cst.BaseExpression | None, v: Value,
+            ev: Evaluator) -> list[Value]:
+    """What each element of `a, b, c = x, *ys, z` receives: pairs from both ends; elements that
+    meet a starred value get the union of everything starred; `a, b = t` takes t's positions
+    when t is structured (see values.py), and anything unknown gets all of v."""
+    n = len(target.elements)
+    if any(isinstance(el, cst.StarredElement) for el in target.elements):
+        return [flat(v)] * n
+    if not isinstance(value, (cst.Tuple, cst.List)):
+        return [item(v, k) for k in range(n)]
+    vals = value.elements
+    star = next((k for k, el in enumerate(vals) if isinstance(el, cst.StarredElement)), None)
+    if star is None:
+        return [ev.value(el.value) for el in vals] if len(vals) == n else [flat(v)] * n
+    head = [ev.value(el.value) for el in vals[:star]]
+    tail = [ev.value(el.value) for el in vals[star + 1:]]
+    middle = n - len(head) - len(tail)
+    if middle < 0:
+        return [flat(v)] * n
+    starred = EMPTY
+    for el in vals[star:len(vals) - len(tail)]:
+        starred |= ev.value(el.value)
+    return [*head, *[starred] * middle, *tail]
+
+
+def _bind_for(s: cst.For, ev: Evaluator) -> None:
+    it = s.iter
+    if isinstance(it, cst.Call) and isinstance(it.func, cst.Name) and \
+            it.func.value in ("zip", "enumerate") and isinstance(s.target, cst.Tuple):
+        vals = [ev.value(a.value) for a in it.args if a.keyword is None]
+        if it.func.value == "enumerate":
+            vals = [EMPTY, *vals[:1]]
+        vals = [element(v) for v in vals]
+        for el, v in zip(s.target.elements, vals, strict=False):
+            _assign(el.value, v, ev)
+        return
+    v = ev.value(it)
+    ev.eff.partition = PART in v
+    _assign(s.target, element(v), ev)
+
+
+def read_parts(s: cst.CSTNode, unpack: bool = False) -> list[cst.CSTNode]:
+    """The parts of a flow node's statement that it reads: a loop's header reads its iterable,
+    `x = y` reads y (a name that is only assigned to held nothing read here); with `unpack`,
+    `a, b = ...` reads neither a nor b either."""
+    if isinstance(s, cst.For):
+        return [s.iter]
+    if isinstance(s, cst.With):
+        return [item.item for item in s.items]
+    if isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:
+        targets: list[cst.BaseExpression] = [t.target for t in s.targets] \
+            if isinstance(s, cst.Assign) else [s.target]
+        if unpack:
+            targets = [x for t in targets for x in _targets(t)]
+        return [s.value, *[t for t in targets if not isinstance(t, cst.Name)]]
+    return [s]
+
+
+def target_names(t: cst.BaseExpression) -> list[str]:
+    """The names an assignment target binds: `a, (b, *c)` -> a, b, c."""
+    return [x.value for x in _targets(t) if isinstance(x, cst.Name)]

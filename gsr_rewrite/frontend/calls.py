@@ -1,0 +1,260 @@
+"""The evaluator's last layer, `Evaluator`: calls. Which function a call reaches (a helper the
+analysis follows, a method of the class, a function kept on `self`, an imported function the
+catalog knows, a builtin, a tensor method or torch function) and what that does to the buffers."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from gsr_rewrite.frontend.catalog import KnownFunction
+from gsr_rewrite.frontend.records import LOCAL, OPAQUE, SHAPED
+from gsr_rewrite.frontend.syntax import dotted
+from gsr_rewrite.frontend.tensor_ops import TensorOpEvaluator
+from gsr_rewrite.frontend.values import (
+    EMPTY,
+    LIST,
+    PART,
+    Value,
+    buffers,
+    container,
+    element,
+    flat,
+    is_buffer,
+    is_container,
+    is_role,
+    structured,
+)
+
+BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter",
+                      "filter"}
+HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "abs", "print",
+                     "any", "all", "type", "id", "hasattr", "round", "RuntimeError",
+                     "ValueError", "TypeError", "NotImplementedError"}
+#: builtins whose result may be (an element of) one of their arguments
+RETURNS_AN_ARGUMENT = {"max", "min", "next", "sum", "map", "functools.reduce", "copy.copy"}
+
+
+class Evaluator(TensorOpEvaluator):
+    """Abstract evaluation of expressions under a points-to map; effects accumulate in `eff`.
+
+    The layers: expressions (ExpressionEvaluator), tensor ops (TensorOpEvaluator), calls (here).
+    """
+
+    def _call(self, node: cst.Call) -> Value:
+        func = node.func
+        name = dotted(func)
+        if isinstance(func, cst.Name) and func.value in self.pt:
+            bound = self.pt[func.value]
+            targets = sorted(b[len("%fn:"):] for b in bound if b.startswith("%fn:"))
+            ops = sorted(b[len("%torch:"):] for b in bound if b.startswith("%torch:"))
+            if targets or ops:  # `func = _multi if foreach else _single; func(...)`
+                for t in targets:
+                    self._helper_call(t, node)
+                return frozenset().union(*(self._torch(node, op) for op in ops))
+        if isinstance(func, cst.Attribute) and func.attr.value in self.unknowns.class_callables \
+                and func.attr.value in self.methods and self._names_the_class(func.value):
+            return self._helper_call("self." + func.attr.value, node)
+        known = self._known(name)
+        if known is not None:
+            return self._known_call(node, known)
+        if isinstance(func, cst.Attribute) and (name is None or not name.startswith("torch.")):
+            if func.attr.value in ("values", "items", "keys") and not node.args and \
+                    is_container(self.peek(func.value)):
+                return _dict_view(self.peek(func.value), func.attr.value)
+            if func.attr.value in ("append", "extend") and isinstance(func.value, cst.Name) \
+                    and len(node.args) == 1:
+                v = flat(self.value(node.args[0].value))
+                lst = func.value.value
+                self.eff.weak[lst] = self.eff.weak.get(lst, EMPTY) | v | LIST
+                if lst not in self.unknowns.local_lists or OPAQUE in self.peek(func.value):
+                    # maybe a list kept in state or on self: what it is given stays there
+                    for b in buffers(v):
+                        self.eff.escapes.append((b, f"appended to `{lst}`, which may be a list "
+                                                 "kept outside the function", node.args[0]))
+                return EMPTY
+            recv = self.peek(func.value)
+            if "%self" in recv and func.attr.value in self.methods:
+                return self._helper_call("self." + func.attr.value, node)
+            if "%self" in recv and func.attr.value in self.self_helpers:
+                return self._helper_call(self.self_helpers[func.attr.value], node)
+            if "%self" in recv and func.attr.value in self.unknowns.harmless_self_methods:
+                for a in node.args:
+                    self.peek(a.value)
+                return EMPTY
+            if "%self" in recv:  # a method of a base class, or a callable kept on self
+                attr = func.attr.value
+                why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
+                return self._unknown_call(node, f"unknown function `self.{attr}`{why}", recv,
+                                          [(a, self.read(a.value)) for a in node.args])
+            if recv == LOCAL:
+                for a in node.args:
+                    for b in buffers(self.read(a.value)):
+                        self.eff.escapes.append((b, "stored in a container the analysis does "
+                                                 "not follow", a))
+                return self._opaque()
+            if recv & {"%statedict", "%pstate", "%group"}:
+                got = self._dict_method(node, func, recv)
+                if got is not None:
+                    return got
+            if buffers(recv) or name is None or any(not is_buffer(b) for b in flat(recv)):
+                return self._method(node, func, recv)
+        if name is not None and name.startswith("torch."):
+            return self._torch(node, name[len("torch."):])
+        if name in self.helpers:
+            return self._helper_call(name, node)
+        if name == "getattr" and len(node.args) >= 2 and \
+                isinstance(node.args[1].value, cst.SimpleString):  # getattr(p, "grad", None)
+            attr = str(node.args[1].value.evaluated_value)
+            got = self.value(cst.Attribute(node.args[0].value, cst.Name(attr))) \
+                if attr.isidentifier() else self._opaque()
+            return got | frozenset().union(*(self.value(a.value) for a in node.args[2:]))
+        args = [self.read(a.value) for a in node.args]
+        if name in BUILTIN_CONTAINERS:
+            return frozenset().union(*args) if args else EMPTY
+        if name in RETURNS_AN_ARGUMENT:
+            return frozenset().union(*map(element, args), *args) if args else EMPTY
+        if name in HARMLESS_BUILTINS or (name or "").startswith("math."):
+            return EMPTY
+        if name in self.local_callables:  # e.g. closure(): runs arbitrary code on params/grads
+            self.eff.reads.append(("@grad", "grad", node))
+            self.eff.writes.append(("@grad", "grad"))
+            # (an R step given a closure runs the original step: runtime.r_step)
+            return EMPTY
+        attr = name[5:] if name is not None and name.startswith("self.") else ""
+        why = f" ({self.unfollowed[attr]})" if attr in self.unfollowed else ""
+        got = self._unknown_call(node, f"unknown function `{name}`{why}", EMPTY,
+                                 list(zip(node.args, args, strict=True)))
+        if isinstance(func, cst.Attribute) and not self.peek(func.value):
+            # a method of a host value or a function of an imported module (no buffer, no
+            # marker; also a name whose value is not known yet while the fixpoint grows): it
+            # was given no access to the optimizer; its result holds no buffer of the step (what
+            # it was given escaped above). Returning none keeps the fixpoint monotone: once
+            # the receiver is known to hold a buffer, the call is a tensor method instead.
+            module_function = isinstance(func.value, cst.Name) and \
+                func.value.value in self.imports and func.value.value not in self.pt
+            return got - self._opaque() if module_function else got & {SHAPED}
+        return got
+
+    def _names_the_class(self, e: cst.BaseExpression) -> bool:
+        """`Cls`, `type(self)`, `self.__class__` (the static or class method they reach is the
+        class's own, as `self.m` is)."""
+        if isinstance(e, cst.Name):
+            return e.value in self.unknowns.class_names and e.value not in self.pt
+        if isinstance(e, cst.Call):
+            return dotted(e.func) == "type" and len(e.args) == 1 and \
+                isinstance(e.args[0].value, cst.Name) and e.args[0].value.value == "self"
+        return dotted(e) == "self.__class__"
+
+    def _dict_method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value | None:
+        """`state.get("k", d)`, `state.setdefault("k", v)`, `self.state.get(p)`, `group.get("lr")`
+        read like subscripts; None for any other method (then it is an unknown method)."""
+        m = func.attr.value
+        args = [a for a in node.args if a.keyword is None]
+        if m not in ("get", "setdefault") or not args or len(args) > 2 or \
+                len(args) != len(node.args):
+            return None
+        default = self.value(args[1].value) if len(args) > 1 else EMPTY
+        got = self._subscript(cst.Subscript(func.value, [cst.SubscriptElement(
+            cst.Index(args[0].value))]))
+        if m == "setdefault" and "%pstate" in recv:
+            store_in_state(self, default, node)
+        return got | default
+
+    def _known(self, name: str | None) -> KnownFunction | None:
+        """The catalog entry of an imported function (`_get_value`, `typing.cast`), or None."""
+        if name is None or name in self.helpers:
+            return None
+        first, _, rest = name.partition(".")
+        origin = self.imports.get(first)
+        if origin is None or first in self.pt or first in self.local_callables:
+            return None
+        return self.cat.function(f"{origin}.{rest}" if rest else origin)
+
+    def _known_call(self, node: cst.Call, fn: KnownFunction) -> Value:
+        if fn.effect in ("metadata", "group"):  # device, dtype, shape: no contents read
+            for a in node.args:
+                self.peek(a.value)
+            first = node.args[0].value if node.args and not node.args[0].star else None
+            if fn.effect == "group" and first is not None:  # {key: (lists, indices)}
+                return container(structured([self.peek(first), EMPTY]), partition=True)
+            return EMPTY
+        values = [self.read(a.value) for a in node.args]
+        if fn.effect == "fresh":
+            return EMPTY
+        pos = [v for a, v in zip(node.args, values, strict=True) if a.keyword is None]
+        if any(a.star for a in node.args) or fn.arg >= len(pos):
+            return frozenset().union(*map(flat, values))
+        return pos[fn.arg]
+
+    def _helper_call(self, name: str, node: cst.Call) -> Value:
+        self.eff.foreign = max(self.eff.foreign, self.unknowns.foreign_helpers.get(name, 0))
+        nested = self.closures.by_key.get(name)
+        free = nested.free if nested is not None else ()
+        if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
+            for a in node.args:
+                for b in buffers(self.read(a.value)):
+                    self.eff.escapes.append((b, f"passed to `{name}` through *args", a))
+            for var in free:
+                for b in buffers(self.read(cst.Name(var))):
+                    self.eff.writes.append(("@call", b))
+                    self.eff.escapes.append((b, f"`{var}` read by `{name}` called with *args",
+                                             node))
+            return self._opaque()
+        pos = [self.read(a.value) for a in node.args if a.keyword is None]
+        kw = {a.keyword.value: self.read(a.value) for a in node.args if a.keyword is not None}
+        for var in free:  # a closure reads the caller's variables when it runs: here
+            kw[var] = self.read(cst.Name(var))
+        for v in [*pos, *kw.values()]:
+            for b in buffers(v):
+                self.eff.writes.append(("@call", b))
+        self.eff.calls.append((name, pos, kw, node))
+        params, added = self.appends.get(name, ([], {}))
+        bound = [*zip(params, [a for a in node.args if a.keyword is None], strict=False),
+                 *((a.keyword.value, a) for a in node.args if a.keyword is not None)]
+        for param, arg in bound:  # `self._init_group(group, params, grads)` fills the lists
+            if added.get(param):
+                self._filled(arg.value, added[param], name)
+        for var in free:  # and a closure the caller's own lists
+            if added.get(var):
+                self._filled(cst.Name(var), added[var], name)
+        # a helper the analysis follows: what it returns so far (the analysis iterates until
+        # these stop growing, so starting from nothing reaches the least sound answer)
+        return self.unknowns.helper_returns.get(name, EMPTY)
+
+    def _filled(self, lst: cst.BaseExpression, added: Value, helper: str) -> None:
+        """A helper appended `added` to the list `lst` the caller gave it: a list of the caller's
+        own holds them from now on; any other container keeps them (they escape)."""
+        if isinstance(lst, cst.Name) and lst.value in self.unknowns.local_lists:
+            self.eff.weak[lst.value] = self.eff.weak.get(lst.value, EMPTY) | added
+            return
+        for b in buffers(added):
+            self.eff.escapes.append((b, f"appended by `{helper}` to a container the analysis "
+                                     "does not follow", lst))
+
+    def define(self, node: cst.FunctionDef | cst.ClassDef) -> None:
+        """A `def` or `class` statement inside the analysed function."""
+        nested = self.closures.by_node.get(id(node))
+        if nested is not None and not nested.reason:
+            self.eff.assigns[nested.name] = frozenset({"%fn:" + nested.key})
+            return
+        why = (f"captured by a nested function that is not analysed: {nested.reason}"
+               if nested is not None else "captured by a nested function or class")
+        self._capture(node, why)
+
+
+def store_in_state(ev: Evaluator, v: Value, where: cst.CSTNode) -> None:
+    """`state["k"] = v`: v becomes persistent optimizer state (a role stored there escapes)."""
+    for b in buffers(v):
+        if is_role(b):
+            ev.eff.escapes.append((b, "stored in optimizer state", where))
+        else:
+            ev.eff.persistent.add(b)
+
+
+def _dict_view(v: Value, method: str) -> Value:
+    """`d.values()` / `d.items()` / `d.keys()` of a container whose elements are d's values."""
+    if method == "keys":
+        return EMPTY
+    if method == "values":
+        return v
+    return container(structured([EMPTY, element(v)]), partition=PART in v)

@@ -1,0 +1,271 @@
+"""The evaluator's first layer: names, attributes, subscripts, operators and comprehensions.
+
+`ExpressionEvaluator` holds what the whole evaluator is given (the points-to map, the op catalog,
+the helpers it follows, ...) and the effects it accumulates. Calls are the later layers:
+`TensorOpEvaluator` (tensor_ops.py) and `Evaluator` (calls.py), which defines `_call`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import libcst as cst
+
+from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.frontend.closures import Closures
+from gsr_rewrite.frontend.records import LOCAL, OPAQUE, SHAPED, Alloc, Effects, Unknowns
+from gsr_rewrite.frontend.scopes import loaded_names
+from gsr_rewrite.frontend.syntax import const_key, dotted, for_ins
+from gsr_rewrite.frontend.values import (
+    EMPTY,
+    LIST,
+    Value,
+    buffers,
+    element,
+    flat,
+    is_role,
+    is_structured,
+    item,
+    structured,
+)
+
+#: attributes of a tensor that are not tensors (metadata); any other attribute may be a view
+TENSOR_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
+                   "is_sparse", "is_leaf", "grad_fn", "itemsize", "nbytes", "names", "is_meta",
+                   "is_quantized", "is_mps", "is_complex"}
+
+_BINOPS: dict[type, str] = {cst.Add: "add", cst.Subtract: "sub", cst.Multiply: "mul",
+                            cst.Divide: "div", cst.Power: "pow"}
+
+
+class ExpressionEvaluator:
+    """What an evaluation is given and what it found (`eff`); expressions other than calls."""
+
+    def __init__(self, pt: Mapping[str, Value], catalog: OpCatalog, helpers: set[str],
+                 site_of: Mapping[cst.CSTNode, str], local_callables: set[str],
+                 scalar_keys: frozenset[str] = frozenset(),
+                 methods: frozenset[str] | set[str] = frozenset(),
+                 appends: Mapping[str, tuple[list[str], dict[str, Value]]] | None = None,
+                 imports: Mapping[str, str] | None = None,
+                 closures: Closures | None = None,
+                 self_helpers: Mapping[str, str] | None = None,
+                 unfollowed: Mapping[str, str] | None = None,
+                 unknowns: Unknowns | None = None) -> None:
+        self.pt = pt
+        self.cat = catalog
+        self.helpers = helpers  # module functions the analysis follows (called by plain name)
+        self.methods = methods  # methods of the class (called as self.m)
+        # per helper: its parameter names, and what it appends to each (out-parameter lists)
+        self.appends = appends or {}
+        self.site_of = site_of
+        self.local_callables = local_callables
+        self.scalar_keys = scalar_keys  # state entries that only ever hold scalars ("step")
+        self.imports = imports or {}  # module-level imports: local name -> where it comes from
+        self.closures = closures or Closures()  # functions defined inside analysed functions
+        self.self_helpers = self_helpers or {}  # self.ATTR -> module function __init__ binds
+        self.unfollowed = unfollowed or {}  # self.ATTR -> why it is not followed
+        self.unknowns = unknowns or Unknowns()
+        self.eff = Effects()
+        self._comprehension = 0
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, node: cst.BaseExpression) -> Value:
+        """Evaluate `node` as a consumed operand: its buffers' contents are read."""
+        return self._note_read(node, self.value(node))
+
+    def _note_read(self, node: cst.BaseExpression, v: Value) -> Value:
+        var = self._var_of(node, v)
+        for b in buffers(v):
+            self.eff.reads.append((var, b, node))
+        if OPAQUE in flat(v):  # an object the analysis does not model may be any buffer
+            for b in self.unknowns.roles - buffers(v):
+                self.eff.reads.append(("@expr", b, node))
+        return v
+
+    def _var_of(self, node: cst.BaseExpression, v: Value) -> str:
+        if isinstance(node, cst.Name):
+            return node.value
+        roles = [b for b in buffers(v) if is_role(b)]
+        return "@" + roles[0] if len(roles) == 1 else "@expr"
+
+    def peek(self, node: cst.BaseExpression) -> Value:
+        """Evaluate without reading contents (metadata, `is None`, targets of overwrites)."""
+        return self.value(node)
+
+    # -- values ------------------------------------------------------------------------------
+    def value(self, node: cst.BaseExpression) -> Value:
+        if isinstance(node, cst.Name):
+            if node.value == "self":
+                return frozenset({"%self"})
+            if node.value not in self.pt and node.value in self.helpers:
+                return frozenset({"%fn:" + node.value})  # a helper function used as a value
+            if node.value in self.unknowns.outer_names or (
+                    node.value not in self.pt and node.value in self.unknowns.opaque_globals):
+                return self._opaque()
+            return self.pt.get(node.value, EMPTY)
+        if isinstance(node, cst.Attribute):
+            name = dotted(node)
+            if name is not None and name.startswith("torch.") and "torch" not in self.pt:
+                return frozenset({"%torch:" + name[len("torch."):]})  # a torch function as a value
+            return self._attribute(node)
+        if isinstance(node, cst.Subscript):
+            return self._subscript(node)
+        if isinstance(node, cst.Call):
+            return self._call(node)
+        if isinstance(node, cst.BinaryOperation):
+            left, right = self.read(node.left), self.read(node.right)
+            return self._alloc(node, _BINOPS.get(type(node.operator), "?"), "operator",
+                               [node.left, node.right], left | right)
+        if isinstance(node, cst.UnaryOperation):
+            v = self.read(node.expression)
+            if isinstance(node.operator, cst.Minus):
+                return self._alloc(node, "neg", "operator", [node.expression], v)
+            return EMPTY
+        if isinstance(node, cst.IfExp):
+            self.peek(node.test)
+            return self.value(node.body) | self.value(node.orelse)
+        if isinstance(node, cst.Comparison):
+            ident = all(isinstance(c.operator, (cst.Is, cst.IsNot, cst.In, cst.NotIn))
+                        for c in node.comparisons)
+            (self.peek if ident else self.read)(node.left)
+            for c in node.comparisons:
+                (self.peek if ident else self.read)(c.comparator)
+            return EMPTY
+        if isinstance(node, cst.BooleanOperation):
+            return self.value(node.left) | self.value(node.right)
+        if isinstance(node, (cst.Tuple, cst.List)):
+            items = [self.value(el.value) for el in node.elements]
+            if not any(isinstance(el, cst.StarredElement) for el in node.elements):
+                return structured(items)
+            out = frozenset().union(*map(flat, items))  # positions after a *star are unknown
+            return out | LIST if buffers(out) else out
+        if isinstance(node, (cst.ListComp, cst.GeneratorExp)):
+            return self._comprehension_value(node)
+        if isinstance(node, cst.Lambda):
+            own = {x.name.value for x in (*node.params.posonly_params, *node.params.params,
+                                          *node.params.kwonly_params)}
+            self._capture(node.body, "captured by a lambda", own)  # `lambda n: 1 - n`
+            return EMPTY
+        if isinstance(node, cst.NamedExpr):
+            v = self.value(node.value)
+            if isinstance(node.target, cst.Name):
+                self.eff.assigns[node.target.value] = v
+            return v
+        if isinstance(node, (cst.Dict, cst.Set, cst.DictComp, cst.SetComp)):
+            self._capture(node, "stored in a container the analysis does not follow")
+            return LOCAL
+        for child in node.children:  # constants, f-strings, ...
+            if isinstance(child, cst.BaseExpression):
+                self.peek(child)
+        return EMPTY
+
+    def _attribute(self, node: cst.Attribute) -> Value:
+        base = self.peek(node.value)
+        attr = node.attr.value
+        if "%self" in base:
+            if attr == "param_groups":
+                self.eff.foreign = 2  # every group: not only a loop's own
+                return frozenset({"%groups"})
+            if attr == "state":
+                return frozenset({"%statedict"})
+            if attr == "defaults" or attr in self.unknowns.self_constants:
+                return EMPTY
+            return self._opaque()
+        if attr == "grad" and ("param" in base or OPAQUE in base):
+            self.eff.rooted.add("grad")
+            if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own
+                self.eff.foreign = 2
+            return frozenset({"grad"}) | (base & {OPAQUE})
+        if attr in TENSOR_METADATA:
+            return EMPTY
+        return base  # .data, .T, .mH, a view the catalog does not know: the same buffers
+
+    def _opaque(self) -> Value:
+        return frozenset({OPAQUE})
+
+    def touched(self, v: Value) -> Value:
+        """The buffers a read or a write through a value of `v` may touch."""
+        return buffers(v) | (self.unknowns.roles if OPAQUE in flat(v) else EMPTY)
+
+    def _subscript(self, node: cst.Subscript) -> Value:
+        base = self.peek(node.value)
+        key = const_key(node)
+        for el in node.slice:
+            if isinstance(el.slice, cst.Index):
+                self.peek(el.slice.value)
+        if "%statedict" in base:
+            return frozenset({"%pstate"})
+        if "%pstate" in base:
+            if key in self.scalar_keys:
+                return EMPTY
+            if key is None:  # a computed key may be any of them
+                found_all = frozenset(b for b in self.unknowns.roles if b.startswith("state:"))
+                self.eff.rooted |= found_all
+                return found_all
+            self.eff.rooted.add(f"state:{key}")
+            return frozenset({f"state:{key}"})
+        if "%groups" in base:
+            return frozenset({"%group"})
+        if "%group" in base:
+            if key != "params":
+                return EMPTY
+            self.eff.rooted.add("param")
+            self.eff.foreign = max(self.eff.foreign, 1)
+            return frozenset({"param"}) | LIST
+        if OPAQUE in base:  # an element of an unknown object, or of what else it may be
+            return self._opaque() | element(base)
+        index = _const_index(node)
+        if index is not None and is_structured(base):
+            return item(base, index)
+        return element(base)  # element of a tensor list, or a view into a tensor
+
+    def _comprehension_value(self, node: cst.ListComp | cst.GeneratorExp) -> Value:
+        saved = dict(self.pt)
+        scope = dict(self.pt)
+        for f in for_ins(node.for_in):
+            it = element(self.value(f.iter))
+            for name in _target_names(f.target):
+                scope[name] = it if isinstance(f.target, cst.Name) else flat(it)
+        self.pt = scope
+        self._comprehension += 1
+        try:
+            v = self.read(node.elt)
+            return v | LIST if buffers(v) else v
+        finally:
+            self._comprehension -= 1
+            self.pt = saved
+
+    def _capture(self, node: cst.CSTNode, why: str, own: set[str] | None = None) -> None:
+        # variables only: `p.grad` in `lambda p: p.grad is not None` captures no `grad`
+        for name in sorted(loaded_names(node) - (own or set())):
+            for b in buffers(self.pt.get(name, EMPTY)):
+                self.eff.escapes.append((b, f"`{name}` {why}", node))
+
+    def _alloc(self, node: cst.BaseExpression, op: str, form: str,
+               operands: list[cst.BaseExpression], inputs: Value) -> Value:
+        if not buffers(inputs):  # scalar arithmetic, or a new object made from unknown ones
+            return flat(inputs) & {OPAQUE, SHAPED}
+        site = self.site_of[node]
+        self.eff.allocs.append(Alloc(node, site, op, form, operands, self._comprehension > 0))
+        return frozenset({site}) | (LIST if form == "foreach" else EMPTY)
+
+    # -- calls -------------------------------------------------------------------------------
+    def _call(self, node: cst.Call) -> Value:
+        """A call's value; its effects go to `eff`. Defined by `Evaluator` (calls.py)."""
+        raise NotImplementedError
+
+
+def _const_index(node: cst.Subscript) -> int | None:
+    if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        v = node.slice[0].slice.value
+        if isinstance(v, cst.Integer):
+            return int(v.evaluated_value)
+    return None
+
+
+def _target_names(t: cst.BaseExpression) -> list[str]:
+    if isinstance(t, cst.Name):
+        return [t.value]
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [n for el in t.elements for n in _target_names(el.value)]
+    return []

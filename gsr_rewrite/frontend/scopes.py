@@ -1,0 +1,116 @@
+"""The names a function binds in its own scope and the names code reads as variables: what the
+analysis needs of Python's scoping to find a nested function's free variables and a helper's
+local names."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+
+def param_list(func: cst.FunctionDef | cst.Lambda) -> list[cst.Param]:
+    p = func.params
+    star = [p.star_arg] if isinstance(p.star_arg, cst.Param) else []
+    kwargs = [p.star_kwarg] if p.star_kwarg is not None else []
+    return [*p.posonly_params, *p.params, *star, *p.kwonly_params, *kwargs]
+
+
+def _target_names(t: cst.CSTNode) -> list[str]:
+    if isinstance(t, cst.Name):
+        return [t.value]
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [n for el in t.elements for n in _target_names(el.value)]
+    if isinstance(t, cst.StarredElement):
+        return _target_names(t.value)
+    return []  # attributes and subscripts bind no name
+
+
+class _Bound(cst.CSTVisitor):
+    """Names a function binds in its own scope: parameters, assignment / for / with / except
+    targets, imports, walrus targets, and the names of the functions and classes it defines
+    (whose bodies are other scopes). Comprehension targets belong to the comprehension."""
+
+    def __init__(self, root: cst.FunctionDef) -> None:
+        self.root = root
+        self.names: set[str] = {p.name.value for p in param_list(root)}
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        if node is self.root:
+            return True
+        self.names.add(node.name.value)
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        self.names.add(node.name.value)
+        return False
+
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        return False
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.names.update(_target_names(node.target))
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self.names.update(_target_names(node.target))
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        self.names.update(_target_names(node.target))
+
+    def visit_For(self, node: cst.For) -> None:
+        self.names.update(_target_names(node.target))
+
+    def visit_AsName(self, node: cst.AsName) -> None:  # with ... as x, except E as x, imports
+        self.names.update(_target_names(node.name))
+
+    def visit_ImportAlias(self, node: cst.ImportAlias) -> None:
+        if node.asname is None:
+            n = node.name
+            while isinstance(n, cst.Attribute):
+                n = n.value  # type: ignore[assignment]
+            if isinstance(n, cst.Name):
+                self.names.add(n.value)
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+        self.names.update(_target_names(node.target))
+
+    def visit_Del(self, node: cst.Del) -> None:
+        self.names.update(_target_names(node.target))
+
+
+def bound_names(func: cst.FunctionDef) -> frozenset[str]:
+    v = _Bound(func)
+    func.visit(v)
+    return frozenset(v.names)
+
+
+class VariableNames(cst.CSTVisitor):
+    """Visits the names that are variables: not attribute names (`x.F`) or keywords (`f(F=1)`)."""
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+
+class _Loaded(VariableNames):
+    """Every Name that may be read as a variable: not attribute names, keywords or parameters."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+    def visit_Param(self, node: cst.Param) -> bool:
+        if node.default is not None:
+            node.default.visit(self)
+        return False
+
+
+def loaded_names(node: cst.CSTNode) -> frozenset[str]:
+    v = _Loaded()
+    node.visit(v)
+    return frozenset(v.names)
+

@@ -1,0 +1,119 @@
+"""Helper functions that `__init__` stores on `self` (`self.update_fn = update_fn`): which
+`self.ATTR(...)` calls the analysis follows into a module function, and which it does not, why."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
+from gsr_rewrite.frontend.scopes import bound_names
+
+
+def self_attr_targets(func: cst.FunctionDef) -> list[tuple[str, cst.BaseExpression | None]]:
+    """(ATTR, value) for every `self.ATTR = value` in func (value None: not a plain binding, such
+    as `self.ATTR += x`, a tuple target or `setattr(self, ...)` with an unknown name)."""
+    found: list[tuple[str, cst.BaseExpression | None]] = []
+
+    def attr(t: cst.BaseExpression) -> str | None:
+        if isinstance(t, cst.Attribute) and isinstance(t.value, cst.Name) and \
+                t.value.value == "self":
+            return t.attr.value
+        return None
+
+    def targets(t: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
+        a = attr(t)
+        if a is not None:
+            found.append((a, value))
+        elif isinstance(t, (cst.Tuple, cst.List)):
+            for el in t.elements:
+                targets(el.value, None)
+        elif isinstance(t, cst.StarredElement):
+            targets(t.value, None)
+
+    class _V(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                targets(t.target, node.value)
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            targets(node.target, node.value)
+
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            targets(node.target, None)
+
+        def visit_For(self, node: cst.For) -> None:
+            targets(node.target, None)
+
+        def visit_AsName(self, node: cst.AsName) -> None:
+            if isinstance(node.name, cst.BaseExpression):
+                targets(node.name, None)
+
+        def visit_Call(self, node: cst.Call) -> None:
+            if isinstance(node.func, cst.Name) and node.func.value in ("setattr", "delattr"):
+                key = node.args[1].value if len(node.args) > 1 else None
+                name = key.evaluated_value if isinstance(key, cst.SimpleString) else None
+                found.append((str(name) if name is not None else "*", None))
+
+        def visit_Del(self, node: cst.Del) -> None:
+            targets(node.target, None)
+
+    func.visit(_V())
+    return found
+
+
+def bound_self_helpers(src: SourceModule, cls: OptimizerClass
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+    """`self.ATTR(...)` -> the module function F when `__init__` binds `self.ATTR = F` and no
+    other method of the class binds `self.ATTR` (nor setattr/delattr with a computed name).
+
+    `__init__` may bind ATTR to other things too (`if use_triton: self.update_fn = kernel`): the
+    R-variant's step checks `self.ATTR is F` when it starts, and runs the original step when it
+    is not (`runtime.r_step`), so the rewrite only ever runs where its analysis holds.
+    """
+    init = cls.methods.get("__init__")
+    if init is None:
+        return {}, {}
+    local = bound_names(init)
+    in_init = self_attr_targets(init)
+    elsewhere = {a: m for m, f in cls.methods.items() if m != "__init__"
+                 for a, _ in self_attr_targets(f)}
+    def function(v: cst.BaseExpression | None) -> str:
+        fn = v.value if isinstance(v, cst.Name) else ""
+        return fn if fn in src.functions and fn not in local else ""
+
+    found: dict[str, set[str]] = {}
+    for a, v in in_init:
+        if function(v):
+            found.setdefault(a, set()).add(function(v))
+    # the binding every instance starts from: the last one among __init__'s own statements
+    last: dict[str, str] = {}
+    body = init.body.body if isinstance(init.body, cst.IndentedBlock) else []
+    for stmt in body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for a, v in self_attr_targets(cst.FunctionDef(init.name, init.params,
+                                                             cst.IndentedBlock([stmt]))):
+                last[a] = function(v)
+    follow: dict[str, str] = {}
+    why: dict[str, str] = {}
+    for a, fs in found.items():
+        other = elsewhere.get(a) or elsewhere.get("*") or \
+            ("__init__" if any(x == "*" for x, _ in in_init) else None)
+        if other is not None:
+            why[a] = f"`{other}` may rebind `self.{a}`, which `__init__` binds to a function"
+        elif len(fs) > 1 and not last.get(a):
+            why[a] = (f"`__init__` binds `self.{a}` to one of {', '.join(sorted(fs))}, none "
+                      "of them unconditionally")
+        elif len(fs) > 1:
+            follow[a] = last[a]  # the others take the original step (r_step checks)
+        elif a in cls.methods:
+            why[a] = f"`self.{a}` is both a method and bound in `__init__`"
+        else:
+            follow[a] = next(iter(fs))
+    return follow, why
+
+
+def self_bound_methods(cls: OptimizerClass) -> set[str]:
+    """Method names that some method also binds on the instance (`self.m = ...`): a call
+    `self.m(...)` may then run something else than the method."""
+    bound = {a for f in cls.methods.values() for a, _ in self_attr_targets(f)}
+    return set(cls.methods) if "*" in bound else bound & set(cls.methods)

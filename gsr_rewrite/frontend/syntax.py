@@ -1,0 +1,47 @@
+"""Small readers of libcst syntax that the evaluator and the passes after it share: dotted names,
+the names an expression mentions, constant subscript keys, the `for ... in` clauses of a
+comprehension."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+
+def dotted(node: cst.BaseExpression) -> str | None:
+    """`torch._foreach_add_` -> "torch._foreach_add_"; None unless names and attributes."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted(node.value)
+        return None if base is None else f"{base}.{node.attr.value}"
+    return None
+
+
+def const_key(node: cst.Subscript) -> str | None:
+    """`d["k"]` -> "k"; None unless the subscript is one string constant."""
+    if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        v = node.slice[0].slice.value
+        if isinstance(v, cst.SimpleString):
+            return str(v.evaluated_value)
+    return None
+
+
+def for_ins(f: cst.CompFor) -> list[cst.CompFor]:
+    """The `for ... in` clauses of a comprehension, outermost first."""
+    out = [f]
+    while f.inner_for_in is not None:
+        f = f.inner_for_in
+        out.append(f)
+    return out
+
+
+def names_in(node: cst.CSTNode) -> set[str]:
+    """Every name `node` mentions (loaded, stored, attribute names included)."""
+    found: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, n: cst.Name) -> None:
+            found.add(n.value)
+
+    node.visit(_V())
+    return found

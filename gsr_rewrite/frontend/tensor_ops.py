@@ -1,0 +1,164 @@
+"""The evaluator's second layer: tensor methods and torch functions as the op catalog describes
+them (views, reductions, in-place and allocating ops), and the default-deny answer for a call the
+analysis does not know."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from gsr_rewrite.frontend.expressions import ExpressionEvaluator
+from gsr_rewrite.frontend.records import OPAQUE, SHAPED
+from gsr_rewrite.frontend.values import EMPTY, Value, buffers, flat
+
+#: torch namespaces of functions of tensor data only (no `.grad`, no module state)
+DATA_NAMESPACES = ("linalg.", "special.", "fft.", "_C._linalg.", "ops.aten.")
+
+
+class TensorOpEvaluator(ExpressionEvaluator):
+    """`x.op(...)` and `torch.op(...)`, and calls nothing in the analysis knows."""
+
+    def _method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value:
+        m = func.attr.value
+        cat = self.cat
+        if m in cat.metadata or m in cat.constructor:  # x.new_zeros(n): only metadata of x
+            for a in node.args:
+                self.read(a.value)
+            return EMPTY
+        if m in cat.view:
+            return self._note_read(func.value, recv) if m == "contiguous" else recv
+        if m in cat.reduce:
+            self._note_read(func.value, recv)
+            for a in node.args:
+                self.read(a.value)
+            if m in ("max", "min") and len(node.args) == 1 and not _is_int(node.args[0].value) \
+                    and node.args[0].keyword is None:  # `x.max(y)`: elementwise
+                return self._alloc(node, m + "imum", "method", [func.value, node.args[0].value],
+                                   recv | self.value(node.args[0].value))
+            return _reduced(node, 0)
+        if m in cat.inplace_kill:
+            for a in node.args:
+                self.read(a.value)
+            self._overwrite(func.value, recv)
+            return recv
+        if m in cat.creation:  # x.clone()
+            self._note_read(func.value, recv)
+            return self._alloc(node, m, "method", [func.value], recv)
+        if m in cat.elementwise:
+            operands = [func.value, *[a.value for a in node.args if a.keyword is None]]
+            v = self._note_read(func.value, recv)
+            for a in node.args:
+                v |= self.read(a.value)
+            return self._alloc(node, m, "method", operands, v)
+        if m.endswith("_") and (cat.inplace_base(m) or m[:-1] in cat.elementwise):
+            self._note_read(func.value, recv)
+            for a in node.args:
+                self.read(a.value)
+            var = func.value.value if isinstance(func.value, cst.Name) else "@expr"
+            for b in self.touched(recv):
+                self.eff.writes.append((var, b))
+            return recv
+        self._note_read(func.value, recv)
+        args = [(a, self.read(a.value)) for a in node.args]
+        for b in buffers(recv):
+            self.eff.escapes.append((b, f"method `.{m}()` is not in the op catalog", node))
+        return self._unknown_call(node, f"method `.{m}()`, which is not in the op catalog,",
+                                  recv, args)
+
+    def _torch(self, node: cst.Call, fn: str) -> Value:
+        cat = self.cat
+        pos = [a.value for a in node.args if a.keyword is None]
+        out_arg = next((a.value for a in node.args if a.keyword and a.keyword.value == "out"), None)
+        if fn.startswith("_foreach_"):
+            base = fn[len("_foreach_"):]
+            if base in cat.inplace_kill or fn in cat.inplace_kill:  # _foreach_copy_, _foreach_zero_
+                for a in pos[1:]:
+                    self.read(a)
+                self._overwrite(pos[0], self.peek(pos[0]))
+                return EMPTY
+            if base.endswith("_"):
+                target = self.read(pos[0])
+                for arg in node.args[1:]:
+                    self.read(arg.value)
+                var = pos[0].value if isinstance(pos[0], cst.Name) else "@expr"
+                for b in self.touched(target):
+                    self.eff.writes.append((var, b))
+                return EMPTY
+            v = EMPTY
+            for arg in node.args:
+                v |= self.read(arg.value)
+            if base in cat.elementwise:
+                return self._alloc(node, base, "foreach", pos, v)
+            return EMPTY  # _foreach_norm and friends: not parameter-sized
+        args_v = EMPTY
+        for arg in node.args:
+            if out_arg is None or arg.value is not out_arg:
+                args_v |= self.read(arg.value)
+        if out_arg is not None:
+            target = self.peek(out_arg)
+            var = out_arg.value if isinstance(out_arg, cst.Name) else "@expr"
+            for b in self.touched(target):
+                self.eff.writes.append((var, b))
+            return target
+        if fn in cat.creation:
+            return self._alloc(node, fn, "creation", pos[:1], args_v)
+        if fn in cat.elementwise:
+            return self._alloc(node, fn, "function", pos, args_v)
+        if fn in ("max", "min") and len(pos) == 2 and not _is_int(pos[1]):
+            # `torch.max(a, b)`: the elementwise maximum (torch.maximum), parameter-sized
+            return self._alloc(node, fn + "imum", "function", pos, args_v)
+        if fn in cat.reduce or fn.startswith("linalg."):
+            return _reduced(node, 1)  # a reduction: 0-d without dims, else of unknown shape
+        if fn in cat.metadata or fn.startswith("is_"):
+            return EMPTY  # not a tensor of the step: a bool (`torch.is_complex(p)`), a shape
+        if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
+            for b in buffers(args_v):
+                self.eff.writes.append(("@expr", b))
+        if "." in fn and not fn.startswith(DATA_NAMESPACES) and args_v & {
+                "param", OPAQUE, "%self", "%group", "%groups", "%statedict", "%pstate"}:
+            # `torch.nn.utils.clip_grad_norm_(params)` reads and writes the params' .grad (the
+            # ops of `torch.` itself see the data of the tensors they are given, never .grad)
+            self._touch_all(node, f"`torch.{fn}` is given params and may use their gradients")
+        return args_v  # unknown torch function: its result may alias its arguments
+
+    def _overwrite(self, target: cst.BaseExpression, v: Value) -> None:
+        bufs = self.touched(v)
+        if len(bufs) == 1 and OPAQUE not in v:
+            self.eff.kills |= bufs
+        var = target.value if isinstance(target, cst.Name) else "@expr"
+        for b in bufs:
+            self.eff.writes.append((var, b))
+
+    def _unknown_call(self, node: cst.Call, what: str, recv: Value,
+                      args: list[tuple[cst.Arg, Value]]) -> Value:
+        """Default-deny: what it is given escapes; when it can reach the optimizer's buffers it
+        may read and write all of them and keep the gradients; its result may be anything it
+        was given, or anything at all."""
+        reach = recv.union(*(v for _, v in args))
+        for a, v in args:
+            for b in buffers(v):
+                self.eff.escapes.append((b, f"passed to {what}", a))
+        if reach & {"%self", "%group", "%groups", "%statedict", "%pstate", OPAQUE, "param",
+                    "grad"} or any(b.startswith("state:") for b in reach):
+            self._touch_all(node, f"{what} can reach every gradient")
+        return self._opaque() | flat(reach)
+
+    def _touch_all(self, node: cst.CSTNode, why: str) -> None:
+        """Code the analysis cannot see, run here with access to the optimizer: it may read and
+        write every param, gradient and state tensor, and keep the gradients."""
+        for b in self.unknowns.roles:
+            self.eff.reads.append(("@expr", b, node))
+            self.eff.writes.append(("@expr", b))
+        self.eff.escapes.append(("grad", why, node))
+        self.eff.foreign = 2
+
+
+def _is_int(e: cst.BaseExpression) -> bool:
+    return isinstance(e, cst.Integer) or (isinstance(e, cst.UnaryOperation)
+                                          and isinstance(e.expression, cst.Integer))
+
+
+def _reduced(node: cst.Call, first: int) -> Value:
+    """A reduction's result: a 0-d tensor (a host scalar to the analysis, it broadcasts like
+    one) when it is given no dimension, else SHAPED."""
+    dims = [a for a in node.args[first:] if a.keyword is None or a.keyword.value in ("dim", "axis")]
+    return frozenset({SHAPED}) if dims else EMPTY

@@ -1,0 +1,97 @@
+"""Emitting a strip region: the `for ... in _gsr.strips(K, ...)` loop that runs the region's
+statements on strip views, with the lines that run once under `if counter == 0:`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import libcst as cst
+
+from gsr_rewrite.transform.emit import Renamer
+from gsr_rewrite.transform.stripmine.region import StripRegion
+
+
+class StripRenamer(Renamer):
+    """Inside a strip loop, the sliced variables are read through their strip views (keyword
+    argument names stay)."""
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return updated.with_changes(keyword=original.keyword)
+
+
+def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
+                body: Sequence[cst.BaseStatement], taken: set[str], runtime: str,
+                flag: str = "") -> list[cst.BaseStatement]:
+    """`for a_strip, b_strip in _gsr.strips(K, a, b): <body with a, b renamed>`; with `flag`
+    (the run has lines that run once), `for flag, (a_strip, ...) in enumerate(...)`, and the
+    `del` lines of r.after follow the loop. `originals[i]` is the source line of `body[i]`."""
+    names = {v: fresh_name(f"{v}_strip", taken) for v in [*r.sliced, *(xs for xs, _ in r.items)]}
+    renamer = StripRenamer(names)
+    moved = [s for o, s in zip(originals, body, strict=True) if id(o) in r.after]
+    kept = [(o, s) for o, s in zip(originals, body, strict=True) if id(o) not in r.after]
+    renamed = [cast(cst.BaseStatement, s.visit(renamer)) for _, s in kept]
+    inner = guard_once([o for o, _ in kept], renamed, dict.fromkeys(r.once, flag))
+    lead = _take_leading_lines(inner)
+    temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
+    args = [*r.sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
+    target = ", ".join(names.values()) if len(names) > 1 else f"({next(iter(names.values()))},)"
+    strips = f"{runtime}.strips({r.strips}, {', '.join(args)})"
+    loop = f"for {flag}, ({target}) in enumerate({strips})" if flag else \
+        f"for {target} in {strips}"
+    header = cst.parse_statement(f"{loop}:\n    pass\n")
+    assert isinstance(header, cst.For)
+    comment = cst.EmptyLine(comment=cst.Comment(
+        f"# gsr-rewrite: strip-mined; the {temps} temporaries are 1/{r.strips} of their tensors"))
+    return [header.with_changes(body=cst.IndentedBlock(inner), leading_lines=[*lead, comment]),
+            *moved]
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """base, or base2, base3, ...: the first not in `taken` (which then holds it)."""
+    new, k = base, 1
+    while new in taken:
+        k += 1
+        new = f"{base}{k}"
+    taken.add(new)
+    return new
+
+
+def guard_once(originals: Sequence[cst.BaseStatement], body: Sequence[cst.BaseStatement],
+               once: dict[int, str]) -> list[cst.BaseStatement]:
+    """body with each run of consecutive lines whose original is in `once` (id -> the strip
+    counter of its loop) under `if counter == 0:`."""
+    out: list[cst.BaseStatement] = []
+    group: list[cst.BaseStatement] = []
+    flag = ""
+
+    def flush() -> None:
+        if group:
+            lead = _take_leading_lines(group)
+            test = cst.parse_expression(f"{flag} == 0")
+            note = cst.EmptyLine(comment=cst.Comment(
+                "# gsr-rewrite: host statements, once per step: in the first strip"))
+            out.append(cst.If(test=test, body=cst.IndentedBlock(list(group)),
+                              leading_lines=[*lead, note]))
+            group.clear()
+
+    for o, s in zip(originals, body, strict=True):
+        f = once.get(id(o), "")
+        if not f or f != flag:
+            flush()
+        if f:
+            group.append(s)
+            flag = f
+        else:
+            out.append(s)
+    flush()
+    return out
+
+
+def _take_leading_lines(stmts: list[cst.BaseStatement]) -> Sequence[cst.EmptyLine]:
+    """The first statement's leading blank lines and comments, removed from it."""
+    first = stmts[0]
+    if not isinstance(first, (cst.SimpleStatementLine, cst.If)):
+        return ()
+    stmts[0] = first.with_changes(leading_lines=[])
+    return first.leading_lines

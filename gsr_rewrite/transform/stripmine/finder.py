@@ -1,0 +1,128 @@
+"""Finding the strip regions of a function (the entry point of stage 4c): each unplaced
+temporary's live range as a run of statements, shortest first, joined with the regions already
+accepted that it overlaps or encloses, kept when the union passes the checks of
+`region_checks`; each temporary refused gets the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import libcst as cst
+
+from gsr_rewrite.analysis.dataflow import Node
+from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.runtime import STRIP_FRACTION
+from gsr_rewrite.transform.plan import FunctionPlan
+from gsr_rewrite.transform.stripmine.region import (
+    StripRegion,
+    _anchor,
+    _chain,
+    _contains,
+    _live_range,
+    _parents,
+    _Refuse,
+    _region_nodes,
+)
+from gsr_rewrite.transform.stripmine.region_checks import _check_region
+
+#: each temporary of a run is at most 1/64 of its tensors (+ alignment), or the run's temporaries
+#: fit under the run-time floor (runtime.strips)
+STRIPS_PER_TEMPORARY = STRIP_FRACTION
+MAX_STRIPS = 512
+
+
+def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode], int]
+               ) -> list[StripRegion]:
+    """Regions for fp's unplaced temporaries; each refused temporary gets the reason appended.
+
+    Shortest live ranges first: a range that overlaps or encloses accepted regions is accepted
+    only if the union of them all passes the checks; otherwise its temporary stays, and the
+    smaller regions keep theirs."""
+    fa = fp.analysis
+    parents = _parents(fa.func)
+    candidates: dict[tuple[int, int, int], StripRegion] = {}
+    for p in fp.placements:
+        if p.placed or p.reason == "kept as state":
+            continue
+        # temporaries placed in p's buffer (in-place chains on it) extend its live range
+        sites = {p.alloc.site} | {q.alloc.site for q in fp.placements
+                                  if q.storage == p.alloc.site}
+        try:
+            block, start, end = _live_range(p, sites, fa.flow.nodes, parents)
+        except _Refuse as e:
+            p.reason = _join(p.reason, f"cannot be strip-mined: {e}")
+            continue
+        r = candidates.setdefault((id(block), start, end),
+                                  StripRegion(fp.name, block, start, end, [], 0))
+        r.temporaries.append(p)
+    accepted: list[StripRegion] = []
+    pending = sorted(candidates.values(), key=lambda r: r.end - r.start)
+    refused: dict[int, str] = {}
+    progress = True
+    while progress:  # a range refused alone may pass joined with one accepted later
+        progress = False
+        for c in list(pending):
+            outer = next((a for a in accepted if _encloses(a, c)), None)
+            if outer is not None:
+                outer.temporaries += c.temporaries
+                pending.remove(c)
+                continue
+            joined = [a for a in accepted if _encloses(c, a) or (
+                a.block is c.block and a.start < c.end and c.start < a.end)]
+            same = [a for a in joined if a.block is c.block]
+            union = StripRegion(fp.name, c.block, min([c.start, *(a.start for a in same)]),
+                                max([c.end, *(a.end for a in same)]), [],
+                                0, [*c.temporaries, *(p for a in joined for p in a.temporaries)])
+            try:
+                union.sliced = _check_region(union, fp, cat, parents)
+            except _Refuse as e:
+                refused[id(c)] = str(e)
+                grown = _grown(c, e.read_at, parents)
+                if grown is not None:  # `xs = list(xs)` in the run, `xs` read just after it
+                    key = (id(grown.block), grown.start, grown.end)
+                    if key not in candidates:
+                        candidates[key] = grown
+                        pending.append(grown)
+                        progress = True
+                continue
+            accepted = [a for a in accepted if a not in joined] + [union]
+            pending.remove(c)
+            progress = True
+    for c in pending:
+        for p in c.temporaries:
+            p.reason = _join(p.reason, f"cannot be strip-mined: {refused[id(c)]}")
+    for r in accepted:
+        sites = {a.site for n in _region_nodes(r, fa.flow.nodes, parents) for a in n.eff.allocs}
+        fresh = [p for p in fp.placements if p.alloc.site in sites and not p.placed]
+        r.strips = min(MAX_STRIPS, STRIPS_PER_TEMPORARY * max(1, len(fresh)))
+        r.lines = (line_of(r.block.body[r.start]), line_of(r.block.body[r.end - 1]))
+        r.temporaries = list({id(p): p for p in [*r.temporaries, *fresh]}.values())
+        for p in r.temporaries:
+            p.strips = r.strips
+            p.reason = (f"strip-mined: the {r.end - r.start} statement(s) from line {r.lines[0]} "
+                        f"run on 1/{r.strips} of the elements at a time"
+                        + (f" (no dead buffer: {p.reason})" if p.reason else ""))
+    return accepted
+
+
+def _grown(r: StripRegion, read_at: Node | None, parents: dict[int, cst.CSTNode]
+           ) -> StripRegion | None:
+    """r extended, in its block, to the statement that holds `read_at` (None if elsewhere)."""
+    anchor = _anchor(read_at) if read_at is not None else None
+    if anchor is None:
+        return None
+    for block, i in _chain(anchor, parents):
+        if block is r.block and i >= r.end:
+            return StripRegion(r.function, r.block, r.start, i + 1, [], 0, list(r.temporaries))
+    return None
+
+
+def _encloses(a: StripRegion, b: StripRegion) -> bool:
+    """b's statements are among a's, or inside one of them."""
+    if a.block is b.block:
+        return a.start <= b.start and b.end <= a.end
+    return any(_contains(s, b.block) for s in a.block.body[a.start:a.end])
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
