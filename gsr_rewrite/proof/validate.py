@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite.proof.check import MEASURE_SHAPES, CheckResult, Mode, measure_pair
+from gsr_rewrite.proof.check import MEASURE_SHAPES, measure_pair
+from gsr_rewrite.proof.compare import Mode
+from gsr_rewrite.proof.lockstep import CheckResult
 from gsr_rewrite.proof.memory import StepMemory, StepTimes, time_step_pair
 
 #: the params `measure_pair` and `time_pair` measure on, in words
@@ -73,9 +75,10 @@ def devices() -> list[str]:
 
 def check_class(original: type, rewritten: type, mode: Mode = "bitwise",
                 results: list[CheckResult] | None = None) -> ClassCheck:
-    """`--check`: the stress matrix (check.stress_matrix; `results` when certify already ran
+    """`--check`: the stress matrix (stress.stress_matrix; `results` when certify already ran
     it), and the temporaries and the time of one step of each (`time_pair`), on every device,
     on each foreach path when the constructor takes ``foreach``."""
+    # through check, read at call time: tests patch check.stress_matrix
     from gsr_rewrite.proof.check import foreach_paths, stress_matrix
 
     out = ClassCheck(original.__name__, mode)
@@ -118,13 +121,13 @@ PROOF_STEPS = 3
 
 def prove_class(original: type, rewritten: type) -> Proof:
     """Per-element symbolic execution of both steps: every configuration of
-    `check.stress_configs` (each boolean flipped, each numeric option that is off by default
+    `configs.stress_configs` (each boolean flipped, each numeric option that is off by default
     turned on, alone and together), both foreach paths, PROOF_STEPS steps, params of ranks 1-3
     in two param groups, and everything the optimizer keeps on `self` compared
-    (symbolic.PROOF_SHAPES)."""
+    (translation.PROOF_SHAPES)."""
     from gsr_rewrite import runtime
-    from gsr_rewrite.proof.check import stress_configs
-    from gsr_rewrite.proof.symbolic import PROOF_SHAPES, validate_rewrite
+    from gsr_rewrite.proof.configs import stress_configs
+    from gsr_rewrite.proof.translation import PROOF_SHAPES, validate_rewrite
 
     configs = stress_configs(original) or [{}]
     hits = runtime.GUARD_HITS[0]
@@ -158,11 +161,11 @@ class Certificate:
 
 def certify(original: type, rewritten: type, mode: Mode = "bitwise") -> Certificate:
     """No class without proof: symbolic validation must prove the rewrite or be unable to run,
-    and the differential stress matrix (check.stress_matrix: two groups, duplicated params,
+    and the differential stress matrix (stress.stress_matrix: two groups, duplicated params,
     overlapping and bucket-view grads, accumulation through backward, a 0-d tensor lr, bf16,
     both paths, 8 steps, everything on `self`) must pass in either case. Symbolic execution is
     real arithmetic; the stress matrix is what checks the bits."""
-    from gsr_rewrite.proof.check import stress_matrix
+    from gsr_rewrite.proof.check import stress_matrix  # through check, as in check_class
 
     proof = prove_class(original, rewritten)
     if proof.proved is False:

@@ -1,5 +1,6 @@
-"""gsr_rewrite.proof.check on toy SGD-with-momentum optimizers: a correct GSR variant passes
-bitwise, wrong ones fail with a message naming the step and the tensor."""
+"""gsr_rewrite.proof.check (with stress, lockstep, snapshot and compare) on toy SGD-with-momentum
+optimizers: a correct GSR variant passes bitwise, wrong ones fail with a message naming the step
+and the tensor."""
 
 from __future__ import annotations
 
@@ -14,10 +15,6 @@ from torch.optim import Optimizer
 
 from gsr_rewrite.proof.check import (
     CheckResult,
-    _compare_values,
-    _Criteria,
-    _GradSchedule,
-    _snapshot,
     check_state_dict_swap,
     compare_trajectories,
     make_problem,
@@ -26,6 +23,9 @@ from gsr_rewrite.proof.check import (
     stress_configs,
     stress_matrix,
 )
+from gsr_rewrite.proof.compare import Criteria, compare_values
+from gsr_rewrite.proof.lockstep import GradSchedule
+from gsr_rewrite.proof.snapshot import snapshot
 
 KW = {"lr": 0.1, "momentum": 0.9}
 
@@ -146,7 +146,7 @@ def test_make_problem_has_odd_shapes() -> None:
 
 def test_grad_schedule_has_none_frozen_and_noncontiguous_grads() -> None:
     params = make_problem(0, "cpu")
-    schedule = _GradSchedule(params, seed=0, total_steps=7)
+    schedule = GradSchedule(params, seed=0, total_steps=7)
     steps = [schedule.grads(s) for s in range(7)]
     assert all(g[-1] is None for g in steps[3:]) and steps[0][-1] is not None  # frozen mid-run
     assert any(g[i] is None for g in steps[:3] for i in range(len(params) - 1))
@@ -668,29 +668,29 @@ def test_snapshot_compares_plain_data_inner_optimizers_and_param_keys() -> None:
         opt.myself = opt  # type: ignore[attr-defined]
         return opt
 
-    crit = _Criteria("bitwise", 0.0, 0.0)
+    crit = Criteria("bitwise", 0.0, 0.0)
     a, b = build(), build()
-    assert _compare_values(_snapshot(a), _snapshot(b), "", crit)[1] is None
+    assert compare_values(snapshot(a), snapshot(b), "", crit)[1] is None
     b.by_param = {b.param_groups[0]["params"][3]: 1.5}  # type: ignore[attr-defined]
-    msg = _compare_values(_snapshot(a), _snapshot(b), "", crit)[1]
+    msg = compare_values(snapshot(a), snapshot(b), "", crit)[1]
     assert msg is not None and "self.by_param" in msg and "param[2]" in msg
     b = build()
     b.history[0][1] = 2.0  # type: ignore[attr-defined]
-    msg = _compare_values(_snapshot(a), _snapshot(b), "", crit)[1]
+    msg = compare_values(snapshot(a), snapshot(b), "", crit)[1]
     assert msg is not None and msg.startswith("self.history[0] differs")
     b = build()
     b.inner.count = 3  # type: ignore[attr-defined]
-    msg = _compare_values(_snapshot(a), _snapshot(b), "", crit)[1]
+    msg = compare_values(snapshot(a), snapshot(b), "", crit)[1]
     assert msg is not None and "self.inner" in msg and "count" in msg
     b = build()
     b.hook = "x"  # type: ignore[attr-defined]
-    assert _compare_values(_snapshot(a), _snapshot(b), "", crit)[1] is not None
+    assert compare_values(snapshot(a), snapshot(b), "", crit)[1] is not None
     bare = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    assert not [k for k in _snapshot(bare) if k.startswith("self.")]  # torch's own bookkeeping
+    assert not [k for k in snapshot(bare) if k.startswith("self.")]  # torch's own bookkeeping
 
 
 def test_bitwise_stress_distinguishes_signed_zeros() -> None:
-    crit = _Criteria("bitwise", 0.0, 0.0, bits=True)
-    assert _compare_values(torch.tensor([0.0]), torch.tensor([-0.0]), "x", crit)[1] is not None
+    crit = Criteria("bitwise", 0.0, 0.0, bits=True)
+    assert compare_values(torch.tensor([0.0]), torch.tensor([-0.0]), "x", crit)[1] is not None
     nan = torch.tensor([float("nan")])
-    assert _compare_values(nan, -nan, "x", crit)[1] is None  # any NaN equals any NaN
+    assert compare_values(nan, -nan, "x", crit)[1] is None  # any NaN equals any NaN

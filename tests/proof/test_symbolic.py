@@ -1,4 +1,4 @@
-"""Translation validation by symbolic execution (gsr_rewrite.proof.symbolic)."""
+"""Translation validation by symbolic execution (gsr_rewrite.proof.symbolic, .translation)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from gsr_rewrite.proof.symbolic import (
-    SymbolicExecutionError,
-    SymTensor,
-    symbolic_trajectory,
-    validate_rewrite,
-)
+from gsr_rewrite.proof.symbolic import SymbolicExecutionError, SymTensor
+from gsr_rewrite.proof.translation import symbolic_trajectory, validate_rewrite
 
 # ---------------------------------------------------------------- AdamW-like, original + R variants
 
