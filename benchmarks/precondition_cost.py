@@ -20,6 +20,7 @@ import torch
 
 from gsr_rewrite import runtime
 from gsr_rewrite.optim.adamw import AdamWR  # the reference AdamW (the README figures)
+from gsr_rewrite.runtime import precondition
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -42,7 +43,7 @@ def main() -> None:
         opt.step()  # state exists from here on
 
         def recompute(opt: torch.optim.Optimizer = opt) -> bool:
-            runtime._VERDICTS.pop(opt, None)
+            precondition._VERDICTS.pop(opt, None)
             return runtime.distinct_buffers(opt)
 
         def cached_check(opt: torch.optim.Optimizer = opt) -> bool:

@@ -61,6 +61,7 @@ def _train(rank: int, foreach: bool, installed: bool) -> dict[str, Any]:
     import deepspeed
 
     from gsr_rewrite import install, runtime
+    from gsr_rewrite.runtime import precondition
 
     model = _model()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -73,7 +74,7 @@ def _train(rank: int, foreach: bool, installed: bool) -> dict[str, Any]:
     engine, zero, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                               config=CONFIG)
     gen = torch.Generator().manual_seed(100 + rank)
-    hits, falls = runtime.GUARD_HITS[0], runtime._FALLBACKS[0]
+    hits, falls = runtime.GUARD_HITS[0], precondition._FALLBACKS[0]
     box: list[int] = []
     for step in range(STEPS):
         x, y = torch.randn(4, 64, generator=gen), torch.randn(4, 8, generator=gen)
@@ -84,7 +85,7 @@ def _train(rank: int, foreach: bool, installed: bool) -> dict[str, Any]:
     flat = [p for g in opt.param_groups for p in g["params"]]
     return {"params": [p.detach().clone() for p in model.parameters()],
             "guard_hits": runtime.GUARD_HITS[0] - hits,
-            "fallbacks": runtime._FALLBACKS[0] - falls,
+            "fallbacks": precondition._FALLBACKS[0] - falls,
             "units": box[0] / sum(p.numel() * p.element_size() for p in flat),
             "zero": type(zero).__name__, "stage": engine.zero_optimization_stage(),
             "untested_allowed": engine.zero_allow_untested_optimizer(),

@@ -75,6 +75,7 @@ def _rank(rank: int, stack: str, foreach: bool, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from gsr_rewrite import runtime
+    from gsr_rewrite.runtime import precondition
 
     report: dict[str, Any] = {}
     if stack == "fsdp2":  # the aliasing guard sees a DTensor's local storage
@@ -97,14 +98,14 @@ def _rank(rank: int, stack: str, foreach: bool, port: int, out: str) -> None:
             report[name] = {"original_error": f"{type(e).__name__}: {str(e)[:200]}",
                             "r_error": r_error}
             continue
-        hits, fallbacks = runtime.GUARD_HITS[0], runtime._FALLBACKS[0]
+        hits, fallbacks = runtime.GUARD_HITS[0], precondition._FALLBACKS[0]
         got, r_peak, _ = _train(stack, rvar, kwargs, foreach, rank)
         report[name] = {
             "max_abs_diff": max(float((a - b).abs().max()) for a, b in
                                 zip(ref, got, strict=True)),
             "bitwise": all(torch.equal(a, b) for a, b in zip(ref, got, strict=True)),
             "guard_hits": runtime.GUARD_HITS[0] - hits,
-            "fallbacks": runtime._FALLBACKS[0] - fallbacks,
+            "fallbacks": precondition._FALLBACKS[0] - fallbacks,
             "original_units": orig_peak / param_bytes, "r_units": r_peak / param_bytes,
             "param_type": type(next(iter(_model(stack).parameters()))).__name__,
         }

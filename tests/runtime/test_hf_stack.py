@@ -26,6 +26,7 @@ pytest.importorskip("accelerate")  # Trainer needs it
 
 from gsr_rewrite import install, runtime  # noqa: E402
 from gsr_rewrite.proof.memory import measure_step_peak_bytes  # noqa: E402
+from gsr_rewrite.runtime import precondition  # noqa: E402
 
 STEPS = 4
 KWARGS: dict[str, Any] = {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
@@ -81,10 +82,10 @@ def _train(tmp: Path, checkpointing: bool, optimizer: Any) -> dict[str, Any]:
     else:
         given["optimizers"] = (optimizer[1](model), None)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), **given)
-    hits, falls = runtime.GUARD_HITS[0], runtime._FALLBACKS[0]
+    hits, falls = runtime.GUARD_HITS[0], precondition._FALLBACKS[0]
     trainer.train()
     seen: dict[str, Any] = {"guard_hits": runtime.GUARD_HITS[0] - hits,
-                            "fallbacks": runtime._FALLBACKS[0] - falls}
+                            "fallbacks": precondition._FALLBACKS[0] - falls}
     assert trainer.state.global_step == STEPS
     assert model.transformer.h[0].attn.c_attn.weight.requires_grad
     assert getattr(model, "is_" + _CKPT_ARG) == checkpointing  # the Trainer switched it
@@ -98,9 +99,9 @@ def _train(tmp: Path, checkpointing: bool, optimizer: Any) -> dict[str, Any]:
     trainer.training_step(model, batch)
     params = [p for g in inner.param_groups for p in g["params"] if p.grad is not None]
     assert len(params) == len(list(model.parameters()))
-    falls = runtime._FALLBACKS[0]
+    falls = precondition._FALLBACKS[0]
     peak = measure_step_peak_bytes(trainer.optimizer)
-    seen["fallbacks"] += runtime._FALLBACKS[0] - falls
+    seen["fallbacks"] += precondition._FALLBACKS[0] - falls
     seen["units"] = peak / sum(p.numel() * p.element_size() for p in params)
     seen["largest"] = max(p.numel() for p in params) / sum(p.numel() for p in params)
     return seen

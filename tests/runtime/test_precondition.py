@@ -13,6 +13,7 @@ import torch
 
 from gsr_rewrite import runtime
 from gsr_rewrite.optim import AdamW, AdamWR, Adan, AdanR, Lion, LionR
+from gsr_rewrite.runtime import precondition
 
 PAIRS = [(AdamW, AdamWR), (Adan, AdanR), (Lion, LionR)]
 SHAPES = [(4, 6), (12,), (3, 2)]
@@ -95,29 +96,29 @@ def test_bitwise_equal_and_falls_back_only_when_buffers_are_shared(
         orig: type, rvar: type, layout: Layout, duplicate: bool, alias_state: bool,
         falls_back: bool) -> None:
     expected = _run(orig, layout, duplicate=duplicate, alias_state=alias_state)
-    before = runtime._FALLBACKS[0]
+    before = precondition._FALLBACKS[0]
     got = _run(rvar, layout, duplicate=duplicate, alias_state=alias_state)
     for a, b in zip(expected, got, strict=True):
         assert torch.equal(a, b)
-    assert (runtime._FALLBACKS[0] > before) == falls_back
+    assert (precondition._FALLBACKS[0] > before) == falls_back
 
 
 def test_shared_params_may_overlap_but_not_grads() -> None:
     base = torch.zeros(10)
-    spans = runtime._spans([base[:6], base[4:]])
+    spans = precondition._spans([base[:6], base[4:]])
     assert spans is not None
-    assert runtime._spans_disjoint([], spans)  # params (views of one weight) may overlap
-    assert not runtime._spans_disjoint(spans[:1], spans[1:])  # a grad inside a param may not
-    assert runtime._spans_disjoint(runtime._spans([base[:4]]) or [],
-                                   runtime._spans([base[4:]]) or [])
+    assert precondition._spans_disjoint([], spans)  # params (views of one weight) may overlap
+    assert not precondition._spans_disjoint(spans[:1], spans[1:])  # a grad inside a param may not
+    assert precondition._spans_disjoint(precondition._spans([base[:4]]) or [],
+                                   precondition._spans([base[4:]]) or [])
 
 
 def test_strided_view_counts_its_whole_extent() -> None:
     base = torch.zeros(4, 4)
     column = base[:, 0]  # elements 0, 4, 8, 12: its span reaches element 12
     inner = base[1, 1:3]  # elements 5, 6: between two of the column's elements
-    assert not runtime._spans_disjoint(runtime._spans([column]) or [],
-                                       runtime._spans([inner]) or [])
+    assert not precondition._spans_disjoint(precondition._spans([column]) or [],
+                                       precondition._spans([inner]) or [])
 
 
 def test_a_closure_takes_the_original_step() -> None:
@@ -139,7 +140,7 @@ def test_a_closure_takes_the_original_step() -> None:
         assert torch.equal(a, b)
     # tensors without real memory all report address 0: they count as overlapping
     metas = [torch.empty(3, device="meta"), torch.empty(3, device="meta")]
-    assert not runtime._spans_disjoint(runtime._spans(metas) or [], [])
+    assert not precondition._spans_disjoint(precondition._spans(metas) or [], [])
 
 
 @pytest.mark.parametrize("op", ["div", "sub", "mul", "add", "pow"])

@@ -1,0 +1,129 @@
+"""Eligibility guards: may this buffer hold that temporary, exactly? (`fits`, `fits_lists`).
+
+Every rewritten statement runs only when its guard says the host buffer can hold the temporary
+exactly (same shape, dtype and device as every tensor it combines with, dense, floating point,
+not tracked by autograd, sharing no storage with the other operands); otherwise the original
+statement runs. A guard never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _dense(t: Tensor) -> bool:
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+
+def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
+    """True when each host tensor can hold a temporary computed from the `like` tensors: same
+    shape, dtype, device and strides, dense, not 0-d, no storage shared with them. DTensors
+    (FSDP2) fit when all of them are laid out alike (same mesh and placements); their storage
+    is their local shard's."""
+    if not hosts and not like:
+        return False
+    ref = (*hosts, *like)[0]
+    if not isinstance(ref, Tensor):
+        return False
+    shape, dtype, device = ref.shape, ref.dtype, ref.device
+    if not dtype.is_floating_point or ref.layout != torch.strided:
+        return False
+    layout = _distribution(ref)
+    for t in (*hosts, *like):
+        if not isinstance(t, Tensor) or t.shape != shape or t.dtype != dtype or \
+                t.device != device or t.layout != torch.strided or _distribution(t) != layout:
+            return False
+    for h in hosts:
+        # a 0-d host: an operand the analysis takes for a number may be a 0-d tensor (a tensor
+        # lr) of another dtype, and with only 0-d operands it decides the result's dtype
+        if h.requires_grad or not _dense(h) or h.dim() == 0:
+            return False
+        storage = _storage(h)
+        if storage is _UNLOCATED:
+            return False
+        for t in like:
+            if t is h:
+                continue
+            other = _storage(t)
+            if other is _UNLOCATED or (storage is not None and other == storage):
+                return False
+            # the original's result takes its operands' memory layout; in the host it takes
+            # the host's: a later reduction over it (`update.norm()`) would add in another order
+            if not _same_layout(t, h):
+                return False
+    GUARD_HITS[0] += 1
+    return True
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    """Equal strides where they matter: a dimension of size 1 may have any stride (a [1, 1, 128]
+    class token's gradient comes as strides (8320, 128, 1), its state as (128, 128, 1))."""
+    return all(n == 1 or x == y for n, x, y in zip(a.shape, a.stride(), b.stride(), strict=True))
+
+
+#: How often a guard let a rewritten statement run (translation validation checks it moved).
+GUARD_HITS = [0]
+
+
+_PLAIN = {Tensor, torch.nn.Parameter}  # plain tensors: no DTensor attributes to look up
+
+#: `_storage` of a tensor whose memory cannot be located (fake, meta, unknown subclasses): it
+#: may share memory with anything, so it never hosts a temporary nor sits beside one
+_UNLOCATED = object()
+
+
+def _local(t: Tensor) -> Tensor:
+    """The tensor that holds `t`'s bytes on this rank: a DTensor's local shard, else `t`."""
+    local = getattr(t, "_local_tensor", None)
+    return local if isinstance(local, Tensor) else t
+
+
+def _distribution(t: Tensor) -> Any:
+    """How a DTensor is spread over ranks (mesh, placements); None for a plain tensor."""
+    if type(t) in _PLAIN:  # the common case, without a failed attribute lookup per tensor
+        return None
+    spec = getattr(t, "_spec", None)
+    return None if spec is None else (spec.mesh, spec.placements)
+
+
+def _storage(t: Tensor) -> Any:
+    """Identity of `t`'s storage (a DTensor's: its local shard's; the symbolic tensors': their
+    element box); None for an empty tensor (they overlap nothing); `_UNLOCATED` when unknown."""
+    if t.numel() == 0:
+        return None
+    span = getattr(t, "gsr_span", None)
+    if span is not None:
+        return span()[0]
+    local = _local(t)
+    try:
+        return local.device, int(local.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return _UNLOCATED
+
+
+def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
+               wide: bool = False) -> bool:
+    """`fits` for every index of parallel tensor lists (foreach code); with `wide`, float32 and
+    float64 only (emit.FOREACH_INPLACE_ROUNDS_DIFFERENTLY)."""
+    if not hosts and not like:
+        return False
+    n = len((*hosts, *like)[0])
+    if any(len(x) != n for x in (*hosts, *like)):
+        return False
+    if wide and any(not isinstance(t, Tensor) or t.dtype not in (torch.float32, torch.float64)
+                    for x in (*hosts, *like) for t in x):
+        return False
+    return all(fits([h[i] for h in hosts], [x[i] for x in like]) for i in range(n))
+
+
+# A guard with no host checks that every `like` tensor matches the first one (in-place chains on
+# fresh temporaries: the chain must not change dtype or broadcast).
+
+
+# A guard with no host checks that every `like` tensor matches the first one (in-place chains on
+# fresh temporaries: the chain must not change dtype or broadcast).

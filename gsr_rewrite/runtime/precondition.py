@@ -1,0 +1,113 @@
+"""The run-time precondition of every R step: the gradients and state tensors it writes own
+their bytes (`distinct_buffers`), checked once per step and cached while nothing moved."""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from typing import Any
+
+import torch
+
+from gsr_rewrite.runtime.guards import _PLAIN, _local
+
+Tensor = torch.Tensor
+
+
+# -- the run-time precondition -----------------------------------------------------------------
+# The static analysis reasons about names; what it cannot see is how the user laid out memory.
+# An R step writes scratch into gradients (and into state it proved dead), so it is exact only
+# when, among the tensors one step touches, every gradient and every state tensor owns its bytes:
+# no two of them overlap, none overlaps a param, and no param is listed twice. Checked once per
+# step; the verdict is cached while the spans of all those tensors are unchanged.
+
+_FALLBACKS = [0]  # steps that took the original path because the precondition failed
+_nbytes = operator.attrgetter("nbytes")
+
+
+def _extent(t: Tensor) -> int:
+    """Bytes from the first element of a strided view to one past its last (non-contiguous)."""
+    return (1 + sum((s - 1) * abs(d) for s, d in zip(t.shape, t.stride(), strict=True))
+            ) * t.element_size()
+
+
+def _spans(ts: list[Tensor]) -> list[tuple[Any, int, int]] | None:
+    """(device, first byte, one past the last) of each non-empty tensor: a conservative interval
+    (a strided view counts its whole extent). None when a tensor's memory cannot be located (a
+    subclass without storage: DTensor, fake, meta)."""
+    out = []
+    for t in ts:
+        if not t.numel():
+            continue
+        own = getattr(t, "gsr_span", None)  # subclasses that know their storage (symbolic)
+        if own is not None:
+            out.append(own())
+            continue
+        t = _local(t)
+        try:
+            lo = t.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return None
+        out.append((t.device, lo, lo + (t.nbytes if t.is_contiguous() else _extent(t))))
+    return out
+
+
+def _spans_disjoint(owned: list[tuple[Any, int, int]],
+                    shared: list[tuple[Any, int, int]]) -> bool:
+    """No `owned` span overlaps another span; `shared` spans (params) may overlap each other."""
+    by_storage: dict[Any, list[tuple[int, int, bool]]] = {}
+    for spans, is_owned in ((owned, True), (shared, False)):
+        for k, lo, hi in spans:
+            by_storage.setdefault(k, []).append((lo, hi, is_owned))
+    for marked in by_storage.values():
+        marked.sort()
+        end, owned_in_run = -1, False  # the run of mutually overlapping spans seen last
+        for lo, hi, is_owned in marked:
+            if lo >= end:
+                end, owned_in_run = hi, is_owned
+                continue
+            if is_owned or owned_in_run:
+                return False
+            end = max(end, hi)
+    return True
+
+
+def distinct_buffers(opt: Any) -> bool:
+    """The run-time precondition of an R step (see above); False also when a tensor's memory
+    cannot be located. Per step three mapped C calls per tensor (address, size, contiguity; and
+    shape and strides of a non-contiguous one: together they fix its span); the spans are
+    computed and sorted again only when one of those changed since the last step."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    if len(set(map(id, params))) != len(params):
+        return _fallback()
+    state = getattr(opt, "state", {})
+    owned = [p.grad for p in params if p.grad is not None]
+    owned += [v for p in params for v in state.get(p, {}).values() if isinstance(v, Tensor)]
+    every = params + owned
+    if not set(map(type, every)) <= _PLAIN:
+        every = [_local(t) for t in every]  # DTensors: their shards on this rank
+    try:
+        dense = tuple(map(Tensor.is_contiguous, every))
+        key: Any = (len(params), tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every)),
+                    dense, () if all(dense) else tuple((t.shape, t.stride()) for t, d in
+                                                       zip(every, dense, strict=True) if not d))
+    except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
+        key = None
+    cached = _VERDICTS.get(opt)
+    if key is not None and cached is not None and cached[0] == key:
+        verdict = cached[1]
+    else:
+        owned_spans, shared_spans = _spans(owned), _spans(params)
+        verdict = owned_spans is not None and shared_spans is not None and \
+            _spans_disjoint(owned_spans, shared_spans)
+        _VERDICTS[opt] = (key, verdict)
+    return verdict or _fallback()
+
+
+#: optimizer -> (spans, verdict) of its last step; spans hold no tensors
+_VERDICTS: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
+
+
+def _fallback() -> bool:
+    _FALLBACKS[0] += 1
+    return False

@@ -1,0 +1,73 @@
+"""The R step's wrapper (`r_step`): when the original step runs instead, and the debug switch
+that poisons reused gradients."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from gsr_rewrite.runtime.precondition import distinct_buffers
+
+#: Set GSR_DEBUG_POISON=1 (or call `set_debug_poison(True)`) to fill every gradient an R-variant
+#: used as scratch with NaN after `step()`, so code reading gradients after the step fails loudly.
+_DEBUG_POISON = os.environ.get("GSR_DEBUG_POISON", "") not in ("", "0")
+
+
+def set_debug_poison(enabled: bool) -> None:
+    global _DEBUG_POISON
+    _DEBUG_POISON = enabled
+
+
+def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
+    """Debug mode only: after step, gradients are undefined; make that visible."""
+    if not _DEBUG_POISON:
+        return
+    for group in param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_floating_point():
+                p.grad.fill_(float("nan"))
+
+
+def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorates an R-variant's `step`. The original class's step runs instead when
+
+    - a group has `differentiable=True` (autograd must see every intermediate);
+    - `step` is given a closure or any other argument (a closure may replace the gradients
+      after the run-time precondition was checked);
+    - the run-time precondition `distinct_buffers` does not hold (duplicated params, gradients
+      that overlap each other, a param or a state tensor);
+    - ATTR=F in `bound` (each `self.ATTR(...)` the rewrite analysed as a call of F, what
+      `__init__` binds it to) while `self.ATTR` is anything else.
+
+    - the step is being traced by `torch.compile` (Inductor plans the original's temporaries
+      itself; the guards' storage checks would break the graph).
+
+    The debug switch poisons reused gradients after the R step."""
+
+    def decorate(step: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(step)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling() or \
+                    any(a is not None for a in (*args, *kwargs.values())) or \
+                    any(g.get("differentiable", False) for g in self.param_groups) or \
+                    any(getattr(self, a, None) is not f for a, f in bound.items()) or \
+                    not distinct_buffers(self):
+                # the R step already runs inside torch's step hooks: not twice
+                return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
+            out = step(self, *args, **kwargs)
+            poison_grads(self.param_groups)
+            return out
+
+        return wrapper
+
+    return decorate
+
+
+def unhooked(step: Any) -> Any:
+    """`step` without the hooks `Optimizer.__init__` wraps a class's step in once an object of
+    it exists (marked `hooked`): what the class really defines or inherits."""
+    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step

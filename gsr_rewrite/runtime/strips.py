@@ -1,0 +1,174 @@
+"""Strip-mined runs: a run of statements whose temporaries found no dead buffer executes over
+strips of its tensors (`strips`, `at`), few enough to stay within the strip floor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from gsr_rewrite.runtime.guards import GUARD_HITS
+
+Tensor = torch.Tensor
+
+
+#: Elements per strip are a multiple of this: a multiple of every CPU vector loop's step, so each
+#: element takes the same code path (vector body or scalar tail) in a strip as in its whole tensor.
+STRIP_ALIGN = 64
+#: A strip-mined run with k temporaries alive at once is emitted with 64 * k strips
+STRIP_FRACTION = 64
+#: GSR_STRIPS=N overrides the number of strips of every strip-mined run (1: whole tensors, the
+#: original's speed and memory); unset, each run uses the number the rewriter chose.
+_STRIPS_OVERRIDE = os.environ.get("GSR_STRIPS", "")
+#: A strip-mined run is cut into no more strips than it needs to keep its temporaries under this
+#: many bytes (GSR_STRIP_FLOOR_MB, default 16 MiB; 0: always the emitted count, 1/64 of the
+#: tensors per temporary): a run over 2,000 tensors of 64x64 takes 4 strips instead of 128, one
+#: over ViT-B/32's 88 M params 44, and a small run one (whole tensors, the original's speed).
+_STRIP_FLOOR = [int(float(os.environ.get("GSR_STRIP_FLOOR_MB", "16")) * 2**20)]
+
+
+@contextlib.contextmanager
+def strip_floor(nbytes: int) -> Iterator[None]:
+    """Run with another strip floor (memory measurements use 0: the strip structure itself)."""
+    saved, _STRIP_FLOOR[0] = _STRIP_FLOOR[0], nbytes
+    try:
+        yield
+    finally:
+        _STRIP_FLOOR[0] = saved
+
+
+def _budgeted(count: int, positions: list[list[Tensor]]) -> int:
+    """`count` strips give each of the run's `count / 64` temporaries 1/64 of its tensors; fewer
+    when the temporaries of all positions still fit under the floor."""
+    floor = _STRIP_FLOOR[0]
+    if floor <= 0:
+        return count
+    total = sum(g[0].numel() * g[0].element_size() for g in positions if g)
+    return max(1, min(count, -(-count * total // (STRIP_FRACTION * floor))))
+
+
+class At:
+    """`at(xs, i)`: the strips of `xs[i]` (a run reads that item of a tensor list)."""
+
+    def __init__(self, seq: Sequence[Any], index: Any) -> None:
+        self.seq, self.index = seq, index
+
+    def item(self) -> Any:
+        return self.seq[self.index] if -len(self.seq) <= self.index < len(self.seq) else None
+
+
+at = At
+
+
+class StripItem:
+    """Stands for `xs` inside a strip: `xs[i]` is the strip of item i; any other index, or an
+    item that does not exist, raises as the original `xs[i]` would."""
+
+    def __init__(self, seq: Sequence[Any], index: Any, piece: Any) -> None:
+        self.seq, self.index, self.piece = seq, index, piece
+
+    def __getitem__(self, j: Any) -> Any:
+        self.seq[j]  # noqa: B018 - IndexError where the original raises it
+        if j != self.index:
+            raise RuntimeError("gsr-rewrite: a strip-mined run indexed an item it did not slice")
+        return self.piece
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
+def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
+    """`values` (tensors, lists of tensors position by position, or `at(xs, i)`) cut into
+    `count` strips.
+
+    Each strip is a tuple like `values` whose tensors are views of the same contiguous element
+    range of each tensor (aligned to STRIP_ALIGN); lists keep their length and order, so lists of
+    scalars that go with them still match. Tensors that cannot be sliced alike (non-contiguous,
+    different shapes, sparse, a mix of lists and single tensors) are yielded whole, once."""
+    whole = [v.item() if isinstance(v, At) else v for v in values]
+    positions = _strip_positions(whole) if count > 1 else None
+    if _STRIPS_OVERRIDE and not _FINE_STRIPS[0]:
+        count = int(_STRIPS_OVERRIDE)
+    elif positions is not None and not _FINE_STRIPS[0]:
+        count = _budgeted(count, positions)
+    if count <= 1:
+        positions = None
+    if positions is None:
+        yield tuple(StripItem(v.seq, v.index, w) if isinstance(v, At) else w
+                    for v, w in zip(values, whole, strict=True))
+        return
+    align = 1 if _FINE_STRIPS[0] else STRIP_ALIGN
+    sizes = []
+    for group in positions:
+        n = group[0].numel() if group else 0
+        per = -(-n // count)
+        sizes.append(max(align, -(-per // align) * align))
+    pieces: dict[int, list[Tensor]] = {}  # id(tensor) -> its strips
+    total = 1
+    for group, size in zip(positions, sizes, strict=True):
+        for t in group:
+            if id(t) not in pieces:
+                flat = t.view(-1)
+                pieces[id(t)] = list(torch.split(flat, size)) if t.numel() else [flat]
+                total = max(total, len(pieces[id(t)]))
+
+    def piece(t: Any, k: int) -> Any:
+        if not isinstance(t, Tensor):
+            return t
+        ts = pieces[id(t)]
+        return ts[k] if k < len(ts) else ts[-1][ts[-1].numel():]
+
+    def cut(v: Any, w: Any, k: int) -> Any:
+        if isinstance(v, At):
+            return StripItem(v.seq, v.index, piece(w, k))
+        if isinstance(v, (list, tuple)):
+            return type(v)(piece(t, k) for t in v)
+        return piece(v, k)
+
+    GUARD_HITS[0] += total > 1
+    for k in range(total):
+        yield tuple(cut(v, w, k) for v, w in zip(values, whole, strict=True))
+
+
+def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
+    """The tensors that must be cut alike, one group per position; None when they cannot be."""
+    lists = [v for v in values if isinstance(v, (list, tuple)) and len(v)]  # empty: unused
+    singles = [v for v in values if isinstance(v, Tensor)]
+    if lists and singles:
+        return None
+    if lists:
+        n = len(lists[0])
+        if any(len(v) != n for v in lists):
+            return None
+        groups = [[v[i] for v in lists if v[i] is not None] for i in range(n)]
+    else:
+        groups = [singles]
+    for g in groups:
+        if not g:
+            continue
+        shape = g[0].shape
+        for t in g:
+            plain = type(t) is Tensor or isinstance(t, torch.nn.Parameter) or _FINE_STRIPS[0]
+            # a 0-d tensor stays whole: its 1-element strip would be 1-d, and type promotion
+            # with a 0-d operand (a tensor lr) depends on that (bf16 results round otherwise)
+            if not isinstance(t, Tensor) or not plain or t.layout != torch.strided or \
+                    t.shape != shape or not t.is_contiguous() or t.dim() == 0:
+                return None
+    return groups
+
+
+_FINE_STRIPS = [False]
+
+
+@contextlib.contextmanager
+def fine_strips() -> Iterator[None]:
+    """Translation validation: strips of one element, on symbolic tensors too, so that the proof
+    covers the slicing itself (its tensors have a few elements, fewer than STRIP_ALIGN)."""
+    _FINE_STRIPS[0] = True
+    try:
+        yield
+    finally:
+        _FINE_STRIPS[0] = False
