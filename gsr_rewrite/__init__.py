@@ -2,7 +2,9 @@
 
 from typing import Any
 
-__version__ = "0.1.0"
+from gsr_rewrite import reduced  # noqa: F401  (installs the finder of reduce()'s class names)
+from gsr_rewrite.version import __version__
+
 __all__ = ["__version__", "install", "reduce", "uninstall"]
 
 

@@ -3,6 +3,8 @@
 The R-variant of `pkg.mod.Name` is named `gsr_rewrite.reduced.pkg.mod.NameR`. Importing that
 module path in any process gives a module whose attribute `NameR` is `reduce(pkg.mod.Name)`
 (cached on disk, so a fresh process gets it in well under a second); pickle finds it there.
+`gsr_rewrite/__init__.py` imports this module, so the finder is installed in every process that
+imports gsr_rewrite; `gsr_rewrite.api.reduce` gives its classes these names.
 """
 
 from __future__ import annotations
@@ -47,15 +49,6 @@ class _MirrorFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         pass
-
-
-def name_for(cls: type) -> str | None:
-    """The module path under which `reduce(cls)` is found again, or None when `cls` cannot be
-    imported by its name (nested, made in a function, renamed)."""
-    module = sys.modules.get(cls.__module__)
-    if "." in cls.__qualname__ or getattr(module, cls.__qualname__, None) is not cls:
-        return None
-    return PREFIX + str(cls.__module__)
 
 
 if not any(isinstance(f, _MirrorFinder) for f in sys.meta_path):

@@ -13,10 +13,10 @@ import tokenize
 from dataclasses import asdict
 from typing import Any
 
-from gsr_rewrite import __version__
-from gsr_rewrite.pipeline import CONTRACT, ClassOutcome, RewriteResult, Temporary
+from gsr_rewrite.outcome import CONTRACT, ClassOutcome, RewriteResult, Temporary
 from gsr_rewrite.proof.memory import StepMemory, StepTimes
 from gsr_rewrite.proof.validate import MEASURED_ON, ClassCheck, plural
+from gsr_rewrite.version import __version__
 
 #: widths of the temporaries table's fixed columns
 WHERE_WIDTH, CODE_WIDTH, LIVES_WIDTH = 26, 36, 22

@@ -1,4 +1,4 @@
-"""The corpus run's command line and its outputs: a markdown table and JSON beside it."""
+"""The corpus run's outputs: a markdown table, a summary line and JSON beside the table."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite import __version__
-from gsr_rewrite.corpus.runner import REUSE_FROM, REUSE_TO, TARGET, CorpusRow
+from gsr_rewrite.corpus.rows import REUSE_FROM, REUSE_TO, TARGET, CorpusRow
 from gsr_rewrite.proof.check import MEASURE_SHAPES
 from gsr_rewrite.proof.validate import plural
+from gsr_rewrite.version import __version__
 
 
 def _num(x: float | None) -> str:

@@ -1,8 +1,6 @@
 """Corpus runner: rewrite every optimizer class of installed packages and measure the outcome.
 
-    python -m gsr_rewrite.corpus.runner torch.optim lion_pytorch --out benchmarks/results/corpus.md
-
-Without ``--out`` the table and its JSON go into a new directory ``./gsr-corpus-<time>/``.
+(The command line, `python -m gsr_rewrite.corpus PACKAGE...`, is in command.py.)
 
 For each module of each package (walked with pkgutil), every class that subclasses
 ``torch.optim.Optimizer`` and whose ``class`` statement is in that module is one row. Its module is
@@ -15,12 +13,10 @@ closure or special construction are recorded as such, never skipped. One crash n
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import importlib.util
 import inspect
-import json
 import pkgutil
 import re
 import signal
@@ -30,7 +26,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -46,38 +42,14 @@ from gsr_rewrite.api import (
     rewrite_module,
     step_owner,
 )
-from gsr_rewrite.bench.output import new_results_dir, note, progress_bar, wrote
+from gsr_rewrite.bench.output import progress_bar
+from gsr_rewrite.corpus.rows import REUSE_FROM, REUSE_TO, CorpusRow
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.proof.check import MEASURE_SHAPES, compare_trajectories, foreach_paths
 from gsr_rewrite.proof.memory import measure_temporaries
 from gsr_rewrite.proof.validate import load_module
 
-__all__ = ["CorpusRow", "discover", "main", "run_corpus"]
-
-REUSE_FROM = 0.2  # originals allocating at least this many parameter-sizes count for the target
-REUSE_TO = 0.05  # ... and succeed when their R-variant allocates at most this many
-TARGET = 0.85  # the issue's goal: this fraction of those succeed
-
-
-@dataclass
-class CorpusRow:
-    cls: str
-    module: str
-    status: str  # rewritten | unchanged | refused | error
-    reason: str = ""
-    needs: str = ""  # "closure", "special construction: ...", or ""
-    before_units: float | None = None  # worst over the measured paths
-    after_units: float | None = None
-    units: dict[str, list[float | None]] = field(default_factory=dict)  # path -> [before, after]
-    equivalence: str = "n/a"  # bitwise | tolerance | FAIL | n/a
-    max_abs_diff: float | None = None
-    detail: str = ""  # first failing comparison, or the error while measuring
-    seconds: float = 0.0
-
-    @property
-    def passes(self) -> bool:
-        return self.equivalence in ("bitwise", "tolerance")
-
+__all__ = ["CorpusRow", "discover", "run_corpus"]
 
 @dataclass
 class Found:
@@ -345,46 +317,3 @@ def _one(row: CorpusRow, f: Found, rewrites: dict[str, ModuleRewrite | BaseExcep
     if row.status != "rewritten" and (row.before_units or 0.0) >= REUSE_FROM:
         row.detail = row.detail or (f"one step allocates {row.before_units:.3f} "
                                     "parameter-sizes that were not rewritten")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gsr_rewrite.corpus.runner PACKAGE... [--out PATH.md]`: table + JSON beside it, by
-    default in a new directory; progress on stderr (on a terminal), the results on stdout."""
-    from gsr_rewrite.corpus.report import _num, summary, to_json, to_markdown
-
-    ap = argparse.ArgumentParser(prog="python -m gsr_rewrite.corpus.runner",
-                                 description="Rewrite and check every optimizer class of the "
-                                 "named installed packages.")
-    ap.add_argument("packages", nargs="+", metavar="PACKAGE")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="markdown table; the JSON is written beside it (.json). Default: "
-                    "corpus.md in a new directory ./gsr-corpus-YYYYmmdd-HHMMSS")
-    ap.add_argument("--steps", type=int, default=7)
-    ap.add_argument("--quick", action="store_true",
-                    help="default constructor path only (no foreach=False/True split)")
-    ap.add_argument("--classes", help="comma-separated class names to keep")
-    ap.add_argument("--time-limit", type=float, default=180.0, help="seconds per class")
-    args = ap.parse_args(argv)
-    classes = set(args.classes.split(",")) if args.classes else None
-    skipped: list[str] = []
-    start = time.perf_counter()
-
-    def done(r: CorpusRow) -> None:
-        note(f"{r.module}.{r.cls}: {r.status} {_num(r.before_units)} -> "
-             f"{_num(r.after_units)} {r.equivalence} ({r.seconds:.1f} s)")
-
-    rows = run_corpus(args.packages, steps=args.steps, quick=args.quick, classes=classes,
-                      time_limit=args.time_limit, progress=done, skipped=skipped)
-    seconds = time.perf_counter() - start
-    out: Path = args.out or new_results_dir("gsr-corpus") / "corpus.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(rows, skipped, args.packages, args.steps, seconds))
-    data = to_json(rows, skipped, args.packages, args.steps, seconds)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=2))
-    print(summary(rows))
-    print(f"{wrote([out, out.with_suffix('.json')])} ({seconds:.0f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Stage 5, rewrite: apply the plan to the CST and emit the R-variant module.
+"""Stage 5, rewrite: apply the plan to the CST, statement by statement (assemble.py: the module).
 
 Each rewritten statement is guarded at run time and keeps the original as its fallback:
 

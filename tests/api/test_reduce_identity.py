@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsr_rewrite import api, reduce
+from gsr_rewrite import reduce
+from gsr_rewrite.api import classes
 from gsr_rewrite.proof.check import compare_trajectories
 
 SOURCE = '''
@@ -52,7 +53,7 @@ def _fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> type
     (tmp_path / f"{name}.py").write_text(SOURCE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(api, "_REDUCED", {})
+    monkeypatch.setattr(classes, "_REDUCED", {})
     module = importlib.import_module(name)
     return module.Mine  # type: ignore[no-any-return]
 

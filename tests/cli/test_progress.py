@@ -20,7 +20,7 @@ import gsr_rewrite.bench.__main__ as bench_cli
 from gsr_rewrite.bench.measure import PHASE_FB, PHASE_OPT, RunConfig
 from gsr_rewrite.bench.memory import run_benchmark
 from gsr_rewrite.cli.main import main as cli_main
-from gsr_rewrite.corpus.runner import main as corpus_main
+from gsr_rewrite.corpus.command import main as corpus_main
 from tests.bench.test_bench_memory import _fake_result
 
 STAMPED = r"\d{8}-\d{6}(-\d+)?"

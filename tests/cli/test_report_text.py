@@ -23,7 +23,8 @@ from gsr_rewrite.cli.report import (
 )
 from gsr_rewrite.corpus.report import summary
 from gsr_rewrite.corpus.runner import CorpusRow
-from gsr_rewrite.pipeline import ClassOutcome, RewriteResult, Temporary, rewrite_source
+from gsr_rewrite.outcome import ClassOutcome, RewriteResult, Temporary
+from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.proof.check import CheckResult, run_checks, stress_matrix
 from gsr_rewrite.proof.memory import StepMemory, StepTimes
 from gsr_rewrite.proof.validate import ClassCheck, check_class, load_module, plural, prove_class

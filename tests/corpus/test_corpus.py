@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import gsr_rewrite.optim.adamw as shipped  # the reference AdamW (not torch's)
-from gsr_rewrite import api
-from gsr_rewrite.api import cache_dir, reduce, rewrite_text, step_owner
-from gsr_rewrite.corpus.runner import CorpusRow, main, run_corpus
+from gsr_rewrite.api import cache_dir, classes, reduce, rewrite_text, step_owner
+from gsr_rewrite.corpus.command import main
+from gsr_rewrite.corpus.runner import CorpusRow, run_corpus
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.proof.check import compare_trajectories
 from tests.common import REPO
@@ -24,7 +24,7 @@ STATUSES = {"rewritten", "unchanged", "refused", "error"}
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(root))
-    monkeypatch.setattr(api, "_REDUCED", {})  # nothing reduced earlier in this process counts
+    monkeypatch.setattr(classes, "_REDUCED", {})  # nothing reduced earlier in this process counts
     return root / "generated"
 
 
@@ -66,7 +66,7 @@ def test_reduce_refuses_a_class_that_fails_certification(
 
     monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(check, "stress_matrix", failing)
-    monkeypatch.setattr(api, "_REDUCED", {})  # forget the classes reduced earlier in-process
+    monkeypatch.setattr(classes, "_REDUCED", {})  # forget the classes reduced earlier in-process
     with pytest.raises(RewriteError, match=r"AdamW was not rewritten \(refused\): failed the "
                        r"stress matrix .*param\[0\] differs"):
         reduce(shipped.AdamW)

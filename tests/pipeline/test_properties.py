@@ -65,7 +65,8 @@ from hypothesis import strategies as st
 
 from gsr_rewrite import runtime
 from gsr_rewrite.errors import RewriteError
-from gsr_rewrite.pipeline import RewriteResult, rewrite_source
+from gsr_rewrite.outcome import RewriteResult
+from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.proof.check import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,

@@ -1,0 +1,297 @@
+"""Stage 5, assemble: the R-variant module — the original module with, after each rewritten class,
+its `<Name>R` subclass holding the rewritten methods (and helpers copied beside them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import libcst as cst
+
+from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.frontend.closures import LOCALS
+from gsr_rewrite.frontend.locate import SourceModule
+from gsr_rewrite.outcome import ClassOutcome
+from gsr_rewrite.transform.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.transform.plan import FunctionPlan, Placement
+from gsr_rewrite.transform.stripmine import (
+    StripRegion,
+    fresh_name,
+    guard_once,
+    wrap_region,
+)
+from gsr_rewrite.version import __version__
+
+
+def code_of(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
+
+
+def describe_storage(p: Placement) -> str:
+    if p.strips:
+        return f"1/{p.strips} strips"
+    if not p.placed:
+        return ""
+    s = p.storage or ""
+    if s == "grad":
+        return "gradient"
+    if s.startswith("state:"):
+        return f"state '{s[6:]}'"
+    return f"temporary at {s[4:]}" if s.startswith("tmp@") else s
+
+
+def _is_pure(e: cst.BaseExpression) -> bool:
+    if isinstance(e, cst.Name):
+        return True
+    if isinstance(e, cst.Attribute):
+        return _is_pure(e.value)
+    if isinstance(e, cst.Subscript):
+        idx = [el.slice for el in e.slice]
+        return _is_pure(e.value) and all(
+            isinstance(i, cst.Index) and isinstance(i.value, (cst.Name, cst.Integer,
+                                                              cst.SimpleString)) for i in idx)
+    return False
+
+
+def statement_leaves(placements: list[Placement]) -> list[tuple[str, bool, bool]] | None:
+    """(code, is_host, is_list) of every tensor a rewritten statement writes or combines, or None
+    when one of them is not a plain name/attribute/subscript (the guard cannot re-read it)."""
+    leaves: list[tuple[str, bool, bool]] = []
+    by_node = {id(p.alloc.node): p for p in placements}
+
+    def inputs(p: Placement) -> list[cst.BaseExpression]:
+        """Tensor inputs of p, looking through nested temporaries it consumes."""
+        out: list[cst.BaseExpression] = []
+        for k, op in enumerate(p.alloc.operands):
+            inner = by_node.get(id(op))
+            if inner is not None:
+                out += inputs(inner)
+            elif p.tensor_operands and p.tensor_operands[k]:
+                out.append(op)
+        return out
+
+    for p in placements:
+        if not p.placed:
+            continue
+        lists = p.alloc.form == "foreach"
+        hosts = [p.host] if p.host is not None else []
+        if p.chain is not None and not p.nested_operands[p.chain]:
+            hosts.append(p.alloc.operands[p.chain])
+        others = [op for op in inputs(p) if op not in hosts]
+        for e, is_host in [*((h, True) for h in hosts), *((o, False) for o in others)]:
+            if not _is_pure(e):
+                return None
+            item = (code_of(e), is_host, lists)
+            if item not in leaves:
+                leaves.append(item)
+    return leaves
+
+
+# -- emission --------------------------------------------------------------------------------
+def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCatalog,
+                package: str | None) -> str:
+    module = src.module
+    helpers: list[cst.BaseStatement] = []  # rewritten module-level helpers, callees first
+    extra: list[cst.BaseStatement] = []
+    emitted_helpers: dict[str, str] = {}  # new helper name -> code (shared between classes)
+    for out in outcomes:
+        if out.status != "rewritten" or out.analysis is None:
+            continue
+        changed = _functions_to_copy(out)
+        rename: dict[str, str] = {}
+        for name in changed:
+            fa = out.analysis.functions[name]
+            if not fa.is_method and fa.parent is None:  # nested ones are copied with their parent
+                rename[name] = f"{name}_gsr"
+        # self.ATTR(...) that __init__ binds to a module function F: the analysis followed F, so
+        # the R step runs only while self.ATTR is F (r_step checks), and calls F's R-variant
+        followed = {a: f for a, f in out.analysis.self_helpers.items()
+                    if f in out.analysis.functions}
+        renamer = Renamer(rename, {a: rename[f] for a, f in followed.items() if f in rename})
+        methods: list[cst.BaseStatement] = []
+        for fp in out.plans:
+            if fp.name not in changed or fp.analysis.parent is not None:
+                continue
+            inner = [q for q in out.plans if q.name.startswith(fp.name + LOCALS)]
+            regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
+            new = _rewrite_function(fp, catalog, renamer, inner, regions)
+            if fp.analysis.is_method:
+                new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name))
+                if fp.name == "step":
+                    bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
+                    new = new.with_changes(decorators=[
+                        cst.Decorator(cst.parse_expression(
+                            f"{RUNTIME}.r_step({out.name}{bound})")),
+                        *new.decorators])
+                methods.append(new.with_changes(leading_lines=[cst.EmptyLine(indent=False)]))
+            else:
+                new = new.with_changes(name=cst.Name(rename[fp.name]),
+                                       leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+                code = code_of(new)
+                if emitted_helpers.get(rename[fp.name], code) != code:
+                    raise RewriteError(src.where(fp.analysis.func), "helper rewritten two "
+                                       "different ways for two classes; split the module")
+                if rename[fp.name] not in emitted_helpers:
+                    emitted_helpers[rename[fp.name]] = code
+                    # callees are found after their callers; a decorator may name a callee
+                    # at import time (`@wrap(single_tensor_fn=_single_gsr)`): emit them first
+                    helpers.insert(0, new)
+        doc = (f'"""{out.name} with gradient space reutilization (generated by gsr-rewrite).\n\n'
+               f"    Same constructor, state and results as {out.name}; but after step() the\n"
+               "    contents of p.grad are undefined: the gradient buffers hold scratch values.\n"
+               '    """')
+        extra.append(cst.ClassDef(
+            name=cst.Name(out.r_name), bases=[cst.Arg(cst.Name(out.name))],
+            body=cst.IndentedBlock([cst.SimpleStatementLine([cst.Expr(cst.parse_expression(doc))]),
+                                    *methods]),
+            leading_lines=[cst.EmptyLine(), cst.EmptyLine()]))
+    body: list[Any] = list(module.body)
+    if package is not None:
+        body = [_absolute_imports(s, package) for s in body]
+    last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
+                       and isinstance(s.body[0], (cst.Import, cst.ImportFrom))), default=-1)
+    body.insert(last_import + 1, cst.parse_statement(
+        f"from gsr_rewrite import runtime as {RUNTIME}  # added by gsr-rewrite\n"))
+    rewritten = ", ".join(o.r_name for o in outcomes if o.status == "rewritten")
+    header = [
+        f"# Generated by gsr-rewrite {__version__} from {src.filename}; do not edit, regenerate.",
+        f"# Adds {rewritten}: the original classes with gradient space reutilization.",
+        "# Contract: same results as the originals, but after step() the contents of p.grad",
+        "# are undefined: the gradient buffers hold scratch values.",
+        "# Set GSR_DEBUG_POISON=1 to fill reused gradients with NaN after each step.",
+    ]
+    lines = [cst.EmptyLine(comment=cst.Comment(h)) for h in header]
+    new_module = module.with_changes(body=body + helpers + extra,
+                                     header=[*lines, *module.header])
+    return new_module.code
+
+
+class _AsInClass(cst.CSTTransformer):
+    """A method copied from class C into CR must mean what it meant in C: zero-argument
+    `super()` becomes `super(C, self)` (in CR it would reach C itself), and `self.__x` is
+    written mangled as in C (`self._C__x`; in CR it would mangle to `_CR__x`)."""
+
+    def __init__(self, cls: str, first: str) -> None:
+        self.cls, self.first = cls, first
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if isinstance(updated.func, cst.Name) and updated.func.value == "super" and \
+                not updated.args:
+            return updated.with_changes(args=[cst.Arg(cst.Name(self.cls)),
+                                              cst.Arg(cst.Name(self.first))])
+        return updated
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute
+                        ) -> cst.Attribute:
+        name = updated.attr.value
+        if name.startswith("__") and not name.endswith("__"):
+            return updated.with_changes(attr=cst.Name(f"_{self.cls.lstrip('_')}{name}"))
+        return updated
+
+
+def _defining_class(module: cst.Module, method: cst.FunctionDef, default: str) -> str:
+    """The module-level class whose body defines `method` (a base class for inherited ones)."""
+    for stmt in module.body:
+        if isinstance(stmt, cst.ClassDef) and isinstance(stmt.body, cst.IndentedBlock) and \
+                any(m is method for m in stmt.body.body):
+            return stmt.name.value
+    return default
+
+
+def _as_in_class(method: cst.FunctionDef, cls: str) -> cst.FunctionDef:
+    params = [*method.params.posonly_params, *method.params.params]
+    if not params:
+        return method
+    result = method.visit(_AsInClass(cls, params[0].name.value))
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
+def _functions_to_copy(out: ClassOutcome) -> list[str]:
+    assert out.analysis is not None
+    changed = {fp.name for fp in out.plans if any(p.placed for p in fp.placements)} | \
+        set(out.regions)
+    grew = True
+    while grew:
+        grew = False
+        for name, fa in out.analysis.functions.items():
+            calls = {c for n in fa.flow.nodes for c, *_ in n.eff.calls}
+            if name not in changed and calls & changed:
+                changed.add(name)
+                grew = True
+    return [name for name in out.analysis.functions if name in changed]
+
+
+class _StatementSwap(Renamer):
+    def __init__(self, new: dict[int, cst.BaseStatement], renamer: Renamer,
+                 regions: Sequence[StripRegion] = (), taken: set[str] | None = None) -> None:
+        super().__init__(renamer.names, renamer.attrs)
+        self.new = new
+        self.regions: dict[int, list[StripRegion]] = {}
+        self.taken = taken or set()
+        self.once: dict[int, str] = {}  # line -> the strip counter of its loop (stripmine)
+        self.flags: dict[int, str] = {}
+        for r in regions:
+            self.regions.setdefault(id(r.block), []).append(r)
+            if r.once:
+                self.flags[id(r)] = fresh_name("strip_index", self.taken)
+                self.once.update(dict.fromkeys(r.once, self.flags[id(r)]))
+
+    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine,
+                                  updated: cst.SimpleStatementLine) -> cst.BaseStatement:
+        return self.new.get(id(original), updated)
+
+    def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+                            ) -> cst.IndentedBlock:
+        body = list(updated.body)  # statement i of updated is statement i of original, rewritten
+        regions = self.regions.get(id(original), [])
+        if not regions:  # lines inside a strip-mined run that run in its first strip only
+            return updated.with_changes(body=guard_once(original.body, body, self.once))
+        for r in sorted(regions, key=lambda r: -r.start):
+            body[r.start:r.end] = wrap_region(r, original.body[r.start:r.end],
+                                              body[r.start:r.end], self.taken, RUNTIME,
+                                              self.flags.get(id(r), ""))
+        return updated.with_changes(body=body)
+
+
+def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer,
+                      inner: Sequence[FunctionPlan] = (),
+                      regions: Sequence[StripRegion] = ()) -> cst.FunctionDef:
+    """fp's function with its rewritten statements and strip-mined runs, and those of the
+    functions defined inside it (`inner`: they are part of its body)."""
+    by_line: dict[int, list[Placement]] = {}
+    lines: dict[int, cst.SimpleStatementLine] = {}
+    for p in [p for q in [fp, *inner] for p in q.placements]:
+        if p.node.line is not None:
+            by_line.setdefault(id(p.node.line), []).append(p)
+            lines[id(p.node.line)] = p.node.line
+    new: dict[int, cst.BaseStatement] = {}
+    for key, ps in by_line.items():
+        placed = [p for p in ps if p.placed]
+        leaves = statement_leaves(ps)
+        if not placed or not leaves:
+            continue
+        tensor_ops = {id(p.alloc.node): p.tensor_operands for p in placed}
+        note = "; ".join(f"{p.alloc.op} -> {describe_storage(p)}" for p in placed)
+        new[key] = rewrite_statement(lines[key], placed, catalog, tensor_ops,
+                                     guard_expression(placed, leaves), renamer, note)
+    from gsr_rewrite.frontend.effects import names_in
+
+    result = fp.analysis.func.visit(_StatementSwap(new, renamer, regions,
+                                                   names_in(fp.analysis.func)))
+    assert isinstance(result, cst.FunctionDef)
+    return result
+
+
+def _absolute_imports(stmt: cst.BaseStatement, package: str) -> cst.BaseStatement:
+    if not (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.ImportFrom)):
+        return stmt
+    imp = stmt.body[0]
+    if not imp.relative:
+        return stmt
+    parts = package.split(".")
+    level = len(imp.relative)
+    base = parts[: len(parts) - (level - 1)] if level > 1 else parts
+    mod = ".".join([*base, *([code_of(imp.module)] if imp.module is not None else [])])
+    return stmt.with_changes(body=[imp.with_changes(relative=[], module=cst.parse_expression(mod))])
