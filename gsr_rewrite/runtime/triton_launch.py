@@ -1,11 +1,14 @@
 """Host side of the Triton backend: which groups run a kernel, pointer tables, launches.
 
 ``fused_step`` is the ``step`` of every generated Triton class.  Per param group it picks the
-first traced specialization (:class:`KernelSpec`) whose fixed group values and guards hold, and
-launches its kernel once per dtype signature over all the group's tensors.  A group runs the
-eager R-variant instead (never an error) when any tensor does not qualify (not on a device
-Triton runs on, not contiguous, sparse, complex or float64, a different shape of state), when its
-state is not initialised yet (the first step is always eager) or when no specialization matches.
+first specialization (:class:`KernelSpec`) whose fixed group values and guards hold, and
+launches its kernel once per dtype signature over all the group's tensors.  Specializations come
+from a :class:`Specializations` source (``gsr_rewrite.triton_backend.specialize.KernelCache``:
+traced the first time a group's configuration is met, cached on disk), or, in Triton modules
+generated before that existed, from a fixed tuple.  A group runs the eager R-variant instead
+(never an error) when any tensor does not qualify (not on a device Triton runs on, not
+contiguous, sparse, complex or float64, a different shape of state), when its state is not
+initialised yet (the first step is always eager) or when no specialization matches.
 No parameter-sized buffer is allocated: tables are O(tensors + chunks) integers.
 """
 
@@ -13,11 +16,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -25,12 +28,14 @@ CHUNK = 16384  # elements per program; H100: 8192-16384 reached 99 % of copy ban
 BLOCK = 1024  # elements per inner iteration (4 warps: no register spills)
 NUM_WARPS = 4
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-COUNTS = {"launches": 0, "eager_groups": 0, "kernel_groups": 0}  # tests read these
+#: tests and benchmarks read these; "traces": configurations traced (specialize.KernelCache)
+COUNTS = {"launches": 0, "eager_groups": 0, "kernel_groups": 0, "traces": 0}
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """One traced specialization of an optimizer's step (emitted by ``triton_emit``)."""
+    """One traced specialization of an optimizer's step (a ``SPEC`` emitted by
+    ``gsr_rewrite.triton_backend.specialize``)."""
 
     kernels: tuple[Any, ...]  # triton JITFunctions, one per pass (two with reductions)
     reductions: int  # per-tensor reductions pass 1 leaves as per-chunk partial sums
@@ -41,6 +46,17 @@ class KernelSpec:
     slots: Callable[[dict[str, Any]], tuple[float, ...]]
     updates: Callable[[dict[str, Any]], dict[str, Any]]
     state_keys: frozenset[str] = field(default_factory=frozenset)
+
+
+class Specializations(Protocol):
+    """Where ``fused_step`` finds the specializations of one optimizer class."""
+
+    @property
+    def specs(self) -> Sequence[KernelSpec]:
+        """Every specialization known so far, tried in order."""
+
+    def specialize(self, group: dict[str, Any]) -> Sequence[KernelSpec]:
+        """New specializations for ``group``'s configuration (none when it was met before)."""
 
 
 def _interpreting() -> bool:
@@ -205,8 +221,12 @@ def _replay(opt: Any, group: dict[str, Any], replay: _Replay) -> bool:
     return True
 
 
-def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -> bool:
-    """Step ``group`` with a kernel; False (nothing done) when it must take the eager path."""
+def _run_group(opt: Any, group: dict[str, Any],
+               kernels: Sequence[KernelSpec] | Specializations) -> bool:
+    """Step ``group`` with a kernel; False (nothing done) when it must take the eager path.
+
+    When no known specialization matches, ``kernels`` is asked for this group's configuration
+    (traced, or loaded from its disk cache, the first time it is met) and those are tried."""
     replays: dict[int, _Replay] = opt.__dict__.setdefault("_gsr_replays", {})
     replay = replays.pop(id(group), None)
     if replay is not None and _replay(opt, group, replay):
@@ -218,6 +238,19 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
     if not all(_device_ok(p) and _qualifies(p, p) for p in params):
         return False
     states = [opt.state.get(p) or {} for p in params]  # {}: stateless (or not initialised yet)
+    if isinstance(kernels, Sequence):  # a Triton module generated with its specs inline
+        return bool(_run_first(opt, group, params, states, kernels))
+    done = _run_first(opt, group, params, states, kernels.specs)
+    if done is None:
+        done = _run_first(opt, group, params, states, kernels.specialize(group))
+    return bool(done)
+
+
+def _run_first(opt: Any, group: dict[str, Any], params: list[Any],
+               states: list[dict[Any, Any]], specs: Sequence[KernelSpec]) -> bool | None:
+    """Launch the first of ``specs`` that matches: True; False when one matches but the tensors
+    cannot take it; None when none matches."""
+    replays: dict[int, _Replay] = opt.__dict__["_gsr_replays"]
     for spec in specs:
         batches: dict[tuple[Any, ...], list[int]] = {}
         ok = True
@@ -253,7 +286,7 @@ def _run_group(opt: Any, group: dict[str, Any], specs: tuple[KernelSpec, ...]) -
             replay.fingerprint = replay.current(opt, group)
             replays[id(group)] = replay
         return True
-    return False
+    return None
 
 
 def _disjoint(rows: list[list[torch.Tensor]]) -> bool:
@@ -283,8 +316,8 @@ def _apply_updates(spec: KernelSpec, group: dict[str, Any], states: list[Any],
             st[real] = new
 
 
-def fused_step(opt: Any, specs: tuple[KernelSpec, ...], eager_step: Callable[..., Any],
-               closure: Callable[[], Any] | None) -> Any:
+def fused_step(opt: Any, kernels: Sequence[KernelSpec] | Specializations,
+               eager_step: Callable[..., Any], closure: Callable[[], Any] | None) -> Any:
     """``step`` of a Triton R-variant: kernels where they apply, the eager R step elsewhere."""
     loss = None
     if closure is not None:
@@ -293,7 +326,7 @@ def fused_step(opt: Any, specs: tuple[KernelSpec, ...], eager_step: Callable[...
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
     # under CUDA-graph capture the host-written slots would be frozen into the graph: eager,
     # like the original (whose Python-number step counters a graph cannot advance either)
-    eager = [g for g in opt.param_groups if capturing or not _run_group(opt, g, specs)]
+    eager = [g for g in opt.param_groups if capturing or not _run_group(opt, g, kernels)]
     COUNTS["kernel_groups"] += len(opt.param_groups) - len(eager)
     if eager:
         COUNTS["eager_groups"] += len(eager)

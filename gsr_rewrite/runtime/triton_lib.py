@@ -1,5 +1,5 @@
 # mypy: disable-error-code="no-untyped-def,untyped-decorator"
-"""Triton helpers shared by every emitted kernel (imported only by generated modules).
+"""Helpers shared by every emitted kernel (imported only by generated modules).
 
 No annotations but ``tl.constexpr``: Triton reads parameter annotations as type hints."""
 
@@ -23,3 +23,8 @@ def store_cast(x, dtype: tl.constexpr):
 def sign(x):
     """torch.sign for finite x: -1, 0 or 1."""
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+def host_sign(x):
+    """torch.sign of a host scalar (the host slot functions of an emitted kernel)."""
+    return (x > 0) - (x < 0)

@@ -11,8 +11,8 @@ is split:
   helper called by a fixed driver: one program per chunk of ``CH`` elements of one tensor, the
   tensor's pointers read from a table, an unmasked path for full blocks and a masked tail.
 
-The generated Python is plain text appended to the eager module, so Triton can read the kernels'
-source (it refuses ``exec``'d functions).
+The generated Python is plain text that :mod:`gsr_rewrite.triton_backend.specialize` writes to a
+cache file and imports, so Triton can read the kernels' source (it refuses ``exec``'d functions).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""``--backend triton``: trace each R-variant's step and append Triton classes to its module.
+"""``--backend triton``: a Triton class per R-variant, its kernels specialized on first use.
 
 For every rewritten class ``XR`` the emitted module gains ``XRTriton(XR)``: the same constructor,
 state layout and ``state_dict``; its ``step`` runs one fused kernel per param group and dtype
-signature where a traced specialization applies, and ``XR.step`` elsewhere (see
-:mod:`gsr_rewrite.runtime.triton_launch`).  Specializations are traced for the defaults, each
-change the checker makes (a boolean flipped, a zero weight decay made nonzero), each nonzero
-float default set to zero, and every pair of those changes, each with ``foreach`` None/False/True;
-group values outside them still run, on the eager path.
+signature (see :mod:`gsr_rewrite.runtime.triton_launch`), traced and emitted the first time a
+group's configuration is met and cached on disk (:mod:`gsr_rewrite.triton_backend.specialize`),
+and ``XR.step`` for a configuration the tracer refuses.  The module carries no kernel, only the
+class and the :class:`~gsr_rewrite.triton_backend.specialize.KernelCache` that traces the
+original.  Ahead of time, as a check for the report, the defaults and each single change the
+checker makes are traced and emitted (``trace_configs``); any configuration the tracer accepts
+gets its kernel at run time.
 """
 
 from __future__ import annotations
@@ -16,73 +18,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gsr_rewrite.proof.validate import default_configs
-from gsr_rewrite.triton_backend.emit import (
-    driver_text,
-    guard_text,
-    host_function,
-    kernel_text,
-    updates_text,
-)
-from gsr_rewrite.triton_backend.trace import ElementProgram, KernelTraceError, trace_program
+from gsr_rewrite.triton_backend.specialize import trace_entry
+from gsr_rewrite.triton_backend.trace import KernelTraceError
 
 HEADER = '''
 
 # --- Triton backend (gsr-rewrite --backend triton) ------------------------------------------
-# One fused kernel per param group and dtype signature; the eager R step where none applies.
-
-import math  # host scalar functions
-
-import triton
-import triton.language as tl
+# One fused kernel per param group and dtype signature, traced for the group's configuration the
+# first time it is met and cached on disk; the eager R step where the tracer refuses it.
 
 from gsr_rewrite.runtime import triton_launch as _gsr_triton
-from gsr_rewrite.runtime.triton_lib import sign, store_cast
-
-
-def _sign(x):
-    return (x > 0) - (x < 0)
+from gsr_rewrite.triton_backend.specialize import KernelCache as _GsrKernelCache
 '''
 
 
 @dataclass
 class TritonOutcome:
-    """What the Triton backend did for one class (for the report)."""
+    """What the Triton backend did for one class (for the report): the configurations traced
+    ahead of time (``trace_configs``) as a check; others are traced on first use."""
 
     name: str
-    specs: int = 0
-    kernels: int = 0
+    specs: int = 0  # configurations traced and emitted ahead of time
+    kernels: int = 0  # distinct kernels among them
     refused: list[str] = field(default_factory=list)  # "config -> reason"
 
 
 def trace_configs(cls: type) -> list[dict[str, Any]]:
-    """The configurations whose programs are traced (see module docstring)."""
+    """The configurations traced ahead of time: the defaults, each change the checker makes (a
+    boolean flipped, a zero weight decay made nonzero) and each nonzero float default set to
+    zero."""
     params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    single = default_configs(cls)[1:] + [{name: 0.0} for name, p in params.items()
-                                         if isinstance(p.default, float) and p.default != 0.0]
-    pairs = [{**a, **b} for i, a in enumerate(single) for b in single[i + 1:]
-             if not a.keys() & b.keys()]
-    configs = [{}, *single, *pairs]
-    if "foreach" in params:
-        configs = [{**c, "foreach": f} for c in configs for f in (None, False, True)]
-    return configs
-
-
-def _merge(specs: list[tuple[ElementProgram, dict[str, tuple[Any, ...]]]]
-           ) -> list[tuple[ElementProgram, dict[str, tuple[Any, ...]]]]:
-    """Join specializations that differ only in the value of one fixed group key."""
-    out: list[tuple[ElementProgram, dict[str, tuple[Any, ...]]]] = []
-    for program, fixed in specs:
-        for k, (other, allowed) in enumerate(out):
-            same = (other.outputs == program.outputs and other.updates == program.updates
-                    and other.guards == program.guards and other.scalars == program.scalars
-                    and other.state_keys == program.state_keys and allowed.keys() == fixed.keys())
-            if same and sum(not set(fixed[key]) <= set(allowed[key]) for key in fixed) <= 1:
-                out[k] = (other, {key: tuple(dict.fromkeys(allowed[key] + fixed[key]))
-                                  for key in allowed})
-                break
-        else:
-            out.append((program, fixed))
-    return out
+    return default_configs(cls) + [{name: 0.0} for name, p in params.items()
+                                   if isinstance(p.default, float) and p.default != 0.0]
 
 
 def triton_classes(module: Any, names: list[tuple[str, str]], import_from: str | None = None
@@ -97,82 +64,40 @@ def triton_classes(module: Any, names: list[tuple[str, str]], import_from: str |
                  f"import {imported}\n", HEADER]
     outcomes = []
     for original, r_name in names:
-        r_cls = getattr(module, original)  # registers need no reformulation: trace the original
         outcome = TritonOutcome(r_name + "Triton")
-        programs = []
-        for config in trace_configs(r_cls):
+        kernels = set()
+        for config in trace_configs(getattr(module, original)):
             try:
-                program = trace_program(r_cls, config)
+                entry = trace_entry(getattr(module, original), config)
             except KernelTraceError as e:
                 outcome.refused.append(f"{config} -> {e}")
                 continue
-            fixed = {k: (v,) for k, v in program.fixed.items()}
-            if all(_literal(v) for v in program.fixed.values()):
-                programs.append((program, fixed))
-            else:
-                outcome.refused.append(f"{config} -> a fixed group value has no literal")
-        specs = _merge(programs)
-        parts.append(_class_text(original, r_name, specs, outcome))
+            outcome.specs += 1
+            kernels.add(entry.kernels)
+        outcome.kernels = len(kernels)
+        parts.append(_class_text(original, r_name))
         outcomes.append(outcome)
     return "".join(parts), outcomes
 
 
-def _tuple(names: tuple[str, ...]) -> str:
-    return "(" + ", ".join(names) + ("," if len(names) == 1 else "") + ")"
-
-
-def _literal(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def _class_text(original: str, r_name: str,
-                specs: list[tuple[ElementProgram, dict[str, tuple[Any, ...]]]],
-                outcome: TritonOutcome) -> str:
+def _class_text(original: str, r_name: str) -> str:
     prefix = "_" + original.lower()
-    kernels: dict[str, tuple[str, ...]] = {}  # math text -> kernel names, one per pass
-    lines: list[str] = []
-    entries = []
-    for i, (program, fixed) in enumerate(specs):
-        try:
-            k = kernel_text(program, f"{prefix}_math_{len(kernels)}")
-        except KernelTraceError as e:
-            outcome.refused.append(f"{fixed} -> {e}")
-            continue
-        key = "\n".join(p.math.split("(", 1)[1] for p in k.passes)
-        if key not in kernels:
-            n = len(kernels)
-            kernels[key] = tuple(f"{prefix}_kernel_{n}" + (f"_{j}" if len(k.passes) > 1 else "")
-                                 for j in range(len(k.passes)))
-            for name, p in zip(kernels[key], k.passes, strict=True):
-                lines += ["", "", "@triton.jit", p.math, driver_text(name, p, k)]
-        lines += ["", host_function(f"{prefix}_slots_{i}", k.slots_fn),
-                  host_function(f"{prefix}_guard_{i}", guard_text(program)),
-                  host_function(f"{prefix}_updates_{i}", updates_text(program))]
-        entries.append(
-            f"    _gsr_triton.KernelSpec(\n"
-            f"        kernels={_tuple(kernels[key])},\n"
-            f"        reductions={len(program.reductions)},\n"
-            f"        roles={k.roles!r},\n"
-            f"        fixed={fixed!r},\n"
-            f"        scalars={program.scalars!r},\n"
-            f"        guard={prefix}_guard_{i},\n"
-            f"        slots={prefix}_slots_{i},\n"
-            f"        updates={prefix}_updates_{i},\n"
-            f"        state_keys=frozenset({sorted(program.state_keys)!r}),\n"
-            f"    ),")
-    outcome.specs, outcome.kernels = len(entries), len(kernels)
-    specs_name = f"{prefix.upper()}_SPECS"
-    lines += ["", f"{specs_name} = (", *entries, ")", "", "",
-              f"class {r_name}Triton({r_name}):",
-              f'    """{r_name} whose step runs fused Triton kernels (see gsr_rewrite.runtime.'
-              f'triton_launch)."""',
-              "",
-              "    @torch.no_grad()",
-              "    def step(self, closure=None):",
-              f"        return _gsr_triton.fused_step(self, {specs_name}, {prefix}_eager_step, "
-              "closure)",
-              "",
-              "",
-              f"{prefix}_eager_step = {r_name}.step  # unpatched: Optimizer wraps it on first use",
-              ""]
-    return "\n".join(lines)
+    cache = f"{prefix.upper()}_KERNELS"
+    return "\n".join([
+        "",
+        "",
+        f'{cache} = _GsrKernelCache({original}, "{r_name}Triton")  # specialized on first use',
+        "",
+        "",
+        f"class {r_name}Triton({r_name}):",
+        f'    """{r_name} whose step runs fused Triton kernels, each traced for a param group\'s '
+        "configuration",
+        '    on first use (see gsr_rewrite.triton_backend.specialize)."""',
+        "",
+        "    @torch.no_grad()",
+        "    def step(self, closure=None):",
+        f"        return _gsr_triton.fused_step(self, {cache}, {prefix}_eager_step, closure)",
+        "",
+        "",
+        f"{prefix}_eager_step = {r_name}.step  # unpatched: Optimizer wraps it on first use",
+        ""])
