@@ -36,9 +36,12 @@ def imported(tree: ast.AST, name: str, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            if base in known:
-                out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+            for a in node.names:  # `from pkg import mod` imports mod; `from pkg import f`, pkg
+                sub = f"{base}.{a.name}"
+                if sub in known:
+                    out.add(sub)
+                elif base in known:
+                    out.add(base)
     out.discard(name)
     return out
 
