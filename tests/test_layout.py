@@ -73,3 +73,18 @@ def test_every_subpackage_is_installed() -> None:
                  ["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {found - listed}"
+
+
+def test_no_module_is_hidden_by_a_name_of_its_package() -> None:
+    """`from gsr_rewrite.runtime import strips` must mean one thing: a package that re-exports a
+    function under the name of one of its modules makes `import pkg.mod as m` give the function."""
+    import pkgutil
+
+    import gsr_rewrite
+
+    for info in pkgutil.walk_packages(gsr_rewrite.__path__, "gsr_rewrite."):
+        if info.name.endswith("__main__") or info.name.startswith("gsr_rewrite.optim."):
+            continue  # running them runs a command; shipped modules need no check
+        module = importlib.import_module(info.name)
+        package, _, short = info.name.rpartition(".")
+        assert getattr(importlib.import_module(package), short) is module, info.name

@@ -19,12 +19,12 @@ Cache: ``$GSR_REWRITE_CACHE_DIR/generated/`` (default ``~/.cache/gsr-rewrite/gen
 tool version and the tool's own code and rules, so a changed optimizer, torch or rewriter never
 reuses a stale module or verdict. A cached class comes back in a fresh process in about 0.3 s.
 
-Parts: modules.py (a module rewritten and cached), classes.py (`reduce`), install.py
+Parts: modules.py (a module rewritten and cached), classes.py (`reduce`), in_place.py
 (`install`, `uninstall`).
 """
 
 from gsr_rewrite.api.classes import inherit_variant, reduce, step_owner
-from gsr_rewrite.api.install import install, uninstall
+from gsr_rewrite.api.in_place import install, uninstall
 from gsr_rewrite.api.modules import (
     EmittedModuleError,
     ModuleRewrite,

@@ -5,7 +5,7 @@ runtime as _gsr`): a small, stable surface; its parts are
 - placement.py: computing a temporary in its host (`foreach_into`, `scalar_first`, ...);
 - precondition.py: the per-step check that gradients and state own their bytes;
 - step.py: `r_step`, the wrapper that runs the original step where the R step would not be exact;
-- strips.py: strip-mined runs (`strips`, `at`);
+- strip_runs.py: strip-mined runs (`strips`, `at`);
 - triton_launch.py, triton_lib.py: the same for generated Triton modules (host and device side).
 """
 
@@ -19,7 +19,7 @@ from gsr_rewrite.runtime.placement import (
 )
 from gsr_rewrite.runtime.precondition import distinct_buffers
 from gsr_rewrite.runtime.step import poison_grads, r_step, set_debug_poison, unhooked
-from gsr_rewrite.runtime.strips import (
+from gsr_rewrite.runtime.strip_runs import (
     STRIP_ALIGN,
     STRIP_FRACTION,
     At,
