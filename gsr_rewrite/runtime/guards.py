@@ -63,7 +63,8 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
 def _same_layout(a: Tensor, b: Tensor) -> bool:
     """Equal strides where they matter: a dimension of size 1 may have any stride (a [1, 1, 128]
     class token's gradient comes as strides (8320, 128, 1), its state as (128, 128, 1))."""
-    return all(n == 1 or x == y for n, x, y in zip(a.shape, a.stride(), b.stride(), strict=True))
+    sa, sb = a.stride(), b.stride()
+    return sa == sb or all(n == 1 or x == y for n, x, y in zip(a.shape, sa, sb, strict=True))
 
 
 #: How often a guard let a rewritten statement run (translation validation checks it moved).
@@ -96,6 +97,8 @@ def _storage(t: Tensor) -> Any:
     element box); None for an empty tensor (they overlap nothing); `_UNLOCATED` when unknown."""
     if t.numel() == 0:
         return None
+    if type(t) in _PLAIN:  # the common case: no subclass attributes to look up
+        return t.device, int(t.untyped_storage().data_ptr())
     span = getattr(t, "gsr_span", None)
     if span is not None:
         return span()[0]

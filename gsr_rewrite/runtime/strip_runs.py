@@ -40,6 +40,11 @@ def strip_floor(nbytes: int) -> Iterator[None]:
         _STRIP_FLOOR[0] = saved
 
 
+def strip_floor_bytes() -> int:
+    """The strip floor in force (GSR_STRIP_FLOOR_MB, or the innermost `strip_floor`)."""
+    return _STRIP_FLOOR[0]
+
+
 def _budgeted(count: int, positions: list[list[Tensor]]) -> int:
     """`count` strips give each of the run's `count / 64` temporaries 1/64 of its tensors; fewer
     when the temporaries of all positions still fit under the floor."""
@@ -89,7 +94,7 @@ def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
     scalars that go with them still match. Tensors that cannot be sliced alike (non-contiguous,
     different shapes, sparse, a mix of lists and single tensors) are yielded whole, once."""
     whole = [v.item() if isinstance(v, At) else v for v in values]
-    positions = _strip_positions(whole) if count > 1 else None
+    positions = _strip_positions(whole) if count > 1 and not _one_by_budget(count, whole) else None
     if _STRIPS_OVERRIDE and not _FINE_STRIPS[0]:
         count = int(_STRIPS_OVERRIDE)
     elif positions is not None and not _FINE_STRIPS[0]:
@@ -131,6 +136,21 @@ def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
     GUARD_HITS[0] += total > 1
     for k in range(total):
         yield tuple(cut(v, w, k) for v, w in zip(values, whole, strict=True))
+
+
+def _one_by_budget(count: int, whole: Sequence[Any]) -> bool:
+    """The strip floor alone makes a run of single tensors (the for-loop path, once per param)
+    one strip: `_budgeted` would say 1 for any way to cut them, so they need no checking."""
+    floor = _STRIP_FLOOR[0]
+    if _STRIPS_OVERRIDE or _FINE_STRIPS[0] or floor <= 0:
+        return False
+    first = None
+    for w in whole:
+        if isinstance(w, (list, tuple)) and len(w):
+            return False  # lists: `_budgeted` sums every position
+        if first is None and isinstance(w, Tensor):
+            first = w  # `_strip_positions` groups single tensors with the first one's size
+    return first is None or count * first.numel() * first.element_size() <= STRIP_FRACTION * floor
 
 
 def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
