@@ -20,6 +20,10 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def _ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}x"
+
+
 def _cell(text: str, limit: int = 240) -> str:
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -71,15 +75,18 @@ def to_markdown(rows: list[CorpusRow], skipped: list[str], packages: list[str], 
         "",
         f"Temporaries of one `step()` in units of the parameter size ({env['shapes']}); the "
         "worst of the for-loop and foreach paths where the constructor takes `foreach`. "
-        f"Equivalence: original vs R-variant over {steps} steps on odd shapes, bitwise "
+        "Time: the R-variant's step time over the original's on the same params (median of "
+        "alternating steps, one CPU thread, the strips the memory was measured with; the worst "
+        f"path). Equivalence: original vs R-variant over {steps} steps on odd shapes, bitwise "
         "(max abs diff under the default tolerance when not bitwise).",
         "",
-        "| class | module | status | before | after | equivalence | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| class | module | status | before | after | time | equivalence | reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r.cls} | {r.module} | {r.status} | {_num(r.before_units)} | "
-                     f"{_num(r.after_units)} | {_equivalence(r)} | {_cell(_reason(r))} |")
+                     f"{_num(r.after_units)} | {_ratio(r.time_ratio)} | {_equivalence(r)} | "
+                     f"{_cell(_reason(r))} |")
     lines += ["", f"**Summary.** {summary(rows)}", ""]
     if skipped:
         lines += ["Modules not imported (their classes, if any, are not in the table):", ""]

@@ -20,6 +20,8 @@ class CorpusRow:
     before_units: float | None = None  # worst over the measured paths
     after_units: float | None = None
     units: dict[str, list[float | None]] = field(default_factory=dict)  # path -> [before, after]
+    time_ratio: float | None = None  # R step time / original's, worst over the measured paths
+    time_ratios: dict[str, float] = field(default_factory=dict)  # path -> that ratio
     equivalence: str = "n/a"  # bitwise | tolerance | FAIL | n/a
     max_abs_diff: float | None = None
     detail: str = ""  # first failing comparison, or the error while measuring

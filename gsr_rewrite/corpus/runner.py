@@ -14,6 +14,7 @@ closure or special construction are recorded as such, never skipped. One crash n
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -46,7 +47,7 @@ from gsr_rewrite.bench.output import progress_bar
 from gsr_rewrite.corpus.rows import REUSE_FROM, REUSE_TO, CorpusRow
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.proof.check import MEASURE_SHAPES, compare_trajectories, foreach_paths
-from gsr_rewrite.proof.memory import measure_temporaries
+from gsr_rewrite.proof.memory import measure_temporaries, time_step_pair
 from gsr_rewrite.proof.validate import load_module
 
 __all__ = ["CorpusRow", "discover", "run_corpus"]
@@ -189,6 +190,10 @@ def _evaluate(row: CorpusRow, cls: type, r_cls: type | None, steps: int, quick: 
         row.equivalence, row.detail = "FAIL", f"R-variant step raised: {_crash(e)}"
         return
     row.after_units = max(u[1] for u in row.units.values() if u[1] is not None)
+    for kw in paths:  # on the params the memory was measured on, with the same strips
+        row.time_ratios[_label(kw)] = time_step_pair(
+            functools.partial(cls, **kw), functools.partial(r_cls, **kw), MEASURE_SHAPES).ratio
+    row.time_ratio = max(row.time_ratios.values())
     row.equivalence, row.max_abs_diff = "bitwise", 0.0
     for kw in paths:
         res = compare_trajectories(cls, r_cls, kw, steps=steps)

@@ -202,6 +202,7 @@ class StepTimes:
     original_s: float
     rewritten_s: float
     steps: int
+    ratios: tuple[float, ...] = ()  # R / original of each pair of steps, in order (the spread)
 
     @property
     def ratio(self) -> float:
@@ -221,12 +222,14 @@ def time_step_pair(
     min_steps: int = 5,
     budget_s: float = 0.75,
     seed: int = 0,
+    floor: int | None = 0,
 ) -> StepTimes:
     """Median time of one step of each, each on its own copy of the params `measure_temporaries`
     builds (same ``shapes`` and ``seed``). The two step in turn, in alternating order, so drift
     (clock frequency, other processes) hits both alike; on one CPU thread. Warm-up steps create
     lazy state and are not timed; the timed steps stop early, after ``min_steps``, once
-    ``budget_s`` is spent."""
+    ``budget_s`` is spent. ``floor``: the strip floor in bytes; 0 (default) times the strips the
+    memory is measured with, None the run-time default (what a user's step takes)."""
     dev = torch.device(device)
     problems = [_random_problem(shapes, dev, dtype, seed) for _ in range(2)]
     optimizers = [make(params) for make, (params, _) in
@@ -243,7 +246,8 @@ def time_step_pair(
         return time.perf_counter() - began
 
     times: tuple[list[float], list[float]] = ([], [])
-    with _one_cpu_thread(), strip_floor(0):  # the strips the memory was measured with
+    floors = strip_floor(floor) if floor is not None else contextlib.nullcontext()
+    with _one_cpu_thread(), floors:
         for _ in range(warmup_steps):
             for i in (0, 1):
                 step(i)
@@ -253,7 +257,8 @@ def time_step_pair(
                 times[i].append(step(i))
             if n + 1 >= min_steps and time.perf_counter() - start > budget_s:
                 break
-    return StepTimes(statistics.median(times[0]), statistics.median(times[1]), len(times[0]))
+    return StepTimes(statistics.median(times[0]), statistics.median(times[1]), len(times[0]),
+                     tuple(r / o for o, r in zip(*times, strict=True)))
 
 
 @contextlib.contextmanager

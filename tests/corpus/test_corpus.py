@@ -162,6 +162,9 @@ def test_corpus_on_the_shipped_optimizers() -> None:
         assert row.before_units is not None and row.before_units >= 0.2  # foreach: >= 1 list
         assert row.after_units is not None and row.after_units <= 0.05
         assert set(row.units) == {"foreach=False", "foreach=True"}
+        # the time next to the memory: measured for both paths, the worst one reported
+        assert set(row.time_ratios) == set(row.units)
+        assert row.time_ratio == max(row.time_ratios.values()) and 0 < row.time_ratio < 100
 
 
 def test_corpus_on_selected_torch_classes() -> None:
@@ -233,10 +236,12 @@ def test_main_writes_markdown_and_json(tmp_path: Path) -> None:
     assert main(["gsr_rewrite.optim", "--classes", "AdamW", "--quick", "--steps", "2",
                  "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| class | module | status | before | after | equivalence | reason |" in text
+    assert "| class | module | status | before | after | time | equivalence | reason |" in text
     assert "| AdamW | gsr_rewrite.optim.adamw | rewritten |" in text
     data = json.loads(out.with_suffix(".json").read_text())
     assert len(data["rows"]) == 1 and data["torch"] == torch.__version__
+    ratio = data["rows"][0]["time_ratio"]
+    assert ratio > 0 and f"| {ratio:.2f}x |" in text
     assert "**Summary.** 1 class: 1 rewritten, 0 unchanged, 0 refused, 0 errors." in text
     assert "1 (100%) with <= 0.05 after the rewrite and equivalence passed" in text
 
