@@ -9,6 +9,7 @@ statement runs. A guard never raises.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     """True when each host tensor can hold a temporary computed from the `like` tensors: same
     shape, dtype, device and strides, dense, not 0-d, no storage shared with them. DTensors
     (FSDP2) fit when all of them are laid out alike (same mesh and placements); their storage
-    is their local shard's."""
+    is their local shard's. With no host it checks that every `like` tensor matches the first
+    (in-place chains on fresh temporaries: the chain must not change dtype or broadcast)."""
     if not hosts and not like:
         return False
     ref = (*hosts, *like)[0]
@@ -97,12 +99,10 @@ def _storage(t: Tensor) -> Any:
     element box); None for an empty tensor (they overlap nothing); `_UNLOCATED` when unknown."""
     if t.numel() == 0:
         return None
-    if type(t) in _PLAIN:  # the common case: no subclass attributes to look up
-        return t.device, int(t.untyped_storage().data_ptr())
-    span = getattr(t, "gsr_span", None)
+    span = None if type(t) in _PLAIN else getattr(t, "gsr_span", None)  # plain: no lookups
     if span is not None:
         return span()[0]
-    local = _local(t)
+    local = t if type(t) in _PLAIN else _local(t)
     try:
         return local.device, int(local.untyped_storage().data_ptr())
     except (RuntimeError, NotImplementedError):
@@ -121,12 +121,45 @@ def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
     if wide and any(not isinstance(t, Tensor) or t.dtype not in (torch.float32, torch.float64)
                     for x in (*hosts, *like) for t in x):
         return False
+    if n and _plain_lists_fit(hosts, like):
+        GUARD_HITS[0] += n
+        return True
     return all(fits([h[i] for h in hosts], [x[i] for x in like]) for i in range(n))
 
 
-# A guard with no host checks that every `like` tensor matches the first one (in-place chains on
-# fresh temporaries: the chain must not change dtype or broadcast).
+_dtype, _device, _layout = (attrgetter(a) for a in ("dtype", "device", "layout"))
+_requires_grad = attrgetter("requires_grad")
 
 
-# A guard with no host checks that every `like` tensor matches the first one (in-place chains on
-# fresh temporaries: the chain must not change dtype or broadcast).
+def _plain_lists_fit(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]]) -> bool:
+    """True only when `fits` holds at every index of lists of plain tensors, found column by column
+    in mapped C calls (2,000 params: ~1 ms instead of ~8); False means "ask `fits` index by index"
+    (subclasses, channels-last hosts, strides that differ only in size-1 dimensions, ...)."""
+    columns = [*hosts, *like]
+    if not set(map(type, (t for x in columns for t in x))) <= _PLAIN:
+        return False
+    first = columns[0]
+    sizes, dtypes, devices = (list(map(f, first)) for f in (Tensor.size, _dtype, _device))
+    if not all(d.is_floating_point for d in set(dtypes)):
+        return False
+    for x in columns[1:]:
+        if list(map(Tensor.size, x)) != sizes or list(map(_dtype, x)) != dtypes or \
+                list(map(_device, x)) != devices:
+            return False
+    if set(map(_layout, (t for x in columns for t in x))) != {torch.strided}:
+        return False
+    for h in hosts:
+        if any(map(_requires_grad, h)) or not all(map(Tensor.is_contiguous, h)) or \
+                not all(map(Tensor.dim, h)):
+            return False
+        strides = list(map(Tensor.stride, h))
+        try:
+            owned = [t.untyped_storage().data_ptr() if t.numel() else None for t in h]
+            for x in like:
+                if list(map(Tensor.stride, x)) != strides or any(
+                        mine is not None and t is not own and t.untyped_storage().data_ptr() == mine
+                        for t, own, mine in zip(x, h, owned, strict=True)):
+                    return False
+        except (RuntimeError, NotImplementedError):  # storage not located: `fits` says no
+            return False
+    return True

@@ -35,6 +35,14 @@ def _spans(ts: list[Tensor]) -> list[tuple[Any, int, int]] | None:
     """(device, first byte, one past the last) of each non-empty tensor: a conservative interval
     (a strided view counts its whole extent). None when a tensor's memory cannot be located (a
     subclass without storage: DTensor, fake, meta)."""
+    if set(map(type, ts)) <= _PLAIN:  # the common case, in mapped C calls (2,000 grads: 1 ms)
+        try:
+            lows = list(map(Tensor.data_ptr, ts))
+        except (RuntimeError, NotImplementedError):
+            return None
+        return [(t.device, lo, lo + (n if dense else _extent(t))) for t, lo, n, dense in
+                zip(ts, lows, map(_nbytes, ts), map(Tensor.is_contiguous, ts), strict=True)
+                if n]
     out = []
     for t in ts:
         if not t.numel():

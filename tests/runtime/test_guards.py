@@ -1,0 +1,85 @@
+"""The guards' fast paths say exactly what the per-tensor guard says: `fits_lists` over lists of
+plain tensors (checked column by column) against `fits` at every index, on random lists that
+differ in the ways a guard must notice, and `precondition._spans` against its per-tensor form."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from gsr_rewrite.runtime import guards, precondition
+from gsr_rewrite.runtime.guards import fits, fits_lists
+
+Tensor = torch.Tensor
+
+
+def _tensor(rng: random.Random, shape: tuple[int, ...], pool: list[Tensor]) -> Tensor:
+    """A tensor of `shape`, sometimes made odd: another dtype or shape, a view sharing a pooled
+    tensor's storage, a transposed or channels-last layout, requires_grad, empty, 0-d."""
+    kind = rng.randrange(12)
+    if kind == 0:
+        return torch.randn(shape, dtype=torch.float64)
+    if kind == 1:
+        return torch.randn((*shape[:-1], shape[-1] + 1))
+    if kind == 2 and pool:
+        base = rng.choice(pool)
+        return base.view(-1)[: base.numel()].view(base.shape) if base.shape == shape else base
+    if kind == 3:
+        return torch.randn(tuple(reversed(shape))).t() if len(shape) == 2 else torch.randn(shape)
+    if kind == 4:
+        return torch.randn(shape).requires_grad_()
+    if kind == 5:
+        return torch.randn((0, *shape[1:]))
+    if kind == 6:
+        return torch.tensor(1.0)
+    if kind == 7:
+        return torch.randint(0, 3, shape)
+    if kind == 8:
+        return torch.randn((2, *shape)).select(0, 1)  # a view at an offset, its own strides
+    return torch.randn(shape)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_fits_lists_fast_path_says_what_fits_says_at_every_index(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randrange(1, 5)
+    shapes = [rng.choice([(3, 4), (5,), (2, 3, 2), (1, 4)]) for _ in range(n)]
+    pool: list[Tensor] = []
+    columns = []
+    for _ in range(rng.randrange(1, 4)):
+        plain = rng.random() < 0.5  # half the cases: every tensor ordinary
+        col = [torch.randn(s) if plain else _tensor(rng, s, pool) for s in shapes]
+        pool += col
+        columns.append(col)
+    if rng.random() < 0.3:  # the same list as host and operand
+        columns.append(columns[0])
+    k = rng.randrange(0, len(columns) + 1)
+    hosts, like = columns[:k], columns[k:]
+    if not hosts and not like:
+        return
+    expected = all(fits([h[i] for h in hosts], [x[i] for x in like]) for i in range(n))
+    assert fits_lists(hosts, like) == expected
+    if guards._plain_lists_fit(hosts, like):  # the fast path never says yes wrongly
+        assert expected
+
+
+def test_fits_lists_fast_path_is_taken_for_ordinary_lists() -> None:
+    grads = [torch.randn(64, 64) for _ in range(50)]
+    states = [torch.randn(64, 64) for _ in range(50)]
+    assert guards._plain_lists_fit([grads], [states])
+    hits = guards.GUARD_HITS[0]
+    assert fits_lists([grads], [states]) and guards.GUARD_HITS[0] == hits + 50
+
+
+def test_spans_of_plain_tensors_match_the_per_tensor_form() -> None:
+    base = torch.randn(10, 10)
+    ts = [base, base[2:5], base.t(), torch.randn(0), torch.randn(7, dtype=torch.float64),
+          torch.randn(3, 4)[:, 1]]
+
+    def one(t: Tensor) -> tuple[object, int, int]:
+        lo = t.data_ptr()
+        return t.device, lo, lo + (t.nbytes if t.is_contiguous() else precondition._extent(t))
+
+    assert precondition._spans(ts) == [one(t) for t in ts if t.numel()]
