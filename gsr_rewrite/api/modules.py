@@ -36,7 +36,7 @@ def cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _tool_fingerprint() -> str:
+def tool_fingerprint() -> str:
     """Hash of the rewriter's own code and rule files: a changed rewriter regenerates."""
     h = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def _has_class(file: str, name: str) -> bool:
 def _cache_key(*parts: str) -> str:
     """Hash of `parts` (sources, file names, ...), the tool and torch's version: a cached
     rewrite or verdict is reused only when all of them are unchanged."""
-    h = hashlib.sha256(_tool_fingerprint().encode() + b"\0" + torch.__version__.encode())
+    h = hashlib.sha256(tool_fingerprint().encode() + b"\0" + torch.__version__.encode())
     for part in parts:
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:20]

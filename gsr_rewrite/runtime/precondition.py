@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -40,9 +41,7 @@ def _spans(ts: list[Tensor]) -> list[tuple[Any, int, int]] | None:
             lows = list(map(Tensor.data_ptr, ts))
         except (RuntimeError, NotImplementedError):
             return None
-        return [(t.device, lo, lo + (n if dense else _extent(t))) for t, lo, n, dense in
-                zip(ts, lows, map(_nbytes, ts), map(Tensor.is_contiguous, ts), strict=True)
-                if n]
+        return _plain_spans(ts, lows, map(_nbytes, ts), map(Tensor.is_contiguous, ts))
     out = []
     for t in ts:
         if not t.numel():
@@ -58,6 +57,13 @@ def _spans(ts: list[Tensor]) -> list[tuple[Any, int, int]] | None:
             return None
         out.append((t.device, lo, lo + (t.nbytes if t.is_contiguous() else _extent(t))))
     return out
+
+
+def _plain_spans(ts: list[Tensor], lows: Iterable[int], sizes: Iterable[int],
+                 dense: Iterable[bool]) -> list[tuple[Any, int, int]]:
+    """`_spans` of plain tensors whose addresses, byte counts and contiguity are known."""
+    return [(t.device, lo, lo + (n if d else _extent(t)))
+            for t, lo, n, d in zip(ts, lows, sizes, dense, strict=True) if n]
 
 
 def _spans_disjoint(owned: list[tuple[Any, int, int]],
@@ -92,18 +98,24 @@ def distinct_buffers(opt: Any) -> bool:
     owned = [p.grad for p in params if p.grad is not None]
     owned += [v for p in params for v in state.get(p, {}).values() if isinstance(v, Tensor)]
     every = params + owned
-    if not set(map(type, every)) <= _PLAIN:
+    plain = set(map(type, every)) <= _PLAIN
+    if not plain:
         every = [_local(t) for t in every]  # DTensors: their shards on this rank
     try:
         dense = tuple(map(Tensor.is_contiguous, every))
-        key: Any = (len(params), tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every)),
-                    dense, () if all(dense) else tuple((t.shape, t.stride()) for t, d in
-                                                       zip(every, dense, strict=True) if not d))
+        lows, sizes = tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every))
+        key: Any = (len(params), lows, sizes, dense, () if all(dense) else tuple(
+            (t.shape, t.stride()) for t, d in zip(every, dense, strict=True) if not d))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
         key = None
     cached = _VERDICTS.get(opt)
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
+    elif key is not None and plain:  # the spans from what the key already read
+        k = len(params)
+        verdict = _spans_disjoint(_plain_spans(owned, lows[k:], sizes[k:], dense[k:]),
+                                  _plain_spans(params, lows[:k], sizes[:k], dense[:k]))
+        _VERDICTS[opt] = (key, verdict)
     else:
         owned_spans, shared_spans = _spans(owned), _spans(params)
         verdict = owned_spans is not None and shared_spans is not None and \

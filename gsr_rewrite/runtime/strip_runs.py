@@ -141,8 +141,7 @@ def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
 def _one_by_budget(count: int, whole: Sequence[Any]) -> bool:
     """The strip floor alone makes a run of single tensors (the for-loop path, once per param)
     one strip: `_budgeted` would say 1 for any way to cut them, so they need no checking."""
-    floor = _STRIP_FLOOR[0]
-    if _STRIPS_OVERRIDE or _FINE_STRIPS[0] or floor <= 0:
+    if _STRIPS_OVERRIDE or _FINE_STRIPS[0]:
         return False
     first = None
     for w in whole:
@@ -150,7 +149,7 @@ def _one_by_budget(count: int, whole: Sequence[Any]) -> bool:
             return False  # lists: `_budgeted` sums every position
         if first is None and isinstance(w, Tensor):
             first = w  # `_strip_positions` groups single tensors with the first one's size
-    return first is None or count * first.numel() * first.element_size() <= STRIP_FRACTION * floor
+    return _budgeted(count, [[first]] if first is not None else []) == 1
 
 
 def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:

@@ -13,9 +13,9 @@ caches the compiled binary itself.  A configuration the tracer refuses is rememb
   float: those are host scalars the kernel reads at run time, so a schedule never traces again
   (``KernelSpec.fixed`` and its guard still decide whether a specialization applies).
 * **Disk**: ``cache_dir()/triton/<class>-<key>/<configuration key>.py``; the folder's key hashes
-  the source file of the traced class's module, the code entries are made from (tracer, symbolic
-  executor, Triton run time) and the torch and Triton versions, so an edited class or tool never
-  reuses a stale kernel.  Entries are written to a temporary
+  the source file of the traced class's module, the tool's own code and rules
+  (`api.modules.tool_fingerprint`) and the torch and Triton versions, so an edited class or tool
+  never reuses a stale kernel.  Entries are written to a temporary
   file and moved into place (``os.replace``): processes writing the same entry at once never leave
   a partial one.  In a process, one trace runs at a time (the tracer patches ``math``).
 
@@ -29,7 +29,6 @@ Triton compiles one binary per kernel and constexpr values either way.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import inspect
@@ -142,19 +141,6 @@ def _is_literal_value(v: Any) -> bool:
     return _literal(v)
 
 
-@functools.lru_cache(maxsize=1)
-def _emitter_fingerprint() -> str:
-    """Hash of the code a cache entry is made from: the tracer and the symbolic executor under
-    it (gsr_rewrite/triton_backend, gsr_rewrite/proof) and the Triton run time it calls."""
-    package = Path(__file__).resolve().parents[1]
-    files = sorted([*(package / "triton_backend").rglob("*.py"), *(package / "proof").rglob("*.py"),
-                    *(package / "runtime").glob("triton_*.py")])
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(package)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
 def class_folder(cls: type) -> Path | None:
     """The cache folder of ``cls``'s entries; None when its module has no source file."""
     try:
@@ -164,10 +150,10 @@ def class_folder(cls: type) -> Path | None:
     import torch
     import triton
 
-    from gsr_rewrite.api import cache_dir
+    from gsr_rewrite.api.modules import cache_dir, tool_fingerprint
 
     h = hashlib.sha256()
-    for part in (cls.__module__, cls.__qualname__, _emitter_fingerprint(), torch.__version__,
+    for part in (cls.__module__, cls.__qualname__, tool_fingerprint(), torch.__version__,
                  triton.__version__):
         h.update(part.encode() + b"\0")
     h.update(source)
