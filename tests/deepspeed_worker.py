@@ -119,6 +119,10 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             **{f"original_{k}": v for k, v in o.items() if k != "params"},
             **{f"r_{k}": v for k, v in r.items() if k != "params"}}
     Path(f"{out}.{rank}").write_text(json.dumps(seen))
+    # gloo's threads must stop before the process exits: exiting with them alive aborted a rank
+    # once under load ("terminate called without an active exception", SIGABRT)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def main() -> None:
