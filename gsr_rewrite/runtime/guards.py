@@ -27,6 +27,15 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     (FSDP2) fit when all of them are laid out alike (same mesh and placements); their storage
     is their local shard's. With no host it checks that every `like` tensor matches the first
     (in-place chains on fresh temporaries: the chain must not change dtype or broadcast)."""
+    if len(hosts) == 1 and len(like) <= 1 and \
+            _plain_pair_fits(hosts[0], like[0] if like else None):
+        GUARD_HITS[0] += 1
+        return True
+    return _fits_each(hosts, like)
+
+
+def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
+    """`fits`, tensor by tensor (what its fast path must agree with)."""
     if not hosts and not like:
         return False
     ref = (*hosts, *like)[0]
@@ -60,6 +69,25 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
                 return False
     GUARD_HITS[0] += 1
     return True
+
+
+def _plain_pair_fits(h: Any, t: Any) -> bool:
+    """True only when `fits((h,), (t,))` (`fits((h,), ())` for t None) holds, for the common case
+    of plain, contiguous, non-empty tensors with equal strides (the for-loop path asks this once
+    per param and statement: ~1 µs instead of ~3); False means "ask the full check"."""
+    if type(h) not in _PLAIN or (t is not None and type(t) not in _PLAIN):
+        return False
+    try:
+        if not (h.dtype.is_floating_point and h.layout == torch.strided and
+                not h.requires_grad and h.dim() > 0 and h.numel() > 0 and h.is_contiguous()):
+            return False
+        if t is None:
+            return h.untyped_storage().data_ptr() is not None  # located (else it raises)
+        return h.shape == t.shape and h.dtype == t.dtype and h.device == t.device and \
+            t.layout == torch.strided and h.stride() == t.stride() and \
+            (t is h or h.untyped_storage().data_ptr() != t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # storage not located: the full check says no
+        return False
 
 
 def _same_layout(a: Tensor, b: Tensor) -> bool:

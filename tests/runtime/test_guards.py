@@ -1,6 +1,7 @@
 """The guards' fast paths say exactly what the per-tensor guard says: `fits_lists` over lists of
-plain tensors (checked column by column) against `fits` at every index, on random lists that
-differ in the ways a guard must notice, and `precondition._spans` against its per-tensor form."""
+plain tensors (checked column by column) against `fits` at every index, and `fits` on one plain
+pair against its tensor-by-tensor form, on random tensors that differ in the ways a guard must
+notice; `precondition._spans` against its per-tensor form."""
 
 from __future__ import annotations
 
@@ -63,6 +64,29 @@ def test_fits_lists_fast_path_says_what_fits_says_at_every_index(seed: int) -> N
     assert fits_lists(hosts, like) == expected
     if guards._plain_lists_fit(hosts, like):  # the fast path never says yes wrongly
         assert expected
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_fits_pair_fast_path_says_what_fits_says(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    shape = rng.choice([(3, 4), (5,), (2, 3, 2), (1, 4)])
+    pool: list[Tensor] = []
+    h = _tensor(rng, shape, pool) if rng.random() < 0.6 else torch.randn(shape)
+    pool.append(h)
+    t = rng.choice([h, _tensor(rng, shape, pool), torch.randn(shape), None])
+    like = (t,) if t is not None else ()
+    expected = guards._fits_each((h,), like)
+    assert fits((h,), like) == expected
+    if guards._plain_pair_fits(h, t):  # the fast path never says yes wrongly
+        assert expected
+
+
+def test_fits_pair_fast_path_is_taken_for_ordinary_tensors() -> None:
+    grad, state = torch.randn(64, 64), torch.randn(64, 64)
+    assert guards._plain_pair_fits(grad, state)
+    assert not guards._plain_pair_fits(grad, grad.view(-1).view(64, 64))  # shared storage
+    assert guards._plain_pair_fits(grad, None)  # a host alone (`fits((grad,), ())`)
+    assert not guards._plain_pair_fits(grad.requires_grad_(), state)
 
 
 def test_fits_lists_fast_path_is_taken_for_ordinary_lists() -> None:
