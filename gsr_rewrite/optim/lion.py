@@ -254,16 +254,16 @@ def _lion_multi_gsr(
         torch._foreach_sign_(updates)
         torch._foreach_add_(params, updates, alpha=-lr)
     else:
-        # gsr-rewrite: strip-mined; the lerp temporaries are 1/64 of their tensors
-        for exp_avgs_strip, grads_strip, params_strip in _gsr.strips(64, exp_avgs, grads, params):
-            updates = torch._foreach_lerp(exp_avgs_strip, grads_strip, 1 - beta1)
+        # gsr-rewrite: strip-mined; the lerp temporaries are runs of whole tensors that fit the strip floor, or 1/64 of their tensors
+        for exp_avgs_strip, grads_strip, params_strip, strip_piece in _gsr.strips(64, exp_avgs, grads, params, chunks=True):
+            updates = torch._foreach_lerp(exp_avgs_strip, grads_strip, _gsr.part(1 - beta1, strip_piece))
 
             # Perform stepweight decay
             if weight_decay != 0:
-                torch._foreach_mul_(params_strip, 1 - lr * weight_decay)
+                torch._foreach_mul_(params_strip, _gsr.part(1 - lr * weight_decay, strip_piece))
 
             torch._foreach_sign_(updates)
-            torch._foreach_add_(params_strip, updates, alpha=-lr)
+            torch._foreach_add_(params_strip, updates, alpha=_gsr.part(-lr, strip_piece))
 
         # Decay the momentum running average coefficient
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)

@@ -5,7 +5,7 @@ runtime as _gsr`): a small, stable surface; its parts are
 - placement.py: computing a temporary in its host (`foreach_into`, `scalar_first`, ...);
 - precondition.py: the per-step check that gradients and state own their bytes;
 - step.py: `r_step`, the wrapper that runs the original step where the R step would not be exact;
-- strip_runs.py: strip-mined runs (`strips`, `at`);
+- strip_runs.py: strip-mined runs (`strips`, `at`, `part`);
 - triton_launch.py, triton_lib.py: the same for generated Triton modules (host and device side).
 """
 
@@ -26,11 +26,12 @@ from gsr_rewrite.runtime.strip_runs import (
     StripItem,
     at,
     fine_strips,
+    part,
     strip_floor,
     strips,
 )
 
 __all__ = ["GUARD_HITS", "STRIP_ALIGN", "STRIP_FRACTION", "At", "StripItem", "at",
            "distinct_buffers", "fine_strips", "fits", "fits_lists", "foreach_inplace",
-           "foreach_into", "foreach_out", "poison_grads", "r_step", "scalar_first",
+           "foreach_into", "foreach_out", "part", "poison_grads", "r_step", "scalar_first",
            "scalar_first_", "set_debug_poison", "strip_floor", "strips", "unhooked"]

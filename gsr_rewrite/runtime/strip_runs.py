@@ -1,11 +1,17 @@
 """Strip-mined runs: a run of statements whose temporaries found no dead buffer executes over
-strips of its tensors (`strips`, `at`), few enough to stay within the strip floor."""
+strips of its tensors (`strips`, `at`), few enough to stay within the strip floor; a run over
+tensor lists that the rewriter proved position by position executes over chunks of whole
+tensors instead (`strips(..., chunks=True)`, `part`), and cuts only the tensors larger than
+its budget."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -85,16 +91,34 @@ class StripItem:
         return len(self.seq)
 
 
-def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
+#: Where a chunk of whole tensors lies in its run's lists: (start, stop, length of the lists)
+Piece = tuple[int, int, int]
+
+
+def strips(count: int, *values: Any, chunks: bool = False) -> Iterable[tuple[Any, ...]]:
     """`values` (tensors, lists of tensors position by position, or `at(xs, i)`) cut into
     `count` strips.
 
     Each strip is a tuple like `values` whose tensors are views of the same contiguous element
     range of each tensor (aligned to STRIP_ALIGN); lists keep their length and order, so lists of
     scalars that go with them still match. Tensors that cannot be sliced alike (non-contiguous,
-    different shapes, sparse, a mix of lists and single tensors) are yielded whole, once."""
+    different shapes, sparse, a mix of lists and single tensors) are yielded whole, once.
+
+    With `chunks` (the rewriter proved that the run pairs its lists only position by position,
+    in torch foreach calls), each tuple ends with the `Piece` it covers, for `part`: when every
+    value is a list of one length and the floor is on, the run goes over consecutive positions
+    whose tensors fit the budget together (sub-lists of whole tensors: a few foreach calls
+    instead of one per strip of every tensor), and a position larger than the budget alone is
+    cut into strips; otherwise the Piece is None and the strips are as above."""
+    if chunks:
+        return _chunked(count, values)
+    whole = _whole_by_budget(count, values)  # the for-loop path's common case, once per param
+    return (whole,) if whole is not None else _strips(count, values)
+
+
+def _strips(count: int, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     whole = [v.item() if isinstance(v, At) else v for v in values]
-    positions = _strip_positions(whole) if count > 1 and not _one_by_budget(count, whole) else None
+    positions = _strip_positions(whole) if count > 1 else None
     if _STRIPS_OVERRIDE and not _FINE_STRIPS[0]:
         count = int(_STRIPS_OVERRIDE)
     elif positions is not None and not _FINE_STRIPS[0]:
@@ -138,18 +162,90 @@ def strips(count: int, *values: Any) -> Iterator[tuple[Any, ...]]:
         yield tuple(cut(v, w, k) for v, w in zip(values, whole, strict=True))
 
 
-def _one_by_budget(count: int, whole: Sequence[Any]) -> bool:
-    """The strip floor alone makes a run of single tensors (the for-loop path, once per param)
-    one strip: `_budgeted` would say 1 for any way to cut them, so they need no checking."""
-    if _STRIPS_OVERRIDE or _FINE_STRIPS[0]:
-        return False
+def part(value: Any, piece: Piece | None) -> Any:
+    """What a chunk of a run sees of a value its foreach calls pair with the run's lists: the
+    same positions of a list or tuple (it has one item per position), anything else as it is."""
+    if piece is None or not isinstance(value, (list, tuple)):
+        return value
+    start, stop, n = piece
+    if len(value) != n:  # the original's foreach call raises on this mismatch too
+        raise RuntimeError(f"gsr-rewrite: a list of {len(value)} items goes with tensor lists "
+                           f"of {n}")
+    return value if stop - start == n else value[start:stop]
+
+
+def _chunked(count: int, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """`strips(count, *values, chunks=True)`."""
+    n = _common_length(values)
+    if n is None or _STRIPS_OVERRIDE or (_STRIP_FLOOR[0] <= 0 and not _FINE_STRIPS[0]):
+        for cut in strips(count, *values):
+            yield (*cut, None)
+        return
+    ranges = _position_ranges(count, values, n)
+    GUARD_HITS[0] += len(ranges) > 1
+    for start, stop in ranges:
+        sub = [v[start:stop] if len(v) else v for v in values]
+        for cut in strips(count if stop - start == 1 else 1, *sub):
+            yield (*cut, (start, stop, n))
+
+
+def _common_length(values: Sequence[Any]) -> int | None:
+    """The length of every non-empty value when all are lists or tuples of one length (empty
+    ones are lists the run does not use); None otherwise."""
+    n = None
+    for v in values:
+        if not isinstance(v, (list, tuple)):
+            return None
+        if len(v):
+            if n is not None and len(v) != n:
+                return None
+            n = len(v)
+    return n
+
+
+_nbytes = attrgetter("nbytes")
+
+
+def _position_ranges(count: int, values: Sequence[Any], n: int) -> list[tuple[int, int]]:
+    """Consecutive positions whose tensors (of the first list) take at most the budget of one
+    temporary, `STRIP_FRACTION / count` of the floor, together; a position over it alone.
+    Translation validation (`fine_strips`): one position each."""
+    if _FINE_STRIPS[0]:
+        return [(j, j + 1) for j in range(n)]
+    first = next(v for v in values if len(v))
+    budget = _STRIP_FLOOR[0] * STRIP_FRACTION // count
+    try:
+        sizes = list(map(_nbytes, first))
+    except AttributeError:  # None at some position: it takes no room
+        sizes = [t.nbytes if isinstance(t, Tensor) else 0 for t in first]
+    ends = list(accumulate(sizes))
+    ranges, start, base = [], 0, 0
+    while start < n:
+        stop = max(start + 1, bisect_right(ends, base + budget, lo=start))
+        ranges.append((start, stop))
+        base, start = ends[stop - 1], stop
+    return ranges
+
+
+def _whole_by_budget(count: int, values: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The one strip of a run of single tensors (and items `at(xs, i)`) that the strip floor
+    alone makes whole: `_budgeted` would say 1 for any way to cut them (`_strip_positions`
+    groups them with the first one's size), so they need no checking. The strip of an item is
+    its list itself: whole, `xs[i]` is what the original reads. None otherwise."""
+    floor = _STRIP_FLOOR[0]
+    if floor <= 0 or _STRIPS_OVERRIDE or _FINE_STRIPS[0]:
+        return None
     first = None
-    for w in whole:
-        if isinstance(w, (list, tuple)) and len(w):
-            return False  # lists: `_budgeted` sums every position
+    for v in values:
+        if isinstance(v, (list, tuple)) and len(v):
+            return None  # lists: `_budgeted` sums every position
+        w = v.item() if isinstance(v, At) else v
         if first is None and isinstance(w, Tensor):
-            first = w  # `_strip_positions` groups single tensors with the first one's size
-    return _budgeted(count, [[first]] if first is not None else []) == 1
+            first = w
+    if first is not None and count * first.numel() * first.element_size() > \
+            STRIP_FRACTION * floor:
+        return None
+    return tuple(v.seq if isinstance(v, At) else v for v in values)
 
 
 def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:

@@ -38,3 +38,40 @@ def test_the_floor_decides_the_strip_count_alike_on_both_paths() -> None:
     assert singles == lists == 4  # 256 KiB over 64 KiB
     with strip_floor(0):  # off: the emitted count
         assert _count(64, *big) == 64
+
+
+def _pieces(count: int, *values: object) -> list[tuple[object, ...]]:
+    return list(strips(count, *values, chunks=True))
+
+
+def test_chunks_are_consecutive_whole_tensors_within_the_budget() -> None:
+    sizes = [3, 10, 700, 40, 5000, 8, 8, 8, 300]  # elements, fp32
+    xs = [torch.randn(n) for n in sizes]
+    ys = [torch.randn(n) for n in sizes]
+    budget = 2048  # bytes of one temporary per piece: floor x STRIP_FRACTION / count
+    with strip_floor(budget):
+        pieces = _pieces(STRIP_FRACTION, xs, ys)
+    covered = []
+    for x, y, piece in pieces:
+        assert isinstance(piece, tuple) and len(x) == len(y) == piece[1] - piece[0]
+        if piece[1] - piece[0] > 1:  # several positions: whole tensors, within the budget
+            assert all(a is b for a, b in zip(x, xs[piece[0]:piece[1]], strict=True))
+            assert sum(t.numel() * 4 for t in x) <= budget
+        covered.append(piece[:2])
+    # positions in order, each once; the 5,000-element tensor alone, cut into strips
+    assert sorted(set(covered)) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 9)]
+    assert covered.count((4, 5)) == 10  # 20,000 bytes over 2,048: 10 strips of 512 elements
+    big = [x[0] for x, _, piece in pieces if piece[:2] == (4, 5)]
+    assert sum(t.numel() for t in big) == 5000 and all(t.numel() * 4 <= budget for t in big)
+
+
+def test_chunks_fall_back_to_strips_where_positions_could_not_be_cut_alike() -> None:
+    t = torch.randn(64, 64)
+    with strip_floor(1024):
+        assert all(p[-1] is None for p in _pieces(64, t, t.clone()))  # single tensors
+        uneven = _pieces(64, [t, t], [t])  # lists of different lengths: strips, whole
+        assert len(uneven) == 1 and uneven[0][-1] is None
+        # an empty list is one the run does not use; 16 KiB over 1 KiB: 16 strips
+        assert [p[-1] for p in _pieces(64, [t], [])] == [(0, 1, 1)] * 16
+    with strip_floor(0):  # the floor off: the emitted strips, no chunks
+        assert all(p[-1] is None for p in _pieces(64, [t], [t]))

@@ -16,6 +16,12 @@ whole tensors once when it cannot slice them (non-contiguous, mismatched shapes)
 per 1/64 of the elements per temporary, the temporaries of a run stay below 1/64 of the
 parameters each (measured in tests/transform/test_stripmine.py and the corpus).
 
+A run over tensor lists that touches them only position by position (torch foreach calls,
+loops over their positions) is emitted with `chunks=True`: under the run-time strip floor it then
+goes over consecutive whole tensors that fit its budget together and cuts only a tensor larger
+than the budget, so a run over 2,000 small tensors makes a few foreach calls per statement, not
+one per strip (`chunks`).
+
 A run is refused, with its reason, when it reaches a tensor through `p.grad` or optimizer state,
 calls a helper or unknown function, reduces or reshapes a tensor, branches on tensor contents,
 mutates anything that is not one of its strip views (`state["step"] += 1` would run once per
@@ -30,6 +36,7 @@ The parts, in the order a function goes through them:
   that run once, nothing assigned in it read after it).
 - `checker`: `_Checker`, the per-statement evaluation: is each expression a strip?
 - `aliases`: which host names may share an object (for the lines that run once).
+- `chunks`: which runs may take chunks of whole tensors, and the `part` calls they need.
 - `emission`: the strip loop that replaces the run (`wrap_region`, `guard_once`).
 """
 

@@ -9,6 +9,7 @@ from typing import cast
 import libcst as cst
 
 from gsr_rewrite.transform.emit import Renamer
+from gsr_rewrite.transform.stripmine.chunks import PartWrapper
 from gsr_rewrite.transform.stripmine.region import StripRegion
 
 
@@ -31,18 +32,25 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
     moved = [s for o, s in zip(originals, body, strict=True) if id(o) in r.after]
     kept = [(o, s) for o, s in zip(originals, body, strict=True) if id(o) not in r.after]
     renamed = [cast(cst.BaseStatement, s.visit(renamer)) for _, s in kept]
+    piece = fresh_name("strip_piece", taken) if r.chunks else ""
+    if piece:  # foreach arguments that are not strip lists: cut to each chunk's positions
+        wrapper = PartWrapper({names.get(v, v) for v in r.strip_values}, runtime, piece)
+        renamed = [cast(cst.BaseStatement, s.visit(wrapper)) for s in renamed]
     inner = guard_once([o for o, _ in kept], renamed, dict.fromkeys(r.once, flag))
     lead = _take_leading_lines(inner)
     temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
     args = [*r.sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
-    target = ", ".join(names.values()) if len(names) > 1 else f"({next(iter(names.values()))},)"
-    strips = f"{runtime}.strips({r.strips}, {', '.join(args)})"
+    targets = [*names.values(), *([piece] if piece else [])]
+    target = ", ".join(targets) if len(targets) > 1 else f"({targets[0]},)"
+    strips = f"{runtime}.strips({r.strips}, {', '.join(args)}{', chunks=True' if piece else ''})"
     loop = f"for {flag}, ({target}) in enumerate({strips})" if flag else \
         f"for {target} in {strips}"
     header = cst.parse_statement(f"{loop}:\n    pass\n")
     assert isinstance(header, cst.For)
+    how = "runs of whole tensors that fit the strip floor, or " if piece else ""
     comment = cst.EmptyLine(comment=cst.Comment(
-        f"# gsr-rewrite: strip-mined; the {temps} temporaries are 1/{r.strips} of their tensors"))
+        f"# gsr-rewrite: strip-mined; the {temps} temporaries are {how}1/{r.strips} of their "
+        "tensors"))
     return [header.with_changes(body=cst.IndentedBlock(inner), leading_lines=[*lead, comment]),
             *moved]
 

@@ -28,6 +28,8 @@ class StripRegion:
     items: list[tuple[str, str]] = field(default_factory=list)  # (xs, i): the run reads xs[i]
     once: set[int] = field(default_factory=set)  # ids of lines that run in the first strip only
     after: set[int] = field(default_factory=set)  # ids of top-level `del` lines moved after it
+    chunks: bool = False  # may go over chunks of whole tensors (chunks.chunk_blocker)
+    strip_values: frozenset[str] = frozenset()  # the names that hold strip lists in the run
 
 
 class _Refuse(Exception):

@@ -17,6 +17,7 @@ from gsr_rewrite.frontend.scopes import loaded_names
 from gsr_rewrite.transform.plan import FunctionPlan
 from gsr_rewrite.transform.stripmine.aliases import _host_aliases
 from gsr_rewrite.transform.stripmine.checker import _Checker, _code
+from gsr_rewrite.transform.stripmine.chunks import chunk_blocker
 from gsr_rewrite.transform.stripmine.region import (
     StripRegion,
     _anchor,
@@ -108,6 +109,8 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse(f"`{name}` may be unbound where the run starts")
     if not sliced and not items:
         raise _Refuse("it reads no tensor that could be sliced")
+    why, r.strip_values = chunk_blocker(nodes, sliced, bool(items))
+    r.chunks = why is None
     return sorted(sliced)
 
 
