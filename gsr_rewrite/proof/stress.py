@@ -1,8 +1,9 @@
 """The differential stress matrix: the gate an R-variant passes before it is emitted.
 
 `stress_matrix` runs every configuration of `configs.stress_configs` on both foreach paths, each
-in eight scenarios (`_STRESS_CASES`: two param groups on odd and on dense shapes, a duplicated
-param, overlapping grads, bucket-view grads, autograd accumulation, a tensor lr, bf16), plus one
+in nine scenarios (`_STRESS_CASES`: two param groups on odd and on dense shapes, a duplicated
+param, overlapping grads, bucket-view grads, autograd accumulation, a tensor lr, bf16, strip-mined
+runs cut small), plus one
 checkpoint swap per path, each in lockstep with the original (`lockstep.lockstep`).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +49,7 @@ from gsr_rewrite.proof.lockstep import (
     schedule_feed,
     state_dict_swap,
 )
+from gsr_rewrite.runtime.strip_runs import strip_floor
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,13 @@ class _Case:
     grads: Literal["own", "overlap", "bucket", "autograd"] = "own"
     tensor_lr: bool = False
     dtype: torch.dtype = torch.float32
+    strip_floor: int | None = None  # run under this strip floor (bytes; None: the default)
 
+
+#: A strip floor that cuts the stress params' runs: a temporary's budget is 256 B x 64 / K for a
+#: run of K strips, so runs of small params go in chunks of a few whole tensors and the 201-element
+#: param is cut into strips (checks `runtime.strips`' chunks and strips against the original)
+STRESS_STRIP_FLOOR = 256
 
 _STRESS_CASES = (
     _Case("two groups, odd shapes", dense=False, two_groups=True),
@@ -71,6 +80,7 @@ _STRESS_CASES = (
     _Case("autograd accumulation", grads="autograd"),
     _Case("tensor lr", tensor_lr=True),
     _Case("bf16", dtype=torch.bfloat16),
+    _Case("cut by a small strip floor", strip_floor=STRESS_STRIP_FLOOR),
 )
 
 
@@ -202,9 +212,11 @@ def _stress_case(
             return finish(case_result(), Outcome(not_applicable="no float lr option"))
         run_kwargs["lr"] = torch.tensor(float(lr))  # cloned for each run
 
-    return _with_2d_fallback(lambda problem: finish(case_result(), _stress_outcome(
-        original_cls, rewritten_cls, problem, case, run_kwargs,
-        seed=seed, steps=steps, device=device, crit=crit)))
+    floor = strip_floor(case.strip_floor) if case.strip_floor is not None else nullcontext()
+    with floor:
+        return _with_2d_fallback(lambda problem: finish(case_result(), _stress_outcome(
+            original_cls, rewritten_cls, problem, case, run_kwargs,
+            seed=seed, steps=steps, device=device, crit=crit)))
 
 
 def _with_2d_fallback(run: Callable[[_Problem], CheckResult]) -> CheckResult:
@@ -289,7 +301,7 @@ def stress_matrix(
     foreach path where no case could be compared, and an original that no configuration
     constructs, give a failed result: nothing was checked.
 
-    Cost: 50 results for torch.optim.AdamW (3 configurations x 2 paths x 8 cases + 2 swaps) in
+    Cost: 56 results for torch.optim.AdamW (3 configurations x 2 paths x 9 cases + 2 swaps) in
     about 0.5 s on 2 CPU cores, tensors being tiny (297 elements): per-call overhead dominates.
     """
     crit = Criteria(mode, rtol, atol, bits=True)

@@ -26,6 +26,7 @@ from gsr_rewrite.proof.check import (
 from gsr_rewrite.proof.compare import Criteria, compare_values
 from gsr_rewrite.proof.lockstep import GradSchedule
 from gsr_rewrite.proof.snapshot import snapshot
+from gsr_rewrite.runtime.strip_runs import strip_floor_bytes
 
 KW = {"lr": 0.1, "momentum": 0.9}
 
@@ -236,7 +237,8 @@ def test_measure_pair_original_one_unit_variant_zero() -> None:
 # the exact set of failing cases, so it would fail if that case were left out of the matrix.
 
 CASES = ("two groups, odd shapes", "two groups, dense", "duplicate param", "overlapping grads",
-         "bucket-view grads", "autograd accumulation", "tensor lr", "bf16")
+         "bucket-view grads", "autograd accumulation", "tensor lr", "bf16",
+         "cut by a small strip floor")
 
 
 class ToySGD(Optimizer):
@@ -397,6 +399,15 @@ class Bf16R(ToySGDR):
         p.copy_((p.float() - d.float() * lr).to(p.dtype))
 
 
+class SmallFloorR(ToySGDR):
+    """Wrong only under a small strip floor (what a strip-mined run that chunks or cuts its
+    tensors wrongly would be): the case that sets one must see it."""
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any],
+                group: dict[str, Any], lr: float) -> None:
+        super()._update(p, g, state, group, lr * (1.5 if strip_floor_bytes() < 2**20 else 1.0))
+
+
 class ThreeDimR(ToySGDR):
     """Wrong for 3-D params only (every case has the (2, 3, 4) param)."""
 
@@ -506,6 +517,7 @@ def test_stress_results_name_case_config_and_path() -> None:
     (BucketOnlyR, {"bucket-view grads"}),
     (TensorLrR, {"tensor lr"}),
     (Bf16R, {"bf16"}),
+    (SmallFloorR, {"cut by a small strip floor"}),
 ])
 def test_each_case_catches_its_wrong_variant(wrong: type[Optimizer], failing: set[str]) -> None:
     assert _failed_cases(stress_matrix(ToySGD, wrong)) == failing
