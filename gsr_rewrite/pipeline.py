@@ -24,7 +24,7 @@ import libcst as cst
 from gsr_rewrite.analysis.interprocedural import analyse_class
 from gsr_rewrite.errors import AnalysisLimit, RewriteError
 from gsr_rewrite.frontend.catalog import OpCatalog, load_catalog
-from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule, parse
+from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule, class_view, parse
 from gsr_rewrite.outcome import ClassOutcome, RewriteResult, Temporary
 from gsr_rewrite.transform.assemble import code_of, describe_storage, emit_module, statement_leaves
 from gsr_rewrite.transform.plan import FunctionPlan, Placement, plan_class
@@ -34,23 +34,31 @@ from gsr_rewrite.transform.stripmine import (
 )
 
 
-def rewrite_source(source: str, filename: str = "<string>",
-                   package: str | None = None) -> RewriteResult:
+def rewrite_source(source: str, filename: str = "<string>", package: str | None = None,
+                   module: str | None = None) -> RewriteResult:
+    """`package` resolves the source's relative imports; `module` is its importable dotted name:
+    given, R-variants of classes that inherit from other modules import the original classes."""
     catalog = load_catalog()
-    src = parse(source, filename)  # 1. locate (syntax errors raise here)
+    src = parse(source, filename, package, module)  # 1. locate (syntax errors raise here)
     if not src.classes:
+        unresolved = "".join(f"; the bases of `{c}` could not be resolved: `{b}`: {why}"
+                             for c, b, why in src.unresolved)
         raise RewriteError(f"{filename}:1:1", "no optimizer class found (a class deriving from "
-                           "torch.optim.Optimizer); nothing to rewrite")
+                           f"torch.optim.Optimizer){unresolved}; nothing to rewrite")
     outcomes = [_reformulated(src, _rewrite_class(src, cls, catalog), catalog)
                 for cls in src.classes]  # 4b. reorder with a proved rule where no order exists
+    defs = {s.name.value: s for s in src.module.body if isinstance(s, cst.ClassDef)}
+    outcomes += [ClassOutcome(c, "refused", f"{src.where(defs[c])}: `{c}` may be an optimizer, "
+                              f"but `{b}` cannot be resolved: {why}")
+                 for c, b, why in src.unresolved if c in defs]
     code = None
     if any(o.status == "rewritten" for o in outcomes):
         code = emit_module(src, outcomes, catalog, package)  # 5. emit
     return RewriteResult(filename, code, outcomes)
 
 
-def compile_source(source: str, filename: str = "<string>",
-                   package: str | None = None) -> RewriteResult:
+def compile_source(source: str, filename: str = "<string>", package: str | None = None,
+                   module: str | None = None) -> RewriteResult:
     """rewrite_source, then 6. validate: no class without proof. A class is kept only when
     `validate.certify` accepts it (symbolic execution proved it or could not run, and the
     differential stress matrix passed); otherwise it is refused with the reason and the module
@@ -60,25 +68,25 @@ def compile_source(source: str, filename: str = "<string>",
 
     from gsr_rewrite.proof.validate import certify, load_module
 
-    result = rewrite_source(source, filename, package)
+    result = rewrite_source(source, filename, package, module)
     while result.code is not None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "gsr_candidate.py"
             path.write_text(result.code)
-            module = load_module(path, f"gsr_candidate_{abs(hash(result.code))}")
+            loaded = load_module(path, f"gsr_candidate_{abs(hash(result.code))}")
             failed = False
             for c in result.classes:
                 if c.status != "rewritten" or c.validation:
                     continue  # certified in an earlier round: the same class, the same code
-                verdict = certify(getattr(module, c.name), getattr(module, c.r_name),
+                verdict = certify(getattr(loaded, c.name), getattr(loaded, c.r_name),
                                   "bitwise" if c.equivalence == "bitwise" else "tolerance")
                 c.validation, c.checks = verdict.detail, verdict.results
                 if not verdict.ok:
                     c.status, c.reason, failed = "refused", verdict.detail, True
         if not failed:
             break
-        result.code = (emit_module(parse(source, filename), result.classes, load_catalog(),
-                                   package)
+        result.code = (emit_module(parse(source, filename, package, module), result.classes,
+                                   load_catalog(), package)
                        if any(c.status == "rewritten" for c in result.classes) else None)
     return result
 
@@ -87,13 +95,15 @@ def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> C
     """Plan again after reordering with rules/ where a temporary found no dead buffer."""
     from gsr_rewrite.transform.reformulate import RULE, apply_reorders, block_owners, find_reorders
 
-    if all(t.placed for t in out.temporaries):
+    if all(t.placed for t in out.temporaries) or out.analysis is None or \
+            class_view(src, out.analysis.cls) is not src:  # (methods from other modules: no)
         return out
     owners = block_owners(src.module)
     reorders = [r for fp in out.plans for r in find_reorders(fp, owners)]
     if not reorders:
         return out
-    new_src = parse(apply_reorders(src.module, reorders).code, src.filename)
+    new_src = parse(apply_reorders(src.module, reorders).code, src.filename, src.package,
+                    src.name)
     cls = next(c for c in new_src.classes if c.name == out.name)
     again = _rewrite_class(new_src, cls, catalog)
     if sum(t.placed for t in again.temporaries) <= sum(t.placed for t in out.temporaries):
@@ -104,10 +114,14 @@ def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> C
     return again
 
 
-def _rewrite_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassOutcome:
+def _rewrite_class(module: SourceModule, cls: OptimizerClass,
+                   catalog: OpCatalog) -> ClassOutcome:
+    if cls.unresolved:
+        return ClassOutcome(cls.name, "refused", f"{module.where(cls.node)}: {cls.unresolved}")
     if "step" not in cls.methods:
-        return ClassOutcome(cls.name, "refused", f"{src.where(cls.node)}: no `step` method here "
-                            "or in a base class in this module")
+        return ClassOutcome(cls.name, "refused", f"{module.where(cls.node)}: no `step` method "
+                            "in the class or the bases it inherits from")
+    src = class_view(module, cls)  # the module of `step`, knowing where inherited methods are
     try:
         analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
     except AnalysisLimit as e:  # this class only: the others of the module go on

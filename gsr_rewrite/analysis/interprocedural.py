@@ -22,13 +22,18 @@ from gsr_rewrite.analysis.dataflow import (
     solve_points_to,
     target_names,
 )
+from gsr_rewrite.analysis.unknowns import (
+    ForeignModules,
+    class_unknowns,
+    opaque_globals,
+    param_names,
+)
 from gsr_rewrite.errors import AnalysisLimit
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import Closures
 from gsr_rewrite.frontend.effects import (
     EMPTY,
     Evaluator,
-    Unknowns,
     Value,
     buffers,
     dotted,
@@ -74,7 +79,7 @@ class _Sites(Mapping[cst.CSTNode, str]):
 
     def __getitem__(self, node: cst.CSTNode) -> str:
         if id(node) not in self.names:
-            line, col = self.src.positions.get(node, (0, 0))
+            line, col = self.src.position(node)
             name, k = f"tmp@{line}:{col + 1}", 1
             while name in self.taken:  # nested nodes may start at the same column
                 k += 1
@@ -90,24 +95,28 @@ class _Sites(Mapping[cst.CSTNode, str]):
         return len(self.names)
 
 
-def _param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], list[str]]:
-    pos = [p.name.value for p in (*func.params.posonly_params, *func.params.params)]
-    static = any(dotted(d.decorator) == "staticmethod" for d in func.decorators)
-    if is_method and pos and not static:  # self (or cls): not an argument of the call
-        pos = pos[1:]
-    return pos, [p.name.value for p in func.params.kwonly_params]
-
-
 def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassAnalysis:
+    """`src`: the module whose source defines `step` (locate.class_view); methods the class
+    inherits from other modules are analysed with their own module's names
+    (`unknowns.ForeignModules`)."""
     helpers = set(src.functions)
     # self.m(...) runs method m, unless some method also binds self.m to something else
     methods = {m for m in cls.methods if m != "step"} - self_bound_methods(cls)
     sites = _Sites(src)
-    scalar_keys = scalar_state_keys(src.module)
+    every = [src.module, *(m.module for m in src.others)]
+    combined = every[0] if len(every) == 1 else cst.Module([s for m in every for s in m.body])
+    scalar_keys = scalar_state_keys(combined)
     appends: dict[str, tuple[list[str], dict[str, Value]]] = {}  # out-parameter lists
     funcs: dict[str, FunctionAnalysis] = {}
     closures = Closures()
-    self_helpers, unfollowed = bound_self_helpers(src, cls)
+    foreign = ForeignModules(src, cls)
+    init = cls.methods.get("__init__")
+    if init is not None and foreign.of(init) is not None:  # its names are another module's
+        self_helpers: dict[str, str] = {}
+        unfollowed = {a: "bound by `__init__` of another module" for a, _ in
+                      self_attr_targets(init)}
+    else:
+        self_helpers, unfollowed = bound_self_helpers(src, cls)
     enclosing: dict[str, frozenset[str]] = {}  # names the functions around a nested one bind
 
     def add(name: str, func: cst.FunctionDef, is_method: bool) -> FunctionAnalysis:
@@ -128,21 +137,27 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             return (cls.methods[name[5:]], True) if name[5:] in cls.methods else None
         return (src.functions[name], False) if name in src.functions else None
 
-    unknowns = _unknowns(src, cls, scalar_keys)
-    foreign: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
+    unknowns = class_unknowns(src, cls, scalar_keys, combined)
+    foreign_reach: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
     returns: dict[str, Value] = {}  # helper -> what it returns, so far
 
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
-        pos, kw = _param_names(fa.func, fa.is_method)
+        pos, kw = param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
-        known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign),
+        known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign_reach),
                                     helper_returns=dict(returns),
                                     local_lists=_local_lists(fa.func, fa.free),
                                     outer_names=_declared_outer(fa.func))
+        other = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
+        names, imports = helpers, src.imports
+        if other is not None:  # a method from a base class's module: its globals are there
+            names, imports = set(), other.imports  # (its module's functions are not followed)
+            known = dataclasses.replace(known, opaque_globals=opaque_globals(other),
+                                        class_names=frozenset())
 
         def make_eval(pt: PointsTo) -> Evaluator:
-            return Evaluator(pt, catalog, helpers, sites, local, scalar_keys, methods, appends,
-                             src.imports, closures, self_helpers, unfollowed, known)
+            return Evaluator(pt, catalog, names, sites, local, scalar_keys, methods, appends,
+                             imports, closures, self_helpers, unfollowed, known)
         return make_eval
 
     def solve(fa: FunctionAnalysis) -> None:
@@ -175,12 +190,12 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                 solved_with[name] = inputs
                 reach = max((n.eff.foreign for n in fa.flow.nodes), default=0)
                 ret = _returned(fa, make_evaluator)
-                if reach > foreign.get(name, 0) or returns.get(name) != ret:
-                    foreign[name] = max(reach, foreign.get(name, 0))  # callers: solve again
+                if reach > foreign_reach.get(name, 0) or returns.get(name) != ret:
+                    foreign_reach[name] = max(reach, foreign_reach.get(name, 0))  # solve callers
                     returns[name] = returns.get(name, EMPTY) | ret
                     solved_with.clear()
                     changed = True
-                pos, kw = _param_names(fa.func, fa.is_method)
+                pos, kw = param_names(fa.func, fa.is_method)
                 added = {p: frozenset().union(*(n.eff.weak.get(p, EMPTY) for n in fa.flow.nodes))
                          for p in [*pos, *kw, *fa.free]}
                 summary = ([*pos], {p: v for p, v in added.items() if v})
@@ -218,9 +233,17 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers)
 
 
+def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:
+    """The function whose body (nested) defines fa; fa's own name when it is not nested."""
+    name = fa.name
+    while funcs[name].parent is not None and funcs[name].parent in funcs:
+        name = funcs[name].parent or name
+    return name
+
+
 def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
           live_after: frozenset[Fact]) -> bool:
-    pos, kw = _param_names(fa.func, fa.is_method)
+    pos, kw = param_names(fa.func, fa.is_method)
     before = (dict(fa.entry_pt), fa.exit_live)
     for name, v in [*zip(pos, pos_v, strict=False), *kw_v.items()]:
         if name in pos or name in kw or name in fa.free:
@@ -235,11 +258,6 @@ _MODE_DECORATORS = {"torch.no_grad", "torch.enable_grad", "torch.inference_mode"
                     "_use_grad_for_differentiable", "torch._disable_dynamo",
                     "torch.compiler.disable", "_disable_dynamo_if_unsupported", "staticmethod",
                     "classmethod", "torch._dynamo.disable"}
-#: methods of torch.optim.Optimizer that a step may call and that touch no tensor of it
-HARMLESS_OPTIMIZER_METHODS = frozenset({"_cuda_graph_capture_health_check",
-                                        "_accelerator_graph_capture_health_check"})
-
-
 def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]:
     """Unknowns.local_lists of `func`: every binding of the name in its body (nested functions
     aside) is a list display, a list comprehension or `list(...)`; or it is a parameter, or a
@@ -338,67 +356,3 @@ def _known_decorator(d: cst.BaseExpression) -> bool:
     name = dotted(d.func if isinstance(d, cst.Call) else d)
     return name is not None and (name in _MODE_DECORATORS or
                                  name.rsplit(".", 1)[-1] in _MODE_DECORATORS)
-
-
-def _is_data(e: cst.BaseExpression | None, names: set[str]) -> bool:
-    """A constant expression of `names` (constructor arguments): numbers, strings, tuples, and
-    arithmetic and float()/int()/bool() of them: no tensor of the optimizer can be in it."""
-    if e is None:
-        return False
-    if isinstance(e, (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString)):
-        return True
-    if isinstance(e, cst.Name):
-        return e.value in names or e.value in ("True", "False", "None")
-    if isinstance(e, (cst.Tuple, cst.List)):
-        return all(_is_data(el.value, names) for el in e.elements)
-    if isinstance(e, cst.UnaryOperation):
-        return _is_data(e.expression, names)
-    if isinstance(e, cst.BinaryOperation):
-        return _is_data(e.left, names) and _is_data(e.right, names)
-    if isinstance(e, cst.IfExp):
-        return all(_is_data(x, names) for x in (e.test, e.body, e.orelse))
-    if isinstance(e, cst.Comparison):
-        return _is_data(e.left, names) and all(_is_data(c.comparator, names)
-                                               for c in e.comparisons)
-    if isinstance(e, cst.Call) and dotted(e.func) in ("float", "int", "bool", "str", "tuple"):
-        return all(_is_data(a.value, names) for a in e.args)
-    return False
-
-
-def _unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozenset[str]) -> Unknowns:
-    """What an object the analysis does not model may be, for this class (see Unknowns)."""
-    keys: set[str] = set()
-
-    class _Keys(cst.CSTVisitor):
-        def visit_SubscriptElement(self, node: cst.SubscriptElement) -> None:
-            if isinstance(node.slice, cst.Index) and \
-                    isinstance(node.slice.value, cst.SimpleString):
-                keys.add(str(node.slice.value.evaluated_value))
-
-    src.module.visit(_Keys())
-    roles = frozenset({"grad", "param", "state:?"} | {f"state:{k}" for k in keys - scalar_keys})
-    init = cls.methods.get("__init__")
-    args = set()
-    if init is not None:
-        pos, kw = _param_names(init, True)
-        args = set(pos[1:]) | set(kw)  # pos[0] is the params
-    bound: dict[str, list[bool]] = {}
-    for name, f in cls.methods.items():
-        for attr, value in self_attr_targets(f):
-            bound.setdefault(attr, []).append(name == "__init__" and _is_data(value, args))
-    constants = frozenset(a for a, ok in bound.items() if a != "*" and all(ok)
-                          and "*" not in bound)
-    opaque_globals: set[str] = set()
-    for stmt in src.module.body:
-        if isinstance(stmt, cst.SimpleStatementLine):
-            for small in stmt.body:
-                if isinstance(small, (cst.Assign, cst.AnnAssign)) and \
-                        not _is_data(small.value, set()):
-                    targets = [t.target for t in small.targets] \
-                        if isinstance(small, cst.Assign) else [small.target]
-                    opaque_globals |= {t.value for t in targets if isinstance(t, cst.Name)}
-    callables = frozenset(m for m, f in cls.methods.items() if any(
-        dotted(d.decorator) in ("staticmethod", "classmethod") for d in f.decorators))
-    names = frozenset({cls.name, *cls.bases}) & {c.name for c in src.classes} | {cls.name}
-    return Unknowns(roles, constants, frozenset(opaque_globals) - set(src.functions),
-                    HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables)

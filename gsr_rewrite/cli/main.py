@@ -122,7 +122,7 @@ def _rewrite_one(job: Job, check: bool, show_diff: bool, backend: str = "eager",
 
     out = job.out
     try:
-        result = compile_source(job.source, job.label, job.package)
+        result = compile_source(job.source, job.label, job.package, job.module)
     except RewriteError as e:
         click.echo(f"error: {e}", err=True)
         return 1, None

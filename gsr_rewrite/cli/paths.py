@@ -23,7 +23,9 @@ def resolve_source(src: str) -> tuple[Path, str | None]:
     if path.suffix == ".py" or os.sep in src:
         if not path.is_file():
             raise RewriteError(f"{src}:1:1", "no such file")
-        return path, None
+        name = importable_name(path)
+        return path, None if name is None else (
+            name if path.name == "__init__.py" else name.rpartition(".")[0] or None)
     try:
         spec = importlib.util.find_spec(src)
     except (ImportError, ValueError):
@@ -31,6 +33,30 @@ def resolve_source(src: str) -> tuple[Path, str | None]:
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         raise RewriteError(f"{src}:1:1", "no such file or importable Python module")
     return Path(spec.origin), spec.parent or None
+
+
+def importable_name(path: Path) -> str | None:
+    """The dotted name under which `path` is imported (its package folders, each with an
+    `__init__.py`, up to a folder on sys.path), found without importing anything; None when
+    Python would not import this file under any such name."""
+    from gsr_rewrite.frontend.resolve import module_path
+
+    path = path.resolve()
+    parts = [] if path.name == "__init__.py" else [path.stem]
+    folder = path.parent
+    names: list[str] = []
+    while True:  # the longest name first: `pkg.mod`, not `mod` when pkg's folder is on sys.path
+        if parts and all(p.isidentifier() for p in parts):
+            names.insert(0, ".".join(parts))
+        if not (folder / "__init__.py").is_file() or folder.parent == folder:
+            break
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    for name in names:
+        found = module_path(name)
+        if found is not None and found[0] == path:
+            return str(name)
+    return None
 
 
 @dataclass
@@ -43,6 +69,7 @@ class Job:
     package: str | None
     source: str
     out: str | None = None
+    module: str | None = None  # its importable dotted name, when it has one
 
 
 def load_job(src: str) -> Job:
@@ -63,7 +90,8 @@ def load_job(src: str) -> Job:
                            f"syntax error: {e.msg}") from None
     except ValueError as e:  # null bytes, on some Python versions
         raise RewriteError(f"{label}:1:1", f"syntax error: {e}") from None
-    return Job(label, path, package, importlib.util.decode_source(data))
+    module = src if label == src and not src.endswith(".py") else importable_name(path)
+    return Job(label, path, package, importlib.util.decode_source(data), module=module)
 
 
 def plan_jobs(sources: tuple[str, ...], out: str | None, out_dir: str | None,

@@ -12,8 +12,10 @@ from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.locate import SourceModule
+from gsr_rewrite.frontend.source import same_module
 from gsr_rewrite.outcome import ClassOutcome
 from gsr_rewrite.transform.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.transform.namespace import Namespace
 from gsr_rewrite.transform.plan import FunctionPlan, Placement
 from gsr_rewrite.transform.stripmine import (
     StripRegion,
@@ -95,9 +97,12 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     helpers: list[cst.BaseStatement] = []  # rewritten module-level helpers, callees first
     extra: list[cst.BaseStatement] = []
     emitted_helpers: dict[str, str] = {}  # new helper name -> code (shared between classes)
+    copied: list[tuple[cst.CSTNode, SourceModule, str]] = []  # code, its module, its class
     for out in outcomes:
         if out.status != "rewritten" or out.analysis is None:
             continue
+        cls = out.analysis.cls
+        home = cls.origin.get("step", src)  # the module of step and of the helpers it calls
         changed = _functions_to_copy(out)
         rename: dict[str, str] = {}
         for name in changed:
@@ -109,6 +114,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
         followed = {a: f for a, f in out.analysis.self_helpers.items()
                     if f in out.analysis.functions}
         renamer = Renamer(rename, {a: rename[f] for a, f in followed.items() if f in rename})
+        moved = _moved_methods(out, changed)
         methods: list[cst.BaseStatement] = []
         for fp in out.plans:
             if fp.name not in changed or fp.analysis.parent is not None:
@@ -117,8 +123,18 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
             new = _rewrite_function(fp, catalog, renamer, inner, regions)
             if fp.analysis.is_method:
-                new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name))
+                key = fp.name.removeprefix("self.")
+                owner = cls.origin.get(key, src)
+                new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name)
+                                   if same_module(owner, src) else
+                                   cls.defined_by.get(key, out.name))
+                new = _call_moved(new, moved)
+                if _private(key, cls.defined_by.get(key, out.name)) in moved:
+                    new = new.with_changes(name=cst.Name(
+                        moved[_private(key, cls.defined_by.get(key, out.name))]))
+                copied.append((new, owner, out.name))
                 if fp.name == "step":
+                    copied += [(cst.Name(f), home, out.name) for f in followed.values()]
                     bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
                     new = new.with_changes(decorators=[
                         cst.Decorator(cst.parse_expression(
@@ -128,6 +144,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             else:
                 new = new.with_changes(name=cst.Name(rename[fp.name]),
                                        leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+                copied.append((new, home, out.name))
                 code = code_of(new)
                 if emitted_helpers.get(rename[fp.name], code) != code:
                     raise RewriteError(src.where(fp.analysis.func), "helper rewritten two "
@@ -146,17 +163,43 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             body=cst.IndentedBlock([cst.SimpleStatementLine([cst.Expr(cst.parse_expression(doc))]),
                                     *methods]),
             leading_lines=[cst.EmptyLine(), cst.EmptyLine()]))
-    body: list[Any] = list(module.body)
-    if package is not None:
-        body = [_absolute_imports(s, package) for s in body]
-    last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
-                       and isinstance(s.body[0], (cst.Import, cst.ImportFrom))), default=-1)
-    body.insert(last_import + 1, cst.parse_statement(
-        f"from gsr_rewrite import runtime as {RUNTIME}  # added by gsr-rewrite\n"))
-    rewritten = ", ".join(o.r_name for o in outcomes if o.status == "rewritten")
+    rewritten = [o for o in outcomes if o.status == "rewritten"]
+    foreign = any(not same_module(owner, src) for _, owner, _ in copied)
+    inherits = any(not same_module(m, src) for o in rewritten if o.analysis is not None
+                   for m in o.analysis.cls.origin.values())  # methods from other modules
+    runtime = cst.parse_statement(
+        f"from gsr_rewrite import runtime as {RUNTIME}  # added by gsr-rewrite\n")
+    ns = Namespace(emitted={RUNTIME, *emitted_helpers})
+    if (foreign or inherits) and src.name is not None:  # import the originals, copy nothing
+        ns.here = {o.name: f"{src.name}.{o.name}" for o in rewritten}
+        for node, owner, name in copied:
+            ns.need(node, owner, f"{owner.filename}: {name}")
+        originals = ", ".join(sorted(o.name for o in rewritten))
+        body: list[Any] = [cst.parse_statement(f"from {src.name} import {originals}  # the "
+                                               "original classes\n"), *ns.statements(), runtime]
+        module = module.with_changes(header=[])
+    else:
+        if foreign:  # a copy of the module, and what the code copied from other modules reads
+            ns.copy_of(src)
+            for node, owner, name in copied:
+                if not same_module(owner, src):
+                    ns.need(node, owner, f"{owner.filename}: {name}")
+        body = list(module.body)
+        if package is not None:
+            body = [_absolute_imports(s, package) for s in body]
+        relative = next((s for s in body if isinstance(s, cst.SimpleStatementLine) and any(
+            isinstance(i, cst.ImportFrom) and i.relative for i in s.body)), None)
+        if relative is not None:  # the copy would not import
+            raise RewriteError(src.where(relative), "relative import in a module whose package "
+                               "is not known: give gsr-rewrite its dotted module name, or put "
+                               "its package's root folder on the import path (PYTHONPATH)")
+        last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
+                           and isinstance(s.body[0], (cst.Import, cst.ImportFrom))), default=-1)
+        body[last_import + 1:last_import + 1] = [*ns.statements(), runtime]
+    names = ", ".join(o.r_name for o in rewritten)
     header = [
         f"# Generated by gsr-rewrite {__version__} from {src.filename}; do not edit, regenerate.",
-        f"# Adds {rewritten}: the original classes with gradient space reutilization.",
+        f"# Adds {names}: the original classes with gradient space reutilization.",
         "# Contract: same results as the originals, but after step() the contents of p.grad",
         "# are undefined: the gradient buffers hold scratch values.",
         "# Set GSR_DEBUG_POISON=1 to fill reused gradients with NaN after each step.",
@@ -165,6 +208,66 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     new_module = module.with_changes(body=body + helpers + extra,
                                      header=[*lines, *module.header])
     return new_module.code
+
+
+def _private(method: str, cls: str) -> str:
+    """The attribute name of `method` as class `cls` defines it (`__m` is `_cls__m`)."""
+    if method.startswith("__") and not method.endswith("__"):
+        return f"_{cls.lstrip('_')}{method}"
+    return method
+
+
+def _moved_methods(out: ClassOutcome, changed: list[str]) -> dict[str, str]:
+    """The helper methods the R class holds rewritten, each under a new name (`m` ->
+    `m_gsr`): the original step, which `r_step` runs where the R step would not be exact,
+    calls `self.m` and must reach the original `m`, never the rewritten one."""
+    assert out.analysis is not None
+    cls = out.analysis.cls
+    moved: dict[str, str] = {}
+    for name in changed:
+        fa = out.analysis.functions[name]
+        if fa.is_method and name != "step" and fa.parent is None:
+            key = _private(name.removeprefix("self."),
+                           cls.defined_by.get(name.removeprefix("self."), out.name))
+            new = f"{key}_gsr"
+            while new in cls.methods or new in moved.values():
+                new += "_"
+            moved[key] = new
+    return moved
+
+
+class _MovedCalls(cst.CSTTransformer):
+    """`self.m`, `type(self).m` and `self.__class__.m` -> `.m_gsr` for the moved methods
+    (`Cls.m` stays: the original class has no `m_gsr`; the original `m` it runs is exact)."""
+
+    def __init__(self, moved: dict[str, str], receiver: str) -> None:
+        self.moved, self.receiver = moved, receiver
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute
+                        ) -> cst.Attribute:
+        if updated.attr.value in self.moved and self._is_receiver(updated.value):
+            return updated.with_changes(attr=cst.Name(self.moved[updated.attr.value]))
+        return updated
+
+    def _is_receiver(self, e: cst.BaseExpression) -> bool:
+        if isinstance(e, cst.Name):
+            return e.value == self.receiver
+        if isinstance(e, cst.Call):
+            return isinstance(e.func, cst.Name) and e.func.value == "type" and \
+                len(e.args) == 1 and self._is_receiver(e.args[0].value)
+        return isinstance(e, cst.Attribute) and e.attr.value == "__class__" and \
+            self._is_receiver(e.value)
+
+
+def _call_moved(method: cst.FunctionDef, moved: dict[str, str]) -> cst.FunctionDef:
+    params = [*method.params.posonly_params, *method.params.params]
+    static = any(isinstance(d.decorator, cst.Name) and d.decorator.value == "staticmethod"
+                 for d in method.decorators)
+    if not moved or not params or static:
+        return method
+    result = method.visit(_MovedCalls(moved, params[0].name.value))
+    assert isinstance(result, cst.FunctionDef)
+    return result
 
 
 class _AsInClass(cst.CSTTransformer):

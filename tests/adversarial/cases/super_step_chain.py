@@ -3,7 +3,9 @@ smoothed copy in state, then delegates with `return super().step(closure)`."""
 import torch
 from torch.optim import Optimizer  # noqa: F401  (the case convention; the base is SGD)
 
-EXPECT = "refused"
+# found since locate resolves bases through imports (torch.optim.SGD): its temporaries are
+# strip-mined, the gradient (which super().step reads) is only written as the original writes it
+EXPECT = "rewritten"
 CTOR = {"lr": 0.05, "momentum": 0.9}
 
 
