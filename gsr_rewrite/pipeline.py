@@ -26,7 +26,8 @@ from gsr_rewrite.errors import AnalysisLimit, RewriteError
 from gsr_rewrite.frontend.catalog import OpCatalog, load_catalog
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule, class_view, parse
 from gsr_rewrite.outcome import ClassOutcome, RewriteResult, Temporary
-from gsr_rewrite.transform.assemble import code_of, describe_storage, emit_module, statement_leaves
+from gsr_rewrite.transform.assemble import describe_storage, emit_module
+from gsr_rewrite.transform.guard_leaves import code_of, statement_leaves
 from gsr_rewrite.transform.plan import FunctionPlan, Placement, plan_class
 from gsr_rewrite.transform.stripmine import (
     StripRegion,
@@ -128,7 +129,7 @@ def _rewrite_class(module: SourceModule, cls: OptimizerClass,
         return ClassOutcome(cls.name, "refused", f"{e.where}: {e.reason}")
     plans = plan_class(analysis, catalog)  # 4. place temporaries in dead buffers
     for fp in plans:
-        _drop_unguardable(fp, src)
+        _drop_unguardable(fp, catalog)
     out = ClassOutcome(cls.name, "unchanged", analysis=analysis, plans=plans)
     for fp in plans:  # 4c. bound what found no dead buffer by running it strip by strip
         regions = strip_mine(fp, catalog, src.line_of)
@@ -182,14 +183,15 @@ def _statements_of(regions: Sequence[StripRegion]) -> set[int]:
     return found
 
 
-def _drop_unguardable(fp: FunctionPlan, src: SourceModule) -> None:
+def _drop_unguardable(fp: FunctionPlan, catalog: OpCatalog) -> None:
     by_line: dict[int, list[Placement]] = {}
     for p in fp.placements:
         by_line.setdefault(id(p.node), []).append(p)
     for ps in by_line.values():
-        if any(p.placed for p in ps) and not statement_leaves(ps):
+        if any(p.placed for p in ps) and not statement_leaves(ps, catalog):
             for p in ps:
-                p.storage, p.reason = None, "an operand is not a plain name; it cannot be guarded"
+                p.storage, p.reason = None, ("an operand is not a plain name, an in-place op on "
+                                             "one or a view of one; it cannot be guarded")
 
 
 def _predict(plans: list[FunctionPlan]) -> tuple[dict[str, int], dict[str, int]]:

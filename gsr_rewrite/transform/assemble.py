@@ -15,6 +15,7 @@ from gsr_rewrite.frontend.locate import SourceModule
 from gsr_rewrite.frontend.source import same_module
 from gsr_rewrite.outcome import ClassOutcome
 from gsr_rewrite.transform.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.transform.guard_leaves import code_of, statement_leaves
 from gsr_rewrite.transform.namespace import Namespace
 from gsr_rewrite.transform.plan import FunctionPlan, Placement
 from gsr_rewrite.transform.stripmine import (
@@ -24,10 +25,6 @@ from gsr_rewrite.transform.stripmine import (
     wrap_region,
 )
 from gsr_rewrite.version import __version__
-
-
-def code_of(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
 
 
 def describe_storage(p: Placement) -> str:
@@ -41,53 +38,6 @@ def describe_storage(p: Placement) -> str:
     if s.startswith("state:"):
         return f"state '{s[6:]}'"
     return f"temporary at {s[4:]}" if s.startswith("tmp@") else s
-
-
-def _is_pure(e: cst.BaseExpression) -> bool:
-    if isinstance(e, cst.Name):
-        return True
-    if isinstance(e, cst.Attribute):
-        return _is_pure(e.value)
-    if isinstance(e, cst.Subscript):
-        idx = [el.slice for el in e.slice]
-        return _is_pure(e.value) and all(
-            isinstance(i, cst.Index) and isinstance(i.value, (cst.Name, cst.Integer,
-                                                              cst.SimpleString)) for i in idx)
-    return False
-
-
-def statement_leaves(placements: list[Placement]) -> list[tuple[str, bool, bool]] | None:
-    """(code, is_host, is_list) of every tensor a rewritten statement writes or combines, or None
-    when one of them is not a plain name/attribute/subscript (the guard cannot re-read it)."""
-    leaves: list[tuple[str, bool, bool]] = []
-    by_node = {id(p.alloc.node): p for p in placements}
-
-    def inputs(p: Placement) -> list[cst.BaseExpression]:
-        """Tensor inputs of p, looking through nested temporaries it consumes."""
-        out: list[cst.BaseExpression] = []
-        for k, op in enumerate(p.alloc.operands):
-            inner = by_node.get(id(op))
-            if inner is not None:
-                out += inputs(inner)
-            elif p.tensor_operands and p.tensor_operands[k]:
-                out.append(op)
-        return out
-
-    for p in placements:
-        if not p.placed:
-            continue
-        lists = p.alloc.form == "foreach"
-        hosts = [p.host] if p.host is not None else []
-        if p.chain is not None and not p.nested_operands[p.chain]:
-            hosts.append(p.alloc.operands[p.chain])
-        others = [op for op in inputs(p) if op not in hosts]
-        for e, is_host in [*((h, True) for h in hosts), *((o, False) for o in others)]:
-            if not _is_pure(e):
-                return None
-            item = (code_of(e), is_host, lists)
-            if item not in leaves:
-                leaves.append(item)
-    return leaves
 
 
 # -- emission --------------------------------------------------------------------------------
@@ -372,7 +322,7 @@ def _rewrite_function(fp: FunctionPlan, catalog: OpCatalog, renamer: Renamer,
     new: dict[int, cst.BaseStatement] = {}
     for key, ps in by_line.items():
         placed = [p for p in ps if p.placed]
-        leaves = statement_leaves(ps)
+        leaves = statement_leaves(ps, catalog)
         if not placed or not leaves:
             continue
         tensor_ops = {id(p.alloc.node): p.tensor_operands for p in placed}

@@ -90,3 +90,52 @@ def test_a_one_line_read_of_another_params_gradient_blocks_reuse() -> None:
                              'p.add_(group["params"][0].grad, alpha=0.0)\n')
     assert status == "rewritten" and temps["v.sqrt()"] == "stays"
 
+
+
+LOOP_HEAD = HEAD.rsplit("            for p in", 1)[0]
+LOOP_BODY = '''grad = p.grad
+state = self.state[p]
+if len(state) == 0:
+    state["v"] = torch.zeros_like(p)
+v = state["v"]
+v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
+denom = v.sqrt()
+p.addcdiv_(v, denom.add_(group["eps"]), value=-group["lr"])
+'''
+
+
+def _loop(loop: str) -> tuple[str, dict[str, str]]:
+    """Like `_rewrite`, for a loop over the group's params written as `loop` (then LOOP_BODY)."""
+    def indent(text: str, n: int) -> str:
+        return "".join(" " * n + line + "\n" for line in text.strip().splitlines())
+    body = loop + "\n" + indent(LOOP_BODY, 4)
+    result = rewrite_text(LOOP_HEAD + indent(body, 12) + TAIL, "mine.py")
+    (mine,) = result.classes
+    return mine.status, {t.code: t.lives_in if t.placed else "stays" for t in mine.temporaries}
+
+
+def test_enumerate_and_walrus_loops_are_per_parameter() -> None:
+    for loop in ('for i, p in enumerate(group["params"]):\n    if p.grad is None:\n'
+                 '        continue',
+                 'for p in group["params"]:\n    if (g := p.grad) is None:\n        continue'):
+        status, temps = _loop(loop)
+        assert status == "rewritten" and temps["v.sqrt()"] == "gradient", (loop, temps)
+
+
+def test_an_index_while_loop_is_analysed_but_not_taken_per_parameter() -> None:
+    """`while i < len(params)`: not (yet) known to visit each parameter once, so the gradient
+    of one iteration may be another's: nothing moves into it (no crash, no wrong rewrite)."""
+    status, temps = _loop('params = group["params"]\ni = 0\nwhile i < len(params):\n'
+                          '    p = params[i]\n    i += 1\n    if p.grad is None:\n'
+                          '        continue')
+    assert status == "unchanged" and temps["v.sqrt()"] == "stays"
+
+
+def test_match_is_refused_with_its_position() -> None:
+    import pytest
+
+    from gsr_rewrite.errors import RewriteError
+
+    with pytest.raises(RewriteError, match="unsupported statement `Match`"):
+        _loop('for p in group["params"]:\n    match p.grad:\n        case None:\n'
+              '            continue\n        case _:\n            pass')

@@ -55,13 +55,21 @@ def test_imported_functions_resolve_by_origin() -> None:
 
 
 def test_scalar_state_keys_accept_torch_optim_step_forms() -> None:
+    # the data given to torch.tensor must be a number where it is computed (a name bound
+    # elsewhere, or not at all, may be a list: a tensor of any size)
     module = cst.parse_module(
-        'state["step"] = (torch.zeros((), device=d) if capturable else torch.tensor(0.0))\n'
-        'state["step"] = torch.tensor(step_val, dtype=torch.float32)\n'
-        'state["eta"] = torch.as_tensor(lr, device=d).clone().detach()\n'
-        'state["alias"] = torch.as_tensor(x)\n'  # may alias x: a buffer
-        'state["buf"] = torch.zeros_like(p)\n')
+        'def f(self, p, d, capturable, x):\n'
+        '    state = self.state[p]\n'
+        '    step_val = float(state["step"])\n'
+        '    lr = float(self.defaults["lr"])\n'
+        '    state["step"] = (torch.zeros((), device=d) if capturable else torch.tensor(0.0))\n'
+        '    state["step"] = torch.tensor(step_val, dtype=torch.float32)\n'
+        '    state["eta"] = torch.as_tensor(lr, device=d).clone().detach()\n'
+        '    state["alias"] = torch.as_tensor(x)\n'  # may alias x: a buffer
+        '    state["buf"] = torch.zeros_like(p)\n')
     assert scalar_state_keys(module) == {"step", "eta"}
+    unbound = cst.parse_module('state["step"] = torch.tensor(step_val)\n')
+    assert scalar_state_keys(unbound) == set()
 
 
 def test_lambda_parameters_are_not_captured_names() -> None:
