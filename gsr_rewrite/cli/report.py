@@ -157,6 +157,12 @@ def _check(out: _Lines, c: ClassOutcome, chk: ClassCheck) -> None:
                 f"{r_mem.units:.3f} ({mem.peak_bytes} -> {r_mem.peak_bytes} bytes)")
         if key in chk.times:
             out.add(f"    {key:{width}}  {_time_line(c.r_name, mem, r_mem, chk.times[key])}")
+    if any(t.strips for t in c.temporaries):
+        from gsr_rewrite.runtime.strip_runs import strip_floor_bytes
+
+        out.add(f"  at run time: strip-mined runs keep their temporaries within the strip floor, "
+                f"{strip_floor_bytes() / 2**20:g} MiB (GSR_STRIP_FLOOR_MB), in chunks of whole "
+                "tensors or fewer strips")
 
 
 def _head(out: _Lines, c: ClassOutcome) -> str:

@@ -28,6 +28,7 @@ from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.proof.check import CheckResult, run_checks, stress_matrix
 from gsr_rewrite.proof.memory import StepMemory, StepTimes
 from gsr_rewrite.proof.validate import ClassCheck, check_class, load_module, plural, prove_class
+from gsr_rewrite.runtime.strip_runs import strip_floor_bytes
 
 # RMSprop-like: `denom` needs the gradient alive when it is used, so it is strip-mined
 SOURCE = '''
@@ -210,6 +211,10 @@ def test_check_measures_time_beside_memory_per_path(
     assert line.startswith("    cpu  time per step: original ")
     assert f"x) for {chk.memory['cpu'][0].units - chk.memory['cpu'][1].units:.3f} " \
            "parameter-sizes less" in line
+    # the strip floor that bounds the temporaries at run time is stated, with its setting
+    floor = f"{strip_floor_bytes() / 2**20:g} MiB (GSR_STRIP_FLOOR_MB)"
+    assert f"at run time: strip-mined runs keep their temporaries within the strip floor, {floor}" \
+        in text
     step_time = to_json(result, {"Opt": chk}, None)["classes"][0]["check"]["step_time"]
     assert step_time["cpu"]["ratio"] == pytest.approx(times.rewritten_s / times.original_s)
     _, original, rewritten = with_foreach
@@ -226,6 +231,7 @@ def test_time_line_says_what_the_memory_costs() -> None:
     assert ("    cpu  time per step: original 1.20 ms, OptR 3.40 ms (2.83x) for 0.969 "
             "parameter-sizes less\n") in text
     assert "time: median of 7 steps" in text
+    assert "strip floor" not in text  # nothing strip-mined: no floor to state
 
 
 def test_last_line_points_to_the_glossary() -> None:
