@@ -100,11 +100,18 @@ def bindings_of(tree: ast.Module) -> tuple[dict[str, list[Binding]], bool]:
 
     def nested(node: ast.AST) -> None:
         nonlocal star
+        # `import torch.backends.x` inside `try`: binds `torch` to the package `torch` whether it
+        # runs or not, as a top-level `import torch` does (timm's kron.py)
+        packages = {id(a) for n in ast.walk(node) if isinstance(n, ast.Import)
+                    for a in n.names if a.asname is None}
         for n in ast.walk(node):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 add(n.name, other)
             elif isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
                 add(n.id, other)
+            elif isinstance(n, ast.alias) and id(n) in packages:
+                first = n.name.split(".")[0]
+                add(first, Binding("module", module=first))
             elif isinstance(n, ast.alias):
                 star |= n.name == "*"
                 add(n.asname or n.name.split(".")[0], other)

@@ -103,6 +103,18 @@ def test_resolution_forms() -> None:
                                                       ("G", "metaclass=type")]
 
 
+def test_an_import_of_a_submodule_in_try_keeps_the_package_binding() -> None:
+    """timm's kron.py: `import torch`, then `import torch.backends.opt_einsum` inside `try`; both
+    bind `torch` to the package. A conditional binding of anything else stays unresolved."""
+    source = ("import torch\ntry:\n    import torch.backends.opt_einsum\n"
+              "except ImportError:\n    pass\n\n\n"
+              "class K(torch.optim.Optimizer):\n    def step(self):\n        pass\n")
+    assert [c.name for c in parse(source, "<string>").classes] == ["K"]
+    other = source.replace("import torch.backends.opt_einsum", "import numpy as torch")
+    src = parse(other, "<string>")
+    assert not src.classes and [c for c, _, _ in src.unresolved] == ["K"]
+
+
 def test_a_class_level_rebinding_hides_the_base_method() -> None:
     source = ("import torch\n\n\nclass Base(torch.optim.Optimizer):\n"
               "    def helper(self):\n        pass\n\n"
