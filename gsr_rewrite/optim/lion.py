@@ -189,7 +189,7 @@ def _lion_single_gsr(
                 grad = -grad
 
         # Interpolate the update from the momentum before it moves.
-        if ((beta2)) != 0 and all(t.dtype in (torch.float32, torch.float64) for t in (exp_avg, grad)):  # gsr: rule ema-recover-old (reordered; float32/float64 only)
+        if ((beta2)) != 0 and (exp_avg.dtype in (torch.float32, torch.float64) and grad.dtype in (torch.float32, torch.float64)):  # gsr: rule ema-recover-old (reordered; float32/float64 only)
             exp_avg.lerp_(grad, 1 - beta2)
             if _gsr.fits((grad,), (exp_avg,)):  # gsr: lerp -> gradient
                 update = grad.lerp_(exp_avg, (beta1)/(beta2))

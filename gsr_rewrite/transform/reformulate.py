@@ -7,7 +7,7 @@ temporary be recomputed from the *updated* state with the rule book's `ema-recov
 (m = (m_new - (1 - b)*g) / b, proved under b != 0). The statements between must not touch m or
 g. The rule's condition becomes a run-time branch whose else branch is the original order:
 
-    if (beta2) != 0 and all(t.dtype in (torch.float32, torch.float64) for t in (exp_avg, grad)):
+    if (beta2) != 0 and (exp_avg.dtype in (torch.float32, torch.float64) and grad.dtype in (...)):
         exp_avg.lerp_(grad, 1 - beta2)
         update = grad.lerp(exp_avg, <coefficient of m_new>)
         ...
@@ -235,7 +235,9 @@ def _as_out_of_place(call: cst.Call) -> cst.Call:
 def wide_only(torch_name: str, tensors: Sequence[str], lists: bool) -> str:
     """Run-time test that every tensor (every tensor of every list) has a WIDE_DTYPES dtype."""
     dtypes = ", ".join(f"{torch_name}.{d}" for d in WIDE_DTYPES)
-    items = ", ".join(f"*{t}" if lists else t for t in tensors)
+    if not lists:  # once per param on the for-loop path: no generator (~1 us less per param)
+        return "(" + " and ".join(f"{t}.dtype in ({dtypes})" for t in tensors) + ")"
+    items = ", ".join(f"*{t}" for t in tensors)
     return f"all(t.dtype in ({dtypes}) for t in ({items}))"
 
 
