@@ -17,6 +17,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis.cfg import Fact, FunctionFlow, Node, PointsTo, build_flow, preds_of
 from gsr_rewrite.analysis.transfer import node_effects, read_parts, target_names
+from gsr_rewrite.errors import AnalysisLimit
 from gsr_rewrite.frontend.effects import EMPTY, Effects, Evaluator, buffers, is_role, names_in
 
 __all__ = ["Fact", "FunctionFlow", "Node", "PointsTo", "assigned_names", "build_flow",
@@ -25,6 +26,10 @@ __all__ = ["Fact", "FunctionFlow", "Node", "PointsTo", "assigned_names", "build_
 
 
 # -- fixpoints -------------------------------------------------------------------------------
+#: rounds over a function's flow before points-to gives up (timm's RMSpropTF needed more)
+POINTS_TO_ROUNDS = 50
+
+
 def must_reach(nodes: Sequence[Node], entry: Node, start: set[str],
                out_of: Callable[[Node, set[str]], set[str]],
                preds: dict[int, list[Node]]) -> dict[int, set[str]]:
@@ -53,7 +58,7 @@ def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
         n.pt_in = {}  # loop's cycle, would never leave (the least fixpoint is the sound one)
         n.eff = Effects()
     flow.entry.pt_in = dict(entry_pt)
-    for _ in range(50):
+    for _ in range(POINTS_TO_ROUNDS):
         changed = False
         for n in flow.nodes:
             if n is not flow.entry:
@@ -70,7 +75,9 @@ def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
             changed |= n.pt_out() != before
         if not changed:
             return
-    raise RuntimeError("points-to analysis did not converge")
+    # the class is refused with this reason (the others of the module go on), never a crash
+    raise AnalysisLimit(f"{flow.func.name.value}()", "the points-to analysis did not settle in "
+                        f"{POINTS_TO_ROUNDS} rounds; nothing is assumed of it")
 
 
 def solve_liveness(flow: FunctionFlow, exit_live: frozenset[Fact]) -> None:

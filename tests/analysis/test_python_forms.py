@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import textwrap
+
+import pytest
+
 from gsr_rewrite.api import rewrite_text
 
 HEAD = '''
@@ -139,3 +143,31 @@ def test_match_is_refused_with_its_position() -> None:
     with pytest.raises(RewriteError, match="unsupported statement `Match`"):
         _loop('for p in group["params"]:\n    match p.grad:\n        case None:\n'
               '            continue\n        case _:\n            pass')
+
+
+def test_points_to_that_does_not_settle_refuses_the_class_not_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's RMSpropTF once crashed the command line here: now the class is refused with the
+    reason and the others of the module go on."""
+    from gsr_rewrite.analysis import dataflow
+    from gsr_rewrite.pipeline import rewrite_source
+
+    source = textwrap.dedent('''
+        import torch
+        from torch.optim import Optimizer
+
+
+        class Loopy(Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        d = p.grad.sqrt()
+                        p.add_(d, alpha=-group["lr"])
+        ''')
+    monkeypatch.setattr(dataflow, "POINTS_TO_ROUNDS", 1)
+    (c,) = rewrite_source(source, "loopy.py").classes
+    assert c.status == "refused" and "did not settle in 1 rounds" in c.reason
