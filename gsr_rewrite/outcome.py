@@ -41,8 +41,8 @@ class ClassOutcome:
     temporaries: list[Temporary] = field(default_factory=list)
     predicted_before: dict[str, int] = field(default_factory=dict)  # {"lists": k, "tensors": k}
     predicted_after: dict[str, int] = field(default_factory=dict)
-    analysis: ClassAnalysis | None = None
-    plans: list[FunctionPlan] = field(default_factory=list)
+    analysis: ClassAnalysis | None = field(default=None, repr=False)  # a graph: its repr is huge
+    plans: list[FunctionPlan] = field(default_factory=list, repr=False)
     regions: dict[str, list[StripRegion]] = field(default_factory=dict)  # per function
 
     @property

@@ -25,7 +25,7 @@ class Node:
     kind: str  # entry | exit | stmt | test | for | with | latch | def
     node: cst.CSTNode | None = None
     line: cst.SimpleStatementLine | None = None  # the line holding a small statement
-    succ: list[Node] = field(default_factory=list)
+    succ: list[Node] = field(default_factory=list, repr=False)  # cycles: no repr
     after_loop: Node | None = None  # latch only: where the loop exits to
     per_element: bool = False  # latch only
     pt_in: PointsTo = field(default_factory=dict)

@@ -15,6 +15,7 @@ from pathlib import Path
 import libcst as cst
 
 from gsr_rewrite.frontend.resolve import ClassRef, ModuleFile, Resolver
+from gsr_rewrite.frontend.scopes import target_names
 from gsr_rewrite.frontend.source import OptimizerClass, SourceModule, _dotted, parse_module
 
 #: libcst-parsed modules of base classes, by (file, mtime, size, dotted name)
@@ -157,22 +158,12 @@ def _members(node: cst.ClassDef) -> dict[str, cst.FunctionDef | None]:
                 elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
                     targets = [small.target]
                 for t in targets:
-                    for n in _names(t):
+                    for n in target_names(t):
                         found[n] = None
         else:  # a compound statement in a class body: whatever it binds is not followed
             for n in _stored(stmt):
                 found[n] = None
     return found
-
-
-def _names(t: cst.BaseExpression) -> list[str]:
-    if isinstance(t, cst.Name):
-        return [t.value]
-    if isinstance(t, (cst.Tuple, cst.List)):
-        return [n for el in t.elements for n in _names(el.value)]
-    if isinstance(t, cst.StarredElement):
-        return _names(t.value)
-    return []
 
 
 def _stored(stmt: cst.CSTNode) -> set[str]:
@@ -188,16 +179,16 @@ def _stored(stmt: cst.CSTNode) -> set[str]:
             return False
 
         def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-            found.update(_names(node.target))
+            found.update(target_names(node.target))
 
         def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-            found.update(_names(node.target))
+            found.update(target_names(node.target))
 
         def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            found.update(_names(node.target))
+            found.update(target_names(node.target))
 
         def visit_For(self, node: cst.For) -> None:
-            found.update(_names(node.target))
+            found.update(target_names(node.target))
 
     stmt.visit(_Stores())
     return found

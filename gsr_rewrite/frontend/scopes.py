@@ -14,13 +14,14 @@ def param_list(func: cst.FunctionDef | cst.Lambda) -> list[cst.Param]:
     return [*p.posonly_params, *p.params, *star, *p.kwonly_params, *kwargs]
 
 
-def _target_names(t: cst.CSTNode) -> list[str]:
+def target_names(t: cst.CSTNode) -> list[str]:
+    """The variables an assignment target binds (`a, (b, *c)`); attributes and items bind none."""
     if isinstance(t, cst.Name):
         return [t.value]
     if isinstance(t, (cst.Tuple, cst.List)):
-        return [n for el in t.elements for n in _target_names(el.value)]
+        return [n for el in t.elements for n in target_names(el.value)]
     if isinstance(t, cst.StarredElement):
-        return _target_names(t.value)
+        return target_names(t.value)
     return []  # attributes and subscripts bind no name
 
 
@@ -47,19 +48,19 @@ class _Bound(cst.CSTVisitor):
         return False
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        self.names.update(_target_names(node.target))
+        self.names.update(target_names(node.target))
 
     def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        self.names.update(_target_names(node.target))
+        self.names.update(target_names(node.target))
 
     def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self.names.update(_target_names(node.target))
+        self.names.update(target_names(node.target))
 
     def visit_For(self, node: cst.For) -> None:
-        self.names.update(_target_names(node.target))
+        self.names.update(target_names(node.target))
 
     def visit_AsName(self, node: cst.AsName) -> None:  # with ... as x, except E as x, imports
-        self.names.update(_target_names(node.name))
+        self.names.update(target_names(node.name))
 
     def visit_ImportAlias(self, node: cst.ImportAlias) -> None:
         if node.asname is None:
@@ -70,10 +71,10 @@ class _Bound(cst.CSTVisitor):
                 self.names.add(n.value)
 
     def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-        self.names.update(_target_names(node.target))
+        self.names.update(target_names(node.target))
 
     def visit_Del(self, node: cst.Del) -> None:
-        self.names.update(_target_names(node.target))
+        self.names.update(target_names(node.target))
 
 
 def bound_names(func: cst.FunctionDef) -> frozenset[str]:

@@ -92,7 +92,8 @@ def test_torch_classes_run_in_chunks_bitwise(name: str, kwargs: dict[str, Any],
 def test_emitted_foreach_runs_take_chunks_and_cut_host_lists() -> None:
     import torch.optim.nadam as nadam
 
-    code = rewrite_source(Path(nadam.__file__).read_text(), nadam.__file__).code
+    code = rewrite_source(Path(nadam.__file__).read_text(), nadam.__file__, "torch.optim",
+                          "torch.optim.nadam").code
     assert code is not None
     multi = code[code.index("def _multi_tensor_nadam_gsr"):]
     single = code[code.index("def _single_tensor_nadam_gsr"):code.index("def _multi_tensor")]

@@ -26,6 +26,7 @@ from collections.abc import Set as AbstractSet
 import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import Node
+from gsr_rewrite.frontend.scopes import VariableNames
 from gsr_rewrite.frontend.syntax import dotted
 
 _FOREACH = "torch._foreach_"
@@ -200,17 +201,9 @@ def _names(node: cst.CSTNode) -> list[cst.Name]:
     """The Name nodes under `node` that name variables (not attribute or keyword names)."""
     found: list[cst.Name] = []
 
-    class _V(cst.CSTVisitor):
+    class _V(VariableNames):
         def visit_Name(self, x: cst.Name) -> None:
             found.append(x)
-
-        def visit_Attribute(self, x: cst.Attribute) -> bool:
-            x.value.visit(self)
-            return False
-
-        def visit_Arg(self, x: cst.Arg) -> bool:
-            x.value.visit(self)
-            return False
 
     node.visit(_V())
     return found
