@@ -242,8 +242,7 @@ def _whole_by_budget(count: int, values: Sequence[Any]) -> tuple[Any, ...] | Non
         w = v.item() if isinstance(v, At) else v
         if first is None and isinstance(w, Tensor):
             first = w
-    if first is not None and count * first.numel() * first.element_size() > \
-            STRIP_FRACTION * floor:
+    if _budgeted(count, [[first]] if first is not None else []) > 1:
         return None
     return tuple(v.seq if isinstance(v, At) else v for v in values)
 
