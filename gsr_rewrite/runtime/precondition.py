@@ -86,6 +86,31 @@ def _spans_disjoint(owned: list[tuple[Any, int, int]],
     return True
 
 
+def _addresses_disjoint(every: list[Tensor], lows: tuple[int, ...], sizes: tuple[int, ...],
+                        dense: tuple[bool, ...], shared: int) -> bool:
+    """`_spans_disjoint` of plain tensors, the first `shared` of them params, in a few tensor ops
+    on their addresses (10,000 tensors: ~1 ms; sorting the tuples in Python took ~6). Addresses
+    of all devices are compared as one space: with unified virtual addressing (CUDA's on every
+    64-bit platform) they never coincide across devices, and where they could, a false overlap
+    only sends the step to the original."""
+    lo = torch.tensor(lows, dtype=torch.int64, device="cpu")
+    hi = lo + torch.tensor(sizes, dtype=torch.int64, device="cpu")
+    for i in (i for i, d in enumerate(dense) if not d):  # a strided view: its whole extent
+        hi[i] = lows[i] + _extent(every[i])
+    owned = torch.arange(len(lows), device="cpu") >= shared
+    keep = hi > lo  # empty tensors overlap nothing
+    lo, hi, owned = lo[keep], hi[keep], owned[keep]
+    if lo.numel() < 2:
+        return True
+    order = torch.argsort(lo, stable=True)
+    lo, hi, owned = lo[order], hi[order], owned[order]
+    # span i overlaps an earlier one (lower or equal start) iff it starts before their largest end
+    reach = torch.cummax(hi, 0).values[:-1]
+    owned_reach = torch.cummax(torch.where(owned, hi, 0), 0).values[:-1]
+    later = lo[1:]
+    return not bool(((later < reach) & owned[1:]).any() or (later < owned_reach).any())
+
+
 def distinct_buffers(opt: Any) -> bool:
     """The run-time precondition of an R step (see above); False also when a tensor's memory
     cannot be located. Per step three mapped C calls per tensor (address, size, contiguity; and
@@ -112,9 +137,7 @@ def distinct_buffers(opt: Any) -> bool:
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
     elif key is not None and plain:  # the spans from what the key already read
-        k = len(params)
-        verdict = _spans_disjoint(_plain_spans(owned, lows[k:], sizes[k:], dense[k:]),
-                                  _plain_spans(params, lows[:k], sizes[:k], dense[:k]))
+        verdict = _addresses_disjoint(every, lows, sizes, dense, len(params))
         _VERDICTS[opt] = (key, verdict)
     else:
         owned_spans, shared_spans = _spans(owned), _spans(params)

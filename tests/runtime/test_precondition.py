@@ -121,6 +121,30 @@ def test_strided_view_counts_its_whole_extent() -> None:
                                        precondition._spans([inner]) or [])
 
 
+@pytest.mark.parametrize("seed", range(200))
+def test_address_columns_agree_with_the_span_walk(seed: int) -> None:
+    """The vectorized check on plain tensors (`_addresses_disjoint`) says what the span walk says,
+    on random views of two buffers: contiguous, strided, empty, params among them or not."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(n: int) -> int:
+        return int(torch.randint(n, (), generator=gen))
+
+    bases = [torch.zeros(64), torch.zeros(64)]
+    ts = []
+    for _ in range(1 + pick(8)):
+        base, start = bases[pick(2)], pick(64)
+        step = 1 + pick(3) * pick(2)  # mostly contiguous
+        ts.append(base[start:start + pick(12):step])
+    shared = pick(len(ts) + 1)
+    lows = tuple(map(torch.Tensor.data_ptr, ts))
+    sizes = tuple(t.nbytes for t in ts)
+    dense = tuple(map(torch.Tensor.is_contiguous, ts))
+    walked = precondition._spans_disjoint(precondition._spans(ts[shared:]) or [],
+                                          precondition._spans(ts[:shared]) or [])
+    assert precondition._addresses_disjoint(ts, lows, sizes, dense, shared) == walked
+
+
 def test_a_closure_takes_the_original_step() -> None:
     params = _params(0)
     opt = AdamWR(params, lr=0.01)
