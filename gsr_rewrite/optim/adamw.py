@@ -246,10 +246,7 @@ def _single_tensor_adamw_gsr(
     maximize: bool,
 ) -> None:
     for i, param in enumerate(params):
-        if _gsr.fits((grads[i],), ()):  # gsr: neg -> gradient
-            grad = grads[i] if not maximize else grads[i].neg_()
-        else:
-            grad = grads[i] if not maximize else -grads[i]
+        grad = grads[i] if not maximize else (grads[i].neg_() if _gsr.fits((grads[i],), ()) else -grads[i])  # gsr: neg -> gradient
         exp_avg = exp_avgs[i]
         exp_avg_sq = exp_avg_sqs[i]
         step = state_steps[i]

@@ -38,6 +38,11 @@ def _paren(e: cst.BaseExpression) -> cst.BaseExpression:
     return e.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
 
+def _paren_loose(e: cst.BaseExpression) -> cst.BaseExpression:
+    """e in parentheses where it binds more loosely than a conditional expression's branch."""
+    return _paren(e) if isinstance(e, (cst.IfExp, cst.Lambda)) else e
+
+
 def _call(func: str | cst.BaseExpression, args: Sequence[cst.BaseExpression],
           kwargs: Sequence[cst.Arg] = ()) -> cst.Call:
     f = _expr(func) if isinstance(func, str) else func
@@ -118,9 +123,24 @@ def emit_placement(p: Placement, node: cst.BaseExpression, cat: OpCatalog,
 
 
 class _ExpressionRewriter(cst.CSTTransformer):
+    """Emits the placements (by id of their original node); with `branch` (an IfExp's id and
+    "body" or "orelse") and a guard, that branch becomes `rewritten if guard else original`."""
+
     def __init__(self, placements: dict[int, Placement], cat: OpCatalog,
-                 tensor_ops: dict[int, list[bool]]) -> None:
+                 tensor_ops: dict[int, list[bool]],
+                 branch: tuple[int, str] | None = None, guard: str = "") -> None:
         self.placements, self.cat, self.tensor_ops = placements, cat, tensor_ops
+        self.branch, self.guard = branch, guard
+
+    def leave_IfExp(self, original: cst.IfExp, updated: cst.IfExp) -> cst.BaseExpression:
+        if self.branch is None or self.branch[0] != id(original):
+            return updated
+        name = self.branch[1]
+        new, old = getattr(updated, name), getattr(original, name)
+        guarded = cst.IfExp(test=_expr(self.guard), body=_paren_loose(new),
+                            orelse=_paren_loose(old), lpar=[cst.LeftParen()],
+                            rpar=[cst.RightParen()])
+        return updated.with_changes(**{name: guarded})
 
     def _leave(self, original: cst.BaseExpression, updated: cst.BaseExpression
                ) -> cst.BaseExpression:
@@ -198,8 +218,23 @@ def _tuple(items: list[str]) -> str:
 
 def rewrite_statement(line: cst.SimpleStatementLine, placements: list[Placement],
                       cat: OpCatalog, tensor_ops: dict[int, list[bool]],
-                      guard: str, renamer: Renamer, comment: str) -> cst.If:
+                      guard: str, renamer: Renamer, comment: str) -> cst.BaseStatement:
+    """The statement with its placements emitted under `guard`, the original its fallback: the
+    guard sits in the conditional-expression branch that holds every placement when there is one
+    (`g = grads[i] if not maximize else (grads[i].neg_() if GUARD else -grads[i])`: evaluated
+    only when the branch runs, not once per param whatever `maximize` is), else the statement
+    becomes `if GUARD: new  else: original`."""
     by_node = {id(p.alloc.node): p for p in placements}
+    branch = _branch_holding(line.body[0], set(by_node))
+    if branch is not None and _code(_expr(guard).visit(renamer)) == guard:  # type: ignore[arg-type]
+        inline = line.body[0].visit(_ExpressionRewriter(by_node, cat, tensor_ops, branch, guard))
+        out = cst.SimpleStatementLine([inline]).visit(renamer)  # type: ignore[list-item]
+        assert isinstance(out, cst.SimpleStatementLine)
+        old = line.trailing_whitespace.comment
+        note = f"{old.value}  # gsr: {comment}" if old else f"# gsr: {comment}"
+        return out.with_changes(leading_lines=line.leading_lines, trailing_whitespace=(
+            cst.TrailingWhitespace(whitespace=cst.SimpleWhitespace("  "),
+                                   comment=cst.Comment(note))))
     new_small = line.body[0].visit(_ExpressionRewriter(by_node, cat, tensor_ops))
     new_line = cst.SimpleStatementLine([new_small]).visit(renamer)  # type: ignore[list-item]
     assert isinstance(new_line, cst.SimpleStatementLine)
@@ -213,3 +248,41 @@ def rewrite_statement(line: cst.SimpleStatementLine, placements: list[Placement]
         orelse=cst.Else(cst.IndentedBlock([fallback])),
         leading_lines=line.leading_lines,
     )
+
+
+_SCOPES = (cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
+
+
+def _branch_holding(stmt: cst.CSTNode, nodes: set[int]) -> tuple[int, str] | None:
+    """(id of an IfExp, "body" | "orelse"): the innermost conditional-expression branch of `stmt`
+    that holds every node of `nodes`, outside any lambda or comprehension (a guard there would run
+    in another scope, or once per element); None when there is none or `stmt` binds a name with
+    `:=` (the guard would read names before the statement's own bindings are settled)."""
+    chains: list[tuple[object, ...]] = []
+    blocked = [False]
+    branches: dict[int, tuple[int, str]] = {}
+    stack: list[object] = []  # per visited node: its branch, "scope", or None
+
+    class _Walk(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            if isinstance(node, cst.IfExp):
+                branches[id(node.body)] = (id(node), "body")
+                branches[id(node.orelse)] = (id(node), "orelse")
+            blocked[0] |= isinstance(node, cst.NamedExpr)
+            stack.append("scope" if isinstance(node, _SCOPES) else branches.get(id(node)))
+            if id(node) in nodes:
+                chains.append(tuple(e for e in stack if e is not None))
+            return True
+
+        def on_leave(self, original_node: cst.CSTNode) -> None:
+            stack.pop()
+
+    stmt.visit(_Walk())
+    if blocked[0] or len(chains) != len(nodes):
+        return None
+    common: list[object] = []
+    for entries in zip(*chains, strict=False):
+        if len(set(entries)) != 1 or entries[0] == "scope":
+            break
+        common.append(entries[0])
+    return common[-1] if common else None  # type: ignore[return-value]
