@@ -172,27 +172,36 @@ def measure_temporaries(
     dtype: torch.dtype = torch.float32,
     warmup_steps: int = 2,
     seed: int = 0,
+    steps: int = 8,
 ) -> StepMemory:
-    """Build params of ``shapes`` with random grads, warm up, and measure one step's temporaries.
+    """Build params of ``shapes`` with random grads, warm up, and measure the temporaries of the
+    worst of ``steps`` consecutive steps.
 
     Warm-up steps create lazily initialised state (momentum buffers, step counters) so that it is
-    not counted as a temporary. Grads are refreshed in place before each step (an R-variant leaves
-    scratch in them), so the refresh allocates nothing inside the measured step.
+    not counted as a temporary. Several steps are measured because a step may branch on its count
+    (torch's RAdam rectifies from step 6 on, allocating 0.625 x the params where step 3 allocates
+    0.25). Grads are refreshed in place before each step (an R-variant leaves scratch in them), so
+    the refresh allocates nothing inside the measured step.
     """
     params, refresh_grads = _random_problem(shapes, device, dtype, seed)
     optimizer = make_optimizer(params)
     for _ in range(warmup_steps):
         refresh_grads()
         optimizer.step()
-    refresh_grads()
-    # Sizes before the step: a step may legally rebind or drop p.grad.
-    with_grad = [_nbytes(p) for p in _params(optimizer) if p.grad is not None]
-    peak = measure_step_peak_bytes(optimizer)
-    return StepMemory(
-        peak_bytes=peak,
-        param_bytes=sum(with_grad),
-        largest_param_bytes=max(with_grad, default=0),
-    )
+    worst: StepMemory | None = None
+    for _ in range(max(steps, 1)):
+        refresh_grads()
+        # Sizes before the step: a step may legally rebind or drop p.grad.
+        with_grad = [_nbytes(p) for p in _params(optimizer) if p.grad is not None]
+        memory = StepMemory(
+            peak_bytes=measure_step_peak_bytes(optimizer),
+            param_bytes=sum(with_grad),
+            largest_param_bytes=max(with_grad, default=0),
+        )
+        if worst is None or memory.units > worst.units:
+            worst = memory
+    assert worst is not None
+    return worst
 
 
 @dataclass(frozen=True)
