@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gsr_rewrite.outcome import CONTRACT, ClassOutcome, RewriteResult, Temporary
-from gsr_rewrite.proof.memory import StepMemory, StepTimes
+from gsr_rewrite.proof.memory import MEASURED_STEPS, StepMemory, StepTimes
 from gsr_rewrite.proof.validate import MEASURED_ON, ClassCheck, plural
 from gsr_rewrite.version import __version__
 
@@ -150,7 +150,8 @@ def _check(out: _Lines, c: ClassOutcome, chk: ClassCheck) -> None:
         lo, hi = min(t.steps for t in chk.times.values()), max(t.steps for t in chk.times.values())
         count = plural(lo, "step") if lo == hi else f"{lo}-{hi} steps"
         timed = f"; time: median of {count}, 1 thread"
-    out.add(f"  measured on {MEASURED_ON}; temporaries of one step in parameter-sizes{timed}:")
+    out.add(f"  measured on {MEASURED_ON}; temporaries of the worst of {MEASURED_STEPS} steps in "
+            f"parameter-sizes{timed}:")
     width = max(map(len, chk.memory))
     for key, (mem, r_mem) in chk.memory.items():
         out.add(f"    {key:{width}}  temporaries: original {mem.units:.3f}, {c.r_name} "

@@ -12,6 +12,7 @@ import torch
 
 from gsr_rewrite.corpus.rows import REUSE_FROM, REUSE_TO, TARGET, CorpusRow
 from gsr_rewrite.proof.check import MEASURE_SHAPES
+from gsr_rewrite.proof.memory import MEASURED_STEPS
 from gsr_rewrite.proof.validate import plural
 from gsr_rewrite.version import __version__
 
@@ -61,8 +62,8 @@ def environment() -> dict[str, Any]:
             "python": platform.python_version(), "device": "cpu",
             "date": time.strftime("%Y-%m-%d"),
             "shapes": f"{len(MEASURE_SHAPES)} x {'x'.join(map(str, MEASURE_SHAPES[0]))} fp32",
-            "units": "peak bytes allocated by the worst of 8 step()s / bytes of all params "
-                     "(CPU profiler)"}
+            "units": f"peak bytes allocated by the worst of {MEASURED_STEPS} step()s / bytes of "
+                     "all params (CPU profiler)"}
 
 
 def to_markdown(rows: list[CorpusRow], skipped: list[str], packages: list[str], steps: int,
@@ -75,13 +76,13 @@ def to_markdown(rows: list[CorpusRow], skipped: list[str], packages: list[str], 
         f"{env['date']}; {seconds:.0f} s in all.",
         "",
         f"Temporaries of one `step()` in units of the parameter size ({env['shapes']}); the "
-        "worst of 8 steps after 2 warm-up steps, and of the for-loop and foreach paths where "
-        "the constructor takes `foreach`; strip-mined runs measured in their finest strips "
-        "(what they keep at any size). Time: the R-variant's step time over the original's on "
-        "the same params (median of alternating steps, one CPU thread, the worst path) at the "
-        "run-time strip floor, as a user's step runs (these params fit one strip; "
-        "benchmarks/step_time.py times model-sized params). Equivalence: original vs R-variant "
-        f"over {steps} steps on odd shapes, bitwise "
+        f"worst of {MEASURED_STEPS} steps after 2 warm-up steps, and of the for-loop and "
+        "foreach paths where the constructor takes `foreach`; strip-mined runs measured in "
+        "their finest strips (what they keep at any size). Time: the R-variant's step time "
+        "over the original's on the same params (median of alternating steps, one CPU thread, "
+        "the worst path) at the run-time strip floor, as a user's step runs (these params fit "
+        "one strip; benchmarks/step_time.py times model-sized params). Equivalence: original "
+        f"vs R-variant over {steps} steps on odd shapes, bitwise "
         "(max abs diff under the default tolerance when not bitwise).",
         "",
         "| class | module | status | before | after | time | equivalence | reason |",

@@ -5,10 +5,11 @@
 For each module of each package (walked with pkgutil), every class that subclasses
 ``torch.optim.Optimizer`` and whose ``class`` statement is in that module is one row. Its module is
 rewritten once (cached, `gsr_rewrite.api.rewrite_module`); each class then gets: the status and
-reason, the measured temporaries of one step before and after (units of the parameter size, on
-8 x 64x64 fp32 params, the worst of the for-loop and foreach paths), and the bitwise equivalence
-over `steps` steps (with the max |diff| under tolerance when not bitwise). Classes that need a
-closure or special construction are recorded as such, never skipped. One crash never stops a run.
+reason, the measured temporaries of a step before and after (units of the parameter size, on
+8 x 64x64 fp32 params, the worst of 8 steps and of the for-loop and foreach paths), and the
+bitwise equivalence over `steps` steps (with the max |diff| under tolerance when not bitwise).
+Classes that need a closure or special construction are recorded as such, never skipped. One
+crash never stops a run.
 """
 
 from __future__ import annotations

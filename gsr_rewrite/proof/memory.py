@@ -164,6 +164,10 @@ def _random_problem(
     return params, refresh_grads
 
 
+#: steps measured after the warm-up; the worst counts (a step may branch on its count)
+MEASURED_STEPS = 8
+
+
 def measure_temporaries(
     make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
     shapes: Sequence[tuple[int, ...]],
@@ -172,10 +176,10 @@ def measure_temporaries(
     dtype: torch.dtype = torch.float32,
     warmup_steps: int = 2,
     seed: int = 0,
-    steps: int = 8,
+    steps: int | None = None,
 ) -> StepMemory:
     """Build params of ``shapes`` with random grads, warm up, and measure the temporaries of the
-    worst of ``steps`` consecutive steps.
+    worst of ``steps`` consecutive steps (default `MEASURED_STEPS`).
 
     Warm-up steps create lazily initialised state (momentum buffers, step counters) so that it is
     not counted as a temporary. Several steps are measured because a step may branch on its count
@@ -189,7 +193,7 @@ def measure_temporaries(
         refresh_grads()
         optimizer.step()
     worst: StepMemory | None = None
-    for _ in range(max(steps, 1)):
+    for _ in range(max(MEASURED_STEPS if steps is None else steps, 1)):
         refresh_grads()
         # Sizes before the step: a step may legally rebind or drop p.grad.
         with_grad = [_nbytes(p) for p in _params(optimizer) if p.grad is not None]
