@@ -13,7 +13,7 @@ from typing import Any
 
 import libcst as cst
 
-from gsr_rewrite.errors import RewriteError
+from gsr_rewrite.errors import AnalysisLimit, RewriteError
 from gsr_rewrite.frontend.effects import EMPTY, Effects, Value, dotted
 
 Fact = tuple[str, str]  # (variable, buffer)
@@ -173,8 +173,9 @@ class _Builder:
             body = self.guarded_block(_statements(stmt.body), body_end, loop, handlers or [fin])
             start.succ = [body, *handlers]
             return start, _Tail(join)
-        raise RewriteError(self.where(stmt), f"unsupported statement `{type(stmt).__name__}` in "
-                           "an optimizer step; rewrite it with if/for/while")
+        # this class is refused; the module's other classes go on
+        raise AnalysisLimit(self.where(stmt), f"unsupported statement `{type(stmt).__name__}` "
+                            "in an optimizer step; rewrite it with if/for/while")
 
 
 def _statements(body: cst.BaseSuite) -> Sequence[Any]:
