@@ -152,6 +152,8 @@ def read_parts(s: cst.CSTNode, unpack: bool = False) -> list[cst.CSTNode]:
     `a, b = ...` reads neither a nor b either."""
     if isinstance(s, cst.For):
         return [s.iter]
+    if isinstance(s, cst.While):  # a while loop's latch: its body's statements are nodes too
+        return [s.test]
     if isinstance(s, cst.With):
         return [item.item for item in s.items]
     if isinstance(s, (cst.Assign, cst.AnnAssign)) and s.value is not None:

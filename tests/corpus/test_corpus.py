@@ -125,7 +125,7 @@ def test_reduce_names_the_class_and_the_reason(tmp_path: Path,
                     for p in group["params"]:
                         if p.grad is not None:
                             self.state[p]["last"] = p.grad
-                            p.add_(p.grad.sign(), alpha=-group["lr"])
+                            p.add_(p.grad.sign(), alpha=-group["lr"] * float(p.grad.abs().sum()))
     """)
     import plain_sgd
 

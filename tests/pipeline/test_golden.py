@@ -37,7 +37,7 @@ def _render(case: str) -> tuple[str, str | None]:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_golden(case: str, tmp_path: Path) -> None:
+def test_golden(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text, code = _render(case)
     expected = GOLDEN / case / "expected.txt"
     if os.environ.get("GSR_REGEN_GOLDEN"):
@@ -47,6 +47,7 @@ def test_golden(case: str, tmp_path: Path) -> None:
     if code is not None:
         path = tmp_path / f"{case}_r.py"
         path.write_text(code)
+        monkeypatch.syspath_prepend(str(GOLDEN / case))  # stubs of what before.py imports
         module = load_module(path, f"golden_{case}")
         result = rewrite_source((GOLDEN / case / "before.py").read_text(), "before.py")
         for c in result.classes:

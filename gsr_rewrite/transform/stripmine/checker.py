@@ -38,8 +38,10 @@ class _Checker:
     Raises _Refuse at the first use that would differ between a strip and the whole tensor."""
 
     def __init__(self, pt: PointsTo, cat: OpCatalog, strip_names: set[str],
-                 positions: frozenset[str] = frozenset()) -> None:
+                 positions: frozenset[str] = frozenset(),
+                 hoisted: dict[str, str] | None = None) -> None:
         self.pt = pt
+        self.hoisted = hoisted or {}  # `p.grad` -> the placeholder of its hoisted read (hoist.py)
         self.positions = positions  # `i` of `for i in range(len(xs))` in the run
         self.cat = cat
         self.strip_names = strip_names  # bound in the run to strip-sized values (grows)
@@ -155,6 +157,11 @@ class _Checker:
     def expr(self, e: cst.BaseExpression) -> bool:
         if isinstance(e, cst.Name):
             return self.name_is_tensor(e.value)
+        if self.hoisted and isinstance(e, (cst.Attribute, cst.Subscript)) and \
+                _code(e) in self.hoisted:
+            self.loads.append(self.hoisted[_code(e)])  # read before the run, then sliced
+            self.strip = True
+            return True
         if isinstance(e, cst.Attribute):
             if dotted(e) is not None and dotted(e).startswith("torch."):  # type: ignore[union-attr]
                 return False

@@ -10,6 +10,7 @@ import libcst as cst
 
 from gsr_rewrite.transform.emit import Renamer
 from gsr_rewrite.transform.stripmine.chunks import PartWrapper
+from gsr_rewrite.transform.stripmine.hoist import ReadReplacer, hoisted_name, is_placeholder
 from gsr_rewrite.transform.stripmine.region import StripRegion
 
 
@@ -27,11 +28,15 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
     """`for a_strip, b_strip in _gsr.strips(K, a, b): <body with a, b renamed>`; with `flag`
     (the run has lines that run once), `for flag, (a_strip, ...) in enumerate(...)`, and the
     `del` lines of r.after follow the loop. `originals[i]` is the source line of `body[i]`."""
-    names = {v: fresh_name(f"{v}_strip", taken) for v in [*r.sliced, *(xs for xs, _ in r.items)]}
+    hoists = {v: fresh_name(hoisted_name(v[1:]), taken) for v in r.sliced if is_placeholder(v)}
+    sliced = [hoists.get(v, v) for v in r.sliced]
+    names = {v: fresh_name(f"{v}_strip", taken) for v in [*sliced, *(xs for xs, _ in r.items)]}
     renamer = StripRenamer(names)
+    reads = ReadReplacer({v[1:]: name for v, name in hoists.items()})
     moved = [s for o, s in zip(originals, body, strict=True) if id(o) in r.after]
     kept = [(o, s) for o, s in zip(originals, body, strict=True) if id(o) not in r.after]
-    renamed = [cast(cst.BaseStatement, s.visit(renamer)) for _, s in kept]
+    renamed = [cast(cst.BaseStatement, cast(cst.BaseStatement, s.visit(reads)).visit(renamer))
+               for _, s in kept]
     piece = fresh_name("strip_piece", taken) if r.chunks else ""
     if piece:  # foreach arguments that are not strip lists: cut to each chunk's positions
         wrapper = PartWrapper({names.get(v, v) for v in r.strip_values}, runtime, piece)
@@ -39,7 +44,7 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
     inner = guard_once([o for o, _ in kept], renamed, dict.fromkeys(r.once, flag))
     lead = _take_leading_lines(inner)
     temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
-    args = [*r.sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
+    args = [*sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
     targets = [*names.values(), *([piece] if piece else [])]
     target = ", ".join(targets) if len(targets) > 1 else f"({targets[0]},)"
     strips = f"{runtime}.strips({r.strips}, {', '.join(args)}{', chunks=True' if piece else ''})"
@@ -51,6 +56,10 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
     comment = cst.EmptyLine(comment=cst.Comment(
         f"# gsr-rewrite: strip-mined; the {temps} temporaries are {how}1/{r.strips} of their "
         "tensors"))
+    before = [cst.parse_statement(f"{name} = {v[1:]}\n") for v, name in hoists.items()]
+    if before:  # the hoisted reads, under the run's comments
+        before[0] = before[0].with_changes(leading_lines=[*lead, comment])
+        return [*before, header.with_changes(body=cst.IndentedBlock(inner)), *moved]
     return [header.with_changes(body=cst.IndentedBlock(inner), leading_lines=[*lead, comment]),
             *moved]
 

@@ -18,6 +18,7 @@ from gsr_rewrite.transform.plan import FunctionPlan
 from gsr_rewrite.transform.stripmine.aliases import _host_aliases
 from gsr_rewrite.transform.stripmine.checker import _Checker, _code
 from gsr_rewrite.transform.stripmine.chunks import chunk_blocker
+from gsr_rewrite.transform.stripmine.hoist import hoisted_reads, is_placeholder
 from gsr_rewrite.transform.stripmine.region import (
     StripRegion,
     _anchor,
@@ -45,9 +46,6 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse(f"the run of statements {what}")
         if n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If):
             raise _Refuse("the run of statements loops")
-        if n.eff.rooted:
-            raise _Refuse(f"it reaches {_role(min(n.eff.rooted))} through `p.grad` or optimizer "
-                          "state inside the run; a strip view has neither")
         if n.eff.calls:
             raise _Refuse(f"it calls `{n.eff.calls[0][0]}`, which may do anything per call")
         if n.eff.escapes:
@@ -61,8 +59,13 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         if n.eff.foreign or any({OPAQUE, SHAPED} & n.pt_in.get(x, EMPTY) for x in used):
             raise _Refuse("it reads an object the analysis does not model (an attribute of "
                           "self, a global, a call's result): its shape is unknown")
+    # `p.grad` and `state["k"]` read in the run: read once before it, into names it slices
+    hoisted, roots = hoisted_reads(nodes, {id(st) for st in r.block.body[r.start:r.end]})
     assigned = _assigned_before(nodes, entry, preds, inside)
     region_assigned = {k for n in nodes for k in n.eff.assigns}
+    if roots & region_assigned:
+        raise _Refuse(f"the run reads `{min(hoisted)}` and rebinds "
+                      f"`{min(roots & region_assigned)}`")
     # names the run binds to strip-sized values (`mask = (u * g) > 0` too, which the buffer
     # analysis sees as no buffer): found by evaluating the run until no new one appears
     strip_names: set[str] = {k for n in nodes for k, v in n.eff.assigns.items() if buffers(v)}
@@ -74,7 +77,7 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         before = len(strip_names)
         sliced.clear()
         for n in nodes:
-            checker = checked[id(n)] = _Checker(n.pt_in, cat, strip_names, positions)
+            checker = checked[id(n)] = _Checker(n.pt_in, cat, strip_names, positions, hoisted)
             checker.statement(n)
             for xs, i in checker.items:
                 if items.setdefault(xs, i) != i or xs in region_assigned or \
@@ -82,10 +85,15 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
                     raise _Refuse(f"`{xs}[{i}]`: the run changes the list or its index, or "
                                   "reads more than one item")
             for name in checker.loads:
-                if name not in assigned[id(n)] and buffers(entry.pt_in.get(name, EMPTY)):
+                if name not in assigned[id(n)] and (is_placeholder(name) or
+                                                    buffers(entry.pt_in.get(name, EMPTY))):
                     sliced[name] = None
         if len(strip_names) == before:
             break
+    changed = {root for c in checked.values() for root, _ in c.mutated} | \
+        {x for c in checked.values() for x in c.deleted}
+    if roots & changed:
+        raise _Refuse(f"the run reads `{min(hoisted)}` and changes `{min(roots & changed)}`")
     r.once, r.after = _run_once(r, nodes, checked, inside, fp, cat)
     for n in nodes:
         if n.line is not None and id(n.line) in r.once:
@@ -104,13 +112,13 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         raise _Refuse(f"`{min(set(items) & set(sliced))}` is read both whole and by index")
     r.items = sorted(items.items())
     defined = _defined_at(fp, entry)
-    for name in [*sliced, *items, *items.values()]:
+    for name in [*(x for x in sliced if not is_placeholder(x)), *roots, *items, *items.values()]:
         if name not in defined:
             raise _Refuse(f"`{name}` may be unbound where the run starts")
     if not sliced and not items:
         raise _Refuse("it reads no tensor that could be sliced")
     why, r.strip_values = chunk_blocker(nodes, sliced, bool(items))
-    r.chunks = why is None
+    r.chunks = why is None and not hoisted  # chunk_blocker reads names, not hoisted reads
     return sorted(sliced)
 
 
@@ -155,7 +163,7 @@ def _run_once(r: StripRegion, nodes: list[Node], checked: dict[int, _Checker],
             continue
         c = checked[id(t)]
         host_reads = {x for x in c.loads if x not in c.strip_names and
-                      not buffers(t.pt_in.get(x, EMPTY))}
+                      not is_placeholder(x) and not buffers(t.pt_in.get(x, EMPTY))}
         if not host_reads:
             continue
         after_t = {id(m) for m in _reachable(t, succ, nodes)}
