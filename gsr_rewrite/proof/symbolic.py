@@ -28,8 +28,10 @@ runs is `translation`'s work; the Triton backend's kernel trace sets `SCALAR_LOO
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -49,7 +51,23 @@ SCALAR_ITEM: Callable[[Any, bool], Any] | None = None
 
 
 class SymbolicExecutionError(RuntimeError):
-    """The step cannot run symbolically (data-dependent control flow, unsupported op)."""
+    """The step cannot run symbolically (data-dependent control flow, unsupported op, its time
+    budget spent)."""
+
+
+#: `time.perf_counter()` past which symbolic execution stops (`time_budget`; None: no limit)
+_DEADLINE: list[float | None] = [None]
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Symbolic execution inside stops with SymbolicExecutionError once `seconds` have passed
+    (expressions can swell step after step: timm's Lamb took over 3 minutes)."""
+    saved, _DEADLINE[0] = _DEADLINE[0], time.perf_counter() + seconds
+    try:
+        yield
+    finally:
+        _DEADLINE[0] = saved
 
 
 def _simple(exact: Fraction, tol: float, ks: range) -> Fraction | None:
@@ -205,6 +223,9 @@ def _scalar_out(func: Any, t: SymTensor) -> Any:
 
 
 def _dispatch(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _DEADLINE[0] is not None and time.perf_counter() > _DEADLINE[0]:
+        raise SymbolicExecutionError("symbolic execution ran past its time budget "
+                                     "(GSR_PROOF_BUDGET_S)")
     name, overload = func._schema.name.split("::")[-1], func._overloadname
     if name in ("_local_scalar_dense", "is_nonzero"):
         return _scalar_out(func, args[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,10 @@ class Proof:
 #: symbolic validation: steps per configuration (the state after step 1 is re-symbolized, so
 #: steps 2 and 3 start from an arbitrary state)
 PROOF_STEPS = 3
+#: seconds of symbolic execution per class (GSR_PROOF_BUDGET_S); past it the proof "could not
+#: run" and the stress matrix alone decides, as for any class symbolic execution cannot take.
+#: The slowest class of the corpora proves in under 10 s; timm's Lamb ran for minutes.
+PROOF_BUDGET_S = float(os.environ.get("GSR_PROOF_BUDGET_S", "20"))
 
 
 def prove_class(original: type, rewritten: type) -> Proof:
@@ -127,21 +132,23 @@ def prove_class(original: type, rewritten: type) -> Proof:
     (translation.PROOF_SHAPES)."""
     from gsr_rewrite import runtime
     from gsr_rewrite.proof.configs import stress_configs
+    from gsr_rewrite.proof.symbolic import time_budget
     from gsr_rewrite.proof.translation import PROOF_SHAPES, validate_rewrite
 
     configs = stress_configs(original) or [{}]
     hits = runtime.GUARD_HITS[0]
-    for config in configs:
-        try:
-            with runtime.fine_strips():
-                res = validate_rewrite(original, rewritten, config, steps=PROOF_STEPS,
-                                       shapes=PROOF_SHAPES, groups=2)
-        except Exception as e:  # constructor needs arguments, data-dependent control flow, ...
-            return Proof(None, f"symbolic validation could not run ({type(e).__name__}: {e})")
-        if not res.equal:
-            first = next(iter(res.residuals.items()), ("?", "?"))
-            return Proof(False, f"translation validation failed for {config or 'defaults'}: "
-                                f"{first[0]} differs by {first[1]}")
+    with time_budget(PROOF_BUDGET_S):  # for all configurations together
+        for config in configs:
+            try:
+                with runtime.fine_strips():
+                    res = validate_rewrite(original, rewritten, config, steps=PROOF_STEPS,
+                                           shapes=PROOF_SHAPES, groups=2)
+            except Exception as e:  # needs arguments, data-dependent control flow, budget, ...
+                return Proof(None, f"symbolic validation could not run ({type(e).__name__}: {e})")
+            if not res.equal:
+                first = next(iter(res.residuals.items()), ("?", "?"))
+                return Proof(False, f"translation validation failed for {config or 'defaults'}: "
+                                    f"{first[0]} differs by {first[1]}")
     if runtime.GUARD_HITS[0] == hits:  # every guard said no: only the fallback was compared
         return Proof(None, "symbolic validation never reached a rewritten statement")
     scope = f"{plural(len(configs), 'configuration')}, {plural(PROOF_STEPS, 'step')}"
