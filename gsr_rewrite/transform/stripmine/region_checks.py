@@ -272,11 +272,6 @@ def _variables_read(n: Node) -> set[str]:
     return set().union(*(loaded_names(x) for x in read_parts(n.node, unpack=True)))
 
 
-def _role(b: str) -> str:
-    return "the gradient" if b == "grad" else "the parameter" if b == "param" else \
-        f"state '{b[6:]}'" if b.startswith("state:") else b
-
-
 def _assigned_before(nodes: list[Node], entry: Node, preds: dict[int, list[Node]],
                      inside: set[int]) -> dict[int, set[str]]:
     """Names assigned on every path from the run's entry to each node (before it runs)."""
