@@ -80,6 +80,11 @@ def test_reads_of_grad_and_state_in_the_run_are_hoisted_and_exact() -> None:
      denom = state["sq"].sqrt().add_(group["eps"])
      p.addcdiv_([p.grad for _ in range(1)][0], denom, value=-group["lr"])
      ''', "comprehension or lambda"),
+    ('''
+     denom = state["sq"].sqrt().add_(group["eps"])
+     k = sum(1 for p in () if p.grad is not None)
+     p.addcdiv_(p.grad, denom, value=-group["lr"] * (1 + k))
+     ''', "where its name may be another"),
 ])
 def test_reads_that_could_differ_before_the_run_are_not_hoisted(tail: str, why: str) -> None:
     (outcome,) = rewrite_source(_source(tail), "refused.py").classes

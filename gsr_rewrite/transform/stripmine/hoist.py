@@ -49,7 +49,33 @@ def hoisted_reads(nodes: list[Node], top: set[int]) -> tuple[dict[str, str], set
         for code, root, _ in found:
             paths[code] = PLACEHOLDER + code
             roots.add(root)
+    for n in nodes:  # the replacement stops at inner scopes, where `p` may be another name
+        if n.node is not None and any(_in_scope(part, set(paths)) for part in read_parts(n.node)):
+            raise _Refuse("a read hoisted out of the run is also spelled inside a comprehension or "
+                          "lambda, where its name may be another")
     return paths, roots
+
+
+def _in_scope(part: cst.CSTNode, codes: set[str]) -> bool:
+    """Whether a comprehension or lambda within `part` spells one of `codes`."""
+    hit = [False]
+
+    class _Find(cst.CSTVisitor):
+        def __init__(self) -> None:
+            self.depth = 0
+
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            self.depth += isinstance(node, _SCOPES)
+            if self.depth and isinstance(node, (cst.Attribute, cst.Subscript)) and \
+                    _code(node) in codes:
+                hit[0] = True
+            return not hit[0]
+
+        def on_leave(self, original_node: cst.CSTNode) -> None:
+            self.depth -= isinstance(original_node, _SCOPES)
+
+    part.visit(_Find())
+    return hit[0]
 
 
 def _role(b: str) -> str:
@@ -153,10 +179,26 @@ def hoisted_name(code: str) -> str:
 
 
 class ReadReplacer(cst.CSTTransformer):
-    """Replaces the hoisted reads (by code) with names."""
+    """Replaces the hoisted reads (by code) with names; never inside a comprehension or lambda
+    (`hoisted_reads` refuses runs that spell a hoisted read there)."""
 
     def __init__(self, names: dict[str, str]) -> None:
         self.names = names
+
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        return False
+
+    def visit_ListComp(self, node: cst.ListComp) -> bool:
+        return False
+
+    def visit_SetComp(self, node: cst.SetComp) -> bool:
+        return False
+
+    def visit_DictComp(self, node: cst.DictComp) -> bool:
+        return False
+
+    def visit_GeneratorExp(self, node: cst.GeneratorExp) -> bool:
+        return False
 
     def _swap(self, updated: cst.BaseExpression) -> cst.BaseExpression:
         name = self.names.get(_code(updated))
