@@ -117,16 +117,21 @@ def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> C
 
 def _rewrite_class(module: SourceModule, cls: OptimizerClass,
                    catalog: OpCatalog) -> ClassOutcome:
+    try:
+        return _rewrite_one(module, cls, catalog)
+    except AnalysisLimit as e:  # this class only: the others of the module go on
+        return ClassOutcome(cls.name, "refused", f"{e.where}: {e.reason}")
+
+
+def _rewrite_one(module: SourceModule, cls: OptimizerClass,
+                 catalog: OpCatalog) -> ClassOutcome:
     if cls.unresolved:
         return ClassOutcome(cls.name, "refused", f"{module.where(cls.node)}: {cls.unresolved}")
     if "step" not in cls.methods:
         return ClassOutcome(cls.name, "refused", f"{module.where(cls.node)}: no `step` method "
                             "in the class or the bases it inherits from")
     src = class_view(module, cls)  # the module of `step`, knowing where inherited methods are
-    try:
-        analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
-    except AnalysisLimit as e:  # this class only: the others of the module go on
-        return ClassOutcome(cls.name, "refused", f"{e.where}: {e.reason}")
+    analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
     plans = plan_class(analysis, catalog)  # 4. place temporaries in dead buffers
     for fp in plans:
         _drop_unguardable(fp, catalog)

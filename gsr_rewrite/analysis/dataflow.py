@@ -38,7 +38,7 @@ def must_reach(nodes: Sequence[Node], entry: Node, start: set[str],
     everything = start | {k for n in nodes for k in n.eff.assigns}
     din: dict[int, set[str]] = {id(n): set(everything) for n in nodes}
     din[id(entry)] = set(start)
-    for _ in range(50):
+    for _ in range(POINTS_TO_ROUNDS):
         changed = False
         for n in nodes:
             if n is not entry:
@@ -47,8 +47,10 @@ def must_reach(nodes: Sequence[Node], entry: Node, start: set[str],
                 if new != din[id(n)]:
                     din[id(n)], changed = new, True
         if not changed:
-            break
-    return din
+            return din
+    # stopped early, the sets would still hold names not bound on every path: never use them
+    raise AnalysisLimit(f"{entry.kind} of a run", "which names are bound on every path did not "
+                        f"settle in {POINTS_TO_ROUNDS} rounds; nothing is assumed of it")
 
 
 def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,

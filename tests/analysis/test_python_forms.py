@@ -184,3 +184,41 @@ def test_points_to_that_does_not_settle_refuses_the_class_not_the_run(
     monkeypatch.setattr(dataflow, "POINTS_TO_ROUNDS", 1)
     (c,) = rewrite_source(source, "loopy.py").classes
     assert c.status == "refused" and "did not settle in 1 rounds" in c.reason
+
+
+def test_a_must_analysis_that_does_not_settle_raises_instead_of_answering(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`must_reach` starts from every name and removes; stopped early it would still claim names
+    bound on paths that do not bind them. Past its rounds it raises (the class is refused)."""
+    import libcst as cst
+
+    from gsr_rewrite.analysis import dataflow
+    from gsr_rewrite.analysis.cfg import build_flow
+    from gsr_rewrite.errors import AnalysisLimit
+
+    func = cst.parse_module(textwrap.dedent('''
+        def f(xs):
+            for x in xs:
+                if x:
+                    a = 1
+                else:
+                    b = 2
+            return 0
+        ''')).body[0]
+    assert isinstance(func, cst.FunctionDef)
+    flow = build_flow(func, lambda node: "f.py:1:1")
+    for n in flow.nodes:  # the bindings the effects analysis would find
+        if isinstance(n.node, cst.Assign):
+            target = n.node.targets[0].target
+            assert isinstance(target, cst.Name)
+            n.eff.assigns[target.value] = frozenset()
+    preds = dataflow.preds_of(flow.nodes)
+
+    def bind(n: dataflow.Node, names: set[str]) -> set[str]:
+        return names | set(n.eff.assigns)
+
+    settled = dataflow.must_reach(flow.nodes, flow.entry, set(), bind, preds)
+    assert all("a" not in names for names in settled.values())  # a is not bound on every path
+    monkeypatch.setattr(dataflow, "POINTS_TO_ROUNDS", 1)
+    with pytest.raises(AnalysisLimit, match="did not settle in 1 rounds"):
+        dataflow.must_reach(flow.nodes, flow.entry, set(), bind, preds)
