@@ -148,3 +148,23 @@ def test_a_while_loop_over_indices_is_strip_mined_inside() -> None:
     (outcome,) = result.classes
     assert outcome.status == "rewritten", outcome.reason
     assert [t.lives_in for t in outcome.temporaries if t.op == "sqrt"] == ["1/64 strips"]
+
+
+@pytest.mark.parametrize(("wrap", "refused"), [
+    ("with contextlib.suppress(RuntimeError):", True),
+    ("try:", True),
+    ("with torch.no_grad():", False),
+])
+def test_a_run_where_an_exception_could_be_caught_midway_is_not_strip_mined(
+        wrap: str, refused: bool) -> None:
+    """Strip by strip, an exception in a later strip comes after earlier strips were written;
+    where the step may catch it and go on, the run is not strip-mined."""
+    body = textwrap.indent(textwrap.dedent(GRAD_AND_STATE), "    ")
+    tail = f"{wrap}\n{body}" + ("except RuntimeError:\n    pass\n" if wrap == "try:" else "")
+    source = "import contextlib\n" + _source(tail)
+    (outcome,) = rewrite_source(source, "wrapped.py").classes
+    strip_mined = any(t.lives_in.endswith("strips") for t in outcome.temporaries)
+    assert strip_mined != refused, [t.how for t in outcome.temporaries]
+    if refused:
+        assert any("swallow" in t.how or "`try` with `except`" in t.how
+                   for t in outcome.temporaries)

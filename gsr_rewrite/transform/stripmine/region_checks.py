@@ -32,6 +32,7 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
                   parents: dict[int, cst.CSTNode]) -> list[str]:
     """The variables to slice, or _Refuse with the first thing that is not per-element."""
     fa = fp.analysis
+    _check_enclosing(r.block, parents)
     nodes = _region_nodes(r, fa.flow.nodes, parents)
     inside = {id(n) for n in nodes}
     preds = preds_of(fa.flow.nodes)
@@ -120,6 +121,32 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     why, r.strip_values = chunk_blocker(nodes, sliced, bool(items))
     r.chunks = why is None and not hoisted  # chunk_blocker reads names, not hoisted reads
     return sorted(sliced)
+
+
+#: context managers that never swallow an exception (the rest may: `contextlib.suppress`)
+_TRANSPARENT_CONTEXTS = frozenset({
+    "torch.no_grad", "torch.enable_grad", "torch.inference_mode", "torch.set_grad_enabled",
+    "torch.autograd.no_grad", "torch.autograd.enable_grad", "torch.autocast",
+    "torch.profiler.record_function", "torch.autograd.profiler.record_function"})
+
+
+def _check_enclosing(block: cst.CSTNode, parents: dict[int, cst.CSTNode]) -> None:
+    """_Refuse a run inside a `try` with handlers or a `with` that may swallow an exception: a
+    strip that raises midway leaves the earlier strips written, where the original's whole-tensor
+    op raised before writing; caught, the step would go on from a state the original never has."""
+    node = parents.get(id(block))
+    while node is not None and not isinstance(node, cst.FunctionDef):
+        if isinstance(node, (cst.Try, cst.TryStar)) and node.handlers:
+            raise _Refuse("it sits in a `try` with `except`: an exception in a later strip would "
+                          "be caught after earlier strips were written")
+        if isinstance(node, cst.With):
+            for item in node.items:
+                call = item.item
+                name = dotted(call.func) if isinstance(call, cst.Call) else None
+                if name not in _TRANSPARENT_CONTEXTS:
+                    raise _Refuse(f"it sits in `with {_code(call)}`, which may swallow an "
+                                  "exception raised after earlier strips were written")
+        node = parents.get(id(node))
 
 
 def _run_once(r: StripRegion, nodes: list[Node], checked: dict[int, _Checker],
