@@ -168,3 +168,38 @@ def test_a_run_where_an_exception_could_be_caught_midway_is_not_strip_mined(
     if refused:
         assert any("swallow" in t.how or "`try` with `except`" in t.how
                    for t in outcome.temporaries)
+
+
+@pytest.mark.parametrize(("tail", "why"), [
+    ('''
+     denom = state["sq"].sqrt().add_(group["eps"])
+     p = p.view_as(p)
+     p.addcdiv_(p.grad, denom, value=-group["lr"])
+     ''', "rebinds `p`"),
+    ('''
+     denom = state["sq"].sqrt().add_(group["eps"])
+     self.last_grad = p.grad
+     p.addcdiv_(p.grad, denom, value=-group["lr"])
+     ''', "a tensor escapes: stored on attribute `.last_grad`"),
+])
+def test_a_hoisted_read_that_could_name_another_tensor_or_escape_is_refused(
+        tail: str, why: str) -> None:
+    """The root rebound inside the run (the read before it would see the old `p`), or the
+    gradient stored on self from inside the run (it escapes)."""
+    (outcome,) = rewrite_source(_source(tail), "escapes.py").classes
+    reasons = " ".join(t.how for t in outcome.temporaries if not t.placed)
+    assert why in reasons, reasons
+    assert not any(t.lives_in.endswith("strips") for t in outcome.temporaries)
+
+
+def test_a_while_loop_that_carries_a_run_value_to_its_next_iteration_is_not_strip_mined() -> None:
+    """The back edge reads the loop test only, but a value the run binds and the next iteration
+    reads before binding it again is still seen: strips of it must not cross iterations."""
+    carried = WHILE_LOOP.replace(
+        "                sq = state[\"sq\"]\n",
+        "                sq = state[\"sq\"]\n"
+        "                if i > 0:\n"
+        "                    p.add_(denom.mean(), alpha=0.0)\n")
+    assert carried != WHILE_LOOP
+    (outcome,) = rewrite_source(carried, "carried.py").classes
+    assert not any(t.lives_in.endswith("strips") for t in outcome.temporaries if t.op == "sqrt")
