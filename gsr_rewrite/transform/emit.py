@@ -250,7 +250,8 @@ def rewrite_statement(line: cst.SimpleStatementLine, placements: list[Placement]
     )
 
 
-_SCOPES = (cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
+#: expressions that open a scope of their own (their names are not the statement's)
+INNER_SCOPES = (cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
 
 
 def _branch_holding(stmt: cst.CSTNode, nodes: set[int]) -> tuple[int, str] | None:
@@ -269,7 +270,7 @@ def _branch_holding(stmt: cst.CSTNode, nodes: set[int]) -> tuple[int, str] | Non
                 branches[id(node.body)] = (id(node), "body")
                 branches[id(node.orelse)] = (id(node), "orelse")
             blocked[0] |= isinstance(node, cst.NamedExpr)
-            stack.append("scope" if isinstance(node, _SCOPES) else branches.get(id(node)))
+            stack.append("scope" if isinstance(node, INNER_SCOPES) else branches.get(id(node)))
             if id(node) in nodes:
                 chains.append(tuple(e for e in stack if e is not None))
             return True

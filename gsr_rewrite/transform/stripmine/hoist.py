@@ -17,12 +17,13 @@ from gsr_rewrite.analysis.dataflow import Node
 from gsr_rewrite.analysis.transfer import read_parts
 from gsr_rewrite.frontend.records import OPAQUE
 from gsr_rewrite.frontend.syntax import const_key
+from gsr_rewrite.transform.emit import INNER_SCOPES
+from gsr_rewrite.transform.stripmine.checker import _code, _flat_targets
 from gsr_rewrite.transform.stripmine.region import _Refuse
 
 #: a hoisted read stands for a name in the region's checks: this prefix keeps it apart from
 #: every Python name (it is replaced by a fresh one where the run is emitted)
 PLACEHOLDER = "@"
-_SCOPES = (cst.Lambda, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
 
 
 def is_placeholder(name: str) -> bool:
@@ -65,14 +66,14 @@ def _in_scope(part: cst.CSTNode, codes: set[str]) -> bool:
             self.depth = 0
 
         def on_visit(self, node: cst.CSTNode) -> bool:
-            self.depth += isinstance(node, _SCOPES)
+            self.depth += isinstance(node, INNER_SCOPES)
             if self.depth and isinstance(node, (cst.Attribute, cst.Subscript)) and \
                     _code(node) in codes:
                 hit[0] = True
             return not hit[0]
 
         def on_leave(self, original_node: cst.CSTNode) -> None:
-            self.depth -= isinstance(original_node, _SCOPES)
+            self.depth -= isinstance(original_node, INNER_SCOPES)
 
     part.visit(_Find())
     return hit[0]
@@ -89,7 +90,7 @@ def _root_reads(n: Node, at_top: bool) -> list[tuple[str, str, str | None]]:
 
     class _Walk(cst.CSTVisitor):
         def on_visit(self, node: cst.CSTNode) -> bool:
-            if isinstance(node, _SCOPES):
+            if isinstance(node, INNER_SCOPES):
                 if _mentions_roots(node, n):
                     raise _Refuse("it reaches the gradient or optimizer state inside a "
                                   "comprehension or lambda of the run")
@@ -153,23 +154,10 @@ def _mentions_roots(scope: cst.CSTNode, n: Node) -> bool:
 def _targets(s: cst.CSTNode) -> list[cst.CSTNode]:
     """The expressions a statement assigns or deletes, flattened out of tuples and lists."""
     if isinstance(s, cst.Assign):
-        tops: list[cst.CSTNode] = [t.target for t in s.targets]
-    elif isinstance(s, (cst.AugAssign, cst.AnnAssign)):
-        tops = [s.target]
-    elif isinstance(s, cst.Del):
-        tops = [s.target]
-    else:
-        return []
-    out: list[cst.CSTNode] = []
-    while tops:
-        t = tops.pop()
-        if isinstance(t, (cst.Tuple, cst.List)):
-            tops += [el.value for el in t.elements]
-        elif isinstance(t, cst.StarredElement):
-            tops.append(t.value)
-        else:
-            out.append(t)
-    return out
+        return [x for t in s.targets for x in _flat_targets(t.target)]
+    if isinstance(s, (cst.AugAssign, cst.AnnAssign, cst.Del)):
+        return list(_flat_targets(s.target))
+    return []
 
 
 def hoisted_name(code: str) -> str:
@@ -185,20 +173,8 @@ class ReadReplacer(cst.CSTTransformer):
     def __init__(self, names: dict[str, str]) -> None:
         self.names = names
 
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return False
-
-    def visit_ListComp(self, node: cst.ListComp) -> bool:
-        return False
-
-    def visit_SetComp(self, node: cst.SetComp) -> bool:
-        return False
-
-    def visit_DictComp(self, node: cst.DictComp) -> bool:
-        return False
-
-    def visit_GeneratorExp(self, node: cst.GeneratorExp) -> bool:
-        return False
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return not isinstance(node, INNER_SCOPES) and super().on_visit(node)
 
     def _swap(self, updated: cst.BaseExpression) -> cst.BaseExpression:
         name = self.names.get(_code(updated))
@@ -211,7 +187,3 @@ class ReadReplacer(cst.CSTTransformer):
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript
                         ) -> cst.BaseExpression:
         return self._swap(updated)
-
-
-def _code(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
