@@ -23,7 +23,7 @@ Tensor = torch.Tensor
 # step; the verdict is cached while the spans of all those tensors are unchanged.
 
 _FALLBACKS = [0]  # steps that took the original path because the precondition failed
-_nbytes = operator.attrgetter("nbytes")
+_nbytes, _grad = operator.attrgetter("nbytes"), operator.attrgetter("grad")
 
 
 def _extent(t: Tensor) -> int:
@@ -117,11 +117,13 @@ def distinct_buffers(opt: Any) -> bool:
     shape and strides of a non-contiguous one: together they fix its span); the spans are
     computed and sorted again only when one of those changed since the last step."""
     params = [p for group in opt.param_groups for p in group["params"]]
-    if len(set(map(id, params))) != len(params):
+    ids = set(map(id, params))
+    if len(ids) != len(params):
         return _fallback()
-    state = getattr(opt, "state", {})
-    owned = [p.grad for p in params if p.grad is not None]
-    owned += [v for p in params for v in state.get(p, {}).values() if isinstance(v, Tensor)]
+    owned = [g for g in map(_grad, params) if g is not None]
+    # the state of the listed params, found without hashing tensors (Tensor.__hash__ is Python)
+    owned += [v for key, values in getattr(opt, "state", {}).items() if id(key) in ids
+              for v in values.values() if isinstance(v, Tensor)]
     every = params + owned
     plain = set(map(type, every)) <= _PLAIN
     if not plain:
