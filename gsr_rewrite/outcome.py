@@ -44,6 +44,10 @@ class ClassOutcome:
     analysis: ClassAnalysis | None = field(default=None, repr=False)  # a graph: its repr is huge
     plans: list[FunctionPlan] = field(default_factory=list, repr=False)
     regions: dict[str, list[StripRegion]] = field(default_factory=dict)  # per function
+    # guards look tensors up in a per-step layout certificate (runtime/layout.py) when the step
+    # was proved to change no tensor's layout in place (analysis/layout.py); else why not
+    fixed_layout: bool = False
+    layout_reason: str = ""
 
     @property
     def r_name(self) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import libcst as cst
 
 from gsr_rewrite.analysis.interprocedural import analyse_class
+from gsr_rewrite.analysis.layout import layout_changes
 from gsr_rewrite.errors import AnalysisLimit, RewriteError
 from gsr_rewrite.frontend.catalog import OpCatalog, load_catalog
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule, class_view, parse
@@ -136,6 +137,8 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     for fp in plans:
         _drop_unguardable(fp, catalog)
     out = ClassOutcome(cls.name, "unchanged", analysis=analysis, plans=plans)
+    changes = layout_changes(analysis, src, catalog)  # guards by lookup, or tensor by tensor
+    out.fixed_layout, out.layout_reason = changes is None, changes or ""
     for fp in plans:  # 4c. bound what found no dead buffer by running it strip by strip
         regions = strip_mine(fp, catalog, src.line_of)
         if regions:

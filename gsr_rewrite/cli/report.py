@@ -184,6 +184,11 @@ def to_text(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
         lines.add(_head(lines, c))
         if c.validation:
             lines.add(f"  evidence: {lines.brief(c.validation)}")
+        if c.status == "rewritten":
+            lines.add("  guards: " + ("looked up in a layout certificate read once per step (the "
+                                      "step changes no tensor's layout in place)"
+                                      if c.fixed_layout else "read tensor by tensor -- " +
+                                      lines.brief(c.layout_reason)))
         if c.temporaries:
             lines.add("  predicted temporaries alive at once: "
                       f"before {_units(c.predicted_before)}; after {_units(c.predicted_after)}")
@@ -212,6 +217,8 @@ def to_json(result: RewriteResult, checks: dict[str, ClassCheck], out: str | Non
             "status": c.status, "reason": c.reason, "validation": c.validation,
             "equivalence": c.equivalence if c.status == "rewritten" else None,
             "rules": c.rules,
+            "guards": None if c.status != "rewritten" else
+            "per step" if c.fixed_layout else f"per tensor: {c.layout_reason}",
             "temporaries": [asdict(t) for t in c.temporaries],
             "predicted": {"before": c.predicted_before, "after": c.predicted_after,
                           "unit": "peak temporaries alive at once: a list = 1 parameter-size, "

@@ -276,7 +276,7 @@ class LionR(Lion):
     contents of p.grad are undefined: the gradient buffers hold scratch values.
     """
 
-    @_gsr.r_step(Lion)
+    @_gsr.r_step(Lion, fixed_layout=True)
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform a single optimization step.

@@ -4,6 +4,7 @@ runtime as _gsr`): a small, stable surface; its parts are
 - guards.py: may a buffer hold a temporary exactly (`fits`, `fits_lists`);
 - placement.py: computing a temporary in its host (`foreach_into`, `scalar_first`, ...);
 - precondition.py: the per-step check that gradients and state own their bytes;
+- layout.py: the per-step layout certificate the guards look tensors up in;
 - step.py: `r_step`, the wrapper that runs the original step where the R step would not be exact;
 - strip_runs.py: strip-mined runs (`strips`, `at`, `part`);
 - triton_launch.py, triton_lib.py: the same for generated Triton modules (host and device side).

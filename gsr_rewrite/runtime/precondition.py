@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from gsr_rewrite.runtime import layout
 from gsr_rewrite.runtime.guards import _PLAIN, _local
 
 Tensor = torch.Tensor
@@ -116,10 +117,16 @@ def distinct_buffers(opt: Any) -> bool:
     cannot be located. Per step three mapped C calls per tensor (address, size, contiguity; and
     shape and strides of a non-contiguous one: together they fix its span); the spans are
     computed and sorted again only when one of those changed since the last step."""
+    return checked(opt, certify=False)[0]
+
+
+def checked(opt: Any, certify: bool) -> tuple[bool, layout.Certificate | None, list[Tensor]]:
+    """`distinct_buffers`, and where it holds and `certify`, the step's layout certificate
+    (layout.py) with the tensors it describes."""
     params = [p for group in opt.param_groups for p in group["params"]]
     ids = set(map(id, params))
     if len(ids) != len(params):
-        return _fallback()
+        return _fallback(), None, []
     owned = [g for g in map(_grad, params) if g is not None]
     # the state of the listed params, found without hashing tensors (Tensor.__hash__ is Python)
     owned += [v for key, values in getattr(opt, "state", {}).items() if id(key) in ids
@@ -128,25 +135,33 @@ def distinct_buffers(opt: Any) -> bool:
     plain = set(map(type, every)) <= _PLAIN
     if not plain:
         every = [_local(t) for t in every]  # DTensors: their shards on this rank
+    found = layout.record(opt, every, len(params)) if certify and plain else None
     try:
-        dense = tuple(map(Tensor.is_contiguous, every))
-        lows, sizes = tuple(map(Tensor.data_ptr, every)), tuple(map(_nbytes, every))
-        key: Any = (len(params), lows, sizes, dense, () if all(dense) else tuple(
-            (t.shape, t.stride()) for t, d in zip(every, dense, strict=True) if not d))
+        lows = tuple(map(Tensor.data_ptr, every))
+        if found is not None:  # sizes, strides and dtypes: the record's (it holds, TensorGuards)
+            key: Any = (len(params), lows, found)
+        else:
+            dense = tuple(map(Tensor.is_contiguous, every))
+            key = (len(params), lows, tuple(map(_nbytes, every)), dense, () if all(dense) else
+                   tuple((t.shape, t.stride()) for t, d in zip(every, dense, strict=True)
+                         if not d))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
         key = None
     cached = _VERDICTS.get(opt)
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
-    elif key is not None and plain:  # the spans from what the key already read
-        verdict = _addresses_disjoint(every, lows, sizes, dense, len(params))
+    elif key is not None and plain:
+        verdict = _addresses_disjoint(every, lows, tuple(map(_nbytes, every)),
+                                      tuple(map(Tensor.is_contiguous, every)), len(params))
         _VERDICTS[opt] = (key, verdict)
     else:
         owned_spans, shared_spans = _spans(owned), _spans(params)
         verdict = owned_spans is not None and shared_spans is not None and \
             _spans_disjoint(owned_spans, shared_spans)
         _VERDICTS[opt] = (key, verdict)
-    return verdict or _fallback()
+    if not verdict:
+        return _fallback(), None, []
+    return True, (found.certificate(every) if found is not None else None), every
 
 
 #: optimizer -> (spans, verdict) of its last step; spans hold no tensors

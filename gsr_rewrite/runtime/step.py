@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite.runtime.precondition import distinct_buffers
+from gsr_rewrite.runtime import layout
+from gsr_rewrite.runtime.precondition import checked
 
 #: Set GSR_DEBUG_POISON=1 (or call `set_debug_poison(True)`) to fill every gradient an R-variant
 #: used as scratch with NaN after `step()`, so code reading gradients after the step fails loudly.
@@ -32,7 +33,8 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
                 p.grad.fill_(float("nan"))
 
 
-def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def r_step(original: type, fixed_layout: bool = False,
+           **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
     - a group has `differentiable=True` (autograd must see every intermediate);
@@ -46,7 +48,9 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
     - the step is being traced by `torch.compile` (Inductor plans the original's temporaries
       itself; the guards' storage checks would break the graph).
 
-    The debug switch poisons reused gradients after the R step."""
+    The debug switch poisons reused gradients after the R step. With `fixed_layout` (the class
+    was proved to change no tensor's layout in place: analysis/layout.py) the guards inside the
+    step look tensors up in the step's layout certificate (layout.py)."""
 
     def decorate(step: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(step)
@@ -54,11 +58,16 @@ def r_step(original: type, **bound: Any) -> Callable[[Callable[..., Any]], Calla
             if torch.compiler.is_compiling() or \
                     any(a is not None for a in (*args, *kwargs.values())) or \
                     any(g.get("differentiable", False) for g in self.param_groups) or \
-                    any(getattr(self, a, None) is not f for a, f in bound.items()) or \
-                    not distinct_buffers(self):
-                # the R step already runs inside torch's step hooks: not twice
+                    any(getattr(self, a, None) is not f for a, f in bound.items()):
                 return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
-            out = step(self, *args, **kwargs)
+            holds, ids, tensors = checked(self, fixed_layout)
+            if not holds:  # the R step already runs inside torch's step hooks: not twice
+                return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
+            previous = layout.enter(ids, tensors)
+            try:
+                out = step(self, *args, **kwargs)
+            finally:
+                layout.leave(previous)
             poison_grads(self.param_groups)
             return out
 

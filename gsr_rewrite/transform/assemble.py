@@ -86,6 +86,8 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                 if fp.name == "step":
                     copied += [(cst.Name(f), home, out.name) for f in followed.values()]
                     bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
+                    if out.fixed_layout and "fixed_layout" not in followed:
+                        bound = ", fixed_layout=True" + bound
                     new = new.with_changes(decorators=[
                         cst.Decorator(cst.parse_expression(
                             f"{RUNTIME}.r_step({out.name}{bound})")),

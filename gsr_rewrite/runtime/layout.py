@@ -1,0 +1,137 @@
+"""The layout certificate: shape, strides, dtype and device of every param, gradient and state
+tensor of a step, read once per step, so that the guards inside the step look them up instead
+of reading them tensor by tensor (issue 16: on 2,000 small tensors a guard cost ~1.5 µs per
+param and statement; a lookup ~0.3).
+
+A step gets a certificate only when
+
+- its class was proved to change no tensor's layout in place (`analysis/layout.py`: no `set_`,
+  `unsqueeze_`, `.data =`, ... and no call the analysis cannot name; the generated
+  `r_step(..., fixed_layout=True)` says so). The one in-step layout change that remains, an
+  `out=` that resizes its target, changes the shape, which every lookup compares again;
+- the run-time precondition held (precondition.py): every gradient and state tensor owns its
+  bytes, so two distinct certified tensors never share memory;
+- every tensor is a plain tensor and torch offers Dynamo's `TensorGuards`, which re-checks the
+  recorded sizes, strides, dtype, device and requires_grad of 10,000 tensors in ~0.7 ms (the
+  record is rebuilt when it fails: new shapes, new state, another grad mode).
+
+The certificate maps `id(tensor)` to an `Entry` and holds the tensors, so no id is reused while
+it is active; it is active (per thread) only while the R step runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, NamedTuple
+
+import torch
+
+Tensor = torch.Tensor
+
+try:  # private to Dynamo; without it there is no certificate and every guard reads its tensors
+    from torch._C._dynamo.guards import TensorGuards
+except ImportError:  # pragma: no cover - torch builds without Dynamo
+    TensorGuards = None
+
+
+class Entry(NamedTuple):
+    kind: int  # equal kinds: equal shape, strides, dtype and device (when certified)
+    host: bool  # a gradient or state tensor that may hold a temporary (`guards.fits` of it)
+    shape: torch.Size  # compared again at each lookup: an `out=` may have resized it since
+
+
+Certificate = dict[int, Entry]
+
+
+class _Active(threading.local):
+    ids: Certificate | None = None
+    holds: list[Tensor] | None = None
+
+
+ACTIVE = _Active()
+
+class Record:
+    """What `TensorGuards` found of one optimizer's tensors, in order: it holds while `check`
+    passes (compared by identity: the same record, the same sizes, strides and dtypes)."""
+
+    def __init__(self, every: list[Tensor], shared: int) -> None:
+        self.shared, self.count = shared, len(every)
+        self.guard = TensorGuards(*every, dynamic_dims_sizes=None, dynamic_dims_strides=None)
+        self.entries = _entries(every, shared)
+
+    def holds(self, every: list[Tensor], shared: int) -> bool:
+        return self.shared == shared and self.count == len(every) and self.guard.check(*every)
+
+    def certificate(self, every: list[Tensor]) -> Certificate:
+        return dict(zip(map(id, every), self.entries, strict=True))
+
+
+#: optimizer -> the record of its last certified step
+_RECORDS: weakref.WeakKeyDictionary[Any, Record] = weakref.WeakKeyDictionary()
+
+
+def record(opt: Any, every: list[Tensor], shared: int) -> Record | None:
+    """The record of plain tensors `every` whose first `shared` are params (never hosts) and the
+    rest gradients and state; None where TensorGuards is missing or takes other arguments. A
+    certificate from it holds only once the precondition found them owning their bytes."""
+    if TensorGuards is None:
+        return None
+    found = _RECORDS.get(opt)
+    try:
+        if found is None or not found.holds(every, shared):
+            found = _RECORDS[opt] = Record(every, shared)
+    except (TypeError, RuntimeError):  # another TensorGuards signature: guards read tensors
+        return None
+    return found
+
+
+def _entries(every: list[Tensor], shared: int) -> list[Entry]:
+    kinds: dict[tuple[Any, ...], int] = {}
+    out = []
+    for i, t in enumerate(every):
+        shape, dtype = t.shape, t.dtype
+        kind = kinds.setdefault((shape, t.stride(), dtype, t.device), len(kinds))
+        host = i >= shared and dtype.is_floating_point and not t.requires_grad and \
+            t.layout == torch.strided and t.dim() > 0 and t.numel() > 0 and t.is_contiguous()
+        out.append(Entry(kind, host, shape))
+    return out
+
+
+def enter(ids: Certificate | None, holds: list[Tensor] | None) -> tuple[Any, Any]:
+    """Make `ids` the active certificate of this thread; returns what `leave` restores."""
+    previous = (ACTIVE.ids, ACTIVE.holds)
+    ACTIVE.ids, ACTIVE.holds = ids, holds
+    return previous
+
+
+def leave(previous: tuple[Any, Any]) -> None:
+    ACTIVE.ids, ACTIVE.holds = previous
+
+
+def pair_fits(ids: Certificate, h: Any, t: Any) -> bool:
+    """True only when `guards.fits((h,), (t,))` (`fits((h,), ())` for t None) holds, by lookup;
+    False means "ask the guard"."""
+    mine = ids.get(id(h))
+    if mine is None or not mine.host or h.shape != mine.shape:
+        return False
+    if t is None or t is h:
+        return True
+    theirs = ids.get(id(t))
+    return theirs is not None and theirs.kind == mine.kind and t.shape == mine.shape
+
+
+def lists_fit(ids: Certificate, hosts: Any, like: Any) -> bool:
+    """True only when `guards.fits_lists(hosts, like)` holds (equal lengths checked by the
+    caller), by lookup; False means "ask the guard"."""
+    if not hosts:
+        return False
+    columns = [*hosts, *like]
+    entries = [list(map(ids.get, map(id, x))) for x in columns]
+    if any(None in col for col in entries):
+        return False
+    kinds = [e.kind for e in entries[0]]
+    for x, col in zip(columns, entries, strict=True):
+        if [e.kind for e in col] != kinds or list(map(Tensor.size, x)) != [e.shape for e in col]:
+            return False
+    return all(e.host for col in entries[:len(hosts)] for e in col)
