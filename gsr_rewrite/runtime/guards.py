@@ -30,7 +30,7 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     is their local shard's. With no host it checks that every `like` tensor matches the first
     (in-place chains on fresh temporaries: the chain must not change dtype or broadcast)."""
     if len(hosts) == 1 and len(like) <= 1:
-        ids, t = layout.ACTIVE.ids, like[0] if like else None
+        ids, t = layout.active(), like[0] if like else None
         if (ids is not None and layout.pair_fits(ids, hosts[0], t)) or \
                 _plain_pair_fits(hosts[0], t):
             GUARD_HITS[0] += 1
@@ -154,7 +154,7 @@ def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
     if wide and any(not isinstance(t, Tensor) or t.dtype not in (torch.float32, torch.float64)
                     for x in (*hosts, *like) for t in x):
         return False
-    ids = layout.ACTIVE.ids
+    ids = layout.active()
     if n and ids is not None and layout.lists_fit(ids, hosts, like):
         GUARD_HITS[0] += n
         return True

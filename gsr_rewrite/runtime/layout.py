@@ -16,7 +16,7 @@ A step gets a certificate only when
   record is rebuilt when it fails: new shapes, new state, another grad mode).
 
 The certificate maps `id(tensor)` to an `Entry` and holds the tensors, so no id is reused while
-it is active; it is active (per thread) only while the R step runs.
+it is active; it is active (per thread) only while the R step runs, and made at its first lookup.
 """
 
 from __future__ import annotations
@@ -44,12 +44,34 @@ class Entry(NamedTuple):
 Certificate = dict[int, Entry]
 
 
+class Pending:
+    """A step's record and tensors; their certificate is made at the first lookup (a step whose
+    guards look nothing up, such as strip-mined runs over views, pays only the record's check)."""
+
+    __slots__ = ("every", "ids", "record")
+
+    def __init__(self, record: Record, every: list[Tensor]) -> None:
+        self.record, self.every = record, every  # holding them: no id is reused meanwhile
+        self.ids: Certificate | None = None
+
+    def certificate(self) -> Certificate:
+        if self.ids is None:
+            self.ids = self.record.certificate(self.every)
+        return self.ids
+
+
 class _Active(threading.local):
-    ids: Certificate | None = None
-    holds: list[Tensor] | None = None
+    cert: Pending | None = None
 
 
 ACTIVE = _Active()
+
+
+def active() -> Certificate | None:
+    """The certificate of the R step this thread runs; None outside one, or without one."""
+    cert = ACTIVE.cert
+    return None if cert is None else cert.ids if cert.ids is not None else cert.certificate()
+
 
 class Record:
     """What `TensorGuards` found of one optimizer's tensors, in order: it holds while `check`
@@ -98,15 +120,14 @@ def _entries(every: list[Tensor], shared: int) -> list[Entry]:
     return out
 
 
-def enter(ids: Certificate | None, holds: list[Tensor] | None) -> tuple[Any, Any]:
-    """Make `ids` the active certificate of this thread; returns what `leave` restores."""
-    previous = (ACTIVE.ids, ACTIVE.holds)
-    ACTIVE.ids, ACTIVE.holds = ids, holds
+def enter(cert: Pending | None) -> Pending | None:
+    """Make `cert` the active certificate of this thread; returns what `leave` restores."""
+    previous, ACTIVE.cert = ACTIVE.cert, cert
     return previous
 
 
-def leave(previous: tuple[Any, Any]) -> None:
-    ACTIVE.ids, ACTIVE.holds = previous
+def leave(previous: Pending | None) -> None:
+    ACTIVE.cert = previous
 
 
 def pair_fits(ids: Certificate, h: Any, t: Any) -> bool:

@@ -120,13 +120,13 @@ def distinct_buffers(opt: Any) -> bool:
     return checked(opt, certify=False)[0]
 
 
-def checked(opt: Any, certify: bool) -> tuple[bool, layout.Certificate | None, list[Tensor]]:
+def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     """`distinct_buffers`, and where it holds and `certify`, the step's layout certificate
-    (layout.py) with the tensors it describes."""
+    (layout.py), made at its first lookup."""
     params = [p for group in opt.param_groups for p in group["params"]]
     ids = set(map(id, params))
     if len(ids) != len(params):
-        return _fallback(), None, []
+        return _fallback(), None
     owned = [g for g in map(_grad, params) if g is not None]
     # the state of the listed params, found without hashing tensors (Tensor.__hash__ is Python)
     owned += [v for key, values in getattr(opt, "state", {}).items() if id(key) in ids
@@ -160,8 +160,8 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Certificate | None, l
             _spans_disjoint(owned_spans, shared_spans)
         _VERDICTS[opt] = (key, verdict)
     if not verdict:
-        return _fallback(), None, []
-    return True, (found.certificate(every) if found is not None else None), every
+        return _fallback(), None
+    return True, (layout.Pending(found, every) if found is not None else None)
 
 
 #: optimizer -> (spans, verdict) of its last step; spans hold no tensors

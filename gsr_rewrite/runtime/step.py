@@ -60,10 +60,10 @@ def r_step(original: type, fixed_layout: bool = False,
                     any(g.get("differentiable", False) for g in self.param_groups) or \
                     any(getattr(self, a, None) is not f for a, f in bound.items()):
                 return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
-            holds, ids, tensors = checked(self, fixed_layout)
+            holds, cert = checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
                 return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
-            previous = layout.enter(ids, tensors)
+            previous = layout.enter(cert)
             try:
                 out = step(self, *args, **kwargs)
             finally:

@@ -46,11 +46,12 @@ def _optimizer(rng: random.Random) -> _Holder:
 def test_a_lookup_says_yes_only_where_the_guard_does(seed: int) -> None:
     rng = random.Random(seed)
     opt = _optimizer(rng)
-    holds, ids, every = precondition.checked(opt, certify=True)
+    holds, cert = precondition.checked(opt, certify=True)
     if not holds:  # overlapping buffers: the original step runs, with no certificate
-        assert ids is None
+        assert cert is None
         return
-    assert ids is not None
+    assert cert is not None
+    ids, every = cert.certificate(), cert.every
     fresh = [torch.randn(t.shape) for t in every[:2]]
     for _ in range(30):
         h = rng.choice(every)
@@ -70,8 +71,9 @@ def test_a_lookup_sees_an_out_that_resized_a_tensor() -> None:
     p.grad = torch.randn(4, 4)
     state = {p: {"v": torch.randn(4, 4)}}
     opt = _Holder([p], state)
-    holds, ids, _ = precondition.checked(opt, certify=True)
-    assert holds and ids is not None
+    holds, cert = precondition.checked(opt, certify=True)
+    assert holds and cert is not None
+    ids = cert.certificate()
     assert layout.pair_fits(ids, p.grad, state[p]["v"])
     torch.sum(torch.randn(4, 4, 4), dim=0, out=state[p]["v"])  # same shape: still a yes
     assert layout.pair_fits(ids, p.grad, state[p]["v"])
@@ -123,7 +125,7 @@ def test_layouts_that_change_between_steps_are_followed(foreach: bool) -> None:
                 assert torch.equal(p, q), step
     finally:
         layout.pair_fits = real  # type: ignore[assignment]
-    assert layout.ACTIVE.ids is None
+    assert layout.ACTIVE.cert is None
     if not foreach:  # the for-loop path asks pairs: some by lookup
         assert any(used)
 
@@ -135,12 +137,12 @@ def test_the_certificate_is_active_only_inside_the_step() -> None:
     seen = []
 
     def hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        seen.append(layout.ACTIVE.ids)
+        seen.append(layout.ACTIVE.cert)
 
     opt.register_step_pre_hook(hook)
     opt.step()
-    assert seen == [None] and layout.ACTIVE.ids is None
+    assert seen == [None] and layout.ACTIVE.cert is None
     opt.param_groups[0]["lr"] = "not a number"  # the step raises inside
     with pytest.raises(TypeError):
         opt.step()
-    assert layout.ACTIVE.ids is None and layout.ACTIVE.holds is None
+    assert layout.ACTIVE.cert is None
