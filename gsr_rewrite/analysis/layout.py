@@ -209,7 +209,7 @@ class _Scan(cst.CSTVisitor):
         name = dotted(func)
         last = func.attr.value if isinstance(func, cst.Attribute) else \
             func.value if isinstance(func, cst.Name) else ""
-        if last in LAYOUT_CHANGES:
+        if last in LAYOUT_CHANGES or "resize" in last:
             self.deny(node, f"`{last}` may change a tensor's layout in place")
             return
         if name is None:
@@ -245,9 +245,9 @@ class _Scan(cst.CSTVisitor):
 
     def _self_call(self, node: cst.Call, name: str) -> None:
         parts = name.split(".")
-        if len(parts) == 2 and (name in self.analysis.functions or
-                                parts[1] in HARMLESS_OPTIMIZER_METHODS or
-                                parts[1] in self.analysis.self_helpers):
+        followed = self.analysis.functions
+        if len(parts) == 2 and (name in followed or parts[1] in HARMLESS_OPTIMIZER_METHODS or
+                                self.analysis.self_helpers.get(parts[1]) in followed):
             return  # followed (r_step checks that self.ATTR is the helper it was analysed as)
         if len(parts) == 3 and parts[1] in ("state", "param_groups", "defaults") and \
                 parts[2] in CONTAINER_METHODS:
@@ -288,6 +288,8 @@ class _Scan(cst.CSTVisitor):
         if name in self.analysis.functions:
             return True
         qualified = self._qualified(name)
+        if qualified.startswith(("torch.ops.", "torch._C.")):  # raw operators: any of them
+            return False
         if qualified.startswith(("torch.", "math.")) or qualified in ("torch", "math",
                                                                        "warnings.warn"):
             return True

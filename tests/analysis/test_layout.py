@@ -75,6 +75,8 @@ def test_ops_builtins_and_followed_helpers_get_a_certificate() -> None:
     ("setattr(p, 'data', p.data.clone())", "`setattr` may change"),
     ("del p.data", "`.data` is assigned or deleted"),
     ("f = self._hook; f(grad)", "`f(...)` is not known"),  # bound to what was not followed
+    ("torch.ops.aten._resize_output_(v, [4], v.device)", "may change"),
+    ("torch.ops.aten.add_(v, 1.0)", "`torch.ops.aten.add_(...)` is not known"),  # raw operators
 ])
 def test_what_may_change_a_layout_takes_no_certificate(extra: str, why: str) -> None:
     status, fixed, reason, code = _outcome(extra)
