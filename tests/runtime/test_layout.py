@@ -146,3 +146,20 @@ def test_the_certificate_is_active_only_inside_the_step() -> None:
     with pytest.raises(TypeError):
         opt.step()
     assert layout.ACTIVE.cert is None
+
+
+def test_without_tensor_guards_the_guards_read_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch without Dynamo's TensorGuards (or with another signature): no certificate, the
+    precondition keys on sizes and contiguity as before, and the R step stays exact."""
+    monkeypatch.setattr(layout, "TensorGuards", None)
+    ps, qs = _pair(1)
+    original, reduced = AdamW(ps), AdamWR(qs)
+    for step in range(3):
+        gen = torch.Generator().manual_seed(200 + step)
+        for p, q in zip(ps, qs, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        assert precondition.checked(reduced, certify=True)[1] is None
+        original.step()
+        reduced.step()
+        assert all(torch.equal(p, q) for p, q in zip(ps, qs, strict=True))
