@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
 Tensor = torch.Tensor
 
+TensorGuards: Any
 try:  # private to Dynamo; without it there is no certificate and every guard reads its tensors
     from torch._C._dynamo.guards import TensorGuards
 except ImportError:  # pragma: no cover - torch builds without Dynamo
@@ -148,9 +149,10 @@ def lists_fit(ids: Certificate, hosts: Any, like: Any) -> bool:
     if not hosts:
         return False
     columns = [*hosts, *like]
-    entries = [list(map(ids.get, map(id, x))) for x in columns]
-    if any(None in col for col in entries):
+    found = [list(map(ids.get, map(id, x))) for x in columns]
+    if any(None in col for col in found):
         return False
+    entries = cast(list[list[Entry]], found)
     kinds = [e.kind for e in entries[0]]
     for x, col in zip(columns, entries, strict=True):
         if [e.kind for e in col] != kinds or list(map(Tensor.size, x)) != [e.shape for e in col]:
