@@ -22,6 +22,8 @@ reading an attribute runs no code that changes a tensor (no properties that do).
 
 from __future__ import annotations
 
+import importlib.util
+
 import libcst as cst
 
 from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
@@ -30,6 +32,7 @@ from gsr_rewrite.frontend.calls import BUILTIN_CONTAINERS, HARMLESS_BUILTINS
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.locate import SourceModule
+from gsr_rewrite.frontend.scopes import param_list, target_names
 from gsr_rewrite.frontend.syntax import dotted
 
 #: names of ops and functions that change a tensor's shape, strides, dtype, device, storage or
@@ -85,14 +88,9 @@ def _bindings(func: cst.FunctionDef) -> dict[str, list[cst.BaseExpression | None
     nested definitions, imports)."""
     found: dict[str, list[cst.BaseExpression | None]] = {}
 
-    def bind(t: cst.CSTNode | None, value: cst.BaseExpression | None = None) -> None:
-        if isinstance(t, cst.Name):
-            found.setdefault(t.value, []).append(value)
-        elif isinstance(t, (cst.Tuple, cst.List)):
-            for el in t.elements:
-                bind(el.value)
-        elif isinstance(t, cst.StarredElement):
-            bind(t.value)
+    def bind(t: cst.CSTNode, value: cst.BaseExpression | None = None) -> None:
+        for name in target_names(t):  # a value only for `name = value`, not for unpacking
+            found.setdefault(name, []).append(value if isinstance(t, cst.Name) else None)
 
     class _Targets(cst.CSTVisitor):
         def visit_Assign(self, n: cst.Assign) -> None:
@@ -117,7 +115,7 @@ def _bindings(func: cst.FunctionDef) -> dict[str, list[cst.BaseExpression | None
         def visit_AsName(self, n: cst.AsName) -> None:
             bind(n.name)
 
-        def visit_Param(self, n: cst.Param) -> None:  # the function's and its lambdas'
+        def visit_Param(self, n: cst.Param) -> None:  # its lambdas' and nested functions'
             bind(n.name)
 
         def visit_FunctionDef(self, n: cst.FunctionDef) -> None:
@@ -127,7 +125,8 @@ def _bindings(func: cst.FunctionDef) -> dict[str, list[cst.BaseExpression | None
             found.setdefault((dotted(n.asname.name if n.asname else n.name) or "").split(".")[0],
                              []).append(None)
 
-    func.params.visit(_Targets())
+    for p in param_list(func):
+        bind(p.name)
     func.body.visit(_Targets())
     return found
 
@@ -140,8 +139,7 @@ class _Scan(cst.CSTVisitor):
         func = fa.func
         bound = _bindings(func)
         self.local = set(bound)
-        self.arguments = {p.name.value for p in (*func.params.params, *func.params.kwonly_params)
-                          } if is_step else set()
+        self.arguments = {p.name.value for p in param_list(func)} if is_step else set()
         # `func = _multi if foreach else torch._fused_adam_`: every binding a choice of known
         # functions; `def _rect(): ...` (bound by its definition only) a nested one followed
         self.calls_of = {n for n, values in bound.items()
@@ -270,9 +268,10 @@ class _Scan(cst.CSTVisitor):
         if origin is None:
             return name
         if origin.startswith(".") and self.home.package:
-            dots = len(origin) - len(origin.lstrip("."))
-            base = self.home.package.split(".")
-            origin = ".".join([*base[:len(base) - dots + 1], origin[dots:]])
+            try:
+                origin = importlib.util.resolve_name(origin, self.home.package)
+            except ValueError:  # beyond the top-level package: left relative, so not known
+                pass
         return f"{origin}.{rest}" if rest else origin
 
     def _chosen(self, e: cst.BaseExpression) -> bool:

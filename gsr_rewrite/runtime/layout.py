@@ -71,7 +71,7 @@ ACTIVE = _Active()
 def active() -> Certificate | None:
     """The certificate of the R step this thread runs; None outside one, or without one."""
     cert = ACTIVE.cert
-    return None if cert is None else cert.ids if cert.ids is not None else cert.certificate()
+    return None if cert is None else cert.certificate()
 
 
 class Record:

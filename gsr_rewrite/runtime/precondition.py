@@ -136,13 +136,15 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     if not plain:
         every = [_local(t) for t in every]  # DTensors: their shards on this rank
     found = layout.record(opt, every, len(params)) if certify and plain else None
+    sizes: tuple[int, ...] = ()
+    dense: tuple[bool, ...] = ()
     try:
         lows = tuple(map(Tensor.data_ptr, every))
         if found is not None:  # sizes, strides and dtypes: the record's (it holds, TensorGuards)
             key: Any = (len(params), lows, found)
         else:
-            dense = tuple(map(Tensor.is_contiguous, every))
-            key = (len(params), lows, tuple(map(_nbytes, every)), dense, () if all(dense) else
+            sizes, dense = tuple(map(_nbytes, every)), tuple(map(Tensor.is_contiguous, every))
+            key = (len(params), lows, sizes, dense, () if all(dense) else
                    tuple((t.shape, t.stride()) for t, d in zip(every, dense, strict=True)
                          if not d))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
@@ -150,9 +152,10 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     cached = _VERDICTS.get(opt)
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
-    elif key is not None and plain:
-        verdict = _addresses_disjoint(every, lows, tuple(map(_nbytes, every)),
-                                      tuple(map(Tensor.is_contiguous, every)), len(params))
+    elif key is not None and plain:  # the spans: what the key read, or (a record) read now
+        if found is not None:
+            sizes, dense = tuple(map(_nbytes, every)), tuple(map(Tensor.is_contiguous, every))
+        verdict = _addresses_disjoint(every, lows, sizes, dense, len(params))
         _VERDICTS[opt] = (key, verdict)
     else:
         owned_spans, shared_spans = _spans(owned), _spans(params)

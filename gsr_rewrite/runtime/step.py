@@ -55,12 +55,11 @@ def r_step(original: type, fixed_layout: bool = False,
     def decorate(step: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(step)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if torch.compiler.is_compiling() or \
-                    any(a is not None for a in (*args, *kwargs.values())) or \
-                    any(g.get("differentiable", False) for g in self.param_groups) or \
-                    any(getattr(self, a, None) is not f for a, f in bound.items()):
-                return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
-            holds, cert = checked(self, fixed_layout)
+            original_only = torch.compiler.is_compiling() or \
+                any(a is not None for a in (*args, *kwargs.values())) or \
+                any(g.get("differentiable", False) for g in self.param_groups) or \
+                any(getattr(self, a, None) is not f for a, f in bound.items())
+            holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
                 return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
             previous = layout.enter(cert)
