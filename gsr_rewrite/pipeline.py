@@ -25,6 +25,7 @@ from gsr_rewrite.analysis.interprocedural import analyse_class
 from gsr_rewrite.analysis.layout import layout_changes
 from gsr_rewrite.errors import AnalysisLimit, RewriteError
 from gsr_rewrite.frontend.catalog import OpCatalog, load_catalog
+from gsr_rewrite.frontend.imported import with_imported_functions
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule, class_view, parse
 from gsr_rewrite.outcome import ClassOutcome, RewriteResult, Temporary
 from gsr_rewrite.transform.assemble import describe_storage, emit_module
@@ -132,6 +133,7 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
         return ClassOutcome(cls.name, "refused", f"{module.where(cls.node)}: no `step` method "
                             "in the class or the bases it inherits from")
     src = class_view(module, cls)  # the module of `step`, knowing where inherited methods are
+    src = with_imported_functions(src, catalog)  # ... and the functions it imports
     analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
     plans = plan_class(analysis, catalog)  # 4. place temporaries in dead buffers
     for fp in plans:

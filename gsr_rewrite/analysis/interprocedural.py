@@ -67,6 +67,8 @@ class ClassAnalysis:
     functions: dict[str, FunctionAnalysis]  # step first, then helpers in call order
     escapes: list[tuple[str, str, str]]  # (buffer, reason, file:line:col)
     self_helpers: dict[str, str] = field(default_factory=dict)  # self.ATTR -> module function
+    #: followed functions imported from other modules -> the module that defines each
+    imported: dict[str, SourceModule] = field(default_factory=dict)
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -99,7 +101,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     """`src`: the module whose source defines `step` (locate.class_view); methods the class
     inherits from other modules are analysed with their own module's names
     (`unknowns.ForeignModules`)."""
-    helpers = set(src.functions)
+    helpers = set(src.functions) | set(src.imported)
     # self.m(...) runs method m, unless some method also binds self.m to something else
     methods = {m for m in cls.methods if m != "step"} - self_bound_methods(cls)
     sites = _Sites(src)
@@ -135,6 +137,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             return closures.by_key[name].node, False
         if name.startswith("self."):  # self.m(...) is a method; never a module function
             return (cls.methods[name[5:]], True) if name[5:] in cls.methods else None
+        if name in src.imported:
+            return src.imported[name][0], False
         return (src.functions[name], False) if name in src.functions else None
 
     unknowns = class_unknowns(src, cls, scalar_keys, combined)
@@ -150,7 +154,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                     outer_names=_declared_outer(fa.func))
         other = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
         names, imports = helpers, src.imports
-        if other is not None:  # a method from a base class's module: its globals are there
+        if other is not None:  # a base's method, an imported function: its globals are there
             names, imports = set(), other.imports  # (its module's functions are not followed)
             known = dataclasses.replace(known, opaque_globals=opaque_globals(other),
                                         class_names=frozenset())
@@ -230,7 +234,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                 escapes.append(("grad", f"`{fa.name}` is decorated by "
                                 f"`{cst.Module([]).code_for_node(d.decorator)}`, which may use "
                                 "the gradients after it returns", src.where(d)))
-    return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers)
+    return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers,
+                         {k: owner for k, (_, owner) in src.imported.items() if k in funcs})
 
 
 def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:

@@ -65,7 +65,7 @@ def layout_changes(analysis: ClassAnalysis, src: SourceModule, catalog: OpCatalo
     foreign = ForeignModules(src, analysis.cls)
     for fa in analysis.functions.values():
         home = foreign.of(fa.func) or src
-        scan = _Scan(analysis, home, catalog, fa, is_step=fa.name == "step")
+        scan = _Scan(analysis, home, catalog, fa, is_step=fa.name == "step", own=home is src)
         fa.func.body.visit(scan)
         for d in fa.func.decorators:
             d.visit(scan)
@@ -133,8 +133,11 @@ def _bindings(func: cst.FunctionDef) -> dict[str, list[cst.BaseExpression | None
 
 class _Scan(cst.CSTVisitor):
     def __init__(self, analysis: ClassAnalysis, home: SourceModule, catalog: OpCatalog,
-                 fa: FunctionAnalysis, is_step: bool) -> None:
+                 fa: FunctionAnalysis, is_step: bool, own: bool) -> None:
         self.analysis, self.home, self.cat = analysis, home, catalog
+        # the analysis follows plain-name calls of step's module only (in code from another
+        # module, `f(...)` is that module's f, whatever the step's module binds to `f`)
+        self.followed = analysis.functions if own else {}
         self.methods = _tensor_methods(catalog)
         func = fa.func
         bound = _bindings(func)
@@ -284,7 +287,7 @@ class _Scan(cst.CSTVisitor):
         name = dotted(func)
         if name is None or name.split(".")[0] in self.local:
             return False
-        if name in self.analysis.functions:
+        if name in self.followed:
             return True
         qualified = self._qualified(name)
         if qualified.startswith(("torch.ops.", "torch._C.")):  # raw operators: any of them

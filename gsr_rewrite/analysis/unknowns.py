@@ -24,11 +24,13 @@ def param_names(func: cst.FunctionDef, is_method: bool) -> tuple[list[str], list
 
 
 class ForeignModules:
-    """Which analysed methods come from another module than `src` (locate.class_view)."""
+    """Which analysed functions come from another module than `src`: methods of bases
+    (locate.class_view) and imported functions (frontend/imported.py)."""
 
     def __init__(self, src: SourceModule, cls: OptimizerClass) -> None:
         self.by_func = {id(cls.methods[m]): owner for m, owner in cls.origin.items()
                         if owner.module is not src.module and m in cls.methods}
+        self.by_func.update({id(f): owner for f, owner in src.imported.values()})
 
     def of(self, func: cst.FunctionDef) -> SourceModule | None:
         return self.by_func.get(id(func))

@@ -63,7 +63,7 @@ def optimizer_classes(src: SourceModule
                              "inherits are not known"
         shadowed: set[str] = set()
         for c in chain:
-            home = parsed.get(id(c.module)) or _parse(c.module)
+            home = parsed.get(id(c.module)) or parse_module_file(c.module)
             node = _last_class(home.module, c.name) if home is not None else None
             if home is None or node is None:
                 cls.unresolved = cls.unresolved or f"the source of base `{c.name}` cannot be read"
@@ -194,8 +194,9 @@ def _stored(stmt: cst.CSTNode) -> set[str]:
     return found
 
 
-def _parse(mf: ModuleFile) -> SourceModule | None:
-    """The libcst parse of a base class's module (cached while the file is unchanged)."""
+def parse_module_file(mf: ModuleFile) -> SourceModule | None:
+    """The libcst parse of a module file: a base class's, an imported helper's (cached while
+    the file is unchanged)."""
     if mf.path is None:
         return None
     try:

@@ -26,7 +26,8 @@ _DEPTH = 40  # imports followed through re-exports before giving up (an import c
 class Binding:
     """How a module binds a name at its top level."""
 
-    kind: str  # "class" | "module" (`import a.b as x`) | "from" (`from m import n`) | "other"
+    kind: str  # "class" | "function" (a top-level `def`) | "module" (`import a.b as x`) |
+    #            "from" (`from m import n`) | "other"
     node: ast.ClassDef | None = None
     module: str = ""  # "module": the absolute name; "from": the module as written
     name: str = ""  # "from": the name imported
@@ -54,6 +55,14 @@ class ClassRef:
     node: ast.ClassDef
 
 
+@dataclass(eq=False)
+class FunctionRef:
+    """A plain `def` statement at the top level of a module (bound by nothing else there)."""
+
+    module: ModuleFile
+    name: str
+
+
 @dataclass(frozen=True)
 class Terminal:
     """A class whose source is not read: torch's Optimizer, `object`, other builtins."""
@@ -71,7 +80,7 @@ class Unresolved:
     why: str
 
 
-Ref = ClassRef | Terminal | Unresolved | ModuleFile
+Ref = ClassRef | FunctionRef | Terminal | Unresolved | ModuleFile
 
 
 @dataclass
@@ -89,8 +98,8 @@ _BINDINGS: dict[tuple[Path, int, int], tuple[dict[str, list[Binding]], bool]] = 
 
 def bindings_of(tree: ast.Module) -> tuple[dict[str, list[Binding]], bool]:
     """Every name the module binds outside functions and classes, and how; and whether a star
-    import may bind others. Only plain top-level `class`/`import` statements are precise: a name
-    bound inside `if`/`try`/`with`/loops, or by an assignment, is "other"."""
+    import may bind others. Only plain top-level `class`/`def`/`import` statements are precise: a
+    name bound inside `if`/`try`/`with`/loops, by an assignment or by `global`, is "other"."""
     found: dict[str, list[Binding]] = {}
     star = False
     other = Binding("other")
@@ -121,7 +130,12 @@ def bindings_of(tree: ast.Module) -> tuple[dict[str, list[Binding]], bool]:
             add(s.name, Binding("class", s))
             for e in [*s.bases, *(k.value for k in s.keywords), *s.decorator_list]:
                 nested(e)
-        elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        elif isinstance(s, ast.FunctionDef):
+            add(s.name, Binding("function", name=s.name))
+            for d in [*s.decorator_list, *s.args.defaults, *s.args.kw_defaults]:
+                if d is not None:
+                    nested(d)
+        elif isinstance(s, ast.AsyncFunctionDef):
             add(s.name, other)
         elif isinstance(s, ast.Import):
             for a in s.names:
@@ -139,6 +153,10 @@ def bindings_of(tree: ast.Module) -> tuple[dict[str, list[Binding]], bool]:
                                                     level=s.level))
         else:
             nested(s)
+    for n in ast.walk(tree):  # `global f` in a function: f may be rebound whenever it runs
+        if isinstance(n, ast.Global):
+            for g in n.names:
+                add(g, other)
     return found, star
 
 
@@ -269,10 +287,12 @@ class Resolver:
                 return OBJECT if name == "object" else Terminal(name)
             return Unresolved(name, f"not bound in {where}")
         if len(bound) > 1 or bound[0].kind == "other":
-            how = "more than once" if len(bound) > 1 else "by something other than a `class` " \
-                "or `import` statement at the top level"
+            how = "more than once" if len(bound) > 1 else "by something other than a `class`, " \
+                "`def` or `import` statement at the top level"
             return Unresolved(name, f"bound {how} in {where}")
         b = bound[0]
+        if b.kind == "function":
+            return FunctionRef(mf, name)
         if b.kind == "class":
             assert b.node is not None
             if mf.path is not None and mf.path == self.torch_optimizer() and name == "Optimizer":
@@ -329,8 +349,9 @@ class Resolver:
         optimizer = False
         for e in c.node.bases:
             got = self.expression(c.module, e)
-            if isinstance(got, ModuleFile):
-                got = Unresolved(ast.unparse(e), "a module, not a class")
+            if isinstance(got, (ModuleFile, FunctionRef)):
+                what = "a module" if isinstance(got, ModuleFile) else "a function"
+                got = Unresolved(ast.unparse(e), f"{what}, not a class")
             if isinstance(got, Unresolved):
                 first = first or (got if got.base == ast.unparse(e)
                                   else Unresolved(ast.unparse(e), f"`{got.base}`: {got.why}"))

@@ -30,9 +30,10 @@ class _Bound(cst.CSTVisitor):
     targets, imports, walrus targets, and the names of the functions and classes it defines
     (whose bodies are other scopes). Comprehension targets belong to the comprehension."""
 
-    def __init__(self, root: cst.FunctionDef) -> None:
-        self.root = root
-        self.names: set[str] = {p.name.value for p in param_list(root)}
+    def __init__(self, root: cst.CSTNode, imports: bool = True) -> None:
+        self.root, self.imports = root, imports
+        self.names: set[str] = {p.name.value for p in param_list(root)} \
+            if isinstance(root, cst.FunctionDef) else set()
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         if node is self.root:
@@ -42,7 +43,7 @@ class _Bound(cst.CSTVisitor):
 
     def visit_ClassDef(self, node: cst.ClassDef) -> bool:
         self.names.add(node.name.value)
-        return False
+        return node is self.root
 
     def visit_Lambda(self, node: cst.Lambda) -> bool:
         return False
@@ -62,13 +63,16 @@ class _Bound(cst.CSTVisitor):
     def visit_AsName(self, node: cst.AsName) -> None:  # with ... as x, except E as x, imports
         self.names.update(target_names(node.name))
 
-    def visit_ImportAlias(self, node: cst.ImportAlias) -> None:
+    def visit_ImportAlias(self, node: cst.ImportAlias) -> bool:
+        if not self.imports:
+            return False
         if node.asname is None:
             n = node.name
             while isinstance(n, cst.Attribute):
                 n = n.value  # type: ignore[assignment]
             if isinstance(n, cst.Name):
                 self.names.add(n.value)
+        return True
 
     def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
         self.names.update(target_names(node.target))
@@ -77,9 +81,12 @@ class _Bound(cst.CSTVisitor):
         self.names.update(target_names(node.target))
 
 
-def bound_names(func: cst.FunctionDef) -> frozenset[str]:
-    v = _Bound(func)
-    func.visit(v)
+def bound_names(node: cst.CSTNode, imports: bool = True) -> frozenset[str]:
+    """What a function binds in its own scope; for any other statement, what it binds in the
+    scope it runs in (the bodies of the functions and classes it defines are their own).
+    `imports=False`: what it binds other than by import statements."""
+    v = _Bound(node, imports)
+    node.visit(v)
     return frozenset(v.names)
 
 

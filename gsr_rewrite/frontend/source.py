@@ -37,6 +37,9 @@ class SourceModule:
     package: str | None = None  # where its relative imports are resolved, when known
     #: modules whose methods the class analysed here inherits (their nodes have their positions)
     others: list[SourceModule] = field(default_factory=list)
+    #: functions imported from other modules that the analysis follows (frontend/imported.py):
+    #: local name -> (the function, the module defining it; it is also among `others`)
+    imported: dict[str, tuple[cst.FunctionDef, SourceModule]] = field(default_factory=dict)
     #: classes that may be optimizers but whose bases could not be resolved: (class, base, why)
     unresolved: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -104,9 +107,14 @@ def class_view(src: SourceModule, cls: OptimizerClass) -> SourceModule:
 
 def module_imports(module: cst.Module) -> dict[str, str]:
     """Top-level imports: `from .optimizer import Optimizer as O` -> {"O": ".optimizer.Optimizer"},
-    `import torch.nn` -> {"torch": "torch"}."""
+    `import torch.nn` -> {"torch": "torch"}; also those of an optional import (`try: from m
+    import f` / `except ImportError: f = None`): the name is the import's or None."""
     found: dict[str, str] = {}
-    for stmt in module.body:
+    statements: list[cst.CSTNode] = list(module.body)
+    for t in module.body:
+        if isinstance(t, cst.Try) and _optional_import(t):
+            statements += t.body.body
+    for stmt in statements:
         if not isinstance(stmt, cst.SimpleStatementLine):
             continue
         for s in stmt.body:
@@ -122,3 +130,26 @@ def module_imports(module: cst.Module) -> dict[str, str]:
                     local = _dotted(a.asname.name) if a.asname else name
                     found[local] = f"{base}.{name}" if not base.endswith(".") else base + name
     return found
+
+
+def _optional_import(stmt: cst.CSTNode) -> bool:
+    """`try:` with only imports in its body, whose handlers only bind names to None or pass, with
+    no `else` or `finally`: each name it binds is what the import binds, or None."""
+    if not isinstance(stmt, cst.Try) or stmt.orelse is not None or stmt.finalbody is not None:
+        return False
+    if not all(isinstance(s, cst.SimpleStatementLine) and
+               all(isinstance(x, (cst.Import, cst.ImportFrom)) for x in s.body)
+               for s in stmt.body.body):
+        return False
+    for h in stmt.handlers:
+        for s in h.body.body:
+            if not isinstance(s, cst.SimpleStatementLine):
+                return False
+            for x in s.body:
+                if isinstance(x, cst.Pass):
+                    continue
+                if not (isinstance(x, cst.Assign) and isinstance(x.value, cst.Name) and
+                        x.value.value == "None" and
+                        all(isinstance(t.target, cst.Name) for t in x.targets)):
+                    return False
+    return True

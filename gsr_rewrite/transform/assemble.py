@@ -71,10 +71,13 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                 continue
             inner = [q for q in out.plans if q.name.startswith(fp.name + LOCALS)]
             regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
-            new = _rewrite_function(fp, catalog, renamer, inner, regions)
+            key = fp.name.removeprefix("self.")
+            owner = cls.origin.get(key, src) if fp.analysis.is_method else \
+                out.analysis.imported.get(fp.name, home)
+            # code from another module names that module's globals: none is a helper renamed here
+            own = renamer if same_module(owner, home) else Renamer({}, renamer.attrs)
+            new = _rewrite_function(fp, catalog, own, inner, regions)
             if fp.analysis.is_method:
-                key = fp.name.removeprefix("self.")
-                owner = cls.origin.get(key, src)
                 new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name)
                                    if same_module(owner, src) else
                                    cls.defined_by.get(key, out.name))
@@ -96,7 +99,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
             else:
                 new = new.with_changes(name=cst.Name(rename[fp.name]),
                                        leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-                copied.append((new, home, out.name))
+                copied.append((new, owner, out.name))
                 code = code_of(new)
                 if emitted_helpers.get(rename[fp.name], code) != code:
                     raise RewriteError(src.where(fp.analysis.func), "helper rewritten two "

@@ -54,19 +54,75 @@ def _bindings(src: SourceModule) -> dict[str, list[Import | None]]:
         if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
             found.setdefault(stmt.name.value, []).append(None)
             continue
-        if not isinstance(stmt, cst.SimpleStatementLine):
-            for n in loaded_names(stmt):  # (over-approximates what it binds: harmless)
-                found.setdefault(n, []).append(None)
+        if not isinstance(stmt, cst.SimpleStatementLine):  # `if`/`try`/`with`/loops
+            # `import torch.x` binds the package `torch`, run or not, as `import torch` does
+            packages = _plain_imports(stmt) - bound_names(stmt, imports=False)
+            for n in bound_names(stmt):
+                found.setdefault(n, []).append(Import(n, n) if n in packages else None)
             continue
         for small in stmt.body:
             if isinstance(small, cst.ImportFrom) and isinstance(small.names, cst.ImportStar):
                 found.setdefault(STAR, []).append(None)
             for name, imp in _imports(small, package):
                 found.setdefault(name, []).append(imp)
-            if isinstance(small, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
-                for n in loaded_names(small):
+            if not isinstance(small, (cst.Import, cst.ImportFrom)):  # assignments, walrus, del
+                for n in bound_names(small):
                     found.setdefault(n, []).append(None)
+    for n in _declared_global(src.module):  # rebound whenever a function declaring it runs
+        found.setdefault(n, []).append(None)
     return found
+
+
+def _plain_imports(stmt: cst.CSTNode) -> set[str]:
+    """The packages `import a.b` binds in stmt's scope, where nothing else there binds them
+    (`import a.b as c`, `from m import a`)."""
+    plain: set[str] = set()
+    other: set[str] = set()
+
+    class _Imports(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return False
+
+        def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+            return False
+
+        def visit_Import(self, node: cst.Import) -> None:
+            for a in node.names:
+                if a.asname is None:
+                    plain.add(_dotted(a.name).split(".")[0])
+                else:
+                    other.add(_dotted(a.asname.name))
+
+        def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
+            if not isinstance(node.names, cst.ImportStar):
+                other.update(_dotted(a.asname.name if a.asname else a.name) for a in node.names)
+
+    stmt.visit(_Imports())
+    return plain - other
+
+
+def _annotation_names(node: cst.CSTNode) -> set[str]:
+    """Names read by the annotations in node (`def f(p: Tensor) -> None`): evaluated when the
+    copied function is defined."""
+    names: set[str] = set()
+
+    class _Annotations(cst.CSTVisitor):
+        def visit_Annotation(self, a: cst.Annotation) -> None:
+            names.update(loaded_names(a.annotation))
+
+    node.visit(_Annotations())
+    return names
+
+
+def _declared_global(module: cst.Module) -> set[str]:
+    names: set[str] = set()
+
+    class _Globals(cst.CSTVisitor):
+        def visit_Global(self, node: cst.Global) -> None:
+            names.update(n.name.value for n in node.names)
+
+    module.visit(_Globals())
+    return names
 
 
 def _dotted(e: cst.BaseExpression) -> str:
@@ -125,7 +181,8 @@ class Namespace:
         """`node` (code copied from `src`) reads globals of src: bind each one here."""
         bindings = self._of(src)
         local = bound_names(node) if isinstance(node, cst.FunctionDef) else frozenset()
-        for name in sorted(loaded_names(node) - local - self.emitted):
+        for name in sorted((loaded_names(node) | _annotation_names(node)) - local -
+                           self.emitted):
             bs = bindings.get(name)
             if not bs and STAR in bindings and not hasattr(builtins, name):
                 bs = [None]  # what a star import of src binds: src's attribute
@@ -145,7 +202,7 @@ class Namespace:
             if STAR in self.here:  # the copied module's star import may bind it too
                 raise RewriteError(what, f"`{name}` of {src.filename} would be imported beside "
                                    "a star import that may bind it; split the module")
-            only = bs[0] if len(bs) == 1 else None
+            only = bs[0] if len(set(bs)) == 1 else None
             self.added[name] = only if only is not None else _import_from(src, name, what)
 
     def statements(self) -> list[cst.BaseStatement]:
@@ -165,7 +222,7 @@ class Namespace:
 def _origin(src: SourceModule, name: str, bs: list[Import | None] | None) -> str | None:
     """What `name` is in src: an import's origin, or src's own global (None when src cannot be
     imported by name: then it is known only by being the same copy)."""
-    if bs and len(bs) == 1 and bs[0] is not None:
+    if bs and len(set(bs)) == 1 and bs[0] is not None:  # one import (maybe repeated)
         return bs[0].origin
     return f"{src.name}.{name}" if src.name is not None else None
 

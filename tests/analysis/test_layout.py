@@ -4,9 +4,12 @@ one); a step of ops, builtins and followed helpers gets one (`r_step(..., fixed_
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gsr_rewrite.api import rewrite_text
+from gsr_rewrite.pipeline import rewrite_source
 
 SOURCE = '''
 import torch
@@ -90,3 +93,29 @@ def test_a_context_manager_that_is_not_torchs_takes_no_certificate() -> None:
     result = rewrite_text(source.replace("EXTRA", "pass"), "mine.py")
     (mine,) = result.classes
     assert not mine.fixed_layout and "context manager" in mine.layout_reason
+
+
+def test_must_not_fire_a_name_in_code_from_another_module_is_that_modules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_scale` is followed in the step's module, but the base class's module binds its own
+    `_scale` (one that transposes in place): the base method's call is that one, not known."""
+    root = tmp_path
+    package = root / "pkg_layout_foreign"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text(
+        "import torch\n\n\ndef _scale(x, s):\n    return x.t_()\n\n\n"
+        "class Base(torch.optim.Optimizer):\n    def _hook(self, t):\n"
+        "        return _scale(t, 1.0)\n")
+    source = SOURCE.replace("from torch.optim import Optimizer", "from .base import Base") \
+        .replace("class Mine(Optimizer):", "class Mine(Base):") \
+        .replace("    def _hook(self, t):\n        return t\n\n", "") \
+        .replace("EXTRA", "grad = _scale(grad, 1.0)\n                self._hook(v)")
+    (package / "mine.py").write_text(source)
+    monkeypatch.syspath_prepend(str(root))
+    result = rewrite_source(source, str(package / "mine.py"), package.name, f"{package.name}.mine")
+    (mine,) = [c for c in result.classes if c.name == "Mine"]
+    assert mine.analysis is not None and "_scale" in mine.analysis.functions
+    assert not mine.fixed_layout
+    assert "base.py" in mine.layout_reason and "_scale(...)" in mine.layout_reason, \
+        mine.layout_reason

@@ -146,3 +146,20 @@ def test_a_rebound_class_name_is_refused() -> None:
               "        pass\n\n\nA = staticmethod(A)\n")
     (a,) = parse(source, "<string>").classes
     assert "`A` is bound more than once" in a.unresolved
+
+
+@pytest.mark.parametrize(("handler", "known"), [
+    ("    _fused = None\n", True), ("    pass\n", True),
+    ("    def _fused(params):\n        return params\n", False),
+    ("    from other import _fused\n", False), ("    _fused = make()\n", False)])
+def test_an_optional_import_binds_the_import_or_none(handler: str, known: bool) -> None:
+    """`try: from m import f` / `except ImportError: f = None`: f is the import or None, so the
+    catalog may describe it; any other fallback makes f unknown."""
+    import libcst as cst
+
+    from gsr_rewrite.frontend.source import module_imports
+
+    source = ("try:\n    from torch.optim.optimizer import _default_to_fused_or_foreach as _fused\n"
+              f"except ImportError:\n{handler}")
+    imports = module_imports(cst.parse_module(source))
+    assert (imports.get("_fused") == "torch.optim.optimizer._default_to_fused_or_foreach") == known

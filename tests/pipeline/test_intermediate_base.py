@@ -5,7 +5,6 @@ temporary out of it."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 from pathlib import Path
 from typing import Any
@@ -13,21 +12,16 @@ from typing import Any
 import pytest
 
 from gsr_rewrite.outcome import ClassOutcome, RewriteResult
-from gsr_rewrite.pipeline import compile_source
 from gsr_rewrite.proof.check import compare_trajectories
 from gsr_rewrite.proof.validate import load_module
-from tests.common import TESTS
+from tests.common import TESTS, compiled_fixture
 
 PACKAGE = "tests.fixtures.intermediate_base"
 FIXTURES = TESTS / "fixtures" / "intermediate_base"
 
 
-@functools.cache
 def _compiled(name: str, importable: bool) -> RewriteResult:
-    """compile_source: rewrite, then certify each class (symbolic proof, stress matrix)."""
-    path = FIXTURES / f"{name}.py"
-    return compile_source(path.read_text(), str(path), PACKAGE,
-                          f"{PACKAGE}.{name}" if importable else None)
+    return compiled_fixture(PACKAGE, name, importable)
 
 
 def _emitted(result: RewriteResult, tmp_path: Path, tag: str) -> Any:
