@@ -173,9 +173,66 @@ class _Builder:
             body = self.guarded_block(_statements(stmt.body), body_end, loop, handlers or [fin])
             start.succ = [body, *handlers]
             return start, _Tail(join)
+        if isinstance(stmt, cst.Match):
+            return self.match(stmt, loop)
         # this class is refused; the module's other classes go on
         raise AnalysisLimit(self.where(stmt), f"unsupported statement `{type(stmt).__name__}` "
                             "in an optimizer step; rewrite it with if/for/while")
+
+    def match(self, stmt: cst.Match, loop: tuple[Node, Node] | None) -> tuple[Node, Node | _Tail]:
+        """`match` over patterns that bind no name (literals, dotted constants, None/True/False,
+        `_`, and `|` of those), with guards: an if/elif chain. Each case's test reads the
+        subject again (a value pattern compares it with `==`), so the subject must be free of
+        calls: evaluating it once per case then does what evaluating it once does."""
+        values: list[cst.BaseExpression] = []
+        for case in stmt.cases:
+            found = _pattern_values(case.pattern)
+            if found is None:
+                raise AnalysisLimit(self.where(case.pattern), "a `match` pattern that binds "
+                                    "names or takes the subject apart is not supported; write "
+                                    "it with if/elif")
+            guard = [case.guard] if case.guard is not None else []
+            values.append(cst.Tuple([cst.Element(v) for v in [stmt.subject, *found, *guard]]))
+        if _calls(stmt.subject) or any(_calls(v) for c in stmt.cases
+                                       for v in _pattern_values(c.pattern) or []):
+            raise AnalysisLimit(self.where(stmt.subject), "a `match` whose subject or patterns "
+                                "call something is not supported; bind the subject to a name "
+                                "first")
+        join = self.new("join")
+        tests = [self.new("test", v) for v in values]
+        for i, (case, test) in enumerate(zip(stmt.cases, tests, strict=True)):
+            body = self.block(_statements(case.body), join, loop)
+            test.succ = [body, tests[i + 1] if i + 1 < len(tests) else join]
+        return tests[0], _Tail(join)
+
+
+def _pattern_values(p: cst.MatchPattern) -> list[cst.BaseExpression] | None:
+    """The expressions a pattern compares the subject with; None where it binds a name or
+    takes the subject apart (sequence, mapping, class, capture patterns)."""
+    if isinstance(p, (cst.MatchValue, cst.MatchSingleton)):
+        return [p.value]
+    if isinstance(p, cst.MatchAs) and p.pattern is None and p.name is None:  # `case _:`
+        return []
+    if isinstance(p, cst.MatchOr):
+        parts = [_pattern_values(el.pattern) for el in p.patterns]
+        return None if any(x is None for x in parts) else [v for x in parts for v in x or []]
+    return None
+
+
+def _calls(e: cst.CSTNode) -> bool:
+    found = False
+
+    class _Calls(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            nonlocal found
+            found = True
+
+        def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+            nonlocal found
+            found = True
+
+    e.visit(_Calls())
+    return found
 
 
 def _statements(body: cst.BaseSuite) -> Sequence[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -146,16 +147,84 @@ def test_an_index_while_loop_is_analysed_but_not_taken_per_parameter() -> None:
 
 
 def test_match_refuses_its_class_with_its_position_and_the_module_goes_on() -> None:
-    matching = _loop_class('for p in group["params"]:\n    match p.grad:\n        case None:\n'
-                           '            continue\n        case _:\n            pass')
+    """A pattern that binds names (`case [g, *rest]`) is not supported: that class is refused
+    where the pattern is, the module's others go on."""
+    matching = _loop_class('for p in group["params"]:\n    match p.grad:\n'
+                           '        case [g, *rest]:\n            continue\n'
+                           '        case _:\n            pass')
     plain = _loop_class('for p in group["params"]:\n    if p.grad is None:\n        continue',
                         "Other")
     result = rewrite_text(matching + "\n\n" + plain.split("\n\n\n", 1)[1], "mine.py")
     by_name = {c.name: c for c in result.classes}
     assert by_name["Mine"].status == "refused"
     assert "mine.py:" in by_name["Mine"].reason
-    assert "unsupported statement `Match`" in by_name["Mine"].reason
+    assert "a `match` pattern that binds names" in by_name["Mine"].reason
     assert by_name["Other"].status == "rewritten", by_name["Other"].reason
+
+
+def test_match_on_constants_is_an_if_chain() -> None:
+    """`match p.grad: case None: continue` is `if p.grad is None: continue`: the loop is per
+    parameter and the temporary goes in the gradient."""
+    status, temps = _loop('for p in group["params"]:\n    match p.grad:\n        case None:\n'
+                          '            continue\n        case _:\n            pass')
+    assert status == "rewritten" and temps["v.sqrt()"] == "gradient", temps
+    result = rewrite_text(_loop_class('for p in group["params"]:\n    match len(group):\n'
+                                      '        case 0:\n            continue'), "mine.py")
+    assert "subject or patterns call something" in result.classes[0].reason
+
+
+MODED = '''
+import torch
+from torch.optim import Optimizer
+
+
+class Moded(Optimizer):
+    def __init__(self, params, lr=1e-3, beta=0.9, eps=1e-8, mode="rms"):
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, mode=mode))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if len(state) == 0:
+                    state["v"] = torch.zeros_like(p)
+                v = state["v"]
+                match group["mode"]:
+                    case "rms" | "rmsprop":
+                        v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
+                        denom = v.sqrt().add_(group["eps"])
+                        p.addcdiv_(grad, denom, value=-group["lr"])
+                    case "sign" if group["lr"] > 0:
+                        update = grad.sign()
+                        p.add_(update, alpha=-group["lr"])
+                    case _:
+                        raise ValueError(f"unknown mode {group['mode']}")
+'''
+
+
+def test_match_cases_are_rewritten_and_equal_in_every_mode(tmp_path: Path) -> None:
+    from gsr_rewrite.pipeline import compile_source
+    from gsr_rewrite.proof.check import compare_trajectories
+    from gsr_rewrite.proof.validate import load_module
+
+    source = tmp_path / "moded.py"
+    source.write_text(MODED)
+    result = compile_source(MODED, str(source))
+    (moded,) = result.classes
+    assert moded.status == "rewritten", moded.reason
+    lives = {t.code: t.lives_in if t.placed else t.strips for t in moded.temporaries}
+    assert lives["grad.sign()"] == "gradient" and lives["v.sqrt()"] == 64, lives
+    assert result.code is not None
+    (tmp_path / "moded_r.py").write_text(result.code)
+    module = load_module(tmp_path / "moded_r.py", f"moded_r_{abs(hash(result.code))}")
+    for mode in ("rms", "rmsprop", "sign"):
+        res = compare_trajectories(module.Moded, module.ModedR, {"mode": mode, "lr": 0.01},
+                                   steps=5, mode="bitwise")
+        assert res.passed, (mode, res.message)
 
 
 def test_points_to_that_does_not_settle_refuses_the_class_not_the_run(
