@@ -162,7 +162,7 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
     if package is None and "." in module_name:
         package = module_name.rsplit(".", 1)[0]
     source = path.read_text()
-    key = _cache_key(str(path), package or "", source)
+    key = _cache_key(str(path), package or "", module_name, source)
     stem = module_name.replace(".", "_")
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,9 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
     else:
-        result = compile_source(source, str(path), package)  # certified classes only
+        # certified classes only; by its name, the R module watches the module's globals that
+        # the original step reads when it runs (runtime/patches.py)
+        result = compile_source(source, str(path), package, module_name)
         meta = {"tool": f"gsr-rewrite {__version__}", "source": str(path),
                 "classes": {c.name: [c.status, c.reason, _left(c), c.validation]
                             for c in result.classes},

@@ -6,11 +6,13 @@ runtime as _gsr`): a small, stable surface; its parts are
 - precondition.py: the per-step check that gradients and state own their bytes;
 - layout.py: the per-step layout certificate the guards look tensors up in;
 - step.py: `r_step`, the wrapper that runs the original step where the R step would not be exact;
+- patches.py: what the R module took from other modules and the class, checked for patches;
 - strip_runs.py: strip-mined runs (`strips`, `at`, `part`);
 - triton_launch.py, triton_lib.py: the same for generated Triton modules (host and device side).
 """
 
 from gsr_rewrite.runtime.guards import GUARD_HITS, fits, fits_lists
+from gsr_rewrite.runtime.patches import watch
 from gsr_rewrite.runtime.placement import (
     foreach_inplace,
     foreach_into,
@@ -35,4 +37,4 @@ from gsr_rewrite.runtime.strip_runs import (
 __all__ = ["GUARD_HITS", "STRIP_ALIGN", "STRIP_FRACTION", "At", "StripItem", "at",
            "distinct_buffers", "fine_strips", "fits", "fits_lists", "foreach_inplace",
            "foreach_into", "foreach_out", "part", "poison_grads", "r_step", "scalar_first",
-           "scalar_first_", "set_debug_poison", "strip_floor", "strips", "unhooked"]
+           "scalar_first_", "set_debug_poison", "strip_floor", "strips", "unhooked", "watch"]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from gsr_rewrite.runtime import layout
+from gsr_rewrite.runtime.patches import Watched
 from gsr_rewrite.runtime.precondition import checked
 
 #: Set GSR_DEBUG_POISON=1 (or call `set_debug_poison(True)`) to fill every gradient an R-variant
@@ -33,7 +34,7 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
                 p.grad.fill_(float("nan"))
 
 
-def r_step(original: type, fixed_layout: bool = False,
+def r_step(original: type, fixed_layout: bool = False, watch: Watched | None = None,
            **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
@@ -43,7 +44,9 @@ def r_step(original: type, fixed_layout: bool = False,
     - the run-time precondition `distinct_buffers` does not hold (duplicated params, gradients
       that overlap each other, a param or a state tensor);
     - ATTR=F in `bound` (each `self.ATTR(...)` the rewrite analysed as a call of F, what
-      `__init__` binds it to) while `self.ATTR` is anything else.
+      `__init__` binds it to) while `self.ATTR` is anything else;
+    - what the copied code took from other modules or the class was patched since the R module
+      was imported (`watch`, patches.py).
 
     - the step is being traced by `torch.compile` (Inductor plans the original's temporaries
       itself; the guards' storage checks would break the graph).
@@ -58,7 +61,8 @@ def r_step(original: type, fixed_layout: bool = False,
             original_only = torch.compiler.is_compiling() or \
                 any(a is not None for a in (*args, *kwargs.values())) or \
                 any(g.get("differentiable", False) for g in self.param_groups) or \
-                any(getattr(self, a, None) is not f for a, f in bound.items())
+                any(getattr(self, a, None) is not f for a, f in bound.items()) or \
+                (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
                 return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
@@ -70,6 +74,11 @@ def r_step(original: type, fixed_layout: bool = False,
             poison_grads(self.param_groups)
             return out
 
+        def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
+            return r_step(cls, fixed_layout, watch.on(cls) if watch is not None else None,
+                          **bound)(step)
+
+        wrapper.gsr_on = on  # type: ignore[attr-defined]
         return wrapper
 
     return decorate

@@ -24,6 +24,7 @@ from gsr_rewrite.transform.stripmine import (
     guard_once,
     wrap_region,
 )
+from gsr_rewrite.transform.watch import watch_statement, with_watch
 from gsr_rewrite.version import __version__
 
 
@@ -45,7 +46,8 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                 package: str | None) -> str:
     module = src.module
     helpers: list[cst.BaseStatement] = []  # rewritten module-level helpers, callees first
-    extra: list[cst.BaseStatement] = []
+    extra: list[cst.ClassDef] = []  # the R classes
+    r_outs: list[ClassOutcome] = []  # what each came from
     emitted_helpers: dict[str, str] = {}  # new helper name -> code (shared between classes)
     copied: list[tuple[cst.CSTNode, SourceModule, str]] = []  # code, its module, its class
     for out in outcomes:
@@ -113,6 +115,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                f"    Same constructor, state and results as {out.name}; but after step() the\n"
                "    contents of p.grad are undefined: the gradient buffers hold scratch values.\n"
                '    """')
+        r_outs.append(out)
         extra.append(cst.ClassDef(
             name=cst.Name(out.r_name), bases=[cst.Arg(cst.Name(out.name))],
             body=cst.IndentedBlock([cst.SimpleStatementLine([cst.Expr(cst.parse_expression(doc))]),
@@ -125,10 +128,11 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     runtime = cst.parse_statement(
         f"from gsr_rewrite import runtime as {RUNTIME}  # added by gsr-rewrite\n")
     ns = Namespace(emitted={RUNTIME, *emitted_helpers})
-    if (foreign or inherits) and src.name is not None:  # import the originals, copy nothing
+    importing = (foreign or inherits) and src.name is not None
+    if importing:  # import the originals, copy nothing
         ns.here = {o.name: f"{src.name}.{o.name}" for o in rewritten}
         for node, owner, name in copied:
-            ns.need(node, owner, f"{owner.filename}: {name}")
+            ns.need(node, owner, f"{owner.filename}: {name}", name)
         originals = ", ".join(sorted(o.name for o in rewritten))
         body: list[Any] = [cst.parse_statement(f"from {src.name} import {originals}  # the "
                                                "original classes\n"), *ns.statements(), runtime]
@@ -136,9 +140,11 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     else:
         if foreign:  # a copy of the module, and what the code copied from other modules reads
             ns.copy_of(src)
-            for node, owner, name in copied:
-                if not same_module(owner, src):
-                    ns.need(node, owner, f"{owner.filename}: {name}")
+        for node, owner, name in copied:  # (the copy's own globals: watched in src's module)
+            if not same_module(owner, src):
+                ns.need(node, owner, f"{owner.filename}: {name}", name)
+            else:
+                ns.note(node, owner, name)
         body = list(module.body)
         if package is not None:
             body = [_absolute_imports(s, package) for s in body]
@@ -160,7 +166,10 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
         "# Set GSR_DEBUG_POISON=1 to fill reused gradients with NaN after each step.",
     ]
     lines = [cst.EmptyLine(comment=cst.Comment(h)) for h in header]
-    new_module = module.with_changes(body=body + helpers + extra,
+    watches = [watch_statement(o, ns, src, _functions_to_copy(o),
+                               _moved_methods(o, _functions_to_copy(o))) for o in r_outs]
+    watched = [with_watch(c, w) for c, w in zip(extra, watches, strict=True)]
+    new_module = module.with_changes(body=body + helpers + [w for w in watches if w] + watched,
                                      header=[*lines, *module.header])
     return new_module.code
 

@@ -166,6 +166,8 @@ class Namespace:
     emitted: set[str] = field(default_factory=set)  # names the emitter defines (helpers, _gsr)
     added: dict[str, Import] = field(default_factory=dict)
     cache: dict[int, dict[str, list[Import | None]]] = field(default_factory=dict)
+    #: per tag (a class): module -> the globals of it that code copied for the tag reads
+    reads: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
     def copy_of(self, src: SourceModule) -> None:
         """The emitted module is a copy of src: it binds what src binds."""
@@ -177,16 +179,33 @@ class Namespace:
             self.cache[id(src.module)] = _bindings(src)
         return self.cache[id(src.module)]
 
-    def need(self, node: cst.CSTNode, src: SourceModule, what: str) -> None:
-        """`node` (code copied from `src`) reads globals of src: bind each one here."""
+    def globals_read(self, node: cst.CSTNode, src: SourceModule
+                     ) -> list[tuple[str, list[Import | None] | None]]:
+        """The globals of src that `node` (code copied from src) reads, with their bindings
+        there (None: a builtin of src, or a name it never binds)."""
         bindings = self._of(src)
         local = bound_names(node) if isinstance(node, cst.FunctionDef) else frozenset()
+        found: list[tuple[str, list[Import | None] | None]] = []
         for name in sorted((loaded_names(node) | _annotation_names(node)) - local -
                            self.emitted):
             bs = bindings.get(name)
             if not bs and STAR in bindings and not hasattr(builtins, name):
                 bs = [None]  # what a star import of src binds: src's attribute
-            if not bs:  # a builtin of src (or a name it never binds)
+            found.append((name, bs or None))
+        return found
+
+    def note(self, node: cst.CSTNode, src: SourceModule, tag: str) -> None:
+        """Note under `tag` the globals of src (by its module name) that `node` reads."""
+        if src.name is not None:
+            self.reads.setdefault(tag, {}).setdefault(src.name, set()).update(
+                name for name, bs in self.globals_read(node, src) if bs is not None)
+
+    def need(self, node: cst.CSTNode, src: SourceModule, what: str, tag: str = "") -> None:
+        """`node` (code copied from `src`) reads globals of src: bind each one here (and note
+        them under `tag`)."""
+        self.note(node, src, tag)
+        for name, bs in self.globals_read(node, src):
+            if bs is None:  # a builtin of src (or a name it never binds)
                 if name in self.here or name in self.added:
                     raise RewriteError(what, f"`{name}` is a builtin in {src.filename} but the "
                                        "emitted module binds it; split the module")

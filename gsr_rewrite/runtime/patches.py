@@ -1,0 +1,79 @@
+"""What an R step's copied code took from other modules and from its class when the R module was
+imported, checked before every R step (`r_step(..., watch=...)`).
+
+An R module is code copied from the original modules: a global the copy reads was bound when the
+R module was imported, while the original step reads it when it runs; a helper the R step calls
+rewritten (`f_gsr`, `self.m_gsr`) stands for the original `f` or `m`. Patching any of those
+after the import (`mock.patch("torch.optim.adam._single_tensor_adam", ...)`, instrumentation,
+a subclass overriding `m`) would change the original step and not the R step. So each step checks
+that they are still the objects seen at import (module globals: one dict lookup each; methods:
+`inspect.getattr_static` on the optimizer's type; Dynamo's `disable` wrappers are looked
+through), and a followed function must still be the `def` the rewrite analysed (its code
+object's name, unwrapped), else the original step runs."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Watched:
+    values: tuple[tuple[dict[str, Any], str, Any], ...]  # (module __dict__, name, object)
+    methods: tuple[tuple[str, Any], ...]  # (attribute of the optimizer's class, object)
+    stale: bool  # a followed function was not the analysed def when the module was imported
+
+    def holds(self, cls: type) -> bool:
+        return not self.stale and \
+            all(innermost(d.get(name, _MISSING)) is obj for d, name, obj in self.values) and \
+            all(innermost(_static(cls, name)) is obj for name, obj in self.methods)
+
+    def on(self, cls: type) -> Watched:
+        """The same watch for the R step moved onto `cls` (api/classes.py: a class with the
+        same methods as the one it was generated for): its methods are `cls`'s now."""
+        return Watched(self.values, tuple((m, innermost(_static(cls, m)))
+                                          for m, _ in self.methods), self.stale)
+
+
+def watch(modules: dict[str, dict[str, str]], cls: type | None = None,
+          methods: tuple[str, ...] = ()) -> Watched:
+    """modules: {module: {global: the name of the `def` the rewrite followed for it, or ""}};
+    methods: attributes of `cls` (the original class) the R class holds rewritten copies of."""
+    values: list[tuple[dict[str, Any], str, Any]] = []
+    stale = False
+    for module, names in modules.items():
+        try:
+            space = vars(importlib.import_module(module))
+        except ImportError:  # a copy of a module that cannot be imported: no other original
+            continue
+        for name, def_name in names.items():
+            obj = innermost(space.get(name, _MISSING))
+            values.append((space, name, obj))
+            stale |= bool(def_name) and _def_name(obj) != def_name
+    found = tuple((m, innermost(_static(cls, m))) for m in methods) if cls is not None else ()
+    return Watched(tuple(values), found, stale)
+
+
+def innermost(f: Any) -> Any:
+    """What Dynamo's `disable(...)` wrappers (one or more) wrap: they change only how the
+    function is compiled (torch._dynamo's TorchPatcher wraps optimizer helpers so, at
+    `torch.compile`'s first use), never what it computes."""
+    while hasattr(f, "_torchdynamo_orig_callable"):
+        f = f._torchdynamo_orig_callable
+    return f
+
+
+def _static(cls: type, name: str) -> Any:
+    try:
+        return inspect.getattr_static(cls, name)
+    except AttributeError:
+        return _MISSING
+
+
+def _def_name(obj: Any) -> str:
+    code = getattr(inspect.unwrap(obj), "__code__", None) if callable(obj) else None
+    return code.co_name if code is not None else ""
