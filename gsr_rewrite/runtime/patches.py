@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,11 @@ def innermost(f: Any) -> Any:
     """What Dynamo's `disable(...)` wrappers (one or more) wrap: they change only how the
     function is compiled (torch._dynamo's TorchPatcher wraps optimizer helpers so, at
     `torch.compile`'s first use), never what it computes."""
-    while hasattr(f, "_torchdynamo_orig_callable"):
-        f = f._torchdynamo_orig_callable
+    for _ in range(16):  # (an attribute stored on the wrapper: a mock's are not followed)
+        inner = inspect.getattr_static(f, "_torchdynamo_orig_callable", _MISSING)
+        if inner is _MISSING:
+            break
+        f = inner
     return f
 
 
@@ -75,5 +79,10 @@ def _static(cls: type, name: str) -> Any:
 
 
 def _def_name(obj: Any) -> str:
-    code = getattr(inspect.unwrap(obj), "__code__", None) if callable(obj) else None
-    return code.co_name if code is not None else ""
+    """The name of the code `obj` runs, through `functools.wraps` wrappers; "" when it has
+    none (a mock, a builtin, a loop of wrappers)."""
+    try:
+        fn = inspect.unwrap(obj)
+    except ValueError:
+        return ""
+    return fn.__code__.co_name if isinstance(fn, types.FunctionType) else ""

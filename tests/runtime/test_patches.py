@@ -152,3 +152,22 @@ def test_an_imported_helper_patched_before_reduce_runs_the_original(
     monkeypatch.setattr(opt, "denominator_", denominator_twice)
     r_cls = gsr_rewrite.reduce(opt.Watched)  # rewritten from the file's `def`, not the patch
     assert _side_by_side(opt.Watched, r_cls) == (0.0, False)
+
+
+def test_a_mock_in_place_of_a_helper_is_stale_not_a_crash() -> None:
+    """`mock.patch` puts a MagicMock there (every attribute exists, `__wrapped__` too): the
+    watch neither loops nor raises; the helper is not the analysed def, so the R step would not
+    run; unpatched, it is."""
+    from unittest import mock
+
+    import torch.optim.adam as adam_module
+
+    from gsr_rewrite.runtime.patches import watch
+
+    names = {"torch.optim.adam": {"_single_tensor_adam": "_single_tensor_adam"}}
+    with mock.patch.object(adam_module, "_single_tensor_adam", mock.MagicMock()):
+        assert watch(names).stale
+    fresh = watch(names)
+    assert not fresh.stale and fresh.holds(torch.optim.Adam)
+    with mock.patch.object(adam_module, "_single_tensor_adam", mock.MagicMock()):
+        assert not fresh.holds(torch.optim.Adam)
