@@ -28,10 +28,11 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     shape, dtype, device and strides, dense, not 0-d, no storage shared with them. DTensors
     (FSDP2) fit when all of them are laid out alike (same mesh and placements); their storage
     is their local shard's. With no host it checks that every `like` tensor matches the first
-    (in-place chains on fresh temporaries: the chain must not change dtype or broadcast)."""
+    (in-place chains on fresh temporaries: the chain must not change dtype or broadcast).
+    Never while autograd would record the op (`_recorded`)."""
     if len(hosts) == 1 and len(like) <= 1:
         ids, t = layout.active(), like[0] if like else None
-        if (ids is not None and layout.pair_fits(ids, hosts[0], t)) or \
+        if (ids is not None and not _recorded(like) and layout.pair_fits(ids, hosts[0], t)) or \
                 _plain_pair_fits(hosts[0], t):
             GUARD_HITS[0] += 1
             return True
@@ -40,7 +41,7 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
 
 def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     """`fits`, tensor by tensor (what its fast path must agree with)."""
-    if not hosts and not like:
+    if (not hosts and not like) or _recorded(like):
         return False
     ref = (*hosts, *like)[0]
     if not isinstance(ref, Tensor):
@@ -75,6 +76,13 @@ def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     return True
 
 
+def _recorded(like: Sequence[Any]) -> bool:
+    """Autograd would record an op on `like` (grad mode on, one of them requires grad: a step
+    without `no_grad`): its `out=` form raises there, and the original records a graph."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
+                                           for t in like)
+
+
 def _plain_pair_fits(h: Any, t: Any) -> bool:
     """True only when `fits((h,), (t,))` (`fits((h,), ())` for t None) holds, for the common case
     of plain, contiguous tensors (the for-loop path asks this once per param and statement:
@@ -88,6 +96,8 @@ def _plain_pair_fits(h: Any, t: Any) -> bool:
             return False
         if t is None:
             return h.untyped_storage().data_ptr() is not None  # located (else it raises)
+        if t.requires_grad and torch.is_grad_enabled():
+            return False
         return t.dtype is h.dtype and t.shape == h.shape and t.is_contiguous() and \
             t.layout is _STRIDED and t.device == h.device and \
             (t is h or h.untyped_storage().data_ptr() != t.untyped_storage().data_ptr())
@@ -155,7 +165,8 @@ def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
                     for x in (*hosts, *like) for t in x):
         return False
     ids = layout.active()
-    if n and ids is not None and layout.lists_fit(ids, hosts, like):
+    if n and ids is not None and not _recorded([t for x in like for t in x]) and \
+            layout.lists_fit(ids, hosts, like):
         GUARD_HITS[0] += n
         return True
     if n and _plain_lists_fit(hosts, like):
@@ -180,7 +191,8 @@ def _plain_lists_fit(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any
     dimensions, empty tensors sharing an address, ...)."""
     columns = [*hosts, *like]
     every = [t for x in columns for t in x]
-    if not set(map(type, every)) <= _PLAIN:
+    if not set(map(type, every)) <= _PLAIN or \
+            (torch.is_grad_enabled() and any(any(map(_requires_grad, x)) for x in like)):
         return False
     first = columns[0]
     sizes, dtypes = list(map(Tensor.size, first)), list(map(_dtype, first))

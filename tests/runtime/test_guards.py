@@ -107,3 +107,33 @@ def test_spans_of_plain_tensors_match_the_per_tensor_form() -> None:
         return t.device, lo, lo + (t.nbytes if t.is_contiguous() else precondition._extent(t))
 
     assert precondition._spans(ts) == [one(t) for t in ts if t.numel()]
+
+
+def test_no_rewritten_statement_where_autograd_would_record_it() -> None:
+    """A step without `no_grad` (torch_optimizer's Apollo): weight decay as `grad.add(p, ...)`
+    makes a temporary that requires grad; `torch.abs(x, out=h)` raises on it ("functions with
+    out=... arguments don't support automatic differentiation"), so the guard says no, on every
+    path (the certificate's lookup included); under no_grad the same tensors fit."""
+    from gsr_rewrite.runtime import layout
+
+    p = torch.nn.Parameter(torch.randn(4, 5))
+    host, x = torch.randn(4, 5), torch.randn(4, 5).add(p)  # x requires grad
+    with torch.no_grad():
+        assert fits((host,), (x,)) and fits_lists(([host],), ([x],))
+    assert not fits((host,), (x,)) and not fits_lists(([host],), ([x],))
+    assert not fits((host,), (p,))
+    with pytest.raises(RuntimeError, match="out="):
+        torch.abs(x, out=host)  # what the guard keeps from running
+    p.grad = host  # a step's certificate, where p (a like operand) looks like its gradient
+    holder = type("Holder", (), {"param_groups": [{"params": [p]}], "state": {}})()
+    holds, certificate = precondition.checked(holder, certify=True)
+    assert holds and certificate is not None
+    previous = layout.enter(certificate)
+    try:
+        assert layout.pair_fits(layout.active() or {}, host, p)  # the lookup alone says yes
+        assert not fits((host,), (p,)) and not fits_lists(([host],), ([p],))
+        with torch.no_grad():
+            assert fits((host,), (p,))
+    finally:
+        layout.leave(previous)
+    assert fits((host,), (torch.randn(4, 5),))  # nothing requires grad: grad mode alone is fine
