@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import libcst as cst
@@ -74,9 +75,8 @@ def _called_names(module: cst.Module) -> set[str]:
 
 
 def _absolute(src: SourceModule, origin: str) -> str:
+    """A relative import's origin made absolute against src's package, when it is known."""
     if origin.startswith(".") and src.package:
-        import importlib.util
-
         try:
             return importlib.util.resolve_name(origin, src.package)
         except (ImportError, ValueError):
