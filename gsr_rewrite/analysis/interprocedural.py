@@ -144,12 +144,14 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     unknowns = class_unknowns(src, cls, scalar_keys, combined)
     foreign_reach: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
     returns: dict[str, Value] = {}  # helper -> what it returns, so far
+    rooted: dict[str, frozenset[str]] = {}  # helper -> what it reads through roots, so far
 
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
         known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign_reach),
                                     helper_returns=dict(returns),
+                                    helper_reads=dict(rooted),
                                     local_lists=_local_lists(fa.func, fa.free),
                                     outer_names=_declared_outer(fa.func))
         other = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
@@ -194,9 +196,12 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                 solved_with[name] = inputs
                 reach = max((n.eff.foreign for n in fa.flow.nodes), default=0)
                 ret = _returned(fa, make_evaluator)
-                if reach > foreign_reach.get(name, 0) or returns.get(name) != ret:
+                reads = rooted.get(name, frozenset()) | _rooted_reads(fa)
+                if reach > foreign_reach.get(name, 0) or returns.get(name) != ret or \
+                        rooted.get(name) != reads:
                     foreign_reach[name] = max(reach, foreign_reach.get(name, 0))  # solve callers
                     returns[name] = returns.get(name, EMPTY) | ret
+                    rooted[name] = reads
                     solved_with.clear()
                     changed = True
                 pos, kw = param_names(fa.func, fa.is_method)
@@ -343,6 +348,14 @@ def _declared_outer(func: cst.FunctionDef) -> frozenset[str]:
 
     func.visit(_Declarations())
     return frozenset(found)
+
+
+def _rooted_reads(fa: FunctionAnalysis) -> frozenset[str]:
+    """The buffers a function reads through a root (`q.grad` of params it was given,
+    `state[...]`) whose contents on entry may be what it reads: live ("@b", b) at its entry
+    (not every such fact: state its callers need after it is live at its exit too)."""
+    read = {b for n in fa.flow.nodes for v, b, _ in n.eff.reads if v == "@" + b}
+    return frozenset(b for v, b in fa.flow.entry.live_in if v == "@" + b and b in read)
 
 
 def _returned(fa: FunctionAnalysis,

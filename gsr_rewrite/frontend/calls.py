@@ -207,6 +207,8 @@ class Evaluator(TensorOpEvaluator):
         for v in [*pos, *kw.values()]:
             for b in buffers(v):
                 self.eff.writes.append(("@call", b))
+        for b in sorted(self.unknowns.helper_reads.get(name, ())):  # what it reads through roots
+            self.eff.reads.append(("@" + b, b, node))
         self.eff.calls.append((name, pos, kw, node))
         params, added = self.appends.get(name, ([], {}))
         bound = [*zip(params, [a for a in node.args if a.keyword is None], strict=False),

@@ -51,6 +51,10 @@ class Unknowns:
     outer_names: frozenset[str] = frozenset()
     #: what each analysed helper returns, so far (see Evaluator._helper_call)
     helper_returns: Mapping[str, Value] = field(default_factory=dict)
+    #: the buffers each analysed helper reads through a root (`q.grad` of the params it was
+    #: given, `state[...]`) before anything it does overwrites them, so far: its entry's live
+    #: ("@b", b) facts; its call reads them
+    helper_reads: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 

@@ -206,6 +206,34 @@ class Moded(Optimizer):
 '''
 
 
+@pytest.mark.parametrize("matching", [
+    'match group["lr"]:\n    case 0.0:\n        pass\n'
+    '    case _:\n        p.add_(grad, alpha=0.0)\n',
+    'match group["lr"]:\n    case 0.0 if bool(grad.isnan().any()):\n        pass\n',
+])
+def test_must_not_fire_match_cases_that_read_the_gradient(matching: str) -> None:
+    """After BASE the square root goes in the gradient (test_a_one_line_store...); a case body,
+    or a guard tried before any body runs, that reads the gradient keeps it out."""
+    assert _rewrite(BASE + matching) == ("rewritten", {"v.sqrt()": "stays"})
+
+
+def test_must_not_fire_a_helper_that_reads_every_gradient_after_the_loop() -> None:
+    """A same-module helper given the params reads each one's `.grad` after the loop (a norm
+    for logging): its call reads the gradients, so no iteration may leave scratch in one. The
+    helper's reads through roots reach its callers (interprocedural `_rooted_reads`); before,
+    only what the call was passed counted, and `v.sqrt()` went in the gradient."""
+    helper = ("def total_norm(params):\n"
+              "    return sum(float(q.grad.norm()) for q in params if q.grad is not None)\n")
+    after = '            self.norm = total_norm(group["params"])\n'
+    indented = "".join(f"                {line}\n" for line in BASE.strip().splitlines())
+    source = HEAD.replace("\n\nclass Mine(", "\n\n" + helper + "\n\nclass Mine(", 1) + \
+        indented + after + TAIL
+    (mine,) = rewrite_text(source, "mine.py").classes
+    assert mine.analysis is not None and "total_norm" in mine.analysis.functions
+    lives = {t.code: t.lives_in if t.placed else "stays" for t in mine.temporaries}
+    assert lives == {"v.sqrt()": "stays"}, lives
+
+
 def test_match_cases_are_rewritten_and_equal_in_every_mode(tmp_path: Path) -> None:
     from gsr_rewrite.pipeline import compile_source
     from gsr_rewrite.proof.check import compare_trajectories

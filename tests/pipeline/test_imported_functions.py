@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,79 @@ def test_only_a_function_bound_by_one_plain_def_is_followed(
     assert not isinstance(here, Unresolved)
     ref = resolver.attribute(here, name)
     assert isinstance(ref, FunctionRef) == followed, ref
+
+
+MUST_NOT_FIRE = {
+    # the helper returns its argument: `g` is the gradient, read after the square root
+    "alias": ('def same(g):\n    return g\n',
+              'g = same(p.grad)\n'
+              'v.mul_(0.9).addcmul_(g, g, value=0.1)\n'
+              'denom = v.sqrt()\n'
+              'p.addcdiv_(g, denom, value=-group["lr"])'),
+    # after the loop the helper reads every parameter's gradient
+    "other grads": ('def total_norm(params):\n'
+                    '    return sum(float(q.grad.norm()) for q in params if q.grad is not None)\n',
+                    'v.mul_(0.9).addcmul_(p.grad, p.grad, value=0.1)\n'
+                    'denom = v.sqrt()\n'
+                    'p.addcdiv_(v, denom, value=-group["lr"])'),
+    # the helper may raise after its square root; the handler reads the gradient
+    "exception": ('import torch\n\n\ndef update_(p, v, lr):\n'
+                  '    denom = v.sqrt()\n'
+                  '    if not bool(torch.isfinite(denom).all()):\n'
+                  '        raise FloatingPointError("v")\n'
+                  '    p.addcdiv_(v, denom, value=-lr)\n',
+                  'v.mul_(0.9).addcmul_(p.grad, p.grad, value=0.1)\n'
+                  'try:\n'
+                  '    update_(p, v, group["lr"])\n'
+                  'except FloatingPointError:\n'
+                  '    p.add_(p.grad, alpha=-group["lr"])'),
+}
+
+LOOPING = '''import torch
+from torch.optim import Optimizer
+
+from .helpers import *  # noqa: F403
+
+
+class Helped(Optimizer):
+    def __init__(self, params, lr=0.01):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["v"] = torch.zeros_like(p)
+                v = state["v"]
+BODY
+            AFTER
+'''
+
+
+@pytest.mark.parametrize("case", sorted(MUST_NOT_FIRE))
+def test_must_not_fire_through_an_imported_helper(case: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gradient is still read where the helper (or what it returned, or a handler of what
+    it raised) would find scratch in it: no temporary may live there."""
+    helpers, body = MUST_NOT_FIRE[case]
+    names = [line[4:].split("(")[0] for line in helpers.splitlines() if line.startswith("def ")]
+    after = 'self.norm = total_norm(group["params"])' if case == "other grads" else "pass"
+    source = LOOPING.replace("from .helpers import *  # noqa: F403",
+                             f"from .helpers import {', '.join(names)}") \
+        .replace("BODY", textwrap.indent(body, " " * 16)).replace("AFTER", after)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = tmp_path / f"pkg_must_not_{case.replace(' ', '_')}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text(helpers)
+    (package / "helped.py").write_text(source)
+    result = rewrite_source(source, str(package / "helped.py"), package.name,
+                            f"{package.name}.helped")
+    outcome = _outcome(result, "Helped")
+    assert outcome.analysis is not None and set(names) <= set(outcome.analysis.functions)
+    assert any("sqrt" in t.code for t in outcome.temporaries), outcome.temporaries
+    assert not any(t.lives_in == "gradient" for t in outcome.temporaries), outcome.temporaries
