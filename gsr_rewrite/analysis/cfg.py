@@ -185,16 +185,17 @@ class _Builder:
         subject again (a value pattern compares it with `==`), so the subject must be free of
         calls: evaluating it once per case then does what evaluating it once does."""
         values: list[cst.BaseExpression] = []
+        calls = _calls(stmt.subject)
         for case in stmt.cases:
             found = _pattern_values(case.pattern)
             if found is None:
                 raise AnalysisLimit(self.where(case.pattern), "a `match` pattern that binds "
                                     "names or takes the subject apart is not supported; write "
                                     "it with if/elif")
+            calls |= any(map(_calls, found))
             guard = [case.guard] if case.guard is not None else []
             values.append(cst.Tuple([cst.Element(v) for v in [stmt.subject, *found, *guard]]))
-        if _calls(stmt.subject) or any(_calls(v) for c in stmt.cases
-                                       for v in _pattern_values(c.pattern) or []):
+        if calls:
             raise AnalysisLimit(self.where(stmt.subject), "a `match` whose subject or patterns "
                                 "call something is not supported; bind the subject to a name "
                                 "first")

@@ -22,8 +22,6 @@ reading an attribute runs no code that changes a tensor (no properties that do).
 
 from __future__ import annotations
 
-import importlib.util
-
 import libcst as cst
 
 from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
@@ -33,6 +31,7 @@ from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.locate import SourceModule
 from gsr_rewrite.frontend.scopes import param_list, target_names
+from gsr_rewrite.frontend.source import absolute_origin
 from gsr_rewrite.frontend.syntax import dotted
 
 #: names of ops and functions that change a tensor's shape, strides, dtype, device, storage or
@@ -270,11 +269,7 @@ class _Scan(cst.CSTVisitor):
         origin = self.home.imports.get(root)
         if origin is None:
             return name
-        if origin.startswith(".") and self.home.package:
-            try:
-                origin = importlib.util.resolve_name(origin, self.home.package)
-            except ValueError:  # beyond the top-level package: left relative, so not known
-                pass
+        origin = absolute_origin(origin, self.home.package)  # (left relative: not known)
         return f"{origin}.{rest}" if rest else origin
 
     def _chosen(self, e: cst.BaseExpression) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import libcst as cst
@@ -20,7 +19,7 @@ import libcst as cst
 from gsr_rewrite.frontend.bases import parse_module_file
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.resolve import FunctionRef, Resolver, module_path
-from gsr_rewrite.frontend.source import SourceModule, same_module
+from gsr_rewrite.frontend.source import SourceModule, absolute_origin, same_module
 
 
 def with_imported_functions(src: SourceModule, catalog: OpCatalog) -> SourceModule:
@@ -28,7 +27,7 @@ def with_imported_functions(src: SourceModule, catalog: OpCatalog) -> SourceModu
     and the modules that define them among `others` (their positions)."""
     called = _called_names(src.module)
     candidates = sorted(n for n in called if n in src.imports and n not in src.functions and
-                        catalog.function(_absolute(src, src.imports[n])) is None and
+                        catalog.function(absolute_origin(src.imports[n], src.package)) is None and
                         catalog.function(src.imports[n]) is None)
     if not candidates:
         return src
@@ -72,16 +71,6 @@ def _called_names(module: cst.Module) -> set[str]:
 
     module.visit(_Calls())
     return names
-
-
-def _absolute(src: SourceModule, origin: str) -> str:
-    """A relative import's origin made absolute against src's package, when it is known."""
-    if origin.startswith(".") and src.package:
-        try:
-            return importlib.util.resolve_name(origin, src.package)
-        except (ImportError, ValueError):
-            return origin
-    return origin
 
 
 def _torch_dir() -> Path | None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -130,6 +131,19 @@ def module_imports(module: cst.Module) -> dict[str, str]:
                     local = _dotted(a.asname.name) if a.asname else name
                     found[local] = f"{base}.{name}" if not base.endswith(".") else base + name
     return found
+
+
+def absolute_origin(origin: str, package: str | None) -> str:
+    """An origin of `module_imports` made absolute against `package` when it is relative and the
+    package is known (`.optimizer._get_value` -> `torch.optim.optimizer._get_value`); left as it
+    is otherwise, or where it reaches beyond the top-level package (then nothing is known of
+    it)."""
+    if origin.startswith(".") and package:
+        try:
+            return importlib.util.resolve_name(origin, package)
+        except (ImportError, ValueError):
+            return origin
+    return origin
 
 
 def _optional_import(stmt: cst.CSTNode) -> bool:

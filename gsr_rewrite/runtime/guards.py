@@ -8,7 +8,7 @@ statement runs. A guard never raises.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -76,7 +76,7 @@ def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     return True
 
 
-def _recorded(like: Sequence[Any]) -> bool:
+def _recorded(like: Iterable[Any]) -> bool:
     """Autograd would record an op on `like` (grad mode on, one of them requires grad: a step
     without `no_grad`): its `out=` form raises there, and the original records a graph."""
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
@@ -165,7 +165,7 @@ def fits_lists(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any]],
                     for x in (*hosts, *like) for t in x):
         return False
     ids = layout.active()
-    if n and ids is not None and not _recorded([t for x in like for t in x]) and \
+    if n and ids is not None and not _recorded(t for x in like for t in x) and \
             layout.lists_fit(ids, hosts, like):
         GUARD_HITS[0] += n
         return True
@@ -191,8 +191,7 @@ def _plain_lists_fit(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any
     dimensions, empty tensors sharing an address, ...)."""
     columns = [*hosts, *like]
     every = [t for x in columns for t in x]
-    if not set(map(type, every)) <= _PLAIN or \
-            (torch.is_grad_enabled() and any(any(map(_requires_grad, x)) for x in like)):
+    if not set(map(type, every)) <= _PLAIN or _recorded(t for x in like for t in x):
         return False
     first = columns[0]
     sizes, dtypes = list(map(Tensor.size, first)), list(map(_dtype, first))

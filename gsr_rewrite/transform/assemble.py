@@ -47,7 +47,8 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     module = src.module
     helpers: list[cst.BaseStatement] = []  # rewritten module-level helpers, callees first
     extra: list[cst.ClassDef] = []  # the R classes
-    r_outs: list[ClassOutcome] = []  # what each came from
+    #: what each R class came from, its functions copied rewritten and its moved methods
+    r_outs: list[tuple[ClassOutcome, list[str], dict[str, str]]] = []
     emitted_helpers: dict[str, str] = {}  # new helper name -> code (shared between classes)
     copied: list[tuple[cst.CSTNode, SourceModule, str]] = []  # code, its module, its class
     for out in outcomes:
@@ -115,7 +116,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                f"    Same constructor, state and results as {out.name}; but after step() the\n"
                "    contents of p.grad are undefined: the gradient buffers hold scratch values.\n"
                '    """')
-        r_outs.append(out)
+        r_outs.append((out, changed, moved))
         extra.append(cst.ClassDef(
             name=cst.Name(out.r_name), bases=[cst.Arg(cst.Name(out.name))],
             body=cst.IndentedBlock([cst.SimpleStatementLine([cst.Expr(cst.parse_expression(doc))]),
@@ -166,8 +167,7 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
         "# Set GSR_DEBUG_POISON=1 to fill reused gradients with NaN after each step.",
     ]
     lines = [cst.EmptyLine(comment=cst.Comment(h)) for h in header]
-    watches = [watch_statement(o, ns, src, _functions_to_copy(o),
-                               _moved_methods(o, _functions_to_copy(o))) for o in r_outs]
+    watches = [watch_statement(o, ns, src, changed, moved) for o, changed, moved in r_outs]
     watched = [with_watch(c, w) for c, w in zip(extra, watches, strict=True)]
     new_module = module.with_changes(body=body + helpers + [w for w in watches if w] + watched,
                                      header=[*lines, *module.header])

@@ -194,17 +194,20 @@ class Namespace:
             found.append((name, bs or None))
         return found
 
-    def note(self, node: cst.CSTNode, src: SourceModule, tag: str) -> None:
-        """Note under `tag` the globals of src (by its module name) that `node` reads."""
+    def note(self, node: cst.CSTNode, src: SourceModule, tag: str,
+             read: list[tuple[str, list[Import | None] | None]] | None = None) -> None:
+        """Note under `tag` the globals of src (by its module name) that `node` reads (`read`:
+        `globals_read(node, src)`, when the caller has it)."""
         if src.name is not None:
             self.reads.setdefault(tag, {}).setdefault(src.name, set()).update(
-                name for name, bs in self.globals_read(node, src) if bs is not None)
+                name for name, bs in (read or self.globals_read(node, src)) if bs is not None)
 
     def need(self, node: cst.CSTNode, src: SourceModule, what: str, tag: str = "") -> None:
         """`node` (code copied from `src`) reads globals of src: bind each one here (and note
         them under `tag`)."""
-        self.note(node, src, tag)
-        for name, bs in self.globals_read(node, src):
+        read = self.globals_read(node, src)
+        self.note(node, src, tag, read)
+        for name, bs in read:
             if bs is None:  # a builtin of src (or a name it never binds)
                 if name in self.here or name in self.added:
                     raise RewriteError(what, f"`{name}` is a builtin in {src.filename} but the "
