@@ -22,6 +22,7 @@ from gsr_rewrite.analysis.dataflow import (
     solve_points_to,
     target_names,
 )
+from gsr_rewrite.analysis.decorators import decorator_kind
 from gsr_rewrite.analysis.unknowns import (
     ForeignModules,
     class_unknowns,
@@ -59,6 +60,8 @@ class FunctionAnalysis:
     exit_live: frozenset[Fact] = frozenset()
     free: tuple[str, ...] = ()  # a nested function: the caller's variables it reads
     parent: str | None = None  # a nested function: the function whose body defines it
+    #: decorated by `torch.compile`: analysed, never rewritten (analysis/decorators.py)
+    compiled: bool = False
 
 
 @dataclass
@@ -153,7 +156,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                     helper_returns=dict(returns),
                                     helper_reads=dict(rooted),
                                     local_lists=_local_lists(fa.func, fa.free),
-                                    outer_names=_declared_outer(fa.func))
+                                    outer_names=_declared_outer(fa.func),
+                                    returns_to_caller=fa.name != "step")
         other = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
         names, imports = helpers, src.imports
         if other is not None:  # a base's method, an imported function: its globals are there
@@ -234,8 +238,11 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
                for b, why, node in n.eff.escapes]
     for fa in funcs.values():  # a wrapper that may read gradients after the step returns
-        for d in fa.func.decorators:
-            if not _known_decorator(d.decorator):
+        home = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func) or src
+        kinds = [decorator_kind(d.decorator, home) for d in fa.func.decorators]
+        fa.compiled = "compile" in kinds
+        for d, kind in zip(fa.func.decorators, kinds, strict=True):
+            if kind is None:
                 escapes.append(("grad", f"`{fa.name}` is decorated by "
                                 f"`{cst.Module([]).code_for_node(d.decorator)}`, which may use "
                                 "the gradients after it returns", src.where(d)))
@@ -263,11 +270,6 @@ def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
     return (dict(fa.entry_pt), fa.exit_live) != before
 
 
-#: decorators that only switch autograd or compilation modes around the function they wrap
-_MODE_DECORATORS = {"torch.no_grad", "torch.enable_grad", "torch.inference_mode",
-                    "_use_grad_for_differentiable", "torch._disable_dynamo",
-                    "torch.compiler.disable", "_disable_dynamo_if_unsupported", "staticmethod",
-                    "classmethod", "torch._dynamo.disable"}
 def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]:
     """Unknowns.local_lists of `func`: every binding of the name in its body (nested functions
     aside) is a list display, a list comprehension or `list(...)`; or it is a parameter, or a
@@ -368,9 +370,3 @@ def _returned(fa: FunctionAnalysis,
         if n.kind == "return" and isinstance(n.node, cst.Return) and n.node.value is not None:
             out |= make(n.pt_in).value(n.node.value)
     return out
-
-
-def _known_decorator(d: cst.BaseExpression) -> bool:
-    name = dotted(d.func if isinstance(d, cst.Call) else d)
-    return name is not None and (name in _MODE_DECORATORS or
-                                 name.rsplit(".", 1)[-1] in _MODE_DECORATORS)

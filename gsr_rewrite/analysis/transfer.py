@@ -8,7 +8,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis.cfg import Node
 from gsr_rewrite.frontend.effects import EMPTY, Effects, Evaluator, Value, buffers, store_in_state
-from gsr_rewrite.frontend.values import LIST, PART, element, flat, item
+from gsr_rewrite.frontend.values import LIST, PART, element, flat, is_role, item
 
 
 def node_effects(n: Node, ev: Evaluator) -> Effects:
@@ -48,7 +48,11 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
         ev.value(s.value)
     elif isinstance(s, cst.Return) and s.value is not None:
         for b in buffers(ev.read(s.value)):
-            ev.eff.escapes.append((b, "returned from the function", s))
+            # a helper's caller is analysed: the params, gradients and state it gets back are
+            # followed there (and are live at the helper's exit while it reads them); a
+            # temporary would outlive the helper's plan
+            if not (ev.unknowns.returns_to_caller and is_role(b)):
+                ev.eff.escapes.append((b, "returned from the function", s))
     elif isinstance(s, cst.Del):
         for gone in _targets(s.target):
             if isinstance(gone, cst.Name):

@@ -55,6 +55,9 @@ class Unknowns:
     #: given, `state[...]`) before anything it does overwrites them, so far: its entry's live
     #: ("@b", b) facts; its call reads them
     helper_reads: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: the function is a helper: what it returns goes to code the analysis follows (`step`
+    #: returns to the user: what it returns escapes)
+    returns_to_caller: bool = False
 
 
 

@@ -137,7 +137,8 @@ def prove_class(original: type, rewritten: type) -> Proof:
 
     configs = stress_configs(original) or [{}]
     hits = runtime.GUARD_HITS[0]
-    with time_budget(PROOF_BUDGET_S):  # for all configurations together
+    # `@torch.compile`d helpers run their Python body on symbols (Dynamo cannot trace them)
+    with time_budget(PROOF_BUDGET_S), torch.compiler.set_stance("force_eager"):
         for config in configs:
             try:
                 with runtime.fine_strips():

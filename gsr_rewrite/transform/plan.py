@@ -20,6 +20,9 @@ from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_role
 from gsr_rewrite.frontend.values import is_structured
 
+#: why nothing in a `@torch.compile`d function is rewritten (analysis/decorators.py)
+COMPILED = "inside a `@torch.compile`d function, whose memory Inductor plans: not rewritten"
+
 
 @dataclass
 class Placement:
@@ -75,6 +78,9 @@ class _FunctionPlanner:
                 out.placements.append(p)
                 if a.in_comprehension or a.site in self.persistent:
                     p.reason = "inside a comprehension" if a.in_comprehension else "kept as state"
+                    continue
+                if self.fa.compiled:
+                    p.reason = COMPILED
                     continue
                 if not single:
                     p.reason = "not a statement of its own line"

@@ -130,7 +130,7 @@ def find_reorders(fp: FunctionPlan, owners: dict[int, cst.CSTNode]) -> list[Reor
     from gsr_rewrite.rulebook import load_rulebook
 
     rule = load_rulebook().get(RULE)
-    if rule is None:  # the rule did not prove: no reformulation
+    if rule is None or fp.analysis.compiled:  # the rule did not prove: no reformulation
         return []
     found: list[Reorder] = []
     for p in fp.placements:

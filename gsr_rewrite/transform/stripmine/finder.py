@@ -39,6 +39,8 @@ def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode]
     only if the union of them all passes the checks; otherwise its temporary stays, and the
     smaller regions keep theirs."""
     fa = fp.analysis
+    if fa.compiled:  # its placements say why (plan.COMPILED)
+        return []
     parents = _parents(fa.func)
     candidates: dict[tuple[int, int, int], StripRegion] = {}
     for p in fp.placements:
