@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from gsr_rewrite.frontend.effects import Unknowns, dotted
+from gsr_rewrite.frontend.effects import UNNAMED_STATE, Unknowns, dotted
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
 from gsr_rewrite.frontend.self_helpers import self_attr_targets
 
@@ -34,6 +34,21 @@ class ForeignModules:
 
     def of(self, func: cst.FunctionDef) -> SourceModule | None:
         return self.by_func.get(id(func))
+
+
+def _data_updates(func: cst.FunctionDef) -> dict[str, int]:
+    """How many `self.ATTR op= <literal data>` the function has, per ATTR."""
+    found: dict[str, int] = {}
+
+    class _V(cst.CSTVisitor):
+        def visit_AugAssign(self, node: cst.AugAssign) -> None:
+            t = node.target
+            if isinstance(t, cst.Attribute) and dotted(t.value) == "self" and \
+                    _is_data(node.value, set()):
+                found[t.attr.value] = found.get(t.attr.value, 0) + 1
+
+    func.visit(_V())
+    return found
 
 
 def _is_data(e: cst.BaseExpression | None, names: set[str]) -> bool:
@@ -87,16 +102,23 @@ def class_unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozense
                 keys.add(str(node.slice.value.evaluated_value))
 
     combined.visit(_Keys())
-    roles = frozenset({"grad", "param", "state:?"} | {f"state:{k}" for k in keys - scalar_keys})
+    roles = frozenset({"grad", "param", UNNAMED_STATE} |
+                      {f"state:{k}" for k in keys - scalar_keys})
     init = cls.methods.get("__init__")
     args = set()
     if init is not None:
         pos, kw = param_names(init, True)
         args = set(pos[1:]) | set(kw)  # pos[0] is the params
-    bound: dict[str, list[bool]] = {}
+    bound: dict[str, list[bool]] = {}  # per binding of self.ATTR: is it a number or string?
     for name, f in cls.methods.items():
+        counters = _data_updates(f)  # `self.n += 1` keeps a number a number
         for attr, value in self_attr_targets(f):
-            bound.setdefault(attr, []).append(name == "__init__" and _is_data(value, args))
+            if value is None and counters.get(attr, 0) > 0:
+                counters[attr] -= 1
+                bound.setdefault(attr, []).append(True)
+                continue
+            bound.setdefault(attr, []).append(_is_data(value, args if name == "__init__"
+                                                       else set()))
     constants = frozenset(a for a, ok in bound.items() if a != "*" and all(ok)
                           and "*" not in bound)
     callables = frozenset(m for m, f in cls.methods.items() if any(

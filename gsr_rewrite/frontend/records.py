@@ -14,6 +14,9 @@ OPAQUE = "%opaque"  # an object the analysis does not model: it may be or hold a
 #: a dict or set made by the analysed code: what goes in escapes, what comes out is opaque
 LOCAL: Value = frozenset({"%local"})
 
+#: a state entry under a key the analysis cannot name; among what an opaque object may be
+UNNAMED_STATE = "state:?"
+
 #: a tensor of unknown shape that aliases nothing (a reduction over some dims): the analysis
 #: does not count it as a buffer, but it is a tensor operand (guards check it) and never a host
 #: scalar of a strip-mined run
@@ -33,8 +36,10 @@ class Unknowns:
     #: the buffers an opaque object may be (any param, gradient or state tensor); reading it
     #: reads all of them, writing it writes all of them (`Evaluator.touched`); storing it
     #: somewhere makes none of them escape: it was reachable from outside already
-    roles: Value = frozenset({"grad", "param", "state:?"})
-    self_constants: frozenset[str] = frozenset()  # self.ATTR bound once in __init__ to data
+    roles: Value = frozenset({"grad", "param", UNNAMED_STATE})
+    #: self.ATTR that only ever holds data (a number, a string): every binding is data (in
+    #: `__init__`, of its arguments too; elsewhere literals, or `self.ATTR += 1`)
+    self_constants: frozenset[str] = frozenset()
     opaque_globals: frozenset[str] = frozenset()  # module globals that are not constants
     harmless_self_methods: frozenset[str] = frozenset()  # Optimizer methods that touch nothing
     foreign_helpers: Mapping[str, int] = field(default_factory=dict)  # see Effects.foreign

@@ -243,6 +243,35 @@ def test_refused_where_a_strip_would_differ(body: str, why: str) -> None:
     assert "cannot be strip-mined" in reasons and why in reasons, reasons
 
 
+@pytest.mark.parametrize("body", [
+    '''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                p.addcdiv_(grad * SCALE, denom, value=-lr)  # a whole tensor, not cut in strips
+''',
+    '''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                p.addcdiv_(grad * self.state[p][KEY], denom, value=-lr)  # a key not known
+''',
+    '''
+            for p, grad, avg in zip(params, grads, avgs):
+                denom = avg.sqrt()
+                p.addcdiv_(grad * self.scale, denom, value=-lr)  # set by whoever: a tensor?
+''',
+])
+def test_must_not_fire_a_run_reading_what_the_analysis_does_not_model(body: str) -> None:
+    """A module global bound to a tensor, a state entry under a key the analysis cannot name, an
+    attribute of self it does not know to be data: any may be a whole parameter-sized tensor,
+    which a strip must not meet."""
+    source = HEADER.replace("from torch.optim import Optimizer\n",
+                            "from torch.optim import Optimizer\n\nSCALE = torch.ones(3)\n"
+                            "KEY = 'avg'\n") + body
+    reasons = _reasons(source)
+    assert "strip-mined: the" not in reasons, reasons  # (accepted runs say "the N statements")
+    assert "it reads an object the analysis does not model" in reasons, reasons
+
+
 @pytest.fixture
 def no_floor() -> Iterator[None]:
     """The strip structure itself: without the run-time floor, small runs are cut too."""

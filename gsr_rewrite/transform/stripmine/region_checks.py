@@ -12,7 +12,15 @@ import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import Node, must_reach, preds_of, read_parts
 from gsr_rewrite.frontend.catalog import OpCatalog
-from gsr_rewrite.frontend.effects import EMPTY, OPAQUE, SHAPED, buffers, dotted, names_in
+from gsr_rewrite.frontend.effects import (
+    EMPTY,
+    OPAQUE,
+    SHAPED,
+    UNNAMED_STATE,
+    buffers,
+    dotted,
+    names_in,
+)
 from gsr_rewrite.frontend.scopes import loaded_names
 from gsr_rewrite.transform.plan import FunctionPlan
 from gsr_rewrite.transform.stripmine.aliases import _host_aliases
@@ -57,7 +65,7 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse("a tensor it allocates is kept as optimizer state")
         used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
             if n.node is not None else set()
-        if n.eff.foreign or any({OPAQUE, SHAPED} & n.pt_in.get(x, EMPTY) for x in used):
+        if reads_unmodelled(n, used):
             raise _Refuse("it reads an object the analysis does not model (an attribute of "
                           "self, a global, a call's result): its shape is unknown")
     # `p.grad` and `state["k"]` read in the run: read once before it, into names it slices
@@ -121,6 +129,15 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     why, r.strip_values = chunk_blocker(nodes, sliced, bool(items))
     r.chunks = why is None and not hoisted  # chunk_blocker reads names, not hoisted reads
     return sorted(sliced)
+
+
+def reads_unmodelled(n: Node, used: set[str]) -> bool:
+    """The node reads an object the analysis does not model, which may be a whole tensor of
+    any shape: a variable bound to one, a module global (not a variable of the function: seen
+    as a read of the opaque roles, `Unknowns.roles`), `state[key]` under a key it cannot name,
+    or buffers of other parameters."""
+    return bool(n.eff.foreign) or any({OPAQUE, SHAPED} & n.pt_in.get(x, EMPTY) for x in used) \
+        or any(var == "@expr" and b == UNNAMED_STATE for var, b, _ in n.eff.reads)
 
 
 #: context managers that never swallow an exception (the rest may: `contextlib.suppress`)
