@@ -33,6 +33,7 @@ from gsr_rewrite.transform.guard_leaves import code_of, statement_leaves
 from gsr_rewrite.transform.plan import FunctionPlan, Placement, plan_class
 from gsr_rewrite.transform.stripmine import (
     StripRegion,
+    per_element_helpers,
     strip_mine,
 )
 
@@ -141,8 +142,9 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     out = ClassOutcome(cls.name, "unchanged", analysis=analysis, plans=plans)
     changes = layout_changes(analysis, src, catalog)  # guards by lookup, or tensor by tensor
     out.fixed_layout, out.layout_reason = changes is None, changes or ""
+    per_strip = per_element_helpers(analysis.functions, catalog)  # helpers a run may call
     for fp in plans:  # 4c. bound what found no dead buffer by running it strip by strip
-        regions = strip_mine(fp, catalog, src.line_of)
+        regions = strip_mine(fp, catalog, src.line_of, per_strip)
         if regions:
             out.regions[fp.name] = regions
         # a strip-mined temporary is strip-sized, and its name no longer holds it after its

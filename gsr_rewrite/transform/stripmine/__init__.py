@@ -23,10 +23,10 @@ than the budget, so a run over 2,000 small tensors makes a few foreach calls per
 one per strip (`chunks`).
 
 A run is refused, with its reason, when it reaches a tensor through `p.grad` or optimizer state,
-calls a helper or unknown function, reduces or reshapes a tensor, branches on tensor contents,
-mutates anything that is not one of its strip views (`state["step"] += 1` would run once per
-strip), reads a host variable it also assigns before assigning it, or leaves a tensor variable it
-assigned live after it.
+calls an unknown function or a helper that is not itself per element, reduces or reshapes a
+tensor, branches on tensor contents, mutates anything that is not one of its strip views
+(`state["step"] += 1` would run once per strip), reads a host variable it also assigns before
+assigning it, or leaves a tensor variable it assigned live after it.
 
 The parts, in the order a function goes through them:
 
@@ -35,6 +35,7 @@ The parts, in the order a function goes through them:
 - `region_checks`: what a whole run may do (one entry, no loop-carried strips, host lines
   that run once, nothing assigned in it read after it).
 - `checker`: `_Checker`, the per-statement evaluation: is each expression a strip?
+- `helpers`: which helpers a run may call once per strip (their whole body per element).
 - `aliases`: which host names may share an object (for the lines that run once).
 - `chunks`: which runs may take chunks of whole tensors, and the `part` calls they need.
 - `emission`: the strip loop that replaces the run (`wrap_region`, `guard_once`).
@@ -42,6 +43,8 @@ The parts, in the order a function goes through them:
 
 from gsr_rewrite.transform.stripmine.emission import fresh_name, guard_once, wrap_region
 from gsr_rewrite.transform.stripmine.finder import strip_mine
+from gsr_rewrite.transform.stripmine.helpers import per_element_helpers
 from gsr_rewrite.transform.stripmine.region import StripRegion
 
-__all__ = ["StripRegion", "fresh_name", "guard_once", "strip_mine", "wrap_region"]
+__all__ = ["StripRegion", "fresh_name", "guard_once", "per_element_helpers", "strip_mine",
+           "wrap_region"]

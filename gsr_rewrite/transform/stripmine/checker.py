@@ -39,8 +39,10 @@ class _Checker:
 
     def __init__(self, pt: PointsTo, cat: OpCatalog, strip_names: set[str],
                  positions: frozenset[str] = frozenset(),
-                 hoisted: dict[str, str] | None = None) -> None:
+                 hoisted: dict[str, str] | None = None,
+                 helpers: frozenset[str] = frozenset()) -> None:
         self.pt = pt
+        self.helpers = helpers  # helpers that may run once per strip (helpers.py)
         self.hoisted = hoisted or {}  # `p.grad` -> the placeholder of its hoisted read (hoist.py)
         self.positions = positions  # `i` of `for i in range(len(xs))` in the run
         self.cat = cat
@@ -251,6 +253,12 @@ class _Checker:
         name = dotted(e.func)
         args = [a.value for a in e.args]
         out_arg = next((a.value for a in e.args if a.keyword and a.keyword.value == "out"), None)
+        if name is not None and name in self.helpers:  # per element: strips in, nothing out
+            self.exprs(args)
+            return False
+        if name == "hasattr" and len(args) == 2 and isinstance(args[0], cst.Name) and \
+                self._is_module(args[0].value):  # `hasattr(torch, "_foreach_lerp_")`
+            return False
         if name is not None and name.startswith("torch."):
             fn = name[len("torch."):]
             tensors = [self.expr(a) for a in args]

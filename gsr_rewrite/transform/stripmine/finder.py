@@ -31,9 +31,10 @@ STRIPS_PER_TEMPORARY = STRIP_FRACTION
 MAX_STRIPS = 512
 
 
-def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode], int]
-               ) -> list[StripRegion]:
+def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode], int],
+               helpers: frozenset[str] = frozenset()) -> list[StripRegion]:
     """Regions for fp's unplaced temporaries; each refused temporary gets the reason appended.
+    A run may call `helpers` (helpers.per_element_helpers) once per strip.
 
     Shortest live ranges first: a range that overlaps or encloses accepted regions is accepted
     only if the union of them all passes the checks; otherwise its temporary stays, and the
@@ -76,7 +77,7 @@ def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode]
                                 max([c.end, *(a.end for a in same)]), [],
                                 0, [*c.temporaries, *(p for a in joined for p in a.temporaries)])
             try:
-                union.sliced = _check_region(union, fp, cat, parents)
+                union.sliced = _check_region(union, fp, cat, parents, helpers)
             except _Refuse as e:
                 refused[id(c)] = str(e)
                 grown = _grown(c, e.read_at, parents)

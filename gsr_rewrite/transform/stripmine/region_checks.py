@@ -37,8 +37,10 @@ from gsr_rewrite.transform.stripmine.region import (
 
 
 def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
-                  parents: dict[int, cst.CSTNode]) -> list[str]:
-    """The variables to slice, or _Refuse with the first thing that is not per-element."""
+                  parents: dict[int, cst.CSTNode],
+                  helpers: frozenset[str] = frozenset()) -> list[str]:
+    """The variables to slice, or _Refuse with the first thing that is not per-element.
+    `helpers`: those the run may call once per strip (helpers.py)."""
     fa = fp.analysis
     _check_enclosing(r.block, parents)
     nodes = _region_nodes(r, fa.flow.nodes, parents)
@@ -55,8 +57,9 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse(f"the run of statements {what}")
         if n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If):
             raise _Refuse("the run of statements loops")
-        if n.eff.calls:
-            raise _Refuse(f"it calls `{n.eff.calls[0][0]}`, which may do anything per call")
+        unknown = [c[0] for c in n.eff.calls if c[0] not in helpers]
+        if unknown:
+            raise _Refuse(f"it calls `{unknown[0]}`, which may do anything per call")
         if n.eff.escapes:
             raise _Refuse(f"a tensor escapes: {n.eff.escapes[0][1]}")
         if n.eff.weak:
@@ -86,7 +89,8 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         before = len(strip_names)
         sliced.clear()
         for n in nodes:
-            checker = checked[id(n)] = _Checker(n.pt_in, cat, strip_names, positions, hoisted)
+            checker = checked[id(n)] = _Checker(n.pt_in, cat, strip_names, positions, hoisted,
+                                                   helpers)
             checker.statement(n)
             for xs, i in checker.items:
                 if items.setdefault(xs, i) != i or xs in region_assigned or \

@@ -1,0 +1,80 @@
+"""Helpers a strip-mined run may call once per strip (timm's `_add_scaled_(param, update, s)`).
+
+Called on strips of its tensors, a helper computes what it computes on the whole tensors when
+everything it does is per element. It is checked as a run is, its parameters taken for strips
+wherever some call passes them a buffer (its entry points-to joins every call; a host value
+taken for a strip only refuses more: `if s > 0` of a tensor reads its contents).
+
+Refused: loops, returns of a value, raises, nested functions, calls (of helpers or unknown
+functions), escapes, appends, state kept, other parameters reached, objects the analysis does
+not model (a global tensor would be whole, not a strip), host objects changed (that would happen
+once per strip), `xs[i]` items, and a parameter default that is not a literal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import libcst as cst
+
+from gsr_rewrite.analysis.dataflow import read_parts
+from gsr_rewrite.analysis.interprocedural import FunctionAnalysis
+from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.frontend.effects import names_in
+from gsr_rewrite.frontend.scopes import param_list
+from gsr_rewrite.transform.stripmine.checker import _Checker
+from gsr_rewrite.transform.stripmine.region import _parents, _Refuse
+from gsr_rewrite.transform.stripmine.region_checks import reads_unmodelled
+
+
+def per_element_helpers(functions: Mapping[str, FunctionAnalysis],
+                        cat: OpCatalog) -> frozenset[str]:
+    """The names (as calls name them: `f`, `self.m`) of the helpers a run may call per strip."""
+    return frozenset(name for name, fa in functions.items()
+                     if name != "step" and _per_element(fa, cat))
+
+
+def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
+    if fa.compiled or fa.parent is not None or fa.free:
+        return False  # a closure reads its caller's variables, whole
+    params = fa.func.params
+    if isinstance(params.star_arg, cst.Param) or params.star_kwarg is not None or \
+            not all(p.default is None or _literal(p.default) for p in param_list(fa.func)):
+        return False
+    parents = _parents(fa.func)
+    strips: set[str] = set()  # (a parameter is a strip when a call passes it a buffer)
+    for n in fa.flow.nodes:
+        if n.kind in ("raise", "jump", "def", "with", "for") or \
+                (n.kind == "return" and isinstance(n.node, cst.Return) and
+                 n.node.value is not None) or \
+                (n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If)):
+            return False
+        e = n.eff
+        if e.calls or e.escapes or e.weak or e.persistent:
+            return False
+        used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
+            if n.node is not None else set()
+        if reads_unmodelled(n, used):
+            return False
+    while True:  # names bound to strips grow until every node is checked with all of them
+        before = len(strips)
+        for n in fa.flow.nodes:
+            if n.kind in ("entry", "exit"):  # (their node is the def itself)
+                continue
+            checker = _Checker(n.pt_in, cat, strips)
+            try:
+                checker.statement(n)
+            except _Refuse:
+                return False
+            if checker.mutated or checker.deleted or checker.items:
+                return False
+        if len(strips) == before:
+            return True
+
+
+def _literal(e: cst.BaseExpression) -> bool:
+    if isinstance(e, cst.UnaryOperation):
+        return _literal(e.expression)
+    if isinstance(e, cst.Name):
+        return e.value in ("None", "True", "False")
+    return isinstance(e, (cst.Integer, cst.Float, cst.SimpleString))
