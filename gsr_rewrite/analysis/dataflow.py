@@ -97,24 +97,66 @@ def solve_liveness(flow: FunctionFlow, exit_live: frozenset[Fact]) -> None:
                 out |= m.live_in
             if n.kind == "latch" and n.per_element and n.after_loop is not None:
                 out = {f for f in out if not is_role(f[1])} | set(n.after_loop.live_in)
-            pt = n.pt_out()  # after n, a variable holds only what points-to says it may
-            live_out = frozenset(f for f in out if f[0].startswith("@") or f[0] not in pt
-                                 or f[1] in buffers(pt[f[0]]))
-            killed_vars = set(n.eff.assigns)
-            fresh = {a.site for a in n.eff.allocs}  # allocated here: no earlier contents needed
-            gone = n.eff.kills | fresh
-            keep = {f for f in live_out if f[0] not in killed_vars and f[1] not in gone}
-            # `g = grad.view(-1)` / `g = p.grad`: contents read later through the new name were
-            # there before it was bound, so they stay live before this node
-            aliased = {f for v, b in live_out if v in killed_vars and b not in gone
-                       for f in _alias_sources(n, b)}
-            live_in = frozenset(keep | aliased |
-                                {(v, b) for v, b, _ in n.eff.reads if b not in fresh})
+            live_in, live_out = _live_through(n, out)
             if live_out != n.live_out or live_in != n.live_in:
                 n.live_out, n.live_in, changed = live_out, live_in, True
         if not changed:
             return
     raise RuntimeError("liveness analysis did not converge")
+
+
+def liveness_without(flow: FunctionFlow, pruned: frozenset[tuple[int, int]]
+                     ) -> dict[int, frozenset[Fact]]:
+    """live_out of each node (by id) when the edges `pruned` are never taken ((id of a test
+    node, index of its successor): a branch whose condition is known), from the solved
+    liveness of `flow` (its exit's facts; a least fixpoint again); nodes those paths no
+    longer reach are left out."""
+    index = {id(n): k for k, n in enumerate(flow.nodes)}
+    live_in = [flow.exit.live_in if n is flow.exit else frozenset() for n in flow.nodes]
+    live_out: list[frozenset[Fact]] = [frozenset()] * len(flow.nodes)
+    succ = [[index[id(m)] for j, m in enumerate(n.succ) if (id(n), j) not in pruned]
+            for n in flow.nodes]
+    for _ in range(100):
+        changed = False
+        for k in range(len(flow.nodes) - 1, -1, -1):
+            n = flow.nodes[k]
+            if n is flow.exit:
+                continue
+            out: set[Fact] = set()
+            for j in succ[k]:
+                out |= live_in[j]
+            if n.kind == "latch" and n.per_element and n.after_loop is not None:
+                out = {f for f in out if not is_role(f[1])} | \
+                    set(live_in[index[id(n.after_loop)]])
+            new_in, new_out = _live_through(n, out)
+            if new_out != live_out[k] or new_in != live_in[k]:
+                live_out[k], live_in[k], changed = new_out, new_in, True
+        if not changed:
+            reached, todo = {index[id(flow.entry)]}, [index[id(flow.entry)]]
+            while todo:  # the nodes left on the paths that remain
+                for j in succ[todo.pop()]:
+                    if j not in reached:
+                        reached.add(j)
+                        todo.append(j)
+            return {id(n): live_out[k] for k, n in enumerate(flow.nodes) if k in reached}
+    raise RuntimeError("liveness analysis did not converge")
+
+
+def _live_through(n: Node, out: set[Fact]) -> tuple[frozenset[Fact], frozenset[Fact]]:
+    """(live_in, live_out) of n, given the facts live at the start of its successors."""
+    pt = n.pt_out()  # after n, a variable holds only what points-to says it may
+    live_out = frozenset(f for f in out if f[0].startswith("@") or f[0] not in pt
+                         or f[1] in buffers(pt[f[0]]))
+    killed_vars = set(n.eff.assigns)
+    fresh = {a.site for a in n.eff.allocs}  # allocated here: no earlier contents needed
+    gone = n.eff.kills | fresh
+    keep = {f for f in live_out if f[0] not in killed_vars and f[1] not in gone}
+    # `g = grad.view(-1)` / `g = p.grad`: contents read later through the new name were
+    # there before it was bound, so they stay live before this node
+    aliased = {f for v, b in live_out if v in killed_vars and b not in gone
+               for f in _alias_sources(n, b)}
+    live_in = frozenset(keep | aliased | {(v, b) for v, b, _ in n.eff.reads if b not in fresh})
+    return live_in, live_out
 
 
 def _alias_sources(n: Node, b: str) -> list[Fact]:

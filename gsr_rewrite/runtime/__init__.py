@@ -11,7 +11,7 @@ runtime as _gsr`): a small, stable surface; its parts are
 - triton_launch.py, triton_lib.py: the same for generated Triton modules (host and device side).
 """
 
-from gsr_rewrite.runtime.guards import GUARD_HITS, fits, fits_lists
+from gsr_rewrite.runtime.guards import GUARD_HITS, falsy, fits, fits_lists, truthy
 from gsr_rewrite.runtime.patches import watch
 from gsr_rewrite.runtime.placement import (
     foreach_inplace,
@@ -35,6 +35,7 @@ from gsr_rewrite.runtime.strip_runs import (
 )
 
 __all__ = ["GUARD_HITS", "STRIP_ALIGN", "STRIP_FRACTION", "At", "StripItem", "at",
-           "distinct_buffers", "fine_strips", "fits", "fits_lists", "foreach_inplace",
+           "distinct_buffers", "falsy", "fine_strips", "fits", "fits_lists", "foreach_inplace",
            "foreach_into", "foreach_out", "part", "poison_grads", "r_step", "scalar_first",
-           "scalar_first_", "set_debug_poison", "strip_floor", "strips", "unhooked", "watch"]
+           "scalar_first_", "set_debug_poison", "strip_floor", "strips", "truthy", "unhooked",
+           "watch"]

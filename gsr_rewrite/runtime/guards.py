@@ -216,3 +216,18 @@ def _plain_lists_fit(hosts: Sequence[Sequence[Any]], like: Sequence[Sequence[Any
     except (RuntimeError, NotImplementedError):  # storage not located: `fits` says no
         return False
     return True
+
+
+#: values whose truth cannot change while a step runs (a name bound to one keeps its truth)
+_IMMUTABLE_FLAGS = (bool, int, float, str, type(None))
+
+
+def truthy(x: object) -> bool:
+    """`x` is an immutable plain value (bool, number, string, None) and true: an option that
+    a placement made only when it holds may rely on (transform/options.py)."""
+    return type(x) in _IMMUTABLE_FLAGS and bool(x)
+
+
+def falsy(x: object) -> bool:
+    """`x` is an immutable plain value and false (see `truthy`)."""
+    return type(x) in _IMMUTABLE_FLAGS and not x

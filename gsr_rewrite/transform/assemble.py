@@ -14,7 +14,8 @@ from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.locate import SourceModule
 from gsr_rewrite.frontend.source import same_module
 from gsr_rewrite.outcome import ClassOutcome
-from gsr_rewrite.transform.emit import RUNTIME, Renamer, guard_expression, rewrite_statement
+from gsr_rewrite.transform import RUNTIME
+from gsr_rewrite.transform.emit import Renamer, guard_expression, rewrite_statement
 from gsr_rewrite.transform.guard_leaves import code_of, statement_leaves
 from gsr_rewrite.transform.namespace import Namespace
 from gsr_rewrite.transform.plan import FunctionPlan, Placement

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import libcst as cst
 
 from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.transform import RUNTIME
 from gsr_rewrite.transform.plan import Placement
 
-RUNTIME = "_gsr"
 _SIMPLE = (cst.Name, cst.Attribute, cst.Call, cst.Subscript)
 
 
@@ -202,6 +202,7 @@ def guard_expression(placed: list[Placement], leaves: list[tuple[str, bool, bool
             fn = "fits_lists" if lists else "fits"
             extra = ", wide=True" if lists and wide else ""
             parts.append(f"{RUNTIME}.{fn}({_tuple(hosts)}, {_tuple(like)}{extra})")
+    parts += dict.fromkeys(p.condition for p in placed if p.condition)  # options it needs
     return " and ".join(parts)
 
 

@@ -19,6 +19,7 @@ from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_role
 from gsr_rewrite.frontend.values import is_structured
+from gsr_rewrite.transform.options import Live, Options
 
 #: why nothing in a `@torch.compile`d function is rewritten (analysis/decorators.py)
 COMPILED = "inside a `@torch.compile`d function, whose memory Inductor plans: not rewritten"
@@ -37,6 +38,7 @@ class Placement:
     tensor_operands: list[bool] = field(default_factory=list)
     nested_operands: list[bool] = field(default_factory=list)
     strips: int = 0  # strip-mined (stripmine/): computed 1/strips of its tensors at a time
+    condition: str = ""  # code of the options it holds under (options.py); "" always
 
     @property
     def placed(self) -> bool:
@@ -60,8 +62,14 @@ class _FunctionPlanner:
         # other parameters' buffers (or all of them), never a host for this iteration
         self.loops = [(n.node, assigned_names(n.node)) for n in fa.flow.nodes
                       if n.kind == "latch" and n.per_element and isinstance(n.node, cst.For)]
+        self.options = Options(fa)
+        self.conditional: dict[str, Live] = {}  # tmp site -> liveness of the paths it is placed
 
-    def storage_of(self, b: str) -> str:
+    def storage_of(self, b: str, at: Node | None = None) -> str:
+        """The buffer b's contents live in; seen from node `at`, a temporary placed only under
+        options (options.py) that rule `at` out is in its own storage there."""
+        if at is not None and b in self.conditional and id(at) not in self.conditional[b]:
+            return b
         return self.storage.get(b, b)
 
     def plan(self) -> FunctionPlan:
@@ -121,11 +129,25 @@ class _FunctionPlanner:
                 p.storage, p.chain, p.form = s, k, form
                 p.reason = f"in place on operand {k + 1}, which dies here"
                 return
-        for s, host in self._dead_hosts(n, a.form == "foreach"):  # 2. dead named buffers
-            form = self._host_form(a, s, n)
+        hosts = [(s, host, self._host_form(a, s, n))
+                 for s, host in self._dead_hosts(n, a.form == "foreach")]
+        for s, host, form in hosts:  # 2. dead named buffers
             if form and s not in busy and self._free(s, a, n, busy, why):
                 p.storage, p.host, p.form = s, host, form
                 p.reason = f"in `{_code(host)}` ({_describe(s)}), dead here"
+                return
+        for s, host, form in hosts:  # 3. ... dead when an option is off (options.py)
+            if not form or s in busy or s in self.escaped or s == "param":
+                continue
+            def fits(live: Live, s: str = s) -> bool:
+                return self._free(s, a, n, busy, [], live)
+
+            found = self.options.freeing(fits)
+            if found is not None:
+                p.storage, p.host, p.form, p.condition = s, host, form, found[1]
+                self.conditional[a.site] = found[0]
+                p.reason = f"in `{_code(host)}` ({_describe(s)}), dead here when " \
+                    f"`{found[1]}`"
                 return
         p.reason = "; ".join(dict.fromkeys(why)) if why else \
             "no dead buffer of this size is named at this point"
@@ -169,7 +191,12 @@ class _FunctionPlanner:
         return "foreach_out" if spec.out and len(a.operands) <= spec.arity else ""
 
     # -- legality ------------------------------------------------------------------------
-    def _free(self, s: str, a: Alloc, n: Node, busy: set[str], why: list[str]) -> bool:
+    def _free(self, s: str, a: Alloc, n: Node, busy: set[str], why: list[str],
+              live: Live | None = None) -> bool:
+        """May s hold a's result at n? `live`: live_out by node id, where only some paths are
+        taken (options.py); the solved liveness when None."""
+        if live is not None and id(n) not in live:
+            return False  # the options rule out the statement itself
         if s == "param" or s in self.escaped:
             why.append(f"{_describe(s)} escapes: {self.escaped[s]}" if s in self.escaped
                        else "params stay live")
@@ -179,33 +206,36 @@ class _FunctionPlanner:
             return False
         subtree = _subtree(a.node)
         for _, b, e in n.eff.reads:
-            if self.storage_of(b) == s and id(e) not in subtree:
+            if self.storage_of(b, n) == s and id(e) not in subtree:
                 why.append(f"{_describe(s)} is read elsewhere in this statement")
                 return False
         local_sites = {x.site for x in n.eff.allocs}
         for _, b in n.eff.writes:
-            if b not in local_sites and self.storage_of(b) == s:
+            if b not in local_sites and self.storage_of(b, n) == s:
                 why.append(f"{_describe(s)} is written in this statement")
                 return False
         for m in self.fa.flow.nodes:
-            alive = any(b == a.site for _, b in m.live_out)
+            if live is not None and id(m) not in live:
+                continue  # on a path the options rule out
+            live_out = m.live_out if live is None else live[id(m)]
+            alive = any(b == a.site for _, b in live_out)
             if m is not n and not alive:
                 continue
             pt = m.pt_out()
-            holders = {var for var, b in m.live_out if b == a.site}
+            holders = {var for var, b in live_out if b == a.site}
             # a variable that holds either this temporary or b, never both, may keep b
-            needed = [var for var, b in m.live_out if self.storage_of(b) == s and b != a.site
+            needed = [var for var, b in live_out if self.storage_of(b, n) == s and b != a.site
                       and not (a.site in buffers(pt.get(var, frozenset())) and holders <= {var})]
             if needed:  # the first name in order: reports do not depend on set order
                 why.append(f"{_describe(s)} is still needed (through `{min(needed).lstrip('@')}`)")
                 return False
             if m is not n:
                 for var, b in m.eff.writes:
-                    if self.storage_of(b) == s and \
+                    if self.storage_of(b, n) == s and \
                             a.site not in buffers(m.pt_in.get(var, frozenset())):
                         why.append(f"{_describe(s)} is written while the temporary is alive")
                         return False
-                if any(self.storage_of(b) == s for b in m.eff.kills):
+                if any(self.storage_of(b, n) == s for b in m.eff.kills):
                     why.append(f"{_describe(s)} is overwritten while the temporary is alive")
                     return False
         return True

@@ -9,7 +9,7 @@ import libcst as cst
 
 from gsr_rewrite.frontend.locate import SourceModule
 from gsr_rewrite.outcome import ClassOutcome
-from gsr_rewrite.transform.emit import RUNTIME
+from gsr_rewrite.transform import RUNTIME
 from gsr_rewrite.transform.namespace import Namespace
 
 
