@@ -72,6 +72,7 @@ class Terminal:
 
 OPTIMIZER = Terminal("torch.optim.Optimizer")
 OBJECT = Terminal("object")
+ABC = Terminal("abc.ABC")
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,8 @@ class Resolver:
             assert b.node is not None
             if mf.path is not None and mf.path == self.torch_optimizer() and name == "Optimizer":
                 return OPTIMIZER
+            if mf.name == "abc" and name == "ABC":  # no methods; its metaclass ABCMeta finds
+                return ABC  # an instance's methods as `type` does
             key = (id(mf), name)
             if key not in self.classes:
                 self.classes[key] = ClassRef(mf, name, b.node)

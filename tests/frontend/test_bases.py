@@ -163,3 +163,18 @@ def test_an_optional_import_binds_the_import_or_none(handler: str, known: bool) 
               f"except ImportError:\n{handler}")
     imports = module_imports(cst.parse_module(source))
     assert (imports.get("_fused") == "torch.optim.optimizer._default_to_fused_or_foreach") == known
+
+
+def test_abc_as_a_base_is_known() -> None:
+    """pytorch_optimizer's `class BaseOptimizer(ABC, Optimizer)`: abc.ABC has no methods and its
+    metaclass finds an instance's methods as `type` does; the optimizers below it are found, and
+    their methods come from the base."""
+    source = ("import abc\nfrom abc import ABC, abstractmethod\n\nimport torch\n\n\n"
+              "class Base(ABC, torch.optim.Optimizer):\n"
+              "    @abstractmethod\n    def init_group(self, group):\n        pass\n\n"
+              "    def step(self):\n        pass\n\n\n"
+              "class Mine(Base):\n    def init_group(self, group):\n        pass\n\n\n"
+              "class Other(abc.ABC, torch.optim.Optimizer):\n    def step(self):\n        pass\n")
+    src = parse(source, "<string>")
+    assert [c.name for c in src.classes] == ["Base", "Mine", "Other"]
+    assert next(c for c in src.classes if c.name == "Mine").defined_by["step"] == "Base"
