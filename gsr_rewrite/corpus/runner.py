@@ -179,10 +179,16 @@ def _evaluate(row: CorpusRow, cls: type, r_cls: type | None, steps: int, quick: 
             row.needs = f"special inputs: step() raised on dense fp32 grads: {e!r}"
             return
     row.before_units = max(u[0] for u in row.units.values() if u[0] is not None)
-    own = compare_trajectories(cls, cls, paths[0], steps=2)  # can the check run this class?
-    if not own.passed:
-        row.needs = f"special inputs: original vs original fails the check: {own.message}"
-    if r_cls is None or not own.passed:
+    checkable = []  # the paths the check can run: the original against itself passes there
+    for kw in paths:
+        own = compare_trajectories(cls, cls, kw, steps=2)
+        if own.passed:
+            checkable.append(kw)
+        else:
+            row.needs = row.needs or (f"special inputs: original vs original fails the check"
+                                      f"{'' if kw is paths[0] else ' (' + _label(kw) + ')'}: "
+                                      f"{own.message}")
+    if r_cls is None or not checkable:
         return
     try:
         for kw in paths:
@@ -197,7 +203,7 @@ def _evaluate(row: CorpusRow, cls: type, r_cls: type | None, steps: int, quick: 
             floor=None).ratio
     row.time_ratio = max(row.time_ratios.values())
     row.equivalence, row.max_abs_diff = "bitwise", 0.0
-    for kw in paths:
+    for kw in checkable:
         res = compare_trajectories(cls, r_cls, kw, steps=steps)
         if res.passed:
             continue

@@ -251,3 +251,43 @@ def test_reduce_is_exported_at_top_level() -> None:
     from gsr_rewrite.optim import Adan
 
     assert gsr_rewrite.reduce(Adan).__name__ == "AdanR"
+
+
+def test_a_path_the_check_cannot_run_is_no_failure(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytorch_optimizer's RACS: its foreach path raises on the check's 0-element parameter in
+    the original itself. That path is not compared (the row says why), the others are; it was
+    reported as FAIL, as if the R-variant were wrong."""
+    pkg = tmp_path / "path_optims"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "two_paths.py").write_text(textwrap.dedent("""
+        import torch
+        from torch.optim import Optimizer
+
+        class TwoPaths(Optimizer):
+            def __init__(self, params, lr=0.1, eps=1e-8, foreach=False):
+                super().__init__(params, dict(lr=lr, eps=eps, foreach=foreach))
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is None:
+                            continue
+                        grad = p.grad
+                        if group["foreach"] and grad.numel() == 0:
+                            raise RuntimeError("cannot take an empty parameter")
+                        state = self.state[p]
+                        if len(state) == 0:
+                            state["v"] = torch.zeros_like(p)
+                        v = state["v"]
+                        v.mul_(0.9).addcmul_(grad, grad, value=0.1)
+                        denom = v.sqrt().add_(group["eps"])
+                        p.addcdiv_(v, denom, value=-group["lr"])
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (row,) = run_corpus(["path_optims"], steps=3)
+    assert row.status == "rewritten", row.reason
+    assert row.equivalence == "bitwise", (row.equivalence, row.detail)
+    assert "original vs original fails the check (foreach=True)" in row.needs
