@@ -33,16 +33,19 @@ class Options:
     def __init__(self, fa: FunctionAnalysis) -> None:
         self.fa = fa
         params = {p.name.value for p in param_list(fa.func)}
-        rebound = frozenset().union(*(bound_names(s) for s in fa.func.body.body)) \
-            if isinstance(fa.func.body, cst.IndentedBlock) else frozenset()
-        stable = params - rebound
+        rebound = set().union(*(bound_names(s) for s in fa.func.body.body)) \
+            if isinstance(fa.func.body, cst.IndentedBlock) else set()
         ifs: dict[int, cst.If] = {}
 
         class _Ifs(cst.CSTVisitor):
             def visit_If(self, node: cst.If) -> None:
                 ifs[id(node.test)] = node
 
+            def visit_Nonlocal(self, node: cst.Nonlocal) -> None:  # a nested def rebinds it
+                rebound.update(n.name.value for n in node.names)
+
         fa.func.visit(_Ifs())
+        stable = params - rebound
         # (test node, code that is true when it goes to its first successor, ... its second)
         self.tests: list[tuple[int, str, str]] = []
         for n in fa.flow.nodes:

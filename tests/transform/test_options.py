@@ -118,6 +118,14 @@ def test_must_not_fire_an_option_the_function_rebinds(prelude: str) -> None:
     assert lives != "gradient", how
 
 
+def test_must_not_fire_an_option_a_nested_function_rebinds() -> None:
+    """`nonlocal caution` in a function defined inside: calling it may change the option
+    between the placement and the `if`."""
+    prelude = "def switch():\n    nonlocal caution\n    caution = True\n\nswitch()"
+    lives, how = _denom(_source(prelude))
+    assert lives != "gradient", how
+
+
 def test_must_not_fire_a_test_that_is_no_option() -> None:
     """`if torch.is_tensor(grad):` calls something; a local name is no parameter."""
     source = _source().replace("if caution:", "if torch.is_tensor(grad) and caution:")
