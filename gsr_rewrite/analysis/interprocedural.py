@@ -156,7 +156,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                     helper_returns=dict(returns),
                                     helper_reads=dict(rooted),
                                     local_lists=_local_lists(fa.func, fa.free),
-                                    outer_names=_declared_outer(fa.func),
+                                    outer_names=declared_outer(fa.func),
                                     returns_to_caller=fa.name != "step")
         other = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
         names, imports = helpers, src.imports
@@ -334,7 +334,7 @@ def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]
     return frozenset((ok - bad) | (params - bad) | (set(free) - bad))
 
 
-def _declared_outer(func: cst.FunctionDef) -> frozenset[str]:
+def declared_outer(func: cst.FunctionDef) -> frozenset[str]:
     """Names `func` declares `global` or `nonlocal` (anywhere in its own body)."""
     found: set[str] = set()
 

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 HISTORY = []
 SCALE = torch.ones(3)
+CALLS = 0
 
 
 {helper}
@@ -97,6 +98,8 @@ def test_a_per_element_helper_runs_once_per_strip(tmp_path: Path) -> None:
     "def apply_update_(param, update, lr):\n    HISTORY.append(update)\n"
     "    param.add_(update, alpha=-lr)",
     # a count it keeps would count strips
+    "def apply_update_(param, update, lr):\n    global CALLS\n    CALLS = CALLS + 1\n"
+    "    param.add_(update, alpha=-lr)",
     "def apply_update_(param, update, lr):\n    HISTORY.append(1)\n"
     "    param.add_(update, alpha=-lr)",
     # a whole tensor it reads (a global; a default) is not cut with the strips

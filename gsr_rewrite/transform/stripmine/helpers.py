@@ -5,10 +5,11 @@ everything it does is per element. It is checked as a run is, its parameters tak
 wherever some call passes them a buffer (its entry points-to joins every call; a host value
 taken for a strip only refuses more: `if s > 0` of a tensor reads its contents).
 
-Refused: loops, returns of a value, raises, nested functions, calls (of helpers or unknown
-functions), escapes, appends, state kept, other parameters reached, objects the analysis does
-not model (a global tensor would be whole, not a strip), host objects changed (that would happen
-once per strip), `xs[i]` items, and a parameter default that is not a literal.
+Refused: loops, returns of a value, raises, nested functions, `global` or `nonlocal` names,
+calls (of helpers or unknown functions), escapes, appends, state kept, other parameters
+reached, objects the analysis does not model (a global tensor would be whole, not a strip), host
+objects changed (that would happen once per strip), `xs[i]` items, and a parameter default that
+is not a literal.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import read_parts
-from gsr_rewrite.analysis.interprocedural import FunctionAnalysis
+from gsr_rewrite.analysis.interprocedural import FunctionAnalysis, declared_outer
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import names_in
 from gsr_rewrite.frontend.scopes import param_list
@@ -35,8 +36,9 @@ def per_element_helpers(functions: Mapping[str, FunctionAnalysis],
 
 
 def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
-    if fa.compiled or fa.parent is not None or fa.free:
-        return False  # a closure reads its caller's variables, whole
+    if fa.compiled or fa.parent is not None or fa.free or declared_outer(fa.func):
+        return False  # a closure reads its caller's variables, whole; `global n; n += 1`
+        # would count strips
     params = fa.func.params
     if isinstance(params.star_arg, cst.Param) or params.star_kwarg is not None or \
             not all(p.default is None or _literal(p.default) for p in param_list(fa.func)):
