@@ -56,6 +56,7 @@ class Options:
             if when[0] is not None and when[1] is not None:
                 self.tests.append((id(n), when[0], when[1]))
         self._cache: dict[frozenset[tuple[int, int]], Live] = {}
+        self.position = {id(n): k for k, n in enumerate(fa.flow.nodes)}
 
     def freeing(self, fits: Callable[[Live], bool]) -> tuple[Live, str] | None:
         """The liveness with the fewest branches pruned under which `fits` holds, and the code
@@ -71,7 +72,7 @@ class Options:
                 every = {(t, first) for t, _, _ in self.tests}
                 if not fits(self._live(frozenset(every))):
                     continue
-                for edge in sorted(every):
+                for edge in sorted(every, key=self._order):
                     if fits(self._live(frozenset(every - {edge}))):
                         every.discard(edge)
                 found = frozenset(every)
@@ -80,8 +81,12 @@ class Options:
             return None
         # pruning the first successor (the `if` body) means the test is false, and so on
         code = {t: (if_false, if_true) for t, if_true, if_false in self.tests}
-        parts = [code[t][k] for t, k in sorted(found)]
+        parts = [code[t][k] for t, k in sorted(found, key=self._order)]  # in source order
         return self._live(found), " and ".join(parts)
+
+    def _order(self, edge: tuple[int, int]) -> tuple[int, int]:
+        """Where an edge's test stands in the flow (ids of nodes are no order)."""
+        return self.position[edge[0]], edge[1]
 
     def _live(self, pruned: frozenset[tuple[int, int]]) -> Live:
         if pruned not in self._cache:
