@@ -29,6 +29,10 @@ def node_effects(n: Node, ev: Evaluator) -> Effects:
     return ev.eff
 
 
+#: why a buffer a function returns escapes it (a temporary whose storage outlives the function)
+RETURNED = "returned from the function"
+
+
 def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
     if isinstance(s, cst.Assign):
         v = ev.value(s.value)
@@ -52,7 +56,7 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
             # followed there (and are live at the helper's exit while it reads them); a
             # temporary would outlive the helper's plan
             if not (ev.unknowns.returns_to_caller and is_role(b)):
-                ev.eff.escapes.append((b, "returned from the function", s))
+                ev.eff.escapes.append((b, RETURNED, s))
     elif isinstance(s, cst.Del):
         for gone in _targets(s.target):
             if isinstance(gone, cst.Name):

@@ -112,13 +112,31 @@ def test_a_per_element_helper_runs_once_per_strip(tmp_path: Path) -> None:
     # a loop in it (over a strip's rows would differ)
     "def apply_update_(param, update, lr):\n    for row in update:\n        row.mul_(lr)\n"
     "    param.sub_(update)",
-    # it returns a value the run may use
-    "def apply_update_(param, update, lr):\n    param.add_(update, alpha=-lr)\n    return update",
+    # what it returns is made of a whole tensor (a global), not of strips
+    "def apply_update_(param, update, lr):\n    param.add_(update, alpha=-lr)\n    return SCALE",
 ])
 def test_must_not_fire_a_helper_that_is_not_per_element(helper: str) -> None:
     strips, how = _denom(helper)
     assert not strips
     assert "cannot be strip-mined" in how
+
+
+def test_a_helper_that_returns_a_strip(tmp_path: Path) -> None:
+    """`update = ratio(grad, denom)`: what the helper returns is made per strip, inside the
+    run, and the run stays exact."""
+    helper = "def ratio(a, b):\n    return a / b\n\n\n" + textwrap.dedent(PER_ELEMENT).strip()
+    source = _source(helper).replace("update = grad / denom", "update = ratio(grad, denom)")
+    result = compile_source(source, "sqrt_momentum.py")
+    (cls,) = result.classes
+    assert cls.status == "rewritten", cls.reason
+    assert next(t for t in cls.temporaries if t.code == "sq.sqrt()").strips
+    assert result.code is not None
+    path = tmp_path / "ratio_r.py"
+    path.write_text(result.code)
+    module = load_module(path, f"gsr_strip_ratio_{abs(hash(result.code))}")
+    res = compare_trajectories(module.SqrtMomentum, module.SqrtMomentumR, {}, steps=7,
+                               mode="bitwise")
+    assert res.passed, res.message
 
 
 def test_per_element_helpers_names_only_those() -> None:

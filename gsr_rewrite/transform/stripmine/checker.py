@@ -253,9 +253,8 @@ class _Checker:
         name = dotted(e.func)
         args = [a.value for a in e.args]
         out_arg = next((a.value for a in e.args if a.keyword and a.keyword.value == "out"), None)
-        if name is not None and name in self.helpers:  # per element: strips in, nothing out
-            self.exprs(args)
-            return False
+        if name is not None and name in self.helpers:  # per element: a strip out if one in
+            return self.exprs(args)
         if name == "hasattr" and len(args) == 2 and isinstance(args[0], cst.Name) and \
                 self._is_module(args[0].value):  # `hasattr(torch, "_foreach_lerp_")`
             return False

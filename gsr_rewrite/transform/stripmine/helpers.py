@@ -5,8 +5,9 @@ everything it does is per element. It is checked as a run is, its parameters tak
 wherever some call passes them a buffer (its entry points-to joins every call; a host value
 taken for a strip only refuses more: `if s > 0` of a tensor reads its contents).
 
-Refused: loops, returns of a value, raises, nested functions, `global` or `nonlocal` names,
-calls (of helpers or unknown functions), escapes, appends, state kept, other parameters
+What it returns is a strip when an argument is (it can reach no other tensor), made per strip.
+Refused: loops, raises, nested functions, `global` or `nonlocal` names, calls (of helpers or
+unknown functions), escapes other than its return, appends, state kept, other parameters
 reached, objects the analysis does not model (a global tensor would be whole, not a strip), host
 objects changed (that would happen once per strip), `xs[i]` items, and a parameter default that
 is not a literal.
@@ -20,6 +21,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import read_parts
 from gsr_rewrite.analysis.interprocedural import FunctionAnalysis, declared_outer
+from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import names_in
 from gsr_rewrite.frontend.scopes import param_list
@@ -47,12 +49,12 @@ def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
     strips: set[str] = set()  # (a parameter is a strip when a call passes it a buffer)
     for n in fa.flow.nodes:
         if n.kind in ("raise", "jump", "def", "with", "for") or \
-                (n.kind == "return" and isinstance(n.node, cst.Return) and
-                 n.node.value is not None) or \
                 (n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If)):
             return False
         e = n.eff
-        if e.calls or e.escapes or e.weak or e.persistent:
+        # what it returns is made per strip, strip-sized: the caller's run holds it
+        escapes = [x for x in e.escapes if not (n.kind == "return" and x[1] == RETURNED)]
+        if e.calls or escapes or e.weak or e.persistent:
             return False
         used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
             if n.node is not None else set()
@@ -65,7 +67,11 @@ def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
                 continue
             checker = _Checker(n.pt_in, cat, strips)
             try:
-                checker.statement(n)
+                if isinstance(n.node, cst.Return):
+                    if n.node.value is not None:
+                        checker.expr(n.node.value)
+                else:
+                    checker.statement(n)
             except _Refuse:
                 return False
             if checker.mutated or checker.deleted or checker.items:
