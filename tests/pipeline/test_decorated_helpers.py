@@ -47,6 +47,14 @@ def test_a_compiled_helper_is_followed_and_left_alone(importable: bool, tmp_path
         assert res.passed, (kwargs, res.message)
 
 
+def test_must_not_fire_a_compiled_helper_that_keeps_the_gradient() -> None:
+    result = compiled_fixture(PACKAGE, "compiled_keeper", True)
+    outcome = _outcome(result, "KeepingMomentum")
+    assert outcome.analysis is not None and "remember" in outcome.analysis.functions
+    assert any(b == "grad" for b, _, _ in outcome.analysis.escapes)
+    assert not any(t.lives_in == "gradient" for t in outcome.temporaries), outcome.temporaries
+
+
 def test_must_not_fire_a_modules_own_no_grad(tmp_path: Path) -> None:
     result = compiled_fixture(PACKAGE, "own_no_grad", True)
     wrapped = _outcome(result, "WrappedMomentum")
