@@ -149,6 +149,10 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     returns: dict[str, Value] = {}  # helper -> what it returns, so far
     rooted: dict[str, frozenset[str]] = {}  # helper -> what it reads through roots, so far
 
+    def foreign_home(fa: FunctionAnalysis) -> SourceModule | None:
+        """The other module whose names fa's body uses (nested functions: their root's)."""
+        return foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
+
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
@@ -158,7 +162,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                     local_lists=_local_lists(fa.func, fa.free),
                                     outer_names=declared_outer(fa.func),
                                     returns_to_caller=fa.name != "step")
-        other = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func)
+        other = foreign_home(fa)
         names, imports = helpers, src.imports
         if other is not None:  # a base's method, an imported function: its globals are there
             names, imports = set(), other.imports  # (its module's functions are not followed)
@@ -238,7 +242,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
                for b, why, node in n.eff.escapes]
     for fa in funcs.values():  # a wrapper that may read gradients after the step returns
-        home = foreign.of(fa.func) or foreign.of(funcs[_root(fa, funcs)].func) or src
+        home = foreign_home(fa) or src
         kinds = [decorator_kind(d.decorator, home) for d in fa.func.decorators]
         fa.compiled = "compile" in kinds
         for d, kind in zip(fa.func.decorators, kinds, strict=True):

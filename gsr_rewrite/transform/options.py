@@ -55,6 +55,8 @@ class Options:
             when = _known(n.node, True, stable), _known(n.node, False, stable)
             if when[0] is not None and when[1] is not None:
                 self.tests.append((id(n), when[0], when[1]))
+        # pruning a test's first successor (the `if` body) means it is false, the second true
+        self.code = {t: (if_false, if_true) for t, if_true, if_false in self.tests}
         self._cache: dict[frozenset[tuple[int, int]], Live] = {}
         self.position = {id(n): k for k, n in enumerate(fa.flow.nodes)}
 
@@ -79,9 +81,7 @@ class Options:
                 break
         if found is None:
             return None
-        # pruning the first successor (the `if` body) means the test is false, and so on
-        code = {t: (if_false, if_true) for t, if_true, if_false in self.tests}
-        parts = [code[t][k] for t, k in sorted(found, key=self._order)]  # in source order
+        parts = [self.code[t][k] for t, k in sorted(found, key=self._order)]  # source order
         return self._live(found), " and ".join(parts)
 
     def _order(self, edge: tuple[int, int]) -> tuple[int, int]:

@@ -19,11 +19,9 @@ from collections.abc import Mapping
 
 import libcst as cst
 
-from gsr_rewrite.analysis.dataflow import read_parts
 from gsr_rewrite.analysis.interprocedural import FunctionAnalysis, declared_outer
 from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.frontend.catalog import OpCatalog
-from gsr_rewrite.frontend.effects import names_in
 from gsr_rewrite.frontend.scopes import param_list
 from gsr_rewrite.transform.stripmine.checker import _Checker
 from gsr_rewrite.transform.stripmine.region import _parents, _Refuse
@@ -56,9 +54,7 @@ def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
         escapes = [x for x in e.escapes if not (n.kind == "return" and x[1] == RETURNED)]
         if e.calls or escapes or e.weak or e.persistent:
             return False
-        used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
-            if n.node is not None else set()
-        if reads_unmodelled(n, used):
+        if reads_unmodelled(n):
             return False
     while True:  # names bound to strips grow until every node is checked with all of them
         before = len(strips)

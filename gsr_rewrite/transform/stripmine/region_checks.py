@@ -66,9 +66,7 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse(f"it appends to `{min(n.eff.weak)}` once per strip")
         if n.eff.persistent:
             raise _Refuse("a tensor it allocates is kept as optimizer state")
-        used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
-            if n.node is not None else set()
-        if reads_unmodelled(n, used):
+        if reads_unmodelled(n):
             raise _Refuse("it reads an object the analysis does not model (an attribute of "
                           "self, a global, a call's result): its shape is unknown")
     # `p.grad` and `state["k"]` read in the run: read once before it, into names it slices
@@ -135,11 +133,13 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     return sorted(sliced)
 
 
-def reads_unmodelled(n: Node, used: set[str]) -> bool:
+def reads_unmodelled(n: Node) -> bool:
     """The node reads an object the analysis does not model, which may be a whole tensor of
     any shape: a variable bound to one, a module global (not a variable of the function: seen
     as a read of the opaque roles, `Unknowns.roles`), `state[key]` under a key it cannot name,
     or buffers of other parameters."""
+    used = set().union(*(names_in(x) for x in read_parts(n.node, unpack=True))) \
+        if n.node is not None else set()
     return bool(n.eff.foreign) or any({OPAQUE, SHAPED} & n.pt_in.get(x, EMPTY) for x in used) \
         or any(var == "@expr" and b == UNNAMED_STATE for var, b, _ in n.eff.reads)
 
