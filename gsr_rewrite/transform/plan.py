@@ -17,11 +17,14 @@ import libcst as cst
 from gsr_rewrite.analysis.dataflow import Node, assigned_names, must_reach, preds_of
 from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.frontend.catalog import OpCatalog
-from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_role
+from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_buffer, is_role
 from gsr_rewrite.frontend.values import is_structured
 from gsr_rewrite.transform.options import Live, Options
 
 #: why nothing in a `@torch.compile`d function is rewritten (analysis/decorators.py)
+#: where a caller's temporary lives, seen from a helper it is live across or passed to, when the
+#: caller is not planned yet: its plan may put it in any buffer (the gradient, say)
+ELSEWHERE = "?elsewhere"
 COMPILED = "inside a `@torch.compile`d function, whose memory Inductor plans: not rewritten"
 
 
@@ -53,9 +56,12 @@ class FunctionPlan:
 
 
 class _FunctionPlanner:
-    def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: dict[str, str]) -> None:
+    def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: dict[str, str],
+                 planned: dict[str, str]) -> None:
         self.fa, self.cat, self.escaped = fa, cat, escaped
         self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
+        self.own = {a.site for n in fa.flow.nodes for a in n.eff.allocs}
+        self.planned = planned  # the other functions' temporaries planned so far -> storage
         self.persistent = {b for n in fa.flow.nodes for b in n.eff.persistent}
         self.defined = _must_defined(fa)
         # per-element loops and the names each binds: inside one, a name bound outside it holds
@@ -65,12 +71,19 @@ class _FunctionPlanner:
         self.options = Options(fa)
         self.conditional: dict[str, Live] = {}  # tmp site -> liveness of the paths it is placed
 
-    def storage_of(self, b: str, at: Node | None = None) -> str:
-        """The buffer b's contents live in; seen from node `at`, a temporary placed only under
-        options (options.py) that rule `at` out is in its own storage there."""
-        if at is not None and b in self.conditional and id(at) not in self.conditional[b]:
+    def storage_of(self, b: str, at: Node) -> str:
+        """The buffer b's contents live in, seen from node `at`: a temporary placed only under
+        options (options.py) that rule `at` out is in its own storage there. (Where `at` is on
+        paths both ways, the placed storage: its checks then count b's own facts as its.)"""
+        if is_buffer(b) and not is_role(b) and b not in self.own:
+            return self.planned.get(b, ELSEWHERE)
+        if b in self.conditional and id(at) not in self.conditional[b]:
             return b
         return self.storage.get(b, b)
+
+    def _holds(self, b: str, at: Node, s: str) -> bool:
+        """May b's contents be in s, seen from `at`?"""
+        return self.storage_of(b, at) in (s, ELSEWHERE)
 
     def plan(self) -> FunctionPlan:
         out = FunctionPlan(self.fa.name, self.fa)
@@ -99,8 +112,8 @@ class _FunctionPlanner:
                 for op in a.operands:  # consumed nested temporaries free their buffers
                     inner = sites.get(id(op))
                     if inner is not None:
-                        busy.discard(self.storage_of(inner.site))
-                busy.add(self.storage_of(a.site))
+                        busy.discard(self.storage_of(inner.site, n))
+                busy.add(self.storage_of(a.site, n))
         return out
 
     def _place(self, p: Placement, sites: dict[int, Alloc], busy: set[str]) -> None:
@@ -119,9 +132,9 @@ class _FunctionPlanner:
         why: list[str] = []
         for k, op in enumerate(a.operands):  # 1. in-place chains on dying operands
             inner = sites.get(id(op))
-            vals = {self.storage_of(inner.site)} if inner else \
-                {self.storage_of(b) for b in buffers(_value_at(n, op))}
-            if len(vals) != 1:
+            vals = {self.storage_of(inner.site, n)} if inner else \
+                {self.storage_of(b, n) for b in buffers(_value_at(n, op))}
+            if len(vals) != 1 or ELSEWHERE in vals:
                 continue
             s = vals.pop()
             form = self._chain_form(a, k, nested=inner is not None, op=op)
@@ -184,7 +197,7 @@ class _FunctionPlanner:
             return "out" if spec.out else ""
         if not spec.foreach:
             return ""
-        reads_host = any(self.storage_of(b) == s and not _within(e, a.operands[0])
+        reads_host = any(self._holds(b, n, s) and not _within(e, a.operands[0])
                          for _, b, e in n.eff.reads)
         if not reads_host:
             return "into"
@@ -206,12 +219,12 @@ class _FunctionPlanner:
             return False
         subtree = _subtree(a.node)
         for _, b, e in n.eff.reads:
-            if self.storage_of(b, n) == s and id(e) not in subtree:
+            if self._holds(b, n, s) and id(e) not in subtree:
                 why.append(f"{_describe(s)} is read elsewhere in this statement")
                 return False
         local_sites = {x.site for x in n.eff.allocs}
         for _, b in n.eff.writes:
-            if b not in local_sites and self.storage_of(b, n) == s:
+            if b not in local_sites and self._holds(b, n, s):
                 why.append(f"{_describe(s)} is written in this statement")
                 return False
         for m in self.fa.flow.nodes:
@@ -224,18 +237,18 @@ class _FunctionPlanner:
             pt = m.pt_out()
             holders = {var for var, b in live_out if b == a.site}
             # a variable that holds either this temporary or b, never both, may keep b
-            needed = [var for var, b in live_out if self.storage_of(b, n) == s and b != a.site
+            needed = [var for var, b in live_out if self._holds(b, n, s) and b != a.site
                       and not (a.site in buffers(pt.get(var, frozenset())) and holders <= {var})]
             if needed:  # the first name in order: reports do not depend on set order
                 why.append(f"{_describe(s)} is still needed (through `{min(needed).lstrip('@')}`)")
                 return False
             if m is not n:
                 for var, b in m.eff.writes:
-                    if self.storage_of(b, n) == s and \
+                    if self._holds(b, n, s) and \
                             a.site not in buffers(m.pt_in.get(var, frozenset())):
                         why.append(f"{_describe(s)} is written while the temporary is alive")
                         return False
-                if any(self.storage_of(b, n) == s for b in m.eff.kills):
+                if any(self._holds(b, n, s) for b in m.eff.kills):
                     why.append(f"{_describe(s)} is overwritten while the temporary is alive")
                     return False
         return True
@@ -248,10 +261,10 @@ class _FunctionPlanner:
                    if all(v in names for names in bound_here)}
         # prefer the variable that names the buffer itself (`prev_grads`) over aliases (`diffs`)
         for var, v in sorted(n.pt_in.items(), key=lambda kv: (not is_role_only(kv[1]), kv[0])):
-            bufs = {self.storage_of(b) for b in buffers(v)}
+            bufs = {self.storage_of(b, n) for b in buffers(v)}
             if ("%list" in v) != lists or is_structured(v):  # a tuple is no host
                 continue
-            if len(bufs) == 1 and var in defined:
+            if len(bufs) == 1 and var in defined and ELSEWHERE not in bufs:
                 by_storage.setdefault(bufs.pop(), var)
         hosts: dict[str, cst.BaseExpression] = {s: cst.Name(v) for s, v in by_storage.items()}
         if not lists and "grad" not in hosts:  # `p.grad` names this parameter's gradient
@@ -351,4 +364,10 @@ def plan_class(ca: ClassAnalysis, cat: OpCatalog) -> list[FunctionPlan]:
     escaped: dict[str, str] = {}
     for b, why, where in ca.escapes:
         escaped.setdefault(b, f"{why} ({where})")
-    return [_FunctionPlanner(fa, cat, escaped).plan() for fa in ca.functions.values()]
+    planned: dict[str, str] = {}
+    plans = []
+    for fa in ca.functions.values():  # step first: callers are mostly planned before callees
+        planner = _FunctionPlanner(fa, cat, escaped, planned)
+        plans.append(planner.plan())
+        planned.update({site: planner.storage.get(site, site) for site in planner.own})
+    return plans

@@ -144,3 +144,29 @@ def test_truthy_and_falsy_trust_only_immutable_values(value: object, truthy: boo
                                                       falsy: bool) -> None:
     assert runtime.truthy(value) is truthy
     assert runtime.falsy(value) is falsy
+
+
+def test_must_not_fire_a_temporary_placed_under_options_read_where_they_are_on(
+        tmp_path: Path) -> None:
+    """`exp_avg.lerp(...)` lives in the gradient only when the options are off; inside
+    `if caution:` it is in its own storage and still needed, so `exp_avg * grad` there may not
+    be computed in place on it (it was, before the planner asked where a temporary lives from
+    the node it places at: the validation refused the class, the plan was wrong)."""
+    source = _source().replace(
+        "        denom = exp_avg_sq.sqrt().add_(eps)\n",
+        "        denom = exp_avg_sq.sqrt().add_(eps)\n"
+        "        exp_avg = exp_avg.lerp(grad, 1 - beta1)\n")
+    result = rewrite_source(source, "adamw_options.py")
+    (cls,) = result.classes
+    lives = {t.code: t for t in cls.temporaries}
+    assert "when `clipping is None and _gsr.falsy(caution)`" in \
+        lives["exp_avg.lerp(grad, 1 - beta1)"].how
+    assert "operand 1" not in lives["exp_avg * grad"].how
+    assert result.code is not None
+    path = tmp_path / "adamw_options_late_r.py"
+    path.write_text(result.code)
+    module = load_module(path, f"gsr_options_late_{abs(hash(result.code))}")
+    for kwargs in ({}, {"caution": True}):
+        res = compare_trajectories(module.AdamWOptions, module.AdamWOptionsR, kwargs, steps=5,
+                                   mode="bitwise")
+        assert res.passed, (kwargs, res.message)

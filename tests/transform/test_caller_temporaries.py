@@ -1,0 +1,63 @@
+"""A helper may not place its temporaries in a buffer where its caller keeps a temporary that is
+live across the call (or that it is given): timm's Lamb calls `_add_scaled_(p, p, s)` while its
+`update` lives in the gradient, and `_add_scaled_` would make `update * scale` there too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gsr_rewrite.pipeline import rewrite_source
+from gsr_rewrite.proof.check import compare_trajectories
+from gsr_rewrite.proof.validate import load_module
+
+SOURCE = '''
+import torch
+from torch.optim import Optimizer
+
+
+def _add_scaled_(param, update, scale):
+    if torch.is_tensor(scale):
+        param.add_(update * scale)
+    else:
+        param.add_(update, alpha=scale)
+
+
+class Scaled(Optimizer):
+    def __init__(self, params, lr=1e-2, beta=0.9, weight_decay=0.1):
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr = group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if len(state) == 0:
+                    state["m"] = torch.zeros_like(p)
+                m = state["m"]
+                m.mul_(group["beta"]).add_(grad)
+                update = m * 2.0
+                _add_scaled_(p, p, -lr * group["weight_decay"])
+                _add_scaled_(p, update, -lr)
+'''
+
+
+def test_must_not_fire_a_helper_temporary_in_the_storage_of_a_live_caller_temporary(
+        tmp_path: Path) -> None:
+    result = rewrite_source(SOURCE, "scaled.py")
+    (cls,) = result.classes
+    lives = {t.code: t for t in cls.temporaries}
+    assert lives["m * 2.0"].lives_in == "gradient"  # `update`, live across a call
+    assert lives["update * scale"].lives_in != "gradient", lives["update * scale"].how
+    assert result.code is not None
+    path = tmp_path / "scaled_r.py"
+    path.write_text(result.code)
+    module = load_module(path, f"gsr_scaled_{abs(hash(result.code))}")
+    res = compare_trajectories(module.Scaled, module.ScaledR, {"lr": torch.tensor(0.01)},
+                               steps=5, mode="bitwise")
+    assert res.passed, res.message
