@@ -57,11 +57,12 @@ class FunctionPlan:
 
 class _FunctionPlanner:
     def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: dict[str, str],
-                 planned: dict[str, str]) -> None:
+                 planned: dict[str, str], unplaceable: set[str]) -> None:
         self.fa, self.cat, self.escaped = fa, cat, escaped
         self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
         self.own = {a.site for n in fa.flow.nodes for a in n.eff.allocs}
         self.planned = planned  # the other functions' temporaries planned so far -> storage
+        self.unplaceable = unplaceable  # temporaries of any function that own their storage
         self.persistent = {b for n in fa.flow.nodes for b in n.eff.persistent}
         self.defined = _must_defined(fa)
         # per-element loops and the names each binds: inside one, a name bound outside it holds
@@ -76,7 +77,7 @@ class _FunctionPlanner:
         options (options.py) that rule `at` out is in its own storage there. (Where `at` is on
         paths both ways, the placed storage: its checks then count b's own facts as its.)"""
         if is_buffer(b) and not is_role(b) and b not in self.own:
-            return self.planned.get(b, ELSEWHERE)
+            return self.planned.get(b, b if b in self.unplaceable else ELSEWHERE)
         if b in self.conditional and id(at) not in self.conditional[b]:
             return b
         return self.storage.get(b, b)
@@ -365,9 +366,12 @@ def plan_class(ca: ClassAnalysis, cat: OpCatalog) -> list[FunctionPlan]:
     for b, why, where in ca.escapes:
         escaped.setdefault(b, f"{why} ({where})")
     planned: dict[str, str] = {}
+    # escaping temporaries and state kept are never placed (see _place): they own their storage
+    unplaceable = set(escaped) | {b for fa in ca.functions.values() for n in fa.flow.nodes
+                                  for b in n.eff.persistent}
     plans = []
     for fa in ca.functions.values():  # step first: callers are mostly planned before callees
-        planner = _FunctionPlanner(fa, cat, escaped, planned)
+        planner = _FunctionPlanner(fa, cat, escaped, planned, unplaceable)
         plans.append(planner.plan())
         planned.update({site: planner.storage.get(site, site) for site in planner.own})
     return plans
