@@ -23,6 +23,7 @@ from gsr_rewrite.analysis.dataflow import (
     target_names,
 )
 from gsr_rewrite.analysis.decorators import decorator_kind
+from gsr_rewrite.analysis.local_dicts import local_dicts
 from gsr_rewrite.analysis.unknowns import (
     ForeignModules,
     class_unknowns,
@@ -156,14 +157,15 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = param_names(fa.func, fa.is_method)
         local = set(pos) | set(kw)
+        other = foreign_home(fa)
+        names, imports = helpers, src.imports
         known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign_reach),
                                     helper_returns=dict(returns),
                                     helper_reads=dict(rooted),
                                     local_lists=_local_lists(fa.func, fa.free),
+                                    local_dicts=local_dicts(fa.func, (other or src).imports),
                                     outer_names=declared_outer(fa.func),
                                     returns_to_caller=fa.name != "step")
-        other = foreign_home(fa)
-        names, imports = helpers, src.imports
         if other is not None:  # a base's method, an imported function: its globals are there
             names, imports = set(), other.imports  # (its module's functions are not followed)
             known = dataclasses.replace(known, opaque_globals=opaque_globals(other),

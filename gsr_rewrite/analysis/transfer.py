@@ -7,7 +7,15 @@ from __future__ import annotations
 import libcst as cst
 
 from gsr_rewrite.analysis.cfg import Node
-from gsr_rewrite.frontend.effects import EMPTY, Effects, Evaluator, Value, buffers, store_in_state
+from gsr_rewrite.frontend.effects import (
+    EMPTY,
+    LOCAL_DICT,
+    Effects,
+    Evaluator,
+    Value,
+    buffers,
+    store_in_state,
+)
 from gsr_rewrite.frontend.values import LIST, PART, element, flat, is_role, item
 
 
@@ -81,6 +89,9 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
         for b in buffers(v):  # `global HISTORY; HISTORY = grad`
             ev.eff.escapes.append((b, f"stored in `{target.value}`, declared global or "
                                    "nonlocal", target))
+    elif isinstance(target, cst.Name) and target.value in ev.unknowns.local_dicts and \
+            value is not None:
+        ev.eff.assigns[target.value] = ev.new_dict(value)  # (bound to nothing else)
     elif isinstance(target, cst.Name):
         ev.eff.assigns[target.value] = v
     elif isinstance(target, (cst.Tuple, cst.List)):
@@ -93,6 +104,10 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
         base = ev.peek(target.value)
         if "%pstate" in base:  # state["k"] = v: v becomes persistent optimizer state
             store_in_state(ev, v, target)
+        elif LOCAL_DICT <= base and isinstance(target.value, cst.Name):
+            key = frozenset().union(*(ev.peek(i.slice.value) for i in target.slice
+                                      if isinstance(i.slice, cst.Index)))
+            ev.store_in_dict(target.value.value, flat(key) | flat(v), target)
         elif "%list" in base and isinstance(target.value, cst.Name):
             # `lst[i] = view_as_real(lst[i])`: the list now holds v (a tensor would copy it)
             lst = target.value.value

@@ -7,7 +7,7 @@ from __future__ import annotations
 import libcst as cst
 
 from gsr_rewrite.frontend.catalog import KnownFunction
-from gsr_rewrite.frontend.records import LOCAL, OPAQUE, SHAPED
+from gsr_rewrite.frontend.records import LOCAL, LOCAL_DICT, OPAQUE, SHAPED
 from gsr_rewrite.frontend.syntax import dotted
 from gsr_rewrite.frontend.tensor_ops import TensorOpEvaluator
 from gsr_rewrite.frontend.values import (
@@ -58,6 +58,8 @@ class Evaluator(TensorOpEvaluator):
         if known is not None:
             return self._known_call(node, known)
         if isinstance(func, cst.Attribute) and (name is None or not name.startswith("torch.")):
+            if isinstance(func.value, cst.Name) and LOCAL_DICT <= self.peek(func.value):
+                return self._local_dict_method(node, func.value.value, func.attr.value)
             if func.attr.value in ("values", "items", "keys") and not node.args and \
                     is_container(self.peek(func.value)):
                 return _dict_view(self.peek(func.value), func.attr.value)
@@ -159,6 +161,31 @@ class Evaluator(TensorOpEvaluator):
         if m == "setdefault" and "%pstate" in recv:
             store_in_state(self, default, node)
         return got | default
+
+    def _local_dict_method(self, node: cst.Call, d: str, method: str) -> Value:
+        """`d.get(k, v)`, `d.setdefault(k, v)`, `d.values()`, ... of a dict only the name `d`
+        reaches (analysis/local_dicts.py): what comes out is what was put in."""
+        held = element(self.peek(cst.Name(d)))
+        args = [self.value(a.value) for a in node.args]
+        if method in ("setdefault", "update"):
+            given = [element(v) if method == "update" and a.keyword is None else flat(v)
+                     for a, v in zip(node.args, args, strict=True)]
+            self.store_in_dict(d, frozenset().union(*given), node)
+        if method in ("get", "setdefault", "pop"):
+            return held | frozenset().union(*args[1:])
+        if method in ("values", "keys"):
+            return container(held)
+        if method == "items":
+            return container(structured([held, held]))
+        return EMPTY  # update, clear
+
+    def store_in_dict(self, d: str, v: Value, where: cst.CSTNode) -> None:
+        """`d[k] = v` into a dict only `d` reaches: it holds v from here on (a tensor put in
+        a dict escapes all the same: its reads and writes through the dict are followed, but
+        the planner does not rely on that yet)."""
+        self.eff.weak[d] = self.eff.weak.get(d, EMPTY) | container(v)
+        for b in buffers(v):
+            self.eff.escapes.append((b, f"stored in the dict `{d}`", where))
 
     def _known(self, name: str | None) -> KnownFunction | None:
         """The catalog entry of an imported function (`_get_value`, `typing.cast`), or None."""

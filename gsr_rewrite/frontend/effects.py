@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from gsr_rewrite.frontend.calls import Evaluator, store_in_state
 from gsr_rewrite.frontend.host_scalars import scalar_state_keys
-from gsr_rewrite.frontend.records import OPAQUE, SHAPED, UNNAMED_STATE, Alloc, Effects, Unknowns
+from gsr_rewrite.frontend.records import (
+    LOCAL_DICT,
+    OPAQUE,
+    SHAPED,
+    UNNAMED_STATE,
+    Alloc,
+    Effects,
+    Unknowns,
+)
 from gsr_rewrite.frontend.syntax import dotted, names_in
 from gsr_rewrite.frontend.values import (
     EMPTY,
@@ -35,6 +43,6 @@ from gsr_rewrite.frontend.values import (
     item,
 )
 
-__all__ = ["EMPTY", "LIST", "OPAQUE", "SHAPED", "UNNAMED_STATE", "Alloc", "Buf", "Effects",
-           "Evaluator", "Unknowns", "Value", "buffers", "dotted", "element", "flat", "is_buffer",
-           "is_role", "item", "names_in", "scalar_state_keys", "store_in_state"]
+__all__ = ["EMPTY", "LIST", "LOCAL_DICT", "OPAQUE", "SHAPED", "UNNAMED_STATE", "Alloc", "Buf",
+           "Effects", "Evaluator", "Unknowns", "Value", "buffers", "dotted", "element", "flat",
+           "is_buffer", "is_role", "item", "names_in", "scalar_state_keys", "store_in_state"]

@@ -13,7 +13,15 @@ import libcst as cst
 
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import Closures
-from gsr_rewrite.frontend.records import LOCAL, OPAQUE, SHAPED, Alloc, Effects, Unknowns
+from gsr_rewrite.frontend.records import (
+    LOCAL,
+    LOCAL_DICT,
+    OPAQUE,
+    SHAPED,
+    Alloc,
+    Effects,
+    Unknowns,
+)
 from gsr_rewrite.frontend.scopes import loaded_names
 from gsr_rewrite.frontend.syntax import const_key, dotted, for_ins
 from gsr_rewrite.frontend.values import (
@@ -21,6 +29,7 @@ from gsr_rewrite.frontend.values import (
     LIST,
     Value,
     buffers,
+    container,
     element,
     flat,
     is_role,
@@ -195,6 +204,8 @@ class ExpressionEvaluator:
                 self.peek(el.slice.value)
         if "%statedict" in base:
             return frozenset({"%pstate"})
+        if LOCAL_DICT <= base:  # `d[k]` of a dict the analysis follows: anything put in it
+            return element(base)
         if "%pstate" in base:
             if key in self.scalar_keys:
                 return EMPTY
@@ -218,6 +229,24 @@ class ExpressionEvaluator:
         if index is not None and is_structured(base):
             return item(base, index)
         return element(base)  # element of a tensor list, or a view into a tensor
+
+    def new_dict(self, node: cst.BaseExpression) -> Value:
+        """The value of a dict the analysis follows (records.LOCAL_DICT), made by `node`: `{}`,
+        `{k: v}` of names and constants, `dict(k=v)`, `defaultdict(list)`; other entries may
+        be anything (opaque)."""
+        entries: list[cst.BaseExpression] = []
+        if isinstance(node, cst.Dict):
+            for el in node.elements:
+                entries += [el.key, el.value] if isinstance(el, cst.DictElement) else [el.value]
+        elif isinstance(node, cst.Call) and dotted(node.func) == "dict":
+            entries = [a.value for a in node.args]
+        contents = EMPTY
+        for e in entries:
+            if not all(isinstance(x, (cst.Name, cst.BaseNumber, cst.BaseString, cst.Tuple))
+                       for x in _leaves(e)):
+                return LOCAL_DICT | container(frozenset({OPAQUE}))
+            contents |= flat(self.value(e))
+        return LOCAL_DICT | container(contents)
 
     def _comprehension_value(self, node: cst.ListComp | cst.GeneratorExp) -> Value:
         saved = dict(self.pt)
@@ -269,3 +298,10 @@ def _target_names(t: cst.BaseExpression) -> list[str]:
     if isinstance(t, (cst.Tuple, cst.List)):
         return [n for el in t.elements for n in _target_names(el.value)]
     return []
+
+
+def _leaves(e: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """`e` and, when it is a tuple, its elements' leaves (`(n.device, n.dtype)` is not a leaf)."""
+    if isinstance(e, cst.Tuple):
+        return [e, *(x for el in e.elements for x in _leaves(el.value))]
+    return [e]

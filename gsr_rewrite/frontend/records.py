@@ -13,6 +13,9 @@ from gsr_rewrite.frontend.values import Buf, Value
 OPAQUE = "%opaque"  # an object the analysis does not model: it may be or hold any buffer
 #: a dict or set made by the analysed code: what goes in escapes, what comes out is opaque
 LOCAL: Value = frozenset({"%local"})
+#: a dict only its own name reaches (analysis/local_dicts.py): beside this marker, the value is
+#: a container of everything put in it, keys and values (what goes in still escapes)
+LOCAL_DICT: Value = frozenset({"%dict"})
 
 #: a state entry under a key the analysis cannot name; among what an opaque object may be
 UNNAMED_STATE = "state:?"
@@ -51,6 +54,8 @@ class Unknowns:
     #: []`, `[f(x) for ...]`, `list(...)`) or that are its parameters (what a helper appends to
     #: a parameter is handed back to its callers); `.append` on any other name is unknown
     local_lists: frozenset[str] = frozenset()
+    #: names of the function that hold a dict only they reach (analysis/local_dicts.py)
+    local_dicts: frozenset[str] = frozenset()
     #: names the function declares `global` or `nonlocal`: they live outside it (opaque; what is
     #: stored in them escapes)
     outer_names: frozenset[str] = frozenset()

@@ -83,14 +83,20 @@ def item(v: Value, k: int) -> Value:
 
 def element(v: Value) -> Value:
     """What iterating over `v` (or indexing it with an unknown index) yields: a group from
-    self.param_groups, an element of a tensor list (the same buffers), a tuple's items."""
+    self.param_groups, an element of a tensor list (the same buffers), a tuple's items, a
+    dict's keys and values."""
     out = set(_part(v, _EACH))
     for b in v:
         m = re.match(r"%@\d+:", b)
         if m:
             out.add(b[m.end():])
-    loose = {"%group" if b == "%groups" else b for b in _loose(v) if b != "%list"}
+    # a dict the analysis does not follow (records.LOCAL) may hold anything: its elements are
+    # opaque; a followed one's (records.LOCAL_DICT) are its container part
+    loose = {_ELEMENT_OF.get(b, b) for b in _loose(v) if b not in ("%list", "%dict")}
     return frozenset(out | loose)
+
+
+_ELEMENT_OF = {"%groups": "%group", "%local": "%opaque"}
 
 
 def is_container(v: Value) -> bool:
