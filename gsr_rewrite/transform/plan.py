@@ -16,6 +16,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import Node, assigned_names, must_reach, preds_of
 from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
+from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_buffer, is_role
 from gsr_rewrite.frontend.values import is_structured
@@ -57,12 +58,13 @@ class FunctionPlan:
 
 class _FunctionPlanner:
     def __init__(self, fa: FunctionAnalysis, cat: OpCatalog, escaped: dict[str, str],
-                 planned: dict[str, str], unplaceable: set[str]) -> None:
+                 planned: dict[str, str], unplaceable: set[str], returned: set[str]) -> None:
         self.fa, self.cat, self.escaped = fa, cat, escaped
         self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
         self.own = {a.site for n in fa.flow.nodes for a in n.eff.allocs}
         self.planned = planned  # the other functions' temporaries planned so far -> storage
-        self.unplaceable = unplaceable  # temporaries of any function that own their storage
+        self.unplaceable = unplaceable  # temporaries of any function apart from all else
+        self.returned = returned  # temporaries whose only escape is being returned
         self.persistent = {b for n in fa.flow.nodes for b in n.eff.persistent}
         self.defined = _must_defined(fa)
         # per-element loops and the names each binds: inside one, a name bound outside it holds
@@ -81,6 +83,10 @@ class _FunctionPlanner:
         if b in self.conditional and id(at) not in self.conditional[b]:
             return b
         return self.storage.get(b, b)
+
+    def _fresh(self, s: str) -> bool:
+        """Is s a temporary of this function's own, made by this call and kept nowhere?"""
+        return s in self.own and s not in self.persistent and s not in self.escaped
 
     def _holds(self, b: str, at: Node, s: str) -> bool:
         """May b's contents be in s, seen from `at`?"""
@@ -123,7 +129,8 @@ class _FunctionPlanner:
         p.tensor_operands = [id(op) in sites or bool(buffers(_value_at(n, op)))
                              or bool({OPAQUE, SHAPED} & flat(_value_at(n, op)))
                              for op in a.operands]
-        if a.site in self.escaped:  # kept somewhere: it must own its storage
+        escapes = a.site in self.escaped
+        if escapes and a.site not in self.returned:  # kept somewhere: it must own its storage
             p.reason = f"the temporary escapes: {self.escaped[a.site]}"
             return
         if not _emittable(a):
@@ -138,11 +145,16 @@ class _FunctionPlanner:
             if len(vals) != 1 or ELSEWHERE in vals:
                 continue
             s = vals.pop()
+            if escapes and not self._fresh(s):
+                continue
             form = self._chain_form(a, k, nested=inner is not None, op=op)
             if form and self._free(s, a, n, busy - ({s} if inner else set()), why):
                 p.storage, p.chain, p.form = s, k, form
                 p.reason = f"in place on operand {k + 1}, which dies here"
                 return
+        if escapes:  # returned: only the storage of a dying temporary of its own is as new
+            p.reason = f"the temporary escapes: {self.escaped[a.site]}"
+            return
         hosts = [(s, host, self._host_form(a, s, n))
                  for s, host in self._dead_hosts(n, a.form == "foreach")]
         for s, host, form in hosts:  # 2. dead named buffers
@@ -365,13 +377,16 @@ def plan_class(ca: ClassAnalysis, cat: OpCatalog) -> list[FunctionPlan]:
     escaped: dict[str, str] = {}
     for b, why, where in ca.escapes:
         escaped.setdefault(b, f"{why} ({where})")
-    planned: dict[str, str] = {}
-    # escaping temporaries and state kept are never placed (see _place): they own their storage
+    # a temporary whose only escape is being returned may take over the storage of a dying
+    # temporary its function made (as new); any other escaping one, and state kept, own theirs.
+    # Seen from another function, neither shares storage with anything it can name.
+    returned = set(escaped) - {b for b, why, _ in ca.escapes if why != RETURNED}
     unplaceable = set(escaped) | {b for fa in ca.functions.values() for n in fa.flow.nodes
                                   for b in n.eff.persistent}
+    planned: dict[str, str] = {}
     plans = []
     for fa in ca.functions.values():  # step first: callers are mostly planned before callees
-        planner = _FunctionPlanner(fa, cat, escaped, planned, unplaceable)
+        planner = _FunctionPlanner(fa, cat, escaped, planned, unplaceable, returned)
         plans.append(planner.plan())
         planned.update({site: planner.storage.get(site, site) for site in planner.own})
     return plans

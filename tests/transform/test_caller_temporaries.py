@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gsr_rewrite.pipeline import rewrite_source
+from gsr_rewrite.pipeline import compile_source, rewrite_source
 from gsr_rewrite.proof.check import compare_trajectories
 from gsr_rewrite.proof.validate import load_module
 
@@ -61,3 +61,57 @@ def test_must_not_fire_a_helper_temporary_in_the_storage_of_a_live_caller_tempor
     res = compare_trajectories(module.Scaled, module.ScaledR, {"lr": torch.tensor(0.01)},
                                steps=5, mode="bitwise")
     assert res.passed, res.message
+
+
+HELPER = '''
+import torch
+from torch.optim import Optimizer
+
+KEPT = []
+
+
+def _adaptive(v, eps):
+    root = v.sqrt()
+    root.add_(eps)
+{extra}    return 0.5 / root
+
+
+class Rooted(Optimizer):
+    def __init__(self, params, lr=1e-2, beta=0.9, eps=1e-8):
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["v"] = torch.zeros_like(p)
+                v = state["v"]
+                v.mul_(group["beta"]).addcmul_(p.grad, p.grad, value=1 - group["beta"])
+                p.add_(_adaptive(v, group["eps"]), alpha=-group["lr"])
+'''
+
+
+def _helper_temps(extra: str = "") -> dict[str, str]:
+    result = rewrite_source(HELPER.format(extra=extra), "rooted.py")
+    (cls,) = result.classes
+    return {t.code: t.lives_in if t.placed else "stays" for t in cls.temporaries}
+
+
+def test_a_returned_temporary_takes_over_a_dying_temporary_of_its_function() -> None:
+    """RAdam's `_compute_adaptive_lr`: `return (bc2 ** 0.5) / root` needs no storage of its
+    own, `root` (made by the helper, dead after the division) is as new."""
+    temps = _helper_temps()
+    assert temps["0.5 / root"] == "temporary at 9:12"
+    assert temps["v.sqrt()"] == "stays"  # returned in `root`'s storage: the helper's own
+    result = compile_source(HELPER.format(extra=""), "rooted.py")  # proved and stress-tested
+    (cls,) = result.classes
+    assert cls.status == "rewritten", cls.reason
+
+
+def test_must_not_fire_a_returned_temporary_that_also_escapes_elsewhere() -> None:
+    temps = _helper_temps("    KEPT.append(root)\n")
+    assert temps["0.5 / root"] == "stays"
