@@ -82,6 +82,9 @@ class Record:
         self.shared, self.count = shared, len(every)
         self.guard = TensorGuards(*every, dynamic_dims_sizes=None, dynamic_dims_strides=None)
         self.entries = _entries(every, shared)
+        # byte counts and contiguity: fixed by sizes, strides and dtype, which `check` compares
+        self.sizes = tuple(t.nbytes for t in every)
+        self.dense = tuple(t.is_contiguous() for t in every)
 
     def holds(self, every: list[Tensor], shared: int) -> bool:
         return self.shared == shared and self.count == len(every) and self.guard.check(*every)
