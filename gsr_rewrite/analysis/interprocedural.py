@@ -24,6 +24,7 @@ from gsr_rewrite.analysis.dataflow import (
 )
 from gsr_rewrite.analysis.decorators import decorator_kind
 from gsr_rewrite.analysis.local_dicts import local_dicts
+from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.analysis.unknowns import (
     ForeignModules,
     class_unknowns,
@@ -242,7 +243,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                      funcs[name].exit_live):
             solve(funcs[name])
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
-               for b, why, node in n.eff.escapes]
+               for b, why, node in n.eff.escapes if not _handed_back(b, why, fa)]
     for fa in funcs.values():  # a wrapper that may read gradients after the step returns
         home = foreign_home(fa) or src
         kinds = [decorator_kind(d.decorator, home) for d in fa.func.decorators]
@@ -254,6 +255,14 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                 "the gradients after it returns", src.where(d)))
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers,
                          {k: owner for k, (_, owner) in src.imported.items() if k in funcs})
+
+
+def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:
+    """A helper returns a temporary its caller made (`return x` of an argument, as Muon's
+    Newton-Schulz may): the caller follows what it gets back, so it is no escape. (One the
+    helper made itself outlives the helper's plan: that one escapes.)"""
+    return why == RETURNED and fa.name != "step" and \
+        b not in {a.site for n in fa.flow.nodes for a in n.eff.allocs}
 
 
 def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:

@@ -115,3 +115,53 @@ def test_a_returned_temporary_takes_over_a_dying_temporary_of_its_function() -> 
 def test_must_not_fire_a_returned_temporary_that_also_escapes_elsewhere() -> None:
     temps = _helper_temps("    KEPT.append(root)\n")
     assert temps["0.5 / root"] == "stays"
+
+
+HANDED_BACK = '''
+import torch
+from torch.optim import Optimizer
+
+KEPT = []
+
+
+def _normalized(update, eps):
+{extra}    update.div_(update.norm().clamp(min=eps))
+    return update
+
+
+class Normed(Optimizer):
+    def __init__(self, params, lr=1e-2, momentum=0.9, eps=1e-7):
+        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if len(state) == 0:
+                    state["buf"] = torch.zeros_like(p)
+                buf = state["buf"]
+                buf.lerp_(grad, 1 - group["momentum"])
+                update = grad.lerp(buf, group["momentum"])
+                update = _normalized(update, group["eps"])
+                p.add_(update, alpha=-group["lr"])
+'''
+
+
+def test_a_temporary_a_helper_hands_back_to_its_caller_does_not_escape() -> None:
+    """Muon's Newton-Schulz may return the tensor it was given: the caller follows it."""
+    result = compile_source(HANDED_BACK.format(extra=""), "normed.py")
+    (cls,) = result.classes
+    assert cls.status == "rewritten", cls.reason
+    lives = {t.code: t.lives_in for t in cls.temporaries}
+    assert lives['grad.lerp(buf, group["momentum"])'] == "gradient"
+
+
+def test_must_not_fire_a_handed_back_temporary_the_helper_also_keeps() -> None:
+    result = rewrite_source(HANDED_BACK.format(extra="    KEPT.append(update)\n"), "normed.py")
+    (cls,) = result.classes
+    lives = {t.code: t.lives_in for t in cls.temporaries}
+    assert lives['grad.lerp(buf, group["momentum"])'] != "gradient"
