@@ -179,11 +179,17 @@ def _evaluate(row: CorpusRow, cls: type, r_cls: type | None, steps: int, quick: 
             row.needs = f"special inputs: step() raised on dense fp32 grads: {e!r}"
             return
     row.before_units = max(u[0] for u in row.units.values() if u[0] is not None)
-    checkable = []  # the paths the check can run: the original against itself passes there
+    # the paths the check can run: the original against itself passes there, on the odd shapes
+    # or, where the original raises on the 0-size param, on the others (nonempty)
+    checkable: list[tuple[dict[str, Any], bool]] = []
     for kw in paths:
         own = compare_trajectories(cls, cls, kw, steps=2)
-        if own.passed:
-            checkable.append(kw)
+        if own.passed or compare_trajectories(cls, cls, kw, steps=2, nonempty=True).passed:
+            checkable.append((kw, not own.passed))
+            if not own.passed:
+                row.needs = row.needs or (f"params without a 0-size one (checked so"
+                                          f"{'' if kw is paths[0] else ', ' + _label(kw)}: the "
+                                          f"original fails on it: {own.message})")
         else:
             row.needs = row.needs or (f"special inputs: original vs original fails the check"
                                       f"{'' if kw is paths[0] else ' (' + _label(kw) + ')'}: "
@@ -203,11 +209,12 @@ def _evaluate(row: CorpusRow, cls: type, r_cls: type | None, steps: int, quick: 
             floor=None).ratio
     row.time_ratio = max(row.time_ratios.values())
     row.equivalence, row.max_abs_diff = "bitwise", 0.0
-    for kw in checkable:
-        res = compare_trajectories(cls, r_cls, kw, steps=steps)
+    for kw, nonempty in checkable:
+        res = compare_trajectories(cls, r_cls, kw, steps=steps, nonempty=nonempty)
         if res.passed:
             continue
-        tol = compare_trajectories(cls, r_cls, kw, steps=steps, mode="tolerance")
+        tol = compare_trajectories(cls, r_cls, kw, steps=steps, mode="tolerance",
+                                   nonempty=nonempty)
         row.max_abs_diff = max(row.max_abs_diff, tol.max_abs_diff, res.max_abs_diff)
         row.detail = row.detail or f"{_label(kw)}: {res.message}"
         row.equivalence = "tolerance" if tol.passed and row.equivalence != "FAIL" else "FAIL"

@@ -51,12 +51,13 @@ MEASURE_SHAPES: tuple[tuple[int, ...], ...] = ((64, 64),) * 8
 
 
 def make_problem(seed: int, device: str, dtype: torch.dtype = torch.float32,
-                 dense: bool = False) -> list[Parameter]:
+                 dense: bool = False, nonempty: bool = False) -> list[Parameter]:
     """Six params with odd shapes; the last one is the one frozen mid-run by the checks.
 
     dense=True makes every param contiguous: an R-variant's foreach guards check whole lists, so
     one non-contiguous param sends a foreach statement to its original fallback, and only a
-    dense problem exercises the rewritten foreach path.
+    dense problem exercises the rewritten foreach path. nonempty=True leaves the 0-size param
+    out (for an original that raises on it: it divides by the element count, say).
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -64,7 +65,7 @@ def make_problem(seed: int, device: str, dtype: torch.dtype = torch.float32,
         return torch.randn(shape, generator=gen, dtype=dtype)
 
     tensors = [
-        randn(0, 3),  # 0-size
+        *([] if nonempty else [randn(0, 3)]),  # 0-size
         randn(1),  # 1 element
         randn(5, 7) if dense else randn(7, 5).t(),  # non-contiguous: (5, 7), strides (1, 5)
         randn(3000),  # a few thousand elements, > 2048 (a common chunk/block size)
@@ -87,12 +88,14 @@ def compare_trajectories(
     atol: float = DEFAULT_ATOL,
     dtype: torch.dtype = torch.float32,
     dense: bool = False,
+    nonempty: bool = False,
 ) -> CheckResult:
-    """Run original and R-variant side by side for ``steps`` steps; compare after every step."""
+    """Run original and R-variant side by side for ``steps`` steps; compare after every step
+    (on make_problem's params)."""
     crit = Criteria(mode, rtol, atol)
-    what = "trajectory, dense" if dense else "trajectory"
+    what = "trajectory" + (", dense" if dense else "") + (", no 0-size param" if nonempty else "")
     result = new_result(original_cls, rewritten_cls, what, kwargs, device, steps, crit)
-    params_o = make_problem(seed, device, dtype, dense)
+    params_o = make_problem(seed, device, dtype, dense, nonempty)
     params_r = clone_params(params_o)
     try:
         runs = [

@@ -253,12 +253,20 @@ def test_reduce_is_exported_at_top_level() -> None:
     assert gsr_rewrite.reduce(Adan).__name__ == "AdanR"
 
 
+@pytest.mark.parametrize(("refused", "needs"), [
+    # pytorch_optimizer's RACS (torch's Adafactor, timm's AdamP alike): the original raises on
+    # the check's 0-size param; that path is compared on the other params (the row says so)
+    ("grad.numel() == 0", "params without a 0-size one (checked so, foreach=True: the original"),
+    # an original that fails on the other odd shapes too: that path is not compared at all
+    ("grad.numel() == 1", "original vs original fails the check (foreach=True)"),
+])
 def test_a_path_the_check_cannot_run_is_no_failure(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytorch_optimizer's RACS: its foreach path raises on the check's 0-element parameter in
-    the original itself. That path is not compared (the row says why), the others are; it was
-    reported as FAIL, as if the R-variant were wrong."""
-    pkg = tmp_path / "path_optims"
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   refused: str, needs: str) -> None:
+    """A path where the original itself raises on the check's params was reported as FAIL, as
+    if the R-variant were wrong; it is compared where the original runs, or not at all."""
+    name = f"path_optims_{len(refused)}_{refused[-1]}"  # one package per case: imports cache
+    pkg = tmp_path / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "two_paths.py").write_text(textwrap.dedent("""
@@ -276,7 +284,7 @@ def test_a_path_the_check_cannot_run_is_no_failure(tmp_path: Path,
                         if p.grad is None:
                             continue
                         grad = p.grad
-                        if group["foreach"] and grad.numel() == 0:
+                        if group["foreach"] and REFUSED:
                             raise RuntimeError("cannot take an empty parameter")
                         state = self.state[p]
                         if len(state) == 0:
@@ -285,9 +293,9 @@ def test_a_path_the_check_cannot_run_is_no_failure(tmp_path: Path,
                         v.mul_(0.9).addcmul_(grad, grad, value=0.1)
                         denom = v.sqrt().add_(group["eps"])
                         p.addcdiv_(v, denom, value=-group["lr"])
-    """))
+    """).replace("REFUSED", refused))
     monkeypatch.syspath_prepend(str(tmp_path))
-    (row,) = run_corpus(["path_optims"], steps=3)
+    (row,) = run_corpus([name], steps=3)
     assert row.status == "rewritten", row.reason
     assert row.equivalence == "bitwise", (row.equivalence, row.detail)
-    assert "original vs original fails the check (foreach=True)" in row.needs
+    assert needs in row.needs
