@@ -10,13 +10,14 @@ from gsr_rewrite.analysis.cfg import Node
 from gsr_rewrite.frontend.effects import (
     EMPTY,
     LOCAL_DICT,
+    OPAQUE,
     Effects,
     Evaluator,
     Value,
     buffers,
     store_in_state,
 )
-from gsr_rewrite.frontend.values import LIST, PART, element, flat, is_role, item
+from gsr_rewrite.frontend.values import LIST, PART, element, flat, is_role, is_structured, item
 
 
 def node_effects(n: Node, ev: Evaluator) -> Effects:
@@ -56,6 +57,8 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
             ev.eff.writes.append((name, b))
         if not buffers(target) and isinstance(s.target, cst.Name) and buffers(rhs):
             ev.eff.assigns[s.target.value] = rhs
+        elif buffers(rhs) and _may_be_container(target, s.target, ev):
+            _extend(s.target, rhs, ev)  # `xs += [g]`, `xs += g` (its rows): xs holds g now
     elif isinstance(s, cst.Expr):
         ev.value(s.value)
     elif isinstance(s, cst.Return) and s.value is not None:
@@ -73,6 +76,24 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
         for child in s.children:
             if isinstance(child, cst.BaseExpression):
                 ev.value(child)
+
+
+def _may_be_container(v: Value, target: cst.BaseExpression, ev: Evaluator) -> bool:
+    """May an augmented assignment to `target` (of value v) extend a list or a dict in place?"""
+    return "%list" in flat(v) or OPAQUE in flat(v) or is_structured(v) or (
+        isinstance(target, cst.Subscript) and LOCAL_DICT <= ev.peek(target.value))
+
+
+def _extend(target: cst.BaseExpression, v: Value, ev: Evaluator) -> None:
+    """`target += v` where target may be a container: it holds what v holds from here on."""
+    if isinstance(target, cst.Name):
+        ev.eff.weak[target.value] = ev.eff.weak.get(target.value, EMPTY) | flat(v)
+    elif isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name) and \
+            LOCAL_DICT <= ev.peek(target.value):
+        ev.store_in_dict(target.value.value, flat(v), target)
+    else:
+        for b in buffers(v):
+            ev.eff.escapes.append((b, "added in place to a container", target))
 
 
 def _targets(t: cst.BaseExpression) -> list[cst.BaseExpression]:

@@ -134,3 +134,31 @@ def test_must_not_fire_a_gradient_put_in_a_followed_dict() -> None:
     assert _placed(mine)["v.sqrt()"] != "gradient"
     assert mine.analysis is not None
     assert any(b == "grad" and "dict `kept`" in why for b, why, _ in mine.analysis.escapes)
+
+
+@pytest.mark.parametrize("extend", [
+    "kept += [grad]",  # a list extended in place holds the gradient from here on
+    "kept += grad",  # `list += tensor` adds the tensor's rows: views of the gradient
+])
+def test_must_not_fire_a_gradient_added_to_a_list_in_place(extend: str) -> None:
+    source = SOURCE.format(prologue="", epilogue="").replace(
+        '                v = state["v"]\n',
+        '                v = state["v"]\n'
+        f'                kept = [v]\n                {extend}\n').replace(
+        '                p.addcdiv_(v, denom, value=-group["lr"])\n',
+        '                p.addcdiv_(v, denom, value=-group["lr"])\n'
+        '                for t in kept:\n                    p.add_(t, alpha=1e-3)\n')
+    (mine,) = rewrite_text(source, "mine.py").classes
+    assert _placed(mine)["v.sqrt()"] != "gradient"
+
+
+def test_must_not_fire_a_gradient_added_to_a_list_in_a_followed_dict() -> None:
+    source = SOURCE.format(prologue="", epilogue="").replace(
+        '                v = state["v"]\n',
+        '                v = state["v"]\n'
+        '                kept = {"xs": [v]}\n                kept["xs"] += [grad]\n').replace(
+        '                p.addcdiv_(v, denom, value=-group["lr"])\n',
+        '                p.addcdiv_(v, denom, value=-group["lr"])\n'
+        '                for t in kept["xs"]:\n                    p.add_(t, alpha=1e-3)\n')
+    (mine,) = rewrite_text(source, "mine.py").classes
+    assert _placed(mine)["v.sqrt()"] != "gradient"
