@@ -5,8 +5,8 @@ clipping and trust-ratio helpers group indices by device this way). A dict is on
 no other name, function or container can reach it: then everything put into it goes through its
 own name (`d[k] = v`, `d.setdefault(k, v)`, `d.update(...)`), and what comes out (`d[k]`,
 `d.get`, `d.values()`, iterating) is exactly what was put in. Any other use of the name (passed
-to a call, assigned to another name, returned, read by a nested function or lambda, declared
-global) and the dict is not followed: what comes out of it is opaque (see values.element).
+to a call, assigned to another name, returned, read by a nested function, class or lambda,
+declared global) and the dict is not followed: what comes out of it is opaque (see values.element).
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def local_dicts(func: cst.FunctionDef, imports: Mapping[str, str]) -> frozenset[
 
         def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
             self.depth -= node is not func
+
+        def visit_ClassDef(self, node: cst.ClassDef) -> None:
+            self.depth += 1  # a class body the analysis does not go through
+
+        def leave_ClassDef(self, node: cst.ClassDef) -> None:
+            self.depth -= 1
 
         def visit_Lambda(self, node: cst.Lambda) -> None:
             self.depth += 1

@@ -34,6 +34,7 @@ def _followed(body: str, imports: dict[str, str] | None = None) -> frozenset[str
     ("def f():\n    a = b = {}\n    a['x'] = 1\n", set()),
     ("def f():\n    d = {}\n    h = lambda: d\n", set()),
     ("def f():\n    d = {}\n    def g():\n        d['a'] = 1\n    g()\n", set()),
+    ("def f(o):\n    d = {}\n    class C:\n        d['a'] = o\n", set()),
     ("def f(d):\n    d = {}\n", set()),  # a parameter: the caller's dict until rebound
     ("def f(xs):\n    d = {}\n    d = xs\n", set()),  # bound to something else too
     ("def f():\n    global d\n    d = {}\n", set()),
