@@ -232,12 +232,14 @@ class ExpressionEvaluator:
 
     def new_dict(self, node: cst.BaseExpression) -> Value:
         """The value of a dict the analysis follows (records.LOCAL_DICT), made by `node`: `{}`,
-        `{k: v}` of names and constants, `dict(k=v)`, `defaultdict(list)`; other entries may
-        be anything (opaque)."""
+        `{k: v}` of names and constants, `dict(k=v)`, `defaultdict(list)`; other entries (and
+        `**other`) may be anything (opaque)."""
         entries: list[cst.BaseExpression] = []
         if isinstance(node, cst.Dict):
             for el in node.elements:
-                entries += [el.key, el.value] if isinstance(el, cst.DictElement) else [el.value]
+                if not isinstance(el, cst.DictElement):  # `**other`: whatever `other` holds
+                    return LOCAL_DICT | container(frozenset({OPAQUE}))
+                entries += [el.key, el.value]
         elif isinstance(node, cst.Call) and dotted(node.func) == "dict":
             entries = [a.value for a in node.args]
         contents = EMPTY

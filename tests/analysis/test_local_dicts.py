@@ -163,3 +163,10 @@ def test_must_not_fire_a_gradient_added_to_a_list_in_a_followed_dict() -> None:
         '                for t in kept["xs"]:\n                    p.add_(t, alpha=1e-3)\n')
     (mine,) = rewrite_text(source, "mine.py").classes
     assert _placed(mine)["v.sqrt()"] != "gradient"
+
+
+def test_must_not_fire_a_followed_dict_spread_from_another() -> None:
+    """`{**holder}` holds whatever `holder` holds: here the optimizer."""
+    mine = _mine(prologue='holder = {"opt": self}\nprint(holder)\nboth = {**holder}',
+                 epilogue='both["opt"]._post()')
+    assert _placed(mine)["v.sqrt()"] != "gradient"
