@@ -8,6 +8,7 @@ any of them apply to the whole class: a gradient that escapes anywhere is never 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -64,6 +65,11 @@ class FunctionAnalysis:
     parent: str | None = None  # a nested function: the function whose body defines it
     #: decorated by `torch.compile`: analysed, never rewritten (analysis/decorators.py)
     compiled: bool = False
+
+    @functools.cached_property
+    def sites(self) -> frozenset[str]:
+        """The temporaries its own statements allocate (set once its flow is solved)."""
+        return frozenset(a.site for n in self.flow.nodes for a in n.eff.allocs)
 
 
 @dataclass
@@ -261,8 +267,7 @@ def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:
     """A helper returns a temporary its caller made (`return x` of an argument, as Muon's
     Newton-Schulz may): the caller follows what it gets back, so it is no escape. (One the
     helper made itself outlives the helper's plan: that one escapes.)"""
-    return why == RETURNED and fa.name != "step" and \
-        b not in {a.site for n in fa.flow.nodes for a in n.eff.allocs}
+    return why == RETURNED and fa.name != "step" and b not in fa.sites
 
 
 def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:

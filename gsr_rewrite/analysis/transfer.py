@@ -119,15 +119,14 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
         for el, sub in zip(target.elements, _unpack(target, value, v, ev), strict=True):
             _assign(el.value, sub, ev)
     elif isinstance(target, cst.Subscript):
-        for index in target.slice:  # `t[t.gt(0)] = c` reads t to build its mask
+        key = EMPTY  # `t[t.gt(0)] = c` reads t to build its mask
+        for index in target.slice:
             if isinstance(index.slice, cst.Index):
-                ev.read(index.slice.value)
+                key |= ev.read(index.slice.value)
         base = ev.peek(target.value)
         if "%pstate" in base:  # state["k"] = v: v becomes persistent optimizer state
             store_in_state(ev, v, target)
         elif LOCAL_DICT <= base and isinstance(target.value, cst.Name):
-            key = frozenset().union(*(ev.peek(i.slice.value) for i in target.slice
-                                      if isinstance(i.slice, cst.Index)))
             ev.store_in_dict(target.value.value, flat(key) | flat(v), target)
         elif "%list" in base and isinstance(target.value, cst.Name):
             # `lst[i] = view_as_real(lst[i])`: the list now holds v (a tensor would copy it)

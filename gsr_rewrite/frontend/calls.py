@@ -165,7 +165,7 @@ class Evaluator(TensorOpEvaluator):
     def _local_dict_method(self, node: cst.Call, d: str, method: str) -> Value:
         """`d.get(k, v)`, `d.setdefault(k, v)`, `d.values()`, ... of a dict only the name `d`
         reaches (analysis/local_dicts.py): what comes out is what was put in."""
-        held = element(self.peek(cst.Name(d)))
+        held = element(self.pt.get(d, EMPTY))
         args = [self.value(a.value) for a in node.args]
         if method in ("setdefault", "update"):
             given = [element(v) if method == "update" and a.keyword is None else flat(v)

@@ -22,10 +22,10 @@ from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, i
 from gsr_rewrite.frontend.values import is_structured
 from gsr_rewrite.transform.options import Live, Options
 
-#: why nothing in a `@torch.compile`d function is rewritten (analysis/decorators.py)
 #: where a caller's temporary lives, seen from a helper it is live across or passed to, when the
 #: caller is not planned yet: its plan may put it in any buffer (the gradient, say)
 ELSEWHERE = "?elsewhere"
+#: why nothing in a `@torch.compile`d function is rewritten (analysis/decorators.py)
 COMPILED = "inside a `@torch.compile`d function, whose memory Inductor plans: not rewritten"
 
 
@@ -61,7 +61,7 @@ class _FunctionPlanner:
                  planned: dict[str, str], unplaceable: set[str], returned: set[str]) -> None:
         self.fa, self.cat, self.escaped = fa, cat, escaped
         self.storage: dict[str, str] = {}  # tmp site -> buffer holding it
-        self.own = {a.site for n in fa.flow.nodes for a in n.eff.allocs}
+        self.own = fa.sites
         self.planned = planned  # the other functions' temporaries planned so far -> storage
         self.unplaceable = unplaceable  # temporaries of any function apart from all else
         self.returned = returned  # temporaries whose only escape is being returned
@@ -86,7 +86,7 @@ class _FunctionPlanner:
 
     def _fresh(self, s: str) -> bool:
         """Is s a temporary of this function's own, made by this call and kept nowhere?"""
-        return s in self.own and s not in self.persistent and s not in self.escaped
+        return s in self.own and s not in self.unplaceable
 
     def _holds(self, b: str, at: Node, s: str) -> bool:
         """May b's contents be in s, seen from `at`?"""
