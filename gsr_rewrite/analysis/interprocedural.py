@@ -17,6 +17,7 @@ import libcst as cst
 from gsr_rewrite.analysis.dataflow import (
     Fact,
     FunctionFlow,
+    Node,
     PointsTo,
     build_flow,
     solve_liveness,
@@ -183,22 +184,27 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                              imports, closures, self_helpers, unfollowed, known)
         return make_eval
 
-    def solve(fa: FunctionAnalysis) -> None:
+    def solve(fa: FunctionAnalysis, own_roles: bool = False) -> frozenset[Fact]:
+        """Solve fa; the params and optimizer state it names, as facts live after the step.
+        They are live at the exit of `step` (they outlive it; gradients do not). A helper's
+        exit has what its callers need after the call (`_bind`), which is them unless a caller
+        overwrites them first (Mars' `state["last_grad"].copy_(grad)` after its helper);
+        `own_roles`: at its own exit too (a helper no caller was solved with)."""
         solve_points_to(fa.flow, fa.entry_pt, make_evaluator(fa))
-        # params and optimizer state outlive the step and every helper; gradients do not. (A
-        # helper's callers also add what they read after the call: `_bind`.)
         seen: set[str] = set()
         for n in fa.flow.nodes:  # bound to names, read, written or passed to a helper
             seen |= {b for v in n.pt_out().values() for b in buffers(v)}
             seen |= {b for _, b, _ in n.eff.reads} | {b for _, b in n.eff.writes}
             for _, pos_v, kw_v, _ in n.eff.calls:
                 seen |= {b for v in [*pos_v, *kw_v.values()] for b in buffers(v)}
-        roles = {b for b in seen if is_role(b) and b != "grad"} | {"param"}
-        exit_live = fa.exit_live | frozenset(("@" + b, b) for b in roles)
+        roles = frozenset(("@" + b, b) for b in seen if is_role(b) and b != "grad") | \
+            {("@param", "param")}
+        exit_live = fa.exit_live | (roles if own_roles or fa.name == "step" else frozenset())
         # a temporary stored into optimizer state (`state["m"] = m.mul(b)`) IS state from then on
         kept = {b for n in fa.flow.nodes for b in n.eff.persistent}
         exit_live = exit_live | frozenset(("@" + b, b) for b in kept)
         solve_liveness(fa.flow, exit_live)
+        return roles
 
     order = ["step"]
     add("step", cls.methods["step"], True)
@@ -209,8 +215,11 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             fa = funcs[name]
             inputs = (sorted(fa.entry_pt.items()), fa.exit_live)
             if solved_with.get(name) != inputs:
-                solve(fa)
+                outliving = solve(fa) - funcs["step"].exit_live
                 solved_with[name] = inputs
+                if outliving:  # state only a helper names is live after the step all the same
+                    funcs["step"].exit_live |= outliving
+                    changed = True
                 reach = max((n.eff.foreign for n in fa.flow.nodes), default=0)
                 ret = _returned(fa, make_evaluator)
                 reads = rooted.get(name, frozenset()) | _rooted_reads(fa)
@@ -238,7 +247,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                         add(callee, found[0], found[1])
                         order.append(callee)
                     target = funcs[callee]
-                    changed |= _bind(target, pos_v, kw_v, n.live_out)
+                    changed |= _bind(target, pos_v, kw_v, n.live_out | _read_beside(n, _call))
         if not changed:
             break
     else:  # what the helpers return, append or reach might still grow: nothing is proved
@@ -247,7 +256,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     for name in order:  # a callee found in the last round has not been solved yet
         if solved_with.get(name) != (sorted(funcs[name].entry_pt.items()),
                                      funcs[name].exit_live):
-            solve(funcs[name])
+            solve(funcs[name], own_roles=True)
     escapes = [(b, why, src.where(node)) for fa in funcs.values() for n in fa.flow.nodes
                for b, why, node in n.eff.escapes if not _handed_back(b, why, fa)]
     for fa in funcs.values():  # a wrapper that may read gradients after the step returns
@@ -268,6 +277,20 @@ def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:
     Newton-Schulz may): the caller follows what it gets back, so it is no escape. (One the
     helper made itself outlives the helper's plan: that one escapes.)"""
     return why == RETURNED and fa.name != "step" and b not in fa.sites
+
+
+def _read_beside(n: Node, call: cst.Call) -> frozenset[Fact]:
+    """What n reads outside `call`'s own expression (`_scale(grad) * grad`): the order within a
+    statement is not modelled, so it may be read after the call returns."""
+    inside: set[int] = set()
+
+    class _Collect(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            inside.add(id(node))
+            return True
+
+    call.visit(_Collect())
+    return frozenset((v, b) for v, b, r in n.eff.reads if id(r) not in inside)
 
 
 def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:
