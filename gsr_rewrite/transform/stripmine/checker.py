@@ -13,6 +13,7 @@ import libcst as cst
 from gsr_rewrite.analysis.dataflow import Node, PointsTo
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import EMPTY, buffers
+from gsr_rewrite.frontend.scopes import loaded_names
 from gsr_rewrite.frontend.syntax import dotted, for_ins
 from gsr_rewrite.transform.stripmine.region import _Refuse
 
@@ -91,6 +92,10 @@ class _Checker:
         elif isinstance(s, cst.Assert):
             if self.expr(s.test):
                 raise _Refuse("an assert tests tensor contents")
+            self._message(s.msg)
+        elif isinstance(s, cst.Raise):
+            self._message(s.exc)
+            self._message(s.cause.item if s.cause is not None else None)
         elif isinstance(s, cst.Del):
             for gone in _flat_targets(s.target):
                 if not isinstance(gone, cst.Name):
@@ -155,6 +160,14 @@ class _Checker:
 
     def exprs(self, es: Iterable[cst.BaseExpression]) -> bool:
         return any([self.expr(e) for e in es])  # a list: evaluate every one
+
+    def _message(self, x: cst.BaseExpression | None) -> None:
+        """What a raise or an assert raises: region_checks lets it run only where the run has
+        changed nothing yet, so it runs once, in the first strip, as in the original; it may
+        read no tensor (a strip there, whole in the original)."""
+        read = loaded_names(x) if x is not None else frozenset()
+        if any(v in self.strip_names or buffers(self.pt.get(v, EMPTY)) for v in read):
+            raise _Refuse("the exception it raises reads a tensor of the run")
 
     def expr(self, e: cst.BaseExpression) -> bool:
         if isinstance(e, cst.Name):

@@ -27,6 +27,7 @@ from gsr_rewrite.transform.stripmine.aliases import _host_aliases
 from gsr_rewrite.transform.stripmine.checker import _Checker, _code
 from gsr_rewrite.transform.stripmine.chunks import chunk_blocker
 from gsr_rewrite.transform.stripmine.hoist import hoisted_reads, is_placeholder
+from gsr_rewrite.transform.stripmine.raising import raises_unchanged, unbound_read_raises
 from gsr_rewrite.transform.stripmine.region import (
     StripRegion,
     _anchor,
@@ -50,8 +51,11 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     if len(entries) != 1:
         raise _Refuse("the run of statements has more than one entry")
     entry = entries[0]
+    # raising paths: allowed where they raise before the run changes anything (raising.py)
+    raising = [n for n in nodes if isinstance(n.node, cst.Assert) or (
+        n.kind == "raise" and all(m is fa.flow.exit for m in n.succ))]
     for n in nodes:
-        if n.kind in ("return", "raise", "jump", "def", "with"):
+        if n.kind in ("return", "raise", "jump", "def", "with") and n not in raising:
             what = {"return": "returns", "raise": "raises", "jump": "breaks or continues",
                     "def": "defines a function", "with": "enters a context manager"}[n.kind]
             raise _Refuse(f"the run of statements {what}")
@@ -106,12 +110,17 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     if roots & changed:
         raise _Refuse(f"the run reads `{min(hoisted)}` and changes `{min(roots & changed)}`")
     r.once, r.after = _run_once(r, nodes, checked, inside, fp, cat)
+    for n in raising:
+        if not raises_unchanged(n, inside, preds, checked):
+            raise _Refuse("the run of statements raises after it writes" if n.kind == "raise"
+                          else "an assert of the run follows a write")
     for n in nodes:
         if n.line is not None and id(n.line) in r.once:
             continue  # runs in the first strip only: it sees what the original sees
         for name in checked[id(n)].loads:
             if name not in assigned[id(n)] and name in region_assigned and \
-                    not buffers(entry.pt_in.get(name, EMPTY)):
+                    not buffers(entry.pt_in.get(name, EMPTY)) and not unbound_read_raises(
+                        name, n, entry, inside, preds, checked, fa.func):
                 raise _Refuse(f"`{name}` is read before the run assigns it: each strip "
                               "would see the previous strip's value")
     exits = [m for n in nodes for m in n.succ if id(m) not in inside]
