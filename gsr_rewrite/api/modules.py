@@ -189,10 +189,18 @@ def rewrite_module(module_name: str, path: Path | None = None) -> ModuleRewrite:
 
 
 def _left(c: ClassOutcome) -> str:
-    """Why a rewritten class still allocates: its first temporaries left in place."""
+    """Why a rewritten class still allocates: its first temporaries left in place; with none
+    listed, code the analysis did not follow (which allocates what it allocates), as the
+    escape of the gradient it causes (`self._step_foreach` rebound elsewhere)."""
     kept = [t for t in c.temporaries if not t.placed and not t.strips]
     text = "; ".join(f"`{t.code}` ({t.function}:{t.line}) stays: {_last_word(t.how)}"
                      for t in kept[:2])
+    if not kept and c.analysis is not None:
+        unfollowed = [(why, where) for b, why, where in c.analysis.escapes
+                      if b == "grad" and "can reach every gradient" in why]
+        if unfollowed:
+            why, where = unfollowed[0]
+            return f"code the analysis does not follow: {why} ({where.rpartition('/')[2]})"
     return text + (f"; and {len(kept) - 2} more" if len(kept) > 2 else "")
 
 
