@@ -60,10 +60,20 @@ def solve_points_to(flow: FunctionFlow, entry_pt: PointsTo,
         n.pt_in = {}  # loop's cycle, would never leave (the least fixpoint is the sound one)
         n.eff = Effects()
     flow.entry.pt_in = dict(entry_pt)
+    # a node is evaluated once a path from the entry reaches it: evaluated before, it would see
+    # names its unreached predecessors bind as unbound (a local function called as an unknown
+    # one: opaque), a value that later rounds cannot take back, and which a loop's cycle may
+    # then carry round forever (timm's RMSpropTF never settled)
+    reached = {id(flow.entry)}
     for _ in range(POINTS_TO_ROUNDS):
         changed = False
         for n in flow.nodes:
             if n is not flow.entry:
+                if not any(id(p) in reached for p in preds[id(n)]):
+                    continue
+                if id(n) not in reached:
+                    reached.add(id(n))
+                    changed = True
                 merged: PointsTo = {}
                 for p in preds[id(n)]:
                     for k, v in p.pt_out().items():
