@@ -174,10 +174,36 @@ def _try(p: Placement, fp: FunctionPlan, owners: dict[int, cst.CSTNode],
             continue
         g = others[0]
         between = body[i + 1:j]
-        if any(_mentions(b, {m, g}) for b in between):
+        if any(_mentions(b, {m, g}) for b in between) or _may_touch(fp, between, p, m, g):
             return None
         return _reformulate(p, fp, owner, line, s, m, g, call, rule)  # type: ignore[arg-type]
     return None
+
+
+def _may_touch(fp: FunctionPlan, between: Sequence[cst.BaseStatement], p: Placement, m: str,
+               g: str) -> bool:
+    """May the statements S moves above read or write m's buffer, or write g's, under other
+    names (`self._track(p)` reading `self.state[p]["exp_avg"]`)? Helpers they call, objects
+    the analysis does not model and code it does not follow may: they count as touching."""
+    inside: set[int] = set()
+
+    class _Collect(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            inside.add(id(node))
+            return True
+
+    for stmt in between:
+        stmt.visit(_Collect())
+    m_bufs = buffers(p.node.pt_in.get(m, frozenset()))
+    g_bufs = buffers(p.node.pt_in.get(g, frozenset()))
+    for n in fp.analysis.flow.nodes:
+        if n.node is None or id(n.node) not in inside:
+            continue
+        if n.eff.calls or n.eff.foreign or n.eff.escapes or \
+                any(b in m_bufs for _, b, _ in n.eff.reads) or \
+                any(b in m_bufs | g_bufs for _, b in n.eff.writes):
+            return True
+    return False
 
 
 def _reformulate(p: Placement, fp: FunctionPlan, owner: cst.CSTNode,

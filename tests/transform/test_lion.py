@@ -88,3 +88,50 @@ def test_lion_is_marked_tolerance_with_its_rule_and_proved() -> None:
     assert c.rules == ["ema-recover-old"]
     assert c.validation.startswith("proved equal"), c.validation
     assert prove_class(Lion, LionR).proved is True
+
+
+LION_WITH_A_READER = '''
+import torch
+from torch.optim import Optimizer
+
+
+class LionLog(Optimizer):
+    def __init__(self, params, lr=1e-2, betas=(0.9, 0.99)):
+        super().__init__(params, dict(lr=lr, betas=betas))
+
+    def _track(self, p):
+        st = self.state[p]
+        st["norm"] = st["exp_avg"].norm()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if len(state) == 0:
+                    state["exp_avg"] = torch.zeros_like(p)
+                exp_avg = state["exp_avg"]
+                update = exp_avg.lerp(grad, 1 - beta1)
+                {between}
+                p.add_(update.sign_(), alpha=-group["lr"])
+                exp_avg.lerp_(grad, 1 - beta2)
+'''
+
+
+def test_must_not_fire_a_reorder_across_a_call_that_reads_the_momentum() -> None:
+    """`self._track(p)` reads state["exp_avg"] without naming `exp_avg`: moving the momentum
+    update above it would show it the updated momentum."""
+    source = LION_WITH_A_READER.replace("{between}", "self._track(p)")
+    (cls,) = compile_source(source, "lion_log.py").classes
+    assert cls.rules == [], cls.rules
+    assert not [t for t in cls.temporaries if t.lives_in == "gradient"]
+
+
+def test_a_reorder_across_statements_that_leave_the_momentum_alone() -> None:
+    source = LION_WITH_A_READER.replace("{between}", "p.mul_(1 - group['lr'] * 0.01)")
+    (cls,) = compile_source(source, "lion_log.py").classes
+    assert cls.status == "rewritten" and cls.rules == ["ema-recover-old"], cls.reason
