@@ -24,17 +24,7 @@ from gsr_rewrite.transform.stripmine.checker import _Checker
 def raises_unchanged(n: Node, inside: set[int], preds: dict[int, list[Node]],
                      checked: dict[int, _Checker]) -> bool:
     """Does nothing on a path of the run to n (n aside) write or change anything?"""
-    seen: set[int] = set()
-    todo = [q for q in preds[id(n)] if id(q) in inside]
-    while todo:
-        q = todo.pop()
-        if id(q) in seen:
-            continue
-        seen.add(id(q))
-        if _changes(q, checked):
-            return False
-        todo += [x for x in preds[id(q)] if id(x) in inside]
-    return True
+    return not _changed_before(n, inside, preds, checked)
 
 
 def unbound_read_raises(name: str, n: Node, entry: Node, inside: set[int],
@@ -54,23 +44,27 @@ def unbound_read_raises(name: str, n: Node, entry: Node, inside: set[int],
             continue
         free.add(id(q))
         todo += q.succ
+    return not _changed_before(n, free, preds, checked) and (
+        n.node is None or _read_before_writing(n.node, name))
+
+
+def _changed_before(n: Node, within: set[int], preds: dict[int, list[Node]],
+                    checked: dict[int, _Checker]) -> bool:
+    """Does a node of `within` on a path to n write a tensor, change an object or call
+    anything?"""
     seen: set[int] = set()
-    todo = [q for q in preds[id(n)] if id(q) in free]
+    todo = [q for q in preds[id(n)] if id(q) in within]
     while todo:
         q = todo.pop()
         if id(q) in seen:
             continue
         seen.add(id(q))
-        if _changes(q, checked):
-            return False
-        todo += [x for x in preds[id(q)] if id(x) in free]
-    return n.node is None or _read_before_writing(n.node, name)
-
-
-def _changes(q: Node, checked: dict[int, _Checker]) -> bool:
-    c = checked.get(id(q))
-    return bool(q.eff.writes or q.eff.weak or q.eff.persistent or q.eff.calls or
-                q.eff.escapes or (c is not None and (c.mutated or c.deleted)))
+        c = checked.get(id(q))
+        if q.eff.writes or q.eff.weak or q.eff.persistent or q.eff.calls or q.eff.escapes or \
+                (c is not None and (c.mutated or c.deleted)):
+            return True
+        todo += [x for x in preds[id(q)] if id(x) in within]
+    return False
 
 
 def _unbound_where_run_starts(name: str, entry: Node, preds: dict[int, list[Node]],
