@@ -22,10 +22,10 @@ from gsr_rewrite.analysis.dataflow import (
     build_flow,
     solve_liveness,
     solve_points_to,
-    target_names,
 )
 from gsr_rewrite.analysis.decorators import decorator_kind
 from gsr_rewrite.analysis.local_dicts import local_dicts
+from gsr_rewrite.analysis.local_lists import declared_outer, local_lists
 from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.analysis.unknowns import (
     ForeignModules,
@@ -41,7 +41,6 @@ from gsr_rewrite.frontend.effects import (
     Evaluator,
     Value,
     buffers,
-    dotted,
     is_role,
     scalar_state_keys,
 )
@@ -170,7 +169,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign_reach),
                                     helper_returns=dict(returns),
                                     helper_reads=dict(rooted),
-                                    local_lists=_local_lists(fa.func, fa.free),
+                                    local_lists=local_lists(fa.func, fa.free),
                                     local_dicts=local_dicts(fa.func, (other or src).imports),
                                     outer_names=declared_outer(fa.func),
                                     returns_to_caller=fa.name != "step")
@@ -280,17 +279,33 @@ def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:
 
 
 def _read_beside(n: Node, call: cst.Call) -> frozenset[Fact]:
-    """What n reads outside `call`'s own expression (`_scale(grad) * grad`): the order within a
-    statement is not modelled, so it may be read after the call returns."""
+    """What n reads that may be read after `call` returns: outside the call's own expression
+    (`_scale(grad) * grad`: the order within a statement is not modelled), and everything n
+    reads when the call sits in a comprehension or lambda, which may run it again."""
     inside: set[int] = set()
+    repeated: set[int] = set()
 
     class _Collect(cst.CSTVisitor):
+        def __init__(self, into: set[int]) -> None:
+            self.into = into
+
         def on_visit(self, node: cst.CSTNode) -> bool:
-            inside.add(id(node))
+            self.into.add(id(node))
             return True
 
-    call.visit(_Collect())
-    return frozenset((v, b) for v, b, r in n.eff.reads if id(r) not in inside)
+    class _Repeating(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            if isinstance(node, (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp,
+                                 cst.Lambda)):
+                node.visit(_Collect(repeated))
+                return False
+            return True
+
+    call.visit(_Collect(inside))
+    if n.node is not None:
+        n.node.visit(_Repeating())
+    again = id(call) in repeated
+    return frozenset((v, b) for v, b, r in n.eff.reads if again or id(r) not in inside)
 
 
 def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:
@@ -311,88 +326,6 @@ def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
     needed = {b for _, b in live_after}
     fa.exit_live = fa.exit_live | frozenset(("@" + b, b) for b in needed)
     return (dict(fa.entry_pt), fa.exit_live) != before
-
-
-def _local_lists(func: cst.FunctionDef, free: tuple[str, ...]) -> frozenset[str]:
-    """Unknowns.local_lists of `func`: every binding of the name in its body (nested functions
-    aside) is a list display, a list comprehension or `list(...)`; or it is a parameter, or a
-    variable of the enclosing function that a nested one reads (`free`: its caller's list)."""
-    ok: set[str] = set()
-    bad: set[str] = set()
-
-    def is_list(v: cst.BaseExpression | None, name: str) -> bool:
-        """A new list, or the name's own list again (`xs = xs if c else _foreach_neg(xs)`)."""
-        if isinstance(v, cst.IfExp):
-            return is_list(v.body, name) and is_list(v.orelse, name)
-        if isinstance(v, cst.Name):
-            return v.value == name
-        fn = dotted(v.func) if isinstance(v, cst.Call) else None
-        return isinstance(v, (cst.List, cst.ListComp)) or fn == "list" or (
-            fn is not None and fn.startswith("torch._foreach_") and not fn.endswith("_"))
-
-    def bind(target: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
-        if isinstance(target, cst.Name):
-            (ok if is_list(value, target.value) else bad).add(target.value)
-        elif isinstance(target, (cst.Tuple, cst.List)) and \
-                isinstance(value, (cst.Tuple, cst.List)) and \
-                len(target.elements) == len(value.elements) and not any(
-                    isinstance(el, cst.StarredElement) for el in (*target.elements,
-                                                                  *value.elements)):
-            for t, v in zip(target.elements, value.elements, strict=True):  # `a, b = [], []`
-                bind(t.value, v.value)
-        else:
-            bad.update(target_names(target))
-
-    class _Bindings(cst.CSTVisitor):
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-            return node is func  # nested functions bind their own names
-
-        def visit_Lambda(self, node: cst.Lambda) -> bool:
-            return False
-
-        def visit_Assign(self, node: cst.Assign) -> None:
-            for t in node.targets:
-                bind(t.target, node.value)
-
-        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-            if isinstance(node.target, cst.Name) and node.value is not None:
-                bind(node.target, node.value)
-
-        def visit_AugAssign(self, node: cst.AugAssign) -> None:
-            bad.update(target_names(node.target))
-
-        def visit_For(self, node: cst.For) -> None:
-            bad.update(target_names(node.target))
-
-        def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-            bad.update(target_names(node.target))
-
-        def visit_WithItem(self, node: cst.WithItem) -> None:
-            if node.asname is not None:
-                bad.update(target_names(node.asname.name))
-
-    func.visit(_Bindings())
-    params = {p.name.value for p in (*func.params.posonly_params, *func.params.params,
-                                     *func.params.kwonly_params)}
-    return frozenset((ok - bad) | (params - bad) | (set(free) - bad))
-
-
-def declared_outer(func: cst.FunctionDef) -> frozenset[str]:
-    """Names `func` declares `global` or `nonlocal` (anywhere in its own body)."""
-    found: set[str] = set()
-
-    class _Declarations(cst.CSTVisitor):
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-            return node is func
-
-        def visit_Global(self, node: cst.Global) -> None:
-            found.update(n.name.value for n in node.names)
-
-        def visit_Nonlocal(self, node: cst.Nonlocal) -> None:
-            found.update(n.name.value for n in node.names)
-
-    func.visit(_Declarations())
-    return frozenset(found)
 
 
 def _rooted_reads(fa: FunctionAnalysis) -> frozenset[str]:

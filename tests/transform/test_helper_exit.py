@@ -96,3 +96,20 @@ def test_a_state_buffer_the_caller_overwrites_after_the_call_is_dead_at_the_help
 def test_must_not_fire_a_temporary_in_state_only_a_helper_names(tmp_path: Path) -> None:
     lives = _lives(STATE_ONLY_THE_HELPER_NAMES, tmp_path)
     assert lives["m * 2.0"] == "gradient"  # not state 'm': the next step reads it
+
+# the statement calls `_twice` again after it returns (a comprehension): the second call reads
+# state["last"], which the caller overwrites only after the whole statement
+CALLED_AGAIN_IN_THE_STATEMENT = '''
+def _twice(p, last, lr):
+    t = last * 0.5
+    p.add_(t, alpha=-lr)
+''' + _HEAD.format(name="CalledAgainInTheStatement") + '''
+                _ = [_twice(p, state["last"], group["lr"]) for _ in range(2)]
+                state["last"].copy_(grad)
+'''
+
+
+def test_must_not_fire_a_helper_temporary_in_a_buffer_a_comprehension_reads_again(
+        tmp_path: Path) -> None:
+    lives = _lives(CALLED_AGAIN_IN_THE_STATEMENT, tmp_path)
+    assert lives["last * 0.5"] != "state 'last'"

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 
 import libcst as cst
 
-from gsr_rewrite.analysis.interprocedural import FunctionAnalysis, declared_outer
+from gsr_rewrite.analysis.interprocedural import FunctionAnalysis
+from gsr_rewrite.analysis.local_lists import declared_outer
 from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.scopes import param_list
