@@ -151,3 +151,26 @@ def test_must_not_fire_an_unbound_read_where_an_earlier_iteration_bound_the_name
     (cls,) = result.classes
     lives = [(t.code, t.lives_in) for t in cls.temporaries]
     assert not any(_stripped(lives, {'p * group["wd"]', "m.sign()"})), lives
+
+
+def test_must_not_fire_a_raise_whose_message_reads_a_tensor_of_the_run(tmp_path: Path) -> None:
+    """The message would read a strip of `m` in the R-variant, all of it in the original."""
+    lives, _ = _rewrite(_source('raise ValueError(f"unknown mode {m.sum()}")'), tmp_path)
+    assert not any(_stripped(lives, {"p * wd", "m.sign()"})), lives
+
+
+def test_must_not_fire_an_unbound_read_a_nested_function_may_bind() -> None:
+    """`_default` binds `update` (nonlocal) before the run: under `python -O` the assert path
+    reads that whole tensor, where each strip would want its own strip."""
+    source = _source("assert False").replace('''def _update(p, grad, m, lr, wd, mode):
+''', '''def _update(p, grad, m, lr, wd, mode):
+    def _default():
+        nonlocal update
+        update = p * 0.0
+
+    _default()
+''')
+    (cls,) = rewrite_source(source, "moded.py").classes
+    assert cls.status == "rewritten", cls.reason
+    reasons = [t.how for t in cls.temporaries if t.code == "p * wd"]
+    assert any("`update` is read before the run assigns it" in how for how in reasons), reasons
