@@ -51,6 +51,7 @@ from gsr_rewrite.frontend.self_helpers import (
     self_attr_targets,
     self_bound_methods,
 )
+from gsr_rewrite.frontend.syntax import subtree_ids
 
 
 @dataclass
@@ -282,30 +283,22 @@ def _read_beside(n: Node, call: cst.Call) -> frozenset[Fact]:
     """What n reads that may be read after `call` returns: outside the call's own expression
     (`_scale(grad) * grad`: the order within a statement is not modelled), and everything n
     reads when the call sits in a comprehension or lambda, which may run it again."""
-    inside: set[int] = set()
-    repeated: set[int] = set()
-
-    class _Collect(cst.CSTVisitor):
-        def __init__(self, into: set[int]) -> None:
-            self.into = into
-
-        def on_visit(self, node: cst.CSTNode) -> bool:
-            self.into.add(id(node))
-            return True
+    repeating: list[cst.CSTNode] = []
 
     class _Repeating(cst.CSTVisitor):
         def on_visit(self, node: cst.CSTNode) -> bool:
             if isinstance(node, (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp,
                                  cst.Lambda)):
-                node.visit(_Collect(repeated))
+                repeating.append(node)
                 return False
             return True
 
-    call.visit(_Collect(inside))
     if n.node is not None:
         n.node.visit(_Repeating())
-    again = id(call) in repeated
-    return frozenset((v, b) for v, b, r in n.eff.reads if again or id(r) not in inside)
+    if any(id(call) in subtree_ids(r) for r in repeating):
+        return frozenset((v, b) for v, b, _ in n.eff.reads)
+    inside = subtree_ids(call)
+    return frozenset((v, b) for v, b, r in n.eff.reads if id(r) not in inside)
 
 
 def _root(fa: FunctionAnalysis, funcs: Mapping[str, FunctionAnalysis]) -> str:

@@ -1,6 +1,6 @@
 """Small readers of libcst syntax that the evaluator and the passes after it share: dotted names,
 the names an expression mentions, constant subscript keys, the `for ... in` clauses of a
-comprehension."""
+comprehension, the nodes below a node."""
 
 from __future__ import annotations
 
@@ -45,3 +45,25 @@ def names_in(node: cst.CSTNode) -> set[str]:
 
     node.visit(_V())
     return found
+
+
+_SUBTREES: dict[int, tuple[cst.CSTNode, frozenset[int]]] = {}  # node -> ids below it (a cache)
+
+
+def subtree_ids(node: cst.CSTNode) -> frozenset[int]:
+    """The ids of `node` and every node below it (cached by node)."""
+    cached = _SUBTREES.get(id(node))
+    if cached is not None and cached[0] is node:
+        return cached[1]
+    ids: set[int] = set()
+
+    class _V(cst.CSTVisitor):
+        def on_visit(self, x: cst.CSTNode) -> bool:
+            ids.add(id(x))
+            return True
+
+    node.visit(_V())
+    if len(_SUBTREES) > 4096:  # bounded: it keeps nodes alive
+        _SUBTREES.clear()
+    _SUBTREES[id(node)] = (node, frozenset(ids))
+    return _SUBTREES[id(node)][1]

@@ -19,6 +19,7 @@ from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.effects import OPAQUE, SHAPED, Alloc, buffers, flat, is_buffer, is_role
+from gsr_rewrite.frontend.syntax import subtree_ids
 from gsr_rewrite.frontend.values import is_structured
 from gsr_rewrite.transform.options import Live, Options
 
@@ -230,7 +231,7 @@ class _FunctionPlanner:
         if s in busy:
             why.append(f"{_describe(s)} already holds another temporary of this statement")
             return False
-        subtree = _subtree(a.node)
+        subtree = subtree_ids(a.node)
         for _, b, e in n.eff.reads:
             if self._holds(b, n, s) and id(e) not in subtree:
                 why.append(f"{_describe(s)} is read elsewhere in this statement")
@@ -325,29 +326,8 @@ def _value_at(n: Node, op: cst.BaseExpression) -> frozenset[str]:
     return frozenset(reads)
 
 
-_SUBTREES: dict[int, tuple[cst.CSTNode, set[int]]] = {}  # node -> ids below it (a cache)
-
-
-def _subtree(node: cst.CSTNode) -> set[int]:
-    cached = _SUBTREES.get(id(node))
-    if cached is not None and cached[0] is node:
-        return cached[1]
-    ids: set[int] = set()
-
-    class _V(cst.CSTVisitor):
-        def on_visit(self, x: cst.CSTNode) -> bool:
-            ids.add(id(x))
-            return True
-
-    node.visit(_V())
-    if len(_SUBTREES) > 4096:  # bounded: it keeps nodes alive
-        _SUBTREES.clear()
-    _SUBTREES[id(node)] = (node, ids)
-    return ids
-
-
 def _within(e: cst.CSTNode, root: cst.CSTNode) -> bool:
-    return id(e) in _subtree(root)
+    return id(e) in subtree_ids(root)
 
 
 def _describe(s: str) -> str:

@@ -33,6 +33,7 @@ import sympy
 
 from gsr_rewrite.frontend.effects import buffers, dotted
 from gsr_rewrite.frontend.locate import module_imports
+from gsr_rewrite.frontend.syntax import subtree_ids
 from gsr_rewrite.transform.plan import FunctionPlan, Placement
 
 RULE = "ema-recover-old"
@@ -185,15 +186,7 @@ def _may_touch(fp: FunctionPlan, between: Sequence[cst.BaseStatement], p: Placem
     """May the statements S moves above read or write m's buffer, or write g's, under other
     names (`self._track(p)` reading `self.state[p]["exp_avg"]`)? Helpers they call, objects
     the analysis does not model and code it does not follow may: they count as touching."""
-    inside: set[int] = set()
-
-    class _Collect(cst.CSTVisitor):
-        def on_visit(self, node: cst.CSTNode) -> bool:
-            inside.add(id(node))
-            return True
-
-    for stmt in between:
-        stmt.visit(_Collect())
+    inside = set().union(*(subtree_ids(stmt) for stmt in between))
     m_bufs = buffers(p.node.pt_in.get(m, frozenset()))
     g_bufs = buffers(p.node.pt_in.get(g, frozenset()))
     for n in fp.analysis.flow.nodes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import Node
+from gsr_rewrite.analysis.local_lists import declared_outer
 from gsr_rewrite.frontend.scopes import bound_names, loaded_names, param_list
 from gsr_rewrite.transform.stripmine.checker import _Checker
 
@@ -70,9 +71,10 @@ def _changed_before(n: Node, within: set[int], preds: dict[int, list[Node]],
 def _unbound_where_run_starts(name: str, entry: Node, preds: dict[int, list[Node]],
                               func: cst.FunctionDef) -> bool:
     """No binding of `name` reaches the run's entry: not a parameter, not declared global or
-    nonlocal (here or in a function nested here), and no node on a path to the entry binds it
-    (an earlier iteration of a loop around the run is such a path)."""
-    if name in {p.name.value for p in param_list(func)} or name in _declared_anywhere(func):
+    nonlocal, and no node on a path to the entry binds it (an earlier iteration of a loop around
+    the run is such a path; a function defined on one counts as binding what it binds, its
+    `nonlocal` names too)."""
+    if name in {p.name.value for p in param_list(func)} or name in declared_outer(func):
         return False
     seen: set[int] = set()
     todo = list(preds[id(entry)])
@@ -86,20 +88,6 @@ def _unbound_where_run_starts(name: str, entry: Node, preds: dict[int, list[Node
             return False
         todo += preds[id(q)]
     return True
-
-
-def _declared_anywhere(func: cst.FunctionDef) -> set[str]:
-    found: set[str] = set()
-
-    class _Declarations(cst.CSTVisitor):
-        def visit_Global(self, node: cst.Global) -> None:
-            found.update(n.name.value for n in node.names)
-
-        def visit_Nonlocal(self, node: cst.Nonlocal) -> None:
-            found.update(n.name.value for n in node.names)
-
-    func.visit(_Declarations())
-    return found
 
 
 def _read_before_writing(stmt: cst.CSTNode, name: str) -> bool:
