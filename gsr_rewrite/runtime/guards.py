@@ -36,7 +36,23 @@ def fits(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
                 _plain_pair_fits(hosts[0], t):
             GUARD_HITS[0] += 1
             return True
+    elif not hosts and _plain_alike(like):
+        GUARD_HITS[0] += 1
+        return True
     return _fits_each(hosts, like)
+
+
+def _plain_alike(like: Sequence[Any]) -> bool:
+    """True only when `fits((), like)` holds, for plain tensors (the for-loop path asks this of
+    in-place chains on fresh temporaries once per param: ~0.4 µs instead of ~2); False means
+    "ask the full check"."""
+    if not like or any(type(t) not in _PLAIN for t in like):
+        return False
+    ref = like[0]
+    dtype, shape, device = ref.dtype, ref.shape, ref.device
+    return ref.layout is _STRIDED and dtype.is_floating_point and not _recorded(like) and \
+        all(t.dtype is dtype and t.layout is _STRIDED and t.shape == shape and t.device == device
+            for t in like[1:])
 
 
 def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:

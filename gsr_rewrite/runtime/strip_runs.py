@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gsr_rewrite.runtime.guards import GUARD_HITS
+from gsr_rewrite.runtime.guards import _PLAIN, GUARD_HITS
 
 Tensor = torch.Tensor
 
@@ -112,6 +112,12 @@ def strips(count: int, *values: Any, chunks: bool = False) -> Iterable[tuple[Any
     cut into strips; otherwise the Piece is None and the strips are as above."""
     if chunks:
         return _chunked(count, values)
+    first: Any = values[0] if values else None
+    if type(first) in _PLAIN and not _STRIPS_OVERRIDE and not _FINE_STRIPS[0] and \
+            _STRIP_FLOOR[0] > 0 and count * first.nbytes <= STRIP_FRACTION * _STRIP_FLOOR[0] and \
+            all(type(v) in _PLAIN or type(v) is At for v in values):
+        # `_whole_by_budget` of plain tensors and items, in a few reads (~0.5 µs, not 3)
+        return (tuple(v.seq if type(v) is At else v for v in values),)
     whole = _whole_by_budget(count, values)  # the for-loop path's common case, once per param
     return (whole,) if whole is not None else _strips(count, values)
 

@@ -81,6 +81,31 @@ def test_fits_pair_fast_path_says_what_fits_says(seed: int) -> None:
         assert expected
 
 
+@pytest.mark.parametrize("seed", range(100))
+def test_fits_without_host_fast_path_says_what_fits_says(seed: int) -> None:
+    rng = random.Random(2000 + seed)
+    shape = rng.choice([(3, 4), (5,), (2, 3, 2), (1, 4)])
+    pool: list[Tensor] = []
+    like = []
+    for _ in range(rng.randrange(1, 4)):
+        like.append(_tensor(rng, shape, pool) if rng.random() < 0.5 else torch.randn(shape))
+        pool.append(like[-1])
+    expected = guards._fits_each((), like)
+    assert fits((), like) == expected
+    if guards._plain_alike(like):  # the fast path never says yes wrongly
+        assert expected
+
+
+def test_fits_without_host_fast_path_is_taken_for_ordinary_tensors() -> None:
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    assert guards._plain_alike((a,)) and guards._plain_alike((a, b))
+    assert not guards._plain_alike((a, b.double()))  # the chain would change dtype
+    assert not guards._plain_alike((a, torch.randn(64, 1)))  # or broadcast
+    assert not guards._plain_alike((torch.randint(0, 3, (4,)),))
+    with torch.enable_grad():
+        assert not guards._plain_alike((a, b.requires_grad_()))  # autograd would record it
+
+
 def test_fits_pair_fast_path_is_taken_for_ordinary_tensors() -> None:
     grad, state = torch.randn(64, 64), torch.randn(64, 64)
     assert guards._plain_pair_fits(grad, state)

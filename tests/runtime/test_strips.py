@@ -29,6 +29,25 @@ def test_small_single_tensors_run_whole_without_checking_how_to_cut_them(
         assert _count(192, *ts) == 1
 
 
+@pytest.mark.parametrize("floor", [0, 1 << 10, 64 << 10, 1 << 20])
+@pytest.mark.parametrize("shape", [(0,), (7,), (64, 64), (256, 256)])
+def test_plain_tensors_take_the_strips_whole_by_budget_would_give(
+        floor: int, shape: tuple[int, ...]) -> None:
+    ts = (torch.randn(shape), torch.randn(shape))
+    items = [torch.randn(shape)]
+    with strip_floor(floor):
+        whole = strip_runs._whole_by_budget(64, (*ts, at(items, 0)))
+        got = list(strips(64, *ts, at(items, 0)))
+        if whole is not None:
+            assert len(got) == 1 and all(a is b for a, b in zip(got[0], whole, strict=True))
+            assert got[0][2] is items  # an item's strip is its list
+        else:  # the general path's strips: the same element ranges
+            got = list(strips(64, *ts))
+            expected = list(strip_runs._strips(64, ts))
+            assert [[(t.data_ptr(), t.shape) for t in s] for s in got] == \
+                [[(t.data_ptr(), t.shape) for t in s] for s in expected]
+
+
 def test_the_floor_decides_the_strip_count_alike_on_both_paths() -> None:
     big = [torch.randn(256, 256) for _ in range(2)]  # 256 KiB each
     per_strip = STRIP_FRACTION * 64 * 1024  # a floor of 64 KiB per temporary and strip
