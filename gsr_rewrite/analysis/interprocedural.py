@@ -81,6 +81,8 @@ class ClassAnalysis:
     self_helpers: dict[str, str] = field(default_factory=dict)  # self.ATTR -> module function
     #: followed functions imported from other modules -> the module that defines each
     imported: dict[str, SourceModule] = field(default_factory=dict)
+    #: self.ATTR taken for data that the R step checks at its start (checked_data.py)
+    checked_data: frozenset[str] = frozenset()
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -269,7 +271,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                 f"`{cst.Module([]).code_for_node(d.decorator)}`, which may use "
                                 "the gradients after it returns", src.where(d)))
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers,
-                         {k: owner for k, (_, owner) in src.imported.items() if k in funcs})
+                         {k: owner for k, (_, owner) in src.imported.items() if k in funcs},
+                         unknowns.checked_data)
 
 
 def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:

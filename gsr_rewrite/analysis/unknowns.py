@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from gsr_rewrite.analysis.checked_data import checked_data_attrs
 from gsr_rewrite.frontend.effects import UNNAMED_STATE, Unknowns, dotted
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
 from gsr_rewrite.frontend.self_helpers import self_attr_targets
@@ -126,5 +127,7 @@ def class_unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozense
     names = frozenset({cls.name, *cls.bases}) & {c.name for c in src.classes} | {cls.name}
     if cls.node not in src.positions:  # `step` is a base's, in another module: there `Cls` is
         names = frozenset()  # not this class (`Cls.m(...)` is then an unknown call)
-    return Unknowns(roles, constants, opaque_globals(src),
-                    HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables)
+    checked = checked_data_attrs(cls, combined, constants)  # data where the R step checks it
+    return Unknowns(roles, constants | checked, opaque_globals(src),
+                    HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables,
+                    checked_data=checked)

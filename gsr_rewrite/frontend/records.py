@@ -68,6 +68,8 @@ class Unknowns:
     #: the function is a helper: what it returns goes to code the analysis follows (`step`
     #: returns to the user: what it returns escapes)
     returns_to_caller: bool = False
+    #: self_constants that hold data only where the R step's start checks it (checked_data.py)
+    checked_data: frozenset[str] = frozenset()
 
 
 

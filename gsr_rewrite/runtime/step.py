@@ -34,7 +34,7 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
                 p.grad.fill_(float("nan"))
 
 
-def r_step(original: type, fixed_layout: bool = False, watch: Watched | None = None,
+def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,
            **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
@@ -45,6 +45,8 @@ def r_step(original: type, fixed_layout: bool = False, watch: Watched | None = N
       that overlap each other, a param or a state tensor);
     - ATTR=F in `bound` (each `self.ATTR(...)` the rewrite analysed as a call of F, what
       `__init__` binds it to) while `self.ATTR` is anything else;
+    - an ATTR in `data` (what the analysis took for data: analysis/checked_data.py) holds
+      anything but `plain_data`;
     - what the copied code took from other modules or the class was patched since the R module
       was imported (`watch`, patches.py).
 
@@ -62,6 +64,7 @@ def r_step(original: type, fixed_layout: bool = False, watch: Watched | None = N
                 any(a is not None for a in (*args, *kwargs.values())) or \
                 any(g.get("differentiable", False) for g in self.param_groups) or \
                 any(getattr(self, a, None) is not f for a, f in bound.items()) or \
+                not all(plain_data(getattr(self, a, None)) for a in data) or \
                 (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
@@ -75,13 +78,21 @@ def r_step(original: type, fixed_layout: bool = False, watch: Watched | None = N
             return out
 
         def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
-            return r_step(cls, fixed_layout, watch.on(cls) if watch is not None else None,
-                          **bound)(step)
+            return r_step(cls, *data, fixed_layout=fixed_layout,
+                          watch=watch.on(cls) if watch is not None else None, **bound)(step)
 
         wrapper.gsr_on = on  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+def plain_data(v: Any, depth: int = 0) -> bool:
+    """A number, string, None, or a list or tuple of them (nested up to 4 deep): nothing in it
+    is a tensor, and nothing in it can change in place but the lists themselves."""
+    if v is None or type(v) in (int, float, bool, str):
+        return True
+    return type(v) in (list, tuple) and depth < 4 and all(plain_data(x, depth + 1) for x in v)
 
 
 def unhooked(step: Any) -> Any:

@@ -95,6 +95,9 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
                     bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
                     if out.fixed_layout and "fixed_layout" not in followed:
                         bound = ", fixed_layout=True" + bound
+                    # what the analysis took for data, checked at the step's start
+                    bound = "".join(f", {a!r}" for a in sorted(out.analysis.checked_data)) + \
+                        bound
                     new = new.with_changes(decorators=[
                         cst.Decorator(cst.parse_expression(
                             f"{RUNTIME}.r_step({out.name}{bound})")),
