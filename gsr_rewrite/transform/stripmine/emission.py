@@ -43,6 +43,8 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
         renamed = [cast(cst.BaseStatement, s.visit(wrapper)) for s in renamed]
     inner = guard_once([o for o, _ in kept], renamed, dict.fromkeys(r.once, flag))
     lead = _take_leading_lines(inner)
+    saved = {x: fresh_name(f"{x}_before_strips", taken) for x in sorted(r.restored)}
+    inner = [*(cst.parse_statement(f"{x} = {v}\n") for x, v in saved.items()), *inner]
     temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
     args = [*sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
     targets = [*names.values(), *([piece] if piece else [])]
@@ -57,6 +59,7 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
         f"# gsr-rewrite: strip-mined; the {temps} temporaries are {how}1/{r.strips} of their "
         "tensors"))
     before = [cst.parse_statement(f"{name} = {v[1:]}\n") for v, name in hoists.items()]
+    before += [cst.parse_statement(f"{v} = {x}\n") for x, v in saved.items()]
     if before:  # the hoisted reads, under the run's comments
         before[0] = before[0].with_changes(leading_lines=[*lead, comment])
         return [*before, header.with_changes(body=cst.IndentedBlock(inner)), *moved]

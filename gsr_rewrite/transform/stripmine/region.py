@@ -30,6 +30,9 @@ class StripRegion:
     after: set[int] = field(default_factory=set)  # ids of top-level `del` lines moved after it
     chunks: bool = False  # may go over chunks of whole tensors (chunks.chunk_blocker)
     strip_values: frozenset[str] = frozenset()  # the names that hold strip lists in the run
+    #: host names the run reads before it assigns them: saved before the loop, and bound to
+    #: that value again at the start of every strip (each strip sees what the original sees)
+    restored: set[str] = field(default_factory=set)
 
 
 class _Refuse(Exception):

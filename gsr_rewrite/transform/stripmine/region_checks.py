@@ -114,6 +114,10 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         if not raises_unchanged(n, inside, preds, checked):
             raise _Refuse("the run of statements raises after it writes" if n.kind == "raise"
                           else "an assert of the run follows a write")
+    defined = _defined_at(fp, entry)
+    once_assigned = {k for n in nodes if n.line is not None and id(n.line) in r.once
+                     for k in n.eff.assigns}
+    r.restored = set()
     for n in nodes:
         if n.line is not None and id(n.line) in r.once:
             continue  # runs in the first strip only: it sees what the original sees
@@ -121,8 +125,10 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             if name not in assigned[id(n)] and name in region_assigned and \
                     not buffers(entry.pt_in.get(name, EMPTY)) and not unbound_read_raises(
                         name, n, entry, inside, preds, checked, fa.func):
-                raise _Refuse(f"`{name}` is read before the run assigns it: each strip "
-                              "would see the previous strip's value")
+                if name not in defined or name in once_assigned:
+                    raise _Refuse(f"`{name}` is read before the run assigns it: each strip "
+                                  "would see the previous strip's value")
+                r.restored.add(name)  # each strip starts from the value the run starts with
     exits = [m for n in nodes for m in n.succ if id(m) not in inside]
     late = _read_after(strip_names | region_assigned, exits, inside)
     if late is not None:
@@ -131,7 +137,6 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     if set(items) & set(sliced):
         raise _Refuse(f"`{min(set(items) & set(sliced))}` is read both whole and by index")
     r.items = sorted(items.items())
-    defined = _defined_at(fp, entry)
     for name in [*(x for x in sliced if not is_placeholder(x)), *roots, *items, *items.values()]:
         if name not in defined:
             raise _Refuse(f"`{name}` may be unbound where the run starts")
