@@ -17,6 +17,7 @@ from gsr_rewrite.frontend.records import (
     LOCAL,
     LOCAL_DICT,
     OPAQUE,
+    PARTIAL,
     SHAPED,
     Alloc,
     Effects,
@@ -42,6 +43,10 @@ from gsr_rewrite.frontend.values import (
 TENSOR_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout",
                    "is_sparse", "is_leaf", "grad_fn", "itemsize", "nbytes", "names", "is_meta",
                    "is_quantized", "is_mps", "is_complex"}
+
+#: tensor attributes that are views of all of a tensor's elements (a write to every element of
+#: one overwrites the tensor); any other attribute of a tensor may be a view of some (`.real`)
+_WHOLE_VIEWS = frozenset({"data", "T", "mT", "H", "mH"})
 
 _BINOPS: dict[type, str] = {cst.Add: "add", cst.Subtract: "sub", cst.Multiply: "mul",
                             cst.Divide: "div", cst.Power: "pow"}
@@ -180,14 +185,16 @@ class ExpressionEvaluator:
             if attr == "defaults" or attr in self.unknowns.self_constants:
                 return EMPTY
             return self._opaque()
-        if attr == "grad" and ("param" in base or OPAQUE in base):
+        if attr in ("grad", "_grad") and ("param" in base or OPAQUE in base):
             self.eff.rooted.add("grad")
             if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own
                 self.eff.foreign = 2
             return frozenset({"grad"}) | (base & {OPAQUE})
         if attr in TENSOR_METADATA:
             return EMPTY
-        return base  # .data, .T, .mH, a view the catalog does not know: the same buffers
+        if attr in _WHOLE_VIEWS:
+            return base
+        return base | {PARTIAL} if buffers(base) else base  # .real, .imag: some of its elements
 
     def _opaque(self) -> Value:
         return frozenset({OPAQUE})
@@ -228,7 +235,9 @@ class ExpressionEvaluator:
         index = _const_index(node)
         if index is not None and is_structured(base):
             return item(base, index)
-        return element(base)  # element of a tensor list, or a view into a tensor
+        if "%list" in base or not buffers(base):
+            return element(base)  # an element of a tensor list: the whole tensor
+        return element(base) | {PARTIAL}  # a view into a tensor: maybe some of its elements
 
     def new_dict(self, node: cst.BaseExpression) -> Value:
         """The value of a dict the analysis follows (records.LOCAL_DICT), made by `node`: `{}`,

@@ -20,6 +20,11 @@ LOCAL_DICT: Value = frozenset({"%dict"})
 #: a state entry under a key the analysis cannot name; among what an opaque object may be
 UNNAMED_STATE = "state:?"
 
+#: beside a buffer: the value may be a view of only some of its elements (`g[0]`, `g.narrow(...)`)
+#: or a copy of it (`g.float()` of a float64 `g`, `g.reshape(...)` of a strided one): writing
+#: every element of it need not overwrite the buffer, so it is no kill (tensor_ops._overwrite)
+PARTIAL = "%partial"
+
 #: a tensor of unknown shape that aliases nothing (a reduction over some dims): the analysis
 #: does not count it as a buffer, but it is a tensor operand (guards check it) and never a host
 #: scalar of a strip-mined run

@@ -7,11 +7,17 @@ from __future__ import annotations
 import libcst as cst
 
 from gsr_rewrite.frontend.expressions import ExpressionEvaluator
-from gsr_rewrite.frontend.records import OPAQUE, SHAPED
+from gsr_rewrite.frontend.records import OPAQUE, PARTIAL, SHAPED
 from gsr_rewrite.frontend.values import EMPTY, Value, buffers, flat
 
 #: torch namespaces of functions of tensor data only (no `.grad`, no module state)
 DATA_NAMESPACES = ("linalg.", "special.", "fft.", "_C._linalg.", "ops.aten.")
+#: catalog views that always share all of their receiver's elements; the others (`narrow`,
+#: `select`, `expand`, and `reshape`, `flatten`, `contiguous` and the conversions, which may
+#: copy) may not: writing every element of their result is no kill of the receiver
+_WHOLE_VIEW_METHODS = frozenset({"view", "view_as", "squeeze", "unsqueeze", "unflatten", "t",
+                                 "transpose", "permute", "detach", "data", "view_as_real",
+                                 "view_as_complex"})
 
 
 class TensorOpEvaluator(ExpressionEvaluator):
@@ -25,7 +31,8 @@ class TensorOpEvaluator(ExpressionEvaluator):
                 self.read(a.value)
             return EMPTY
         if m in cat.view:
-            return self._note_read(func.value, recv) if m == "contiguous" else recv
+            got = self._note_read(func.value, recv) if m == "contiguous" else recv
+            return got if m in _WHOLE_VIEW_METHODS or not buffers(got) else got | {PARTIAL}
         if m in cat.reduce:
             self._note_read(func.value, recv)
             for a in node.args:
@@ -122,7 +129,7 @@ class TensorOpEvaluator(ExpressionEvaluator):
 
     def _overwrite(self, target: cst.BaseExpression, v: Value) -> None:
         bufs = self.touched(v)
-        if len(bufs) == 1 and OPAQUE not in v:
+        if len(bufs) == 1 and OPAQUE not in v and PARTIAL not in flat(v):
             self.eff.kills |= bufs
         var = target.value if isinstance(target, cst.Name) else "@expr"
         for b in bufs:
