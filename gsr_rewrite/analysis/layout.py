@@ -26,7 +26,7 @@ import libcst as cst
 
 from gsr_rewrite.analysis.interprocedural import ClassAnalysis, FunctionAnalysis
 from gsr_rewrite.analysis.unknowns import HARMLESS_OPTIMIZER_METHODS, ForeignModules
-from gsr_rewrite.frontend.calls import BUILTIN_CONTAINERS, HARMLESS_BUILTINS
+from gsr_rewrite.frontend.calls import BUILTIN_CONTAINERS, EXCEPTIONS, HARMLESS_BUILTINS
 from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.locate import SourceModule
@@ -50,7 +50,7 @@ CONTAINER_METHODS = frozenset({
     "update", "index", "count", "add", "clear", "remove", "discard", "copy", "format", "join",
     "startswith", "endswith", "lower", "upper", "strip", "split", "replace", "is_integer"})
 #: builtins that call nothing they are given (`max(xs, key=f)` is checked for its key)
-SAFE_BUILTINS = HARMLESS_BUILTINS | BUILTIN_CONTAINERS | {
+SAFE_BUILTINS = HARMLESS_BUILTINS | EXCEPTIONS | BUILTIN_CONTAINERS | {
     "max", "min", "sum", "next", "dict", "set", "frozenset", "divmod", "pow", "repr",
     "getattr", "isinstance", "issubclass", "callable", "slice", "complex", "Exception",
     "AssertionError", "KeyError", "IndexError", "AttributeError", "UserWarning",

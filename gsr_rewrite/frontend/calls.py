@@ -8,6 +8,7 @@ import libcst as cst
 
 from gsr_rewrite.frontend.catalog import KnownFunction
 from gsr_rewrite.frontend.records import LOCAL, LOCAL_DICT, OPAQUE, SHAPED
+from gsr_rewrite.frontend.scopes import is_generator
 from gsr_rewrite.frontend.syntax import dotted
 from gsr_rewrite.frontend.tensor_ops import TensorOpEvaluator
 from gsr_rewrite.frontend.values import (
@@ -28,8 +29,10 @@ from gsr_rewrite.frontend.values import (
 BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter",
                       "filter"}
 HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "abs", "print",
-                     "any", "all", "type", "id", "hasattr", "round", "RuntimeError",
-                     "ValueError", "TypeError", "NotImplementedError"}
+                     "any", "all", "type", "id", "hasattr", "round"}
+#: exceptions keep their arguments (`err.args`): what they are given escapes
+EXCEPTIONS = {"RuntimeError", "ValueError", "TypeError", "NotImplementedError", "AssertionError",
+              "KeyError", "IndexError", "Exception"}
 #: builtins whose result may be (an element of) one of their arguments
 RETURNS_AN_ARGUMENT = {"max", "min", "next", "sum", "map", "functools.reduce", "copy.copy"}
 
@@ -113,6 +116,13 @@ class Evaluator(TensorOpEvaluator):
         args = [self.read(a.value) for a in node.args]
         if name in BUILTIN_CONTAINERS:
             return frozenset().union(*args) if args else EMPTY
+        if name in ("map", "filter") and node.args and isinstance(node.args[0].value, cst.Lambda):
+            return _lazy_lambda_value(self, name, node)
+        if name in EXCEPTIONS:
+            for a, v in zip(node.args, args, strict=True):
+                for b in buffers(v):
+                    self.eff.escapes.append((b, f"kept in the arguments of `{name}`", a))
+            return EMPTY
         if name in RETURNS_AN_ARGUMENT:
             return frozenset().union(*map(element, args), *args) if args else EMPTY
         if name in HARMLESS_BUILTINS or (name or "").startswith("math."):
@@ -217,6 +227,12 @@ class Evaluator(TensorOpEvaluator):
         self.eff.foreign = max(self.eff.foreign, self.unknowns.foreign_helpers.get(name, 0))
         nested = self.closures.by_key.get(name)
         free = nested.free if nested is not None else ()
+        if name in self.unknowns.generators or (nested is not None and
+                                                is_generator(nested.node)):
+            # its body runs when the generator is iterated, maybe after buffers were reused
+            args = [(a, self.read(a.value)) for a in node.args] + \
+                [(cst.Arg(cst.Name(v)), self.read(cst.Name(v))) for v in free]
+            return self._unknown_call(node, f"generator function `{name}`", EMPTY, args)
         if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
             for a in node.args:
                 for b in buffers(self.read(a.value)):
@@ -262,6 +278,8 @@ class Evaluator(TensorOpEvaluator):
 
     def define(self, node: cst.FunctionDef | cst.ClassDef) -> None:
         """A `def` or `class` statement inside the analysed function."""
+        if isinstance(node, cst.FunctionDef):
+            self.keep_defaults(node, f"`{node.name.value}`")
         nested = self.closures.by_node.get(id(node))
         if nested is not None and not nested.reason:
             self.eff.assigns[nested.name] = frozenset({"%fn:" + nested.key})
@@ -269,6 +287,25 @@ class Evaluator(TensorOpEvaluator):
         why = (f"captured by a nested function that is not analysed: {nested.reason}"
                if nested is not None else "captured by a nested function or class")
         self._capture(node, why)
+
+
+def _lazy_lambda_value(ev: Evaluator, name: str, node: cst.Call) -> Value:
+    """`map(lambda q: q.grad, ps)`, `filter(lambda q: ..., ps)`: the lambda runs on each element
+    when the result is iterated, which may be later; the value carries what it reads then."""
+    lam = node.args[0].value
+    assert isinstance(lam, cst.Lambda)
+    ev.value(lam)  # what it captures
+    items = [element(ev.value(a.value)) for a in node.args[1:]]
+    saved, first_read = ev.pt, len(ev.eff.reads)
+    ev.pt = dict(ev.pt)
+    for param, v in zip(lam.params.params, items, strict=False):
+        ev.pt[param.name.value] = v
+    try:
+        got = ev.read(lam.body) if name == "map" else \
+            (ev.value(lam.body), frozenset().union(*items))[1]
+    finally:
+        ev.pt = saved
+    return got | ev.lazy_reads(first_read)
 
 
 def store_in_state(ev: Evaluator, v: Value, where: cst.CSTNode) -> None:

@@ -48,6 +48,10 @@ TENSOR_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad
 #: one overwrites the tensor); any other attribute of a tensor may be a view of some (`.real`)
 _WHOLE_VIEWS = frozenset({"data", "T", "mT", "H", "mH"})
 
+#: builtins that consume a generator expression given to them before they return
+_CONSUMERS = frozenset({"sum", "any", "all", "min", "max", "list", "tuple", "sorted", "set",
+                        "frozenset", "dict", "torch.stack", "torch.cat", "math.fsum"})
+
 _BINOPS: dict[type, str] = {cst.Add: "add", cst.Subtract: "sub", cst.Multiply: "mul",
                             cst.Divide: "div", cst.Power: "pow"}
 
@@ -81,6 +85,7 @@ class ExpressionEvaluator:
         self.unknowns = unknowns or Unknowns()
         self.eff = Effects()
         self._comprehension = 0
+        self._eager: set[int] = set()  # generator expressions a builtin consumes at once
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, node: cst.BaseExpression) -> Value:
@@ -125,6 +130,9 @@ class ExpressionEvaluator:
         if isinstance(node, cst.Subscript):
             return self._subscript(node)
         if isinstance(node, cst.Call):
+            if dotted(node.func) in _CONSUMERS:  # `sum(q.grad.norm() for q in ps)`: run now
+                self._eager |= {id(a.value) for a in node.args
+                                if isinstance(a.value, cst.GeneratorExp)}
             return self._call(node)
         if isinstance(node, cst.BinaryOperation):
             left, right = self.read(node.left), self.read(node.right)
@@ -159,6 +167,14 @@ class ExpressionEvaluator:
             own = {x.name.value for x in (*node.params.posonly_params, *node.params.params,
                                           *node.params.kwonly_params)}
             self._capture(node.body, "captured by a lambda", own)  # `lambda n: 1 - n`
+            self.keep_defaults(node, "a lambda")
+            return EMPTY
+        if isinstance(node, cst.FormattedString):  # f"{p.grad[0].item()}": its parts run now
+            for part in node.parts:
+                if isinstance(part, cst.FormattedStringExpression):
+                    self.read(part.expression)
+                    if part.format_spec:
+                        self.value(cst.FormattedString(parts=part.format_spec))
             return EMPTY
         if isinstance(node, cst.NamedExpr):
             v = self.value(node.value)
@@ -167,6 +183,14 @@ class ExpressionEvaluator:
             return v
         if isinstance(node, (cst.Dict, cst.Set, cst.DictComp, cst.SetComp)):
             self._capture(node, "stored in a container the analysis does not follow")
+            if isinstance(node, (cst.DictComp, cst.SetComp)):
+                self._comprehension_value(node)  # what it reads (`{k: q.grad for ...}`)
+            for el in node.elements if isinstance(node, (cst.Dict, cst.Set)) else ():
+                for item in (getattr(el, "key", None), el.value):  # `**{"other": q.grad}` too
+                    if isinstance(item, cst.BaseExpression):
+                        for b in buffers(self.read(item)):
+                            self.eff.escapes.append((b, "stored in a container the analysis "
+                                                     "does not follow", item))
             return LOCAL
         for child in node.children:  # constants, f-strings, ...
             if isinstance(child, cst.BaseExpression):
@@ -259,21 +283,47 @@ class ExpressionEvaluator:
             contents |= flat(self.value(e))
         return LOCAL_DICT | container(contents)
 
-    def _comprehension_value(self, node: cst.ListComp | cst.GeneratorExp) -> Value:
-        saved = dict(self.pt)
-        scope = dict(self.pt)
-        for f in for_ins(node.for_in):
-            it = element(self.value(f.iter))
-            for name in _target_names(f.target):
-                scope[name] = it if isinstance(f.target, cst.Name) else flat(it)
-        self.pt = scope
-        self._comprehension += 1
+    def _comprehension_value(self, node: cst.ListComp | cst.GeneratorExp | cst.DictComp |
+                             cst.SetComp) -> Value:
+        """The value of what the comprehension yields; a `for` clause's iterable is evaluated
+        where the earlier clauses' targets are bound, and every `if` is read. A generator
+        expression runs when it is iterated, which may be later: its value carries all it
+        reads (using it reads them), unless a builtin consumes it at once (`sum(...)`)."""
+        saved, first_read, inside = self.pt, len(self.eff.reads), False
+        self.pt = dict(self.pt)
         try:
-            v = self.read(node.elt)
-            return v | LIST if buffers(v) else v
+            for f in for_ins(node.for_in):
+                it = element(self.value(f.iter))
+                if not inside:  # the first iterable runs once, in the enclosing scope
+                    self._comprehension, inside = self._comprehension + 1, True
+                for name in _target_names(f.target):
+                    self.pt[name] = it if isinstance(f.target, cst.Name) else flat(it)
+                for cond in f.ifs:
+                    self.value(cond.test)
+            elts = [node.key, node.value] if isinstance(node, cst.DictComp) else [node.elt]
+            v = frozenset().union(*(self.read(e) for e in elts))
+            v = v | LIST if buffers(v) else v
+            if isinstance(node, cst.GeneratorExp) and id(node) not in self._eager:
+                v |= self.lazy_reads(first_read)
+            return v
         finally:
-            self._comprehension -= 1
+            self._comprehension -= inside
             self.pt = saved
+
+    def lazy_reads(self, first_read: int) -> Value:
+        """The buffers read since `first_read`, as what a value that reads them when used later
+        holds (not a kill target: a write through it may be to any part of them)."""
+        lazy = frozenset(b for _, b, _ in self.eff.reads[first_read:])
+        return lazy | {PARTIAL} if lazy else EMPTY
+
+    def keep_defaults(self, node: cst.Lambda | cst.FunctionDef, what: str) -> None:
+        """Default arguments are evaluated once, where the function is made, and kept by it."""
+        for param in (*node.params.posonly_params, *node.params.params,
+                      *node.params.kwonly_params):
+            if param.default is not None:
+                for b in buffers(self.read(param.default)):
+                    self.eff.escapes.append((b, f"kept as a default argument of {what}",
+                                             param.default))
 
     def _capture(self, node: cst.CSTNode, why: str, own: set[str] | None = None) -> None:
         # variables only: `p.grad` in `lambda p: p.grad is not None` captures no `grad`

@@ -122,3 +122,25 @@ def loaded_names(node: cst.CSTNode) -> frozenset[str]:
     node.visit(v)
     return frozenset(v.names)
 
+
+
+def is_generator(func: cst.FunctionDef) -> bool:
+    """The function's own body has `yield`: calling it runs none of it (it runs when iterated)."""
+    found = False
+
+    class _V(cst.CSTVisitor):
+        def visit_Yield(self, node: cst.Yield) -> None:
+            nonlocal found
+            found = True
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is func
+
+        def visit_Lambda(self, node: cst.Lambda) -> bool:
+            return False
+
+        def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+            return False
+
+    func.visit(_V())
+    return found

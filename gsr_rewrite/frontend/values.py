@@ -96,7 +96,8 @@ def element(v: Value) -> Value:
     return frozenset(out | loose)
 
 
-_ELEMENT_OF = {"%groups": "%group", "%local": "%opaque"}
+#: iterating `self.state` yields its keys: params, any of them (an object it does not model)
+_ELEMENT_OF = {"%groups": "%group", "%local": "%opaque", "%statedict": "%opaque"}
 
 
 def is_container(v: Value) -> bool:

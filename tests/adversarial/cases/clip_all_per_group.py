@@ -5,7 +5,10 @@ import math
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+# rewritten since the analysis evaluates a comprehension's later `for` clauses where the earlier
+# targets are bound: `all_params` holds the params, so the clipping is seen to read every group's
+# gradients (before, the symbolic validation refused the class)
+EXPECT = "rewritten"
 
 
 class ClipEachGroupAdam(Optimizer):

@@ -3,7 +3,10 @@ difference to the previous step's gradients next step (a Barzilai-Borwein-like s
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+# rewritten since the analysis evaluates a comprehension's later `for` clauses where the earlier
+# targets are bound: `params` holds the params, so `self.prev_grads = [p.grad for p in params]`
+# is seen to keep every gradient (before, the symbolic validation refused the class)
+EXPECT = "rewritten"
 
 
 class BBMomentum(Optimizer):

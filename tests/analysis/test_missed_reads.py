@@ -1,0 +1,114 @@
+"""Must-not-fire: reads of a gradient or a temporary that the analysis once did not see, found by
+adversarial probing. In each, the R-variant put a temporary in a buffer that one of these then
+read: a gradient read inside an f-string, through the keys of `self.state`, through `**{...}`
+keyword arguments, in a comprehension's `if` or in its later `for` clauses; reads that run
+later than they are written, in a generator function, a `map` of a lambda or a generator
+expression consumed after the loop; and temporaries kept by a lambda's default argument or by
+an exception's arguments. The R-variants run where the reads happen (params of 512 elements)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gsr_rewrite.pipeline import rewrite_source
+from gsr_rewrite.proof.validate import load_module
+
+_HEAD = '''
+import torch
+from torch.optim import Optimizer
+
+
+def _grads(ps):
+    for q in ps:
+        yield q.grad
+
+
+class {name}(Optimizer):
+    def __init__(self, params, lr=1e-2, beta=0.9, eps=1e-8):
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        out = 0.0
+        for group in self.param_groups:
+            {before}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if len(state) == 0:
+                    state["v"] = torch.zeros_like(p)
+                v = state["v"]
+                v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
+                denom = v.sqrt().add_(group["eps"])
+                {inside}
+'''
+
+_DIV = "p.div_(denom.add_(1.0))"
+
+CASES = {
+    "FString": ("pass", _DIV + '''
+                if float(f"{p.grad.view(-1)[0].item():.6f}") > 0:
+                    p.mul_(0.5)'''),
+    "KwUnpack": ("pass", _DIV + '''
+                if p.numel() >= 512:
+                    p.add_(**{"other": p.grad, "alpha": -group["lr"]})'''),
+    "CompIf": ("pass", _DIV + '''
+            for q in [q for q in group["params"] if q.grad.sum() > 0]:
+                q.mul_(0.5)'''),
+    "CompLaterFor": ("pass", _DIV + '''
+            sums = [g.sum() for q in group["params"] for g in [q.grad]]
+            for q, s in zip(group["params"], sums):
+                q.sub_(s * 1e-3)'''),
+    "StateKeys": ("pass", _DIV + '''
+        for q in self.state:
+            if q.grad is not None and q.numel() >= 512:
+                q.add_(q.grad, alpha=-0.01)'''),
+    "GeneratorHelper": ("late = _grads(group['params'])", _DIV + '''
+            for q, g in zip(group["params"], late):
+                q.add_(g, alpha=-0.01)'''),
+    "MapLambda": ("late = map(lambda q: q.grad, group['params'])", _DIV + '''
+            for q, g in zip(group["params"], late):
+                q.add_(g, alpha=-0.01)'''),
+    "LazyGenerator": ("late = (q.grad.sum() for q in group['params'])", _DIV + '''
+            for q, s in zip(group["params"], late):
+                q.sub_(s * 1e-3)'''),
+    "LambdaDefault": ("pass", '''stat = lambda d=denom: d.sum()
+                p.div_(denom.add(1.0))
+                out += float(stat())'''),
+    "ExceptionArgs": ("pass", '''err = ValueError(denom)
+                p.div_(denom.add(1.0))
+                out += float(err.args[0].sum())'''),
+}
+
+
+def _run(cls: type, dtype: torch.dtype) -> tuple[torch.Tensor, object]:
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64, 8, dtype=dtype))
+    opt = cls([p])
+    got = None
+    for s in range(3):
+        p.grad = torch.randn(64, 8, dtype=dtype, generator=torch.Generator().manual_seed(s))
+        got = opt.step()
+    return p.detach().clone(), got
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_must_not_fire_a_read_the_analysis_once_missed(name: str, tmp_path: Path) -> None:
+    before, inside = CASES[name]
+    source = _HEAD.format(name=name, before=before, inside=inside) + \
+        "        return out\n"
+    result = rewrite_source(source, f"{name.lower()}.py")
+    if result.code is None:
+        return
+    target = tmp_path / f"{name.lower()}_r.py"
+    target.write_text(result.code)
+    module = load_module(target, f"gsr_missed_reads_{name}_{abs(hash(result.code))}")
+    for dtype in (torch.float32, torch.float64):
+        (a, ra), (b, rb) = _run(getattr(module, name), dtype), \
+            _run(getattr(module, name + "R"), dtype)
+        assert torch.equal(a, b) and ra == rb, (a - b).abs().max()
