@@ -45,7 +45,7 @@ from gsr_rewrite.frontend.effects import (
     scalar_state_keys,
 )
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
-from gsr_rewrite.frontend.scopes import bound_names, is_generator
+from gsr_rewrite.frontend.scopes import bound_names, why_not_followed
 from gsr_rewrite.frontend.self_helpers import (
     bound_self_helpers,
     self_attr_targets,
@@ -155,10 +155,10 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
             return src.imported[name][0], False
         return (src.functions[name], False) if name in src.functions else None
 
-    unknowns = dataclasses.replace(class_unknowns(src, cls, scalar_keys, combined), generators=(
-        frozenset(f for f, node in src.functions.items() if is_generator(node)) |
-        frozenset(f for f, (node, _) in src.imported.items() if is_generator(node)) |
-        frozenset("self." + m for m, node in cls.methods.items() if is_generator(node))))
+    defined = [*src.functions.items(), *((f, node) for f, (node, _) in src.imported.items()),
+               *(("self." + m, node) for m, node in cls.methods.items())]
+    unknowns = dataclasses.replace(class_unknowns(src, cls, scalar_keys, combined), not_followed={
+        f: why for f, node in defined if (why := why_not_followed(node)) is not None})
     foreign_reach: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
     returns: dict[str, Value] = {}  # helper -> what it returns, so far
     rooted: dict[str, frozenset[str]] = {}  # helper -> what it reads through roots, so far

@@ -17,6 +17,7 @@ from gsr_rewrite.frontend.effects import (
     buffers,
     store_in_state,
 )
+from gsr_rewrite.frontend.expressions import is_sequence
 from gsr_rewrite.frontend.values import LIST, PART, element, flat, is_role, is_structured, item
 
 
@@ -57,7 +58,8 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
             ev.eff.writes.append((name, b))
         if not buffers(target) and isinstance(s.target, cst.Name) and buffers(rhs):
             ev.eff.assigns[s.target.value] = rhs
-        elif buffers(rhs) and _may_be_container(target, s.target, ev):
+        elif buffers(rhs) and (_may_be_container(target, s.target, ev) or
+                               is_sequence(s.value, rhs)):
             _extend(s.target, rhs, ev)  # `xs += [g]`, `xs += g` (its rows): xs holds g now
     elif isinstance(s, cst.Expr):
         ev.value(s.value)
@@ -88,6 +90,12 @@ def _extend(target: cst.BaseExpression, v: Value, ev: Evaluator) -> None:
     """`target += v` where target may be a container: it holds what v holds from here on."""
     if isinstance(target, cst.Name):
         ev.eff.weak[target.value] = ev.eff.weak.get(target.value, EMPTY) | flat(v)
+        held = ev.peek(target)
+        if target.value not in ev.unknowns.local_lists or OPAQUE in flat(held) or \
+                any(is_role(b) for b in buffers(held)):  # a list kept in state, on self, ...
+            for b in buffers(v):
+                ev.eff.escapes.append((b, f"added to `{target.value}`, which may be a list "
+                                       "kept outside the function", target))
     elif isinstance(target, cst.Subscript) and isinstance(target.value, cst.Name) and \
             LOCAL_DICT <= ev.peek(target.value):
         ev.store_in_dict(target.value.value, flat(v), target)

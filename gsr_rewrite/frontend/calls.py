@@ -8,7 +8,7 @@ import libcst as cst
 
 from gsr_rewrite.frontend.catalog import KnownFunction
 from gsr_rewrite.frontend.records import LOCAL, LOCAL_DICT, OPAQUE, SHAPED
-from gsr_rewrite.frontend.scopes import is_generator
+from gsr_rewrite.frontend.scopes import why_not_followed
 from gsr_rewrite.frontend.syntax import dotted
 from gsr_rewrite.frontend.tensor_ops import TensorOpEvaluator
 from gsr_rewrite.frontend.values import (
@@ -227,12 +227,12 @@ class Evaluator(TensorOpEvaluator):
         self.eff.foreign = max(self.eff.foreign, self.unknowns.foreign_helpers.get(name, 0))
         nested = self.closures.by_key.get(name)
         free = nested.free if nested is not None else ()
-        if name in self.unknowns.generators or (nested is not None and
-                                                is_generator(nested.node)):
-            # its body runs when the generator is iterated, maybe after buffers were reused
+        why = self.unknowns.not_followed.get(name) or \
+            (why_not_followed(nested.node) if nested is not None else None)
+        if why is not None:
             args = [(a, self.read(a.value)) for a in node.args] + \
                 [(cst.Arg(cst.Name(v)), self.read(cst.Name(v))) for v in free]
-            return self._unknown_call(node, f"generator function `{name}`", EMPTY, args)
+            return self._unknown_call(node, f"`{name}` ({why})", EMPTY, args)
         if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
             for a in node.args:
                 for b in buffers(self.read(a.value)):

@@ -136,6 +136,10 @@ class ExpressionEvaluator:
             return self._call(node)
         if isinstance(node, cst.BinaryOperation):
             left, right = self.read(node.left), self.read(node.right)
+            if isinstance(node.operator, (cst.Add, cst.Multiply)) and (
+                    is_sequence(node.left, left) or is_sequence(node.right, right)):
+                both = flat(left) | flat(right)  # `grads + []`, `[g] * 2`: the same tensors
+                return both | LIST if buffers(both) else both
             return self._alloc(node, _BINOPS.get(type(node.operator), "?"), "operator",
                                [node.left, node.right], left | right)
         if isinstance(node, cst.UnaryOperation):
@@ -343,6 +347,13 @@ class ExpressionEvaluator:
     def _call(self, node: cst.Call) -> Value:
         """A call's value; its effects go to `eff`. Defined by `Evaluator` (calls.py)."""
         raise NotImplementedError
+
+
+def is_sequence(node: cst.BaseExpression, v: Value) -> bool:
+    """May `node` (of value v) be a list or tuple, so that `+` and `*` concatenate or repeat it
+    (its items stay the same objects) rather than compute a new tensor?"""
+    return isinstance(node, (cst.List, cst.Tuple, cst.ListComp)) or "%list" in flat(v) or \
+        is_structured(v) or any(b.startswith("%*:") for b in v) or "%local" in v
 
 
 def _const_index(node: cst.Subscript) -> int | None:

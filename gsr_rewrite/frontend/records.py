@@ -75,9 +75,9 @@ class Unknowns:
     returns_to_caller: bool = False
     #: self_constants that hold data only where the R step's start checks it (checked_data.py)
     checked_data: frozenset[str] = frozenset()
-    #: followed functions with `yield` (module functions, `self.m` methods): calling one runs
-    #: nothing yet, so a call is taken for an unknown call (it may run any time later)
-    generators: frozenset[str] = frozenset()
+    #: functions a call would follow (module functions, `self.m` methods) whose calls are taken
+    #: for unknown calls instead, and why (scopes.why_not_followed)
+    not_followed: Mapping[str, str] = field(default_factory=dict)
 
 
 

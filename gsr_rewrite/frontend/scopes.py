@@ -144,3 +144,14 @@ def is_generator(func: cst.FunctionDef) -> bool:
 
     func.visit(_V())
     return found
+
+
+def why_not_followed(func: cst.FunctionDef) -> str | None:
+    """Why a call of this function is taken for an unknown call rather than followed: a generator
+    runs its body when iterated (maybe after buffers were reused); through `*args` and
+    `**kwargs` the analysis does not track which argument the function returns or keeps."""
+    if is_generator(func):
+        return "a generator function: its body runs when it is iterated"
+    if isinstance(func.params.star_arg, cst.Param) or func.params.star_kwarg is not None:
+        return "it takes *args or **kwargs"
+    return None

@@ -217,7 +217,8 @@ def lockstep(
         install = feed(step)
         start = _rng_state()
         raised: list[_Raised] = []
-        ends = []
+        ends: list[Any] = []
+        returned: list[Any] = []
         for run in runs:
             _set_rng_state(start)  # stochastic optimizers draw the same numbers in every run
             try:
@@ -226,7 +227,7 @@ def lockstep(
                 raised.append((exc, f"{run.label} raised {exc!r} while its grads were set"))
                 continue
             try:
-                run.optimizer.step()
+                returned.append(run.optimizer.step())
             except Exception as exc:  # reported, never a crash of the checker
                 raised.append((exc, f"{run.label}.step() raised {exc!r}"))
                 continue
@@ -244,6 +245,10 @@ def lockstep(
                 "",
                 crit,
             )
+            if msg is None and _comparable(returned[i]) and _comparable(returned[j]):
+                ret_diff, msg = compare_values(returned[i], returned[j], "what step() returned",
+                                               crit)
+                diff = max(diff, ret_diff)
             if msg is None and not _same_rng_state(ends[i], ends[j]):
                 msg = "the global random number generator was advanced differently"
             out.worst = max(out.worst, diff)
@@ -251,6 +256,18 @@ def lockstep(
                 out.failure = f"step {step + 1}: {runs[j].label} vs {runs[i].label}: {msg}"
                 return out
     return out
+
+
+def _comparable(v: Any, depth: int = 0) -> bool:
+    """A value step() returned that compare_values compares by contents: tensors, numbers,
+    strings, None, and lists, tuples and dicts of them (not a function or another object)."""
+    if v is None or isinstance(v, (torch.Tensor, int, float, bool, str)):
+        return True
+    if isinstance(v, (list, tuple)) and depth < 4:
+        return all(_comparable(x, depth + 1) for x in v)
+    if isinstance(v, dict) and depth < 4:
+        return all(_comparable(x, depth + 1) for x in v.values())
+    return False
 
 
 def build_pair(

@@ -58,64 +58,24 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
         cls = out.analysis.cls
         home = cls.origin.get("step", src)  # the module of step and of the helpers it calls
         changed = _functions_to_copy(out)
-        rename: dict[str, str] = {}
-        for name in changed:
-            fa = out.analysis.functions[name]
-            if not fa.is_method and fa.parent is None:  # nested ones are copied with their parent
-                rename[name] = f"{name}_gsr"
         # self.ATTR(...) that __init__ binds to a module function F: the analysis followed F, so
         # the R step runs only while self.ATTR is F (r_step checks), and calls F's R-variant
         followed = {a: f for a, f in out.analysis.self_helpers.items()
                     if f in out.analysis.functions}
-        renamer = Renamer(rename, {a: rename[f] for a, f in followed.items() if f in rename})
         moved = _moved_methods(out, changed)
-        methods: list[cst.BaseStatement] = []
-        for fp in out.plans:
-            if fp.name not in changed or fp.analysis.parent is not None:
-                continue
-            inner = [q for q in out.plans if q.name.startswith(fp.name + LOCALS)]
-            regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
-            key = fp.name.removeprefix("self.")
-            owner = cls.origin.get(key, src) if fp.analysis.is_method else \
-                out.analysis.imported.get(fp.name, home)
-            # code from another module names that module's globals: none is a helper renamed here
-            own = renamer if same_module(owner, home) else Renamer({}, renamer.attrs)
-            new = _rewrite_function(fp, catalog, own, inner, regions)
-            if fp.analysis.is_method:
-                new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name)
-                                   if same_module(owner, src) else
-                                   cls.defined_by.get(key, out.name))
-                new = _call_moved(new, moved)
-                if _private(key, cls.defined_by.get(key, out.name)) in moved:
-                    new = new.with_changes(name=cst.Name(
-                        moved[_private(key, cls.defined_by.get(key, out.name))]))
-                copied.append((new, owner, out.name))
-                if fp.name == "step":
-                    copied += [(cst.Name(f), home, out.name) for f in followed.values()]
-                    bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
-                    if out.fixed_layout and "fixed_layout" not in followed:
-                        bound = ", fixed_layout=True" + bound
-                    # what the analysis took for data, checked at the step's start
-                    bound = "".join(f", {a!r}" for a in sorted(out.analysis.checked_data)) + \
-                        bound
-                    new = new.with_changes(decorators=[
-                        cst.Decorator(cst.parse_expression(
-                            f"{RUNTIME}.r_step({out.name}{bound})")),
-                        *new.decorators])
-                methods.append(new.with_changes(leading_lines=[cst.EmptyLine(indent=False)]))
-            else:
-                new = new.with_changes(name=cst.Name(rename[fp.name]),
-                                       leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-                copied.append((new, owner, out.name))
-                code = code_of(new)
-                if emitted_helpers.get(rename[fp.name], code) != code:
-                    raise RewriteError(src.where(fp.analysis.func), "helper rewritten two "
-                                       "different ways for two classes; split the module")
-                if rename[fp.name] not in emitted_helpers:
-                    emitted_helpers[rename[fp.name]] = code
-                    # callees are found after their callers; a decorator may name a callee
-                    # at import time (`@wrap(single_tensor_fn=_single_gsr)`): emit them first
-                    helpers.insert(0, new)
+        # a helper two classes rewrite differently gets a name of its own for the later class
+        for suffix in ("", "_" + out.r_name):
+            methods, mine, fresh = _emit_class(out, src, home, catalog, changed, followed, moved,
+                                               suffix, emitted_helpers)
+            if fresh is not None:
+                break
+        assert fresh is not None  # names with the class's suffix are its own
+        copied += mine
+        for name, (code, new) in fresh.items():
+            emitted_helpers[name] = code
+            # callees are found after their callers; a decorator may name a callee at import
+            # time (`@wrap(single_tensor_fn=_single_gsr)`): emit them first
+            helpers.insert(0, new)
         doc = (f'"""{out.name} with gradient space reutilization (generated by gsr-rewrite).\n\n'
                f"    Same constructor, state and results as {out.name}; but after step() the\n"
                "    contents of p.grad are undefined: the gradient buffers hold scratch values.\n"
@@ -183,6 +143,66 @@ def _private(method: str, cls: str) -> str:
     if method.startswith("__") and not method.endswith("__"):
         return f"_{cls.lstrip('_')}{method}"
     return method
+
+
+def _emit_class(out: ClassOutcome, src: SourceModule, home: SourceModule, catalog: OpCatalog,
+                changed: list[str], followed: dict[str, str], moved: dict[str, str],
+                suffix: str, emitted: dict[str, str]
+                ) -> tuple[list[cst.BaseStatement], list[tuple[cst.CSTNode, SourceModule, str]],
+                           dict[str, tuple[str, cst.FunctionDef]] | None]:
+    """The R class's methods, the code it copies (with its module and class), and its helpers
+    not emitted yet (name -> code, definition); None for those when a helper it rewrites has
+    the name of one another class rewrote differently (then: again with a `suffix`)."""
+    assert out.analysis is not None
+    cls = out.analysis.cls
+    rename = {name: f"{name}_gsr{suffix}" for name in changed
+              if not out.analysis.functions[name].is_method and
+              out.analysis.functions[name].parent is None}  # nested: copied with their parent
+    renamer = Renamer(rename, {a: rename[f] for a, f in followed.items() if f in rename})
+    methods: list[cst.BaseStatement] = []
+    copied: list[tuple[cst.CSTNode, SourceModule, str]] = []
+    fresh: dict[str, tuple[str, cst.FunctionDef]] = {}
+    for fp in out.plans:
+        if fp.name not in changed or fp.analysis.parent is not None:
+            continue
+        inner = [q for q in out.plans if q.name.startswith(fp.name + LOCALS)]
+        regions = [r for q in [fp, *inner] for r in out.regions.get(q.name, [])]
+        key = fp.name.removeprefix("self.")
+        owner = cls.origin.get(key, src) if fp.analysis.is_method else \
+            out.analysis.imported.get(fp.name, home)
+        # code from another module names that module's globals: none is a helper renamed here
+        own = renamer if same_module(owner, home) else Renamer({}, renamer.attrs)
+        new = _rewrite_function(fp, catalog, own, inner, regions)
+        if fp.analysis.is_method:
+            new = _as_in_class(new, _defining_class(src.module, fp.analysis.func, out.name)
+                               if same_module(owner, src) else
+                               cls.defined_by.get(key, out.name))
+            new = _call_moved(new, moved)
+            if _private(key, cls.defined_by.get(key, out.name)) in moved:
+                new = new.with_changes(name=cst.Name(
+                    moved[_private(key, cls.defined_by.get(key, out.name))]))
+            copied.append((new, owner, out.name))
+            if fp.name == "step":
+                copied += [(cst.Name(f), home, out.name) for f in followed.values()]
+                bound = "".join(f", {a}={f}" for a, f in sorted(followed.items()))
+                if out.fixed_layout and "fixed_layout" not in followed:
+                    bound = ", fixed_layout=True" + bound
+                # what the analysis took for data, checked at the step's start
+                bound = "".join(f", {a!r}" for a in sorted(out.analysis.checked_data)) + bound
+                new = new.with_changes(decorators=[
+                    cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name}{bound})")),
+                    *new.decorators])
+            methods.append(new.with_changes(leading_lines=[cst.EmptyLine(indent=False)]))
+        else:
+            new = new.with_changes(name=cst.Name(rename[fp.name]),
+                                   leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+            copied.append((new, owner, out.name))
+            code = code_of(new)
+            if emitted.get(rename[fp.name], code) != code:
+                return methods, copied, None
+            if rename[fp.name] not in emitted:
+                fresh.setdefault(rename[fp.name], (code, new))
+    return methods, copied, fresh
 
 
 def _moved_methods(out: ClassOutcome, changed: list[str]) -> dict[str, str]:

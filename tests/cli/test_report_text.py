@@ -176,7 +176,7 @@ def test_run_names_are_distinct_and_mention_only_options_the_class_has(
     assert all(names.values()) and max(names.values()) == 1, names.most_common(3)
     assert "Opt->OptR state_dict swap (defaults, foreach=True)" in names
     assert "Opt->OptR stress state_dict swap (defaults, foreach=True)" in names
-    assert "Opt->OptR trajectory, dense (alpha=0.5, foreach=False)" in names
+    assert "Opt->OptR trajectory, dense, no 0-size param (alpha=0.5, foreach=False)" in names
     _, original, rewritten = plain
     names = collections.Counter(r.name for r in stress_matrix(original, rewritten, steps=2))
     assert max(names.values()) == 1 and "Opt->OptR stress state_dict swap (defaults)" in names

@@ -3,7 +3,9 @@
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+# rewritten since a helper that takes **kwargs is an unknown call: what it is given escapes, so
+# nothing it keeps is used as scratch (before, the symbolic validation refused the class)
+EXPECT = "rewritten"
 
 
 class RecordingRMSprop(Optimizer):
