@@ -13,39 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsr_rewrite.pipeline import rewrite_source
-from gsr_rewrite.proof.validate import load_module
+from tests.common import emitted_pair, rms_fixture, steps_on_64x8
 
-_HEAD = '''
-import torch
-from torch.optim import Optimizer
-
-
+_GRADS = '''
 def _grads(ps):
     for q in ps:
         yield q.grad
-
-
-class {name}(Optimizer):
-    def __init__(self, params, lr=1e-2, beta=0.9, eps=1e-8):
-        super().__init__(params, dict(lr=lr, beta=beta, eps=eps))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        out = 0.0
-        for group in self.param_groups:
-            {before}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if len(state) == 0:
-                    state["v"] = torch.zeros_like(p)
-                v = state["v"]
-                v.mul_(group["beta"]).addcmul_(grad, grad, value=1 - group["beta"])
-                denom = v.sqrt().add_(group["eps"])
-                {inside}
 '''
 
 _DIV = "p.div_(denom.add_(1.0))"
@@ -86,29 +59,12 @@ CASES = {
 }
 
 
-def _run(cls: type, dtype: torch.dtype) -> tuple[torch.Tensor, object]:
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(64, 8, dtype=dtype))
-    opt = cls([p])
-    got = None
-    for s in range(3):
-        p.grad = torch.randn(64, 8, dtype=dtype, generator=torch.Generator().manual_seed(s))
-        got = opt.step()
-    return p.detach().clone(), got
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_must_not_fire_a_read_the_analysis_once_missed(name: str, tmp_path: Path) -> None:
     before, inside = CASES[name]
-    source = _HEAD.format(name=name, before=before, inside=inside) + \
-        "        return out\n"
-    result = rewrite_source(source, f"{name.lower()}.py")
-    if result.code is None:
-        return
-    target = tmp_path / f"{name.lower()}_r.py"
-    target.write_text(result.code)
-    module = load_module(target, f"gsr_missed_reads_{name}_{abs(hash(result.code))}")
+    pair = emitted_pair(rms_fixture(name, inside, helpers=_GRADS, group_head=before),
+                        tmp_path, name)
     for dtype in (torch.float32, torch.float64):
-        (a, ra), (b, rb) = _run(getattr(module, name), dtype), \
-            _run(getattr(module, name + "R"), dtype)
-        assert torch.equal(a, b) and ra == rb, (a - b).abs().max()
+        if pair is not None:
+            (a, ra), (b, rb) = steps_on_64x8(pair[0], dtype), steps_on_64x8(pair[1], dtype)
+            assert torch.equal(a, b) and ra == rb, (a - b).abs().max()
