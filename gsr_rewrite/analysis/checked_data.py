@@ -42,7 +42,8 @@ def checked_data_attrs(cls: OptimizerClass, combined: cst.Module,
         return frozenset()
     candidates = seen.all_uses.keys() - seen.unsafe - elsewhere - constants - _MODELLED - \
         set(cls.methods)
-    return frozenset(a for a in candidates if seen.all_uses[a] == seen.safe_uses.get(a, 0))
+    return frozenset(a for a in candidates if seen.all_uses[a] == seen.safe_uses.get(a, 0)
+                     and not (a.startswith("__") and a.endswith("__")))  # self.__dict__: no data
 
 
 class _Uses(cst.CSTVisitor):

@@ -105,3 +105,13 @@ def test_must_not_fire_where_the_step_may_change_the_attribute(change: str) -> N
     assert result.code is None or "'base_lrs'" not in result.code
     lives = {t.code: t.lives_in for t in cls.temporaries}
     assert lives.get("v.sqrt()") != "gradient", lives
+
+
+def test_a_dunder_attribute_is_never_checked_data() -> None:
+    # `self.__dict__` holds the optimizer's own attributes: never plain data, so checking it
+    # would make every step run the original
+    loop = "        for group, base_lr in zip(self.param_groups, self.base_lrs):"
+    source = BASE_LRS.replace(loop, "        assert len(self.__dict__) > 0\n" + loop)
+    result = rewrite_source(source, "dunder.py")
+    assert result.code is not None and "'__dict__'" not in result.code
+    assert "'base_lrs'" in result.code
