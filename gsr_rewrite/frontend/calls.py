@@ -113,11 +113,11 @@ class Evaluator(TensorOpEvaluator):
             got = self.value(cst.Attribute(node.args[0].value, cst.Name(attr))) \
                 if attr.isidentifier() else self._opaque()
             return got | frozenset().union(*(self.value(a.value) for a in node.args[2:]))
+        if name in ("map", "filter") and node.args and isinstance(node.args[0].value, cst.Lambda):
+            return _lazy_lambda_value(self, name, node)  # (filter is a container too: first)
         args = [self.read(a.value) for a in node.args]
         if name in BUILTIN_CONTAINERS:
             return frozenset().union(*args) if args else EMPTY
-        if name in ("map", "filter") and node.args and isinstance(node.args[0].value, cst.Lambda):
-            return _lazy_lambda_value(self, name, node)
         if name in EXCEPTIONS:
             for a, v in zip(node.args, args, strict=True):
                 for b in buffers(v):

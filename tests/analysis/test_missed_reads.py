@@ -47,6 +47,9 @@ CASES = {
     "MapLambda": ("late = map(lambda q: q.grad, group['params'])", _DIV + '''
             for q, g in zip(group["params"], late):
                 q.add_(g, alpha=-0.01)'''),
+    "FilterLambda": ("late = filter(lambda q: q.grad.sum() > 0, group['params'])", _DIV + '''
+            for q in late:
+                q.mul_(0.5)'''),
     "LazyGenerator": ("late = (q.grad.sum() for q in group['params'])", _DIV + '''
             for q, s in zip(group["params"], late):
                 q.sub_(s * 1e-3)'''),
