@@ -17,7 +17,7 @@ stages, in order, and where each lives (ARCHITECTURE.md has the map):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import libcst as cst
 
@@ -143,10 +143,15 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     changes = layout_changes(analysis, src, catalog)  # guards by lookup, or tensor by tensor
     out.fixed_layout, out.layout_reason = changes is None, changes or ""
     per_strip = per_element_helpers(analysis.functions, catalog)  # helpers a run may call
-    for fp in plans:  # 4c. bound what found no dead buffer by running it strip by strip
-        regions = strip_mine(fp, catalog, src.line_of, per_strip)
+    returned: dict[str, list[Placement]] = {}  # what they keep whole; a caller's run may not
+    # 4c. bound what found no dead buffer by running it strip by strip (helpers first)
+    for fp in sorted(plans, key=lambda fp: fp.name not in per_strip):
+        regions = strip_mine(fp, catalog, src.line_of, per_strip, returned)
         if regions:
             out.regions[fp.name] = regions
+        if fp.name in per_strip:
+            returned[fp.name] = [p for p in fp.placements if not p.placed and not p.strips
+                                 and p.reason != "kept as state"]
         # a strip-mined temporary is strip-sized, and its name no longer holds it after its
         # run: outside the run nothing may be placed in its buffer
         inside = _statements_of(regions)
@@ -155,6 +160,7 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
             if p.placed and p.storage in stripped and id(p.node.line) not in inside:
                 p.storage = None
                 p.reason = "its host, a temporary, is strip-mined"
+    _whole_where_called_outside_runs(plans, out.regions, returned, src.line_of)
     for fp in plans:
         for p in fp.placements:
             if not p.placed and not p.strips and (p.reason == "kept as state" or
@@ -178,6 +184,26 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     else:
         out.reason = "no temporary could be placed in a dead buffer (see each temporary)"
     return out
+
+
+def _whole_where_called_outside_runs(plans: list[FunctionPlan],
+                                     regions: dict[str, list[StripRegion]],
+                                     returned: dict[str, list[Placement]],
+                                     line_of: Callable[[cst.CSTNode], int]) -> None:
+    """A helper's temporary is strip-sized only where a run calls the helper: reported so only
+    when every statement that calls the helper is in a strip-mined run."""
+    for fp in plans:
+        inside = _statements_of(regions.get(fp.name, []))
+        for n in fp.analysis.flow.nodes:
+            line = n.line if n.line is not None else n.node
+            for key in {c[0] for c in n.eff.calls if c[0] in returned}:
+                if line is None or id(line) in inside:
+                    continue
+                for p in returned[key]:
+                    if p.strips:
+                        p.strips = 0
+                        p.reason = (f"cannot be strip-mined: {fp.name} calls {key} outside a "
+                                    f"strip-mined run too (line {line_of(line)}); {p.reason}")
 
 
 def _statements_of(regions: Sequence[StripRegion]) -> set[int]:

@@ -109,6 +109,10 @@ def test_a_per_element_helper_runs_once_per_strip(tmp_path: Path) -> None:
     "def apply_update_(param, update, lr):\n    param.add_(update, alpha=-lr / update.numel())",
     # a buffer reached through its argument, not given as one
     "def apply_update_(param, update, lr):\n    param.add_(update * param.grad, alpha=-lr)",
+    # an assert after a write: the original raises with every element written, a strip with
+    # only the first strip's
+    "def apply_update_(param, update, lr):\n    param.add_(update, alpha=-lr)\n"
+    "    assert lr < 1e6, 'lr'",
     # a loop in it (over a strip's rows would differ)
     "def apply_update_(param, update, lr):\n    for row in update:\n        row.mul_(lr)\n"
     "    param.sub_(update)",
@@ -147,4 +151,4 @@ def test_per_element_helpers_names_only_those() -> None:
     ''')
     src = parse(source, "sqrt_momentum.py", None, None)
     analysis = analyse_class(src, src.classes[0], load_catalog())
-    assert per_element_helpers(analysis.functions, load_catalog()) == {"apply_update_"}
+    assert set(per_element_helpers(analysis.functions, load_catalog())) == {"apply_update_"}

@@ -6,7 +6,7 @@ use too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 import libcst as cst
 
@@ -41,9 +41,12 @@ class _Checker:
     def __init__(self, pt: PointsTo, cat: OpCatalog, strip_names: set[str],
                  positions: frozenset[str] = frozenset(),
                  hoisted: dict[str, str] | None = None,
-                 helpers: frozenset[str] = frozenset()) -> None:
+                 helpers: Collection[str] = frozenset(),
+                 closures: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self.pt = pt
         self.helpers = helpers  # helpers that may run once per strip (helpers.py)
+        self.closures = closures or {}  # ... nested ones, by local name: their free variables
+        self.closure_reads: set[str] = set()  # what the nested functions called here read
         self.hoisted = hoisted or {}  # `p.grad` -> the placeholder of its hoisted read (hoist.py)
         self.positions = positions  # `i` of `for i in range(len(xs))` in the run
         self.cat = cat
@@ -268,6 +271,12 @@ class _Checker:
         out_arg = next((a.value for a in e.args if a.keyword and a.keyword.value == "out"), None)
         if name is not None and name in self.helpers:  # per element: a strip out if one in
             return self.exprs(args)
+        if name is not None and name in self.closures:  # ... reading its free variables now
+            if any(v in frame for frame in self.scope for v in self.closures[name]):
+                raise _Refuse(f"`{name}` reads a name a comprehension of the run rebinds")
+            free = [v for v in self.closures[name] if self.name_is_tensor(v)]
+            self.closure_reads.update(free)
+            return self.exprs(args) or bool(free)
         if name == "hasattr" and len(args) == 2 and isinstance(args[0], cst.Name) and \
                 self._is_module(args[0].value):  # `hasattr(torch, "_foreach_lerp_")`
             return False

@@ -45,6 +45,10 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
     lead = _take_leading_lines(inner)
     saved = {x: fresh_name(f"{x}_before_strips", taken) for x in sorted(r.restored)}
     inner = [*(cst.parse_statement(f"{x} = {v}\n") for x, v in saved.items()), *inner]
+    # names a nested function reads: the strip in the run, the whole tensor again after it
+    whole = {x: fresh_name(f"{x}_whole", taken) for x in sorted(r.rebound)}
+    inner = [*(cst.parse_statement(f"{x} = {names[x]}\n") for x in whole), *inner]
+    moved = [*(cst.parse_statement(f"{x} = {w}\n") for x, w in whole.items()), *moved]
     temps = ", ".join(sorted({p.alloc.op for p in r.temporaries}))
     args = [*sliced, *(f"{runtime}.at({xs}, {i})" for xs, i in r.items)]
     targets = [*names.values(), *([piece] if piece else [])]
@@ -59,7 +63,7 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
         f"# gsr-rewrite: strip-mined; the {temps} temporaries are {how}1/{r.strips} of their "
         "tensors"))
     before = [cst.parse_statement(f"{name} = {v[1:]}\n") for v, name in hoists.items()]
-    before += [cst.parse_statement(f"{v} = {x}\n") for x, v in saved.items()]
+    before += [cst.parse_statement(f"{v} = {x}\n") for x, v in {**saved, **whole}.items()]
     if before:  # the hoisted reads, under the run's comments
         before[0] = before[0].with_changes(leading_lines=[*lead, comment])
         return [*before, header.with_changes(body=cst.IndentedBlock(inner)), *moved]

@@ -6,11 +6,18 @@ wherever some call passes them a buffer (its entry points-to joins every call; a
 taken for a strip only refuses more: `if s > 0` of a tensor reads its contents).
 
 What it returns is a strip when an argument is (it can reach no other tensor), made per strip.
-Refused: loops, raises, nested functions, `global` or `nonlocal` names, calls (of helpers or
-unknown functions), escapes other than its return, appends, state kept, other parameters
+Refused: loops, raises and asserts (one after a write would raise with only the first strip
+written), nested functions, `global` or `nonlocal` names, calls (of helpers or unknown
+functions), escapes other than its return, appends, state kept, other parameters
 reached, objects the analysis does not model (a global tensor would be whole, not a strip), host
 objects changed (that would happen once per strip), `xs[i]` items, and a parameter default that
 is not a literal.
+
+A nested function (torch's RAdam: `def _compute_adaptive_lr(): exp_avg_sq.sqrt() ...` inside the
+param loop) is checked the same way, its free variables taken like parameters (the analysis
+binds them at each call: frontend/closures.py). It reads them late, by name, so a run that calls
+it binds each tensor it reads to the strip for the duration of the run (emission.py); the run
+must not assign those names itself (region_checks.py).
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ from gsr_rewrite.transform.stripmine.checker import _Checker
 from gsr_rewrite.transform.stripmine.region import _parents, _Refuse
 from gsr_rewrite.transform.stripmine.region_checks import reads_unmodelled
 
+#: helpers a run may call once per strip, by the name the analysis calls them (`f`, `self.m`,
+#: `step.<locals>.g`), with the caller's variables each reads (its free variables; () but for
+#: nested functions)
+PerStrip = Mapping[str, tuple[str, ...]]
 
-def per_element_helpers(functions: Mapping[str, FunctionAnalysis],
-                        cat: OpCatalog) -> frozenset[str]:
-    """The names (as calls name them: `f`, `self.m`) of the helpers a run may call per strip."""
-    return frozenset(name for name, fa in functions.items()
-                     if name != "step" and _per_element(fa, cat))
+
+def per_element_helpers(functions: Mapping[str, FunctionAnalysis], cat: OpCatalog) -> PerStrip:
+    """The helpers a run may call per strip, with the free variables of each."""
+    return {name: fa.free for name, fa in functions.items()
+            if name != "step" and _per_element(fa, cat)}
 
 
 def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
-    if fa.compiled or fa.parent is not None or fa.free or declared_outer(fa.func):
-        return False  # a closure reads its caller's variables, whole; `global n; n += 1`
-        # would count strips
+    if fa.compiled or declared_outer(fa.func):
+        return False  # `global n; n += 1` would count strips
     params = fa.func.params
     if isinstance(params.star_arg, cst.Param) or params.star_kwarg is not None or \
             not all(p.default is None or _literal(p.default) for p in param_list(fa.func)):
@@ -47,8 +57,8 @@ def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:
     parents = _parents(fa.func)
     strips: set[str] = set()  # (a parameter is a strip when a call passes it a buffer)
     for n in fa.flow.nodes:
-        if n.kind in ("raise", "jump", "def", "with", "for") or \
-                (n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If)):
+        if n.kind in ("raise", "jump", "def", "with", "for") or isinstance(n.node, cst.Assert) \
+                or (n.kind == "test" and not isinstance(parents.get(id(n.node)), cst.If)):
             return False
         e = n.eff
         # what it returns is made per strip, strip-sized: the caller's run holds it

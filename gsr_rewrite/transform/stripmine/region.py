@@ -33,6 +33,9 @@ class StripRegion:
     #: host names the run reads before it assigns them: saved before the loop, and bound to
     #: that value again at the start of every strip (each strip sees what the original sees)
     restored: set[str] = field(default_factory=set)
+    #: sliced names a nested function called in the run reads: the name itself is bound to the
+    #: strip in each strip, and to the whole tensor again after the run
+    rebound: set[str] = field(default_factory=set)
 
 
 class _Refuse(Exception):

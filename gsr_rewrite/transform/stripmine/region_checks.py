@@ -6,7 +6,7 @@ slice or raises `_Refuse`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 import libcst as cst
 
@@ -39,9 +39,12 @@ from gsr_rewrite.transform.stripmine.region import (
 
 def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
                   parents: dict[int, cst.CSTNode],
-                  helpers: frozenset[str] = frozenset()) -> list[str]:
+                  helpers: Collection[str] = frozenset(),
+                  closures: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
     """The variables to slice, or _Refuse with the first thing that is not per-element.
-    `helpers`: those the run may call once per strip (helpers.py)."""
+    `helpers`: those the run may call once per strip (helpers.py), by the analysis's names;
+    `closures`: the nested ones among them, by the name the function calls them, with the
+    variables each reads."""
     fa = fp.analysis
     _check_enclosing(r.block, parents)
     nodes = _region_nodes(r, fa.flow.nodes, parents)
@@ -92,7 +95,7 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
         sliced.clear()
         for n in nodes:
             checker = checked[id(n)] = _Checker(n.pt_in, cat, strip_names, positions, hoisted,
-                                                   helpers)
+                                                   helpers, closures)
             checker.statement(n)
             for xs, i in checker.items:
                 if items.setdefault(xs, i) != i or xs in region_assigned or \
@@ -137,6 +140,11 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
     if set(items) & set(sliced):
         raise _Refuse(f"`{min(set(items) & set(sliced))}` is read both whole and by index")
     r.items = sorted(items.items())
+    # a nested function reads its tensors by name: bound to the strips while the run runs
+    r.rebound = {v for c in checked.values() for v in c.closure_reads if v in sliced}
+    if r.rebound & region_assigned:
+        raise _Refuse(f"`{min(r.rebound & region_assigned)}`, which a nested function it calls "
+                      "reads, is assigned in the run")
     for name in [*(x for x in sliced if not is_placeholder(x)), *roots, *items, *items.values()]:
         if name not in defined:
             raise _Refuse(f"`{name}` may be unbound where the run starts")
