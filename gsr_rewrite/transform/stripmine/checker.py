@@ -305,6 +305,8 @@ class _Checker:
                 return False
             if fn in self.cat.elementwise or fn in self.cat.creation or fn in _STRIP_COMMUTING:
                 return any(tensors)
+            if _elementwise_bound(fn, e, tensors):
+                return True
             if any(tensors):
                 raise _Refuse(f"`{name}` is not a per-element op")
             if fn.endswith("_"):
@@ -349,7 +351,8 @@ class _Checker:
                             "strip")
             return False
         cat = self.cat
-        if m in cat.elementwise or m in cat.creation or m in ("detach", "contiguous"):
+        if m in cat.elementwise or m in cat.creation or m in ("detach", "contiguous") or \
+                _elementwise_bound(m, e, [True, *tensors]):
             return True
         if m in cat.inplace_kill or (m.endswith("_") and (cat.inplace_base(m) is not None
                                                           or m[:-1] in cat.elementwise)):
@@ -357,6 +360,14 @@ class _Checker:
         if m in _SAME_ON_STRIPS:
             return False
         raise _Refuse(f"`.{m}()` is not per-element")
+
+
+def _elementwise_bound(fn: str, e: cst.Call, tensors: list[bool]) -> bool:
+    """`torch.min(a, b)`, `a.max(b)`: of two tensors of the run, the element-wise minimum or
+    maximum (with one tensor, or a dimension, a reduction). `tensors`: which of the operands,
+    the receiver first, are tensors of the run."""
+    return fn in ("min", "max") and len(tensors) == 2 and all(tensors) and \
+        all(a.keyword is None and not a.star for a in e.args)
 
 
 def _item_of_list(e: cst.Subscript) -> tuple[str, str] | None:
