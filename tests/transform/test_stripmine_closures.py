@@ -164,3 +164,20 @@ def test_must_not_fire_a_run_that_assigns_what_the_nested_function_reads(
     strips, how = _sqrt(source, "v * 4.0")
     assert not strips and "which a nested function it calls reads, is assigned in the run" in how
     _exact(source, tmp_path)
+
+
+@pytest.mark.parametrize(("adaptive", "update"), [
+    # it reads the param the run writes first (the same element, written before, in both)
+    ('return math.sqrt(bc2) / (v.sqrt() + p.abs())',
+     'p.mul_(0.999)\n                    ' + UPDATE),
+    # it writes a tensor it reads from the caller, in place
+    ('m.mul_(0.5)\n                    return math.sqrt(bc2) / v.sqrt().add_(group["eps"])',
+     UPDATE),
+    # the run's name is deleted after it, or bound to another tensor and the function called again
+    (ADAPTIVE, UPDATE + '\n                    del v'),
+    (ADAPTIVE, UPDATE + '\n                    v = m.abs()\n                    '
+     'p.add_(adaptive_lr(), alpha=-1e-4)'),
+])
+def test_exact_where_the_nested_function_sees_the_run(adaptive: str, update: str,
+                                                      tmp_path: Path) -> None:
+    _exact(_source(adaptive, update), tmp_path)
