@@ -49,8 +49,9 @@ def rewrite_source(source: str, filename: str = "<string>", package: str | None 
                              for c, b, why in src.unresolved)
         raise RewriteError(f"{filename}:1:1", "no optimizer class found (a class deriving from "
                            f"torch.optim.Optimizer){unresolved}; nothing to rewrite")
-    outcomes = [_reformulated(src, _rewrite_class(src, cls, catalog), catalog)
-                for cls in src.classes]  # 4b. reorder with a proved rule where no order exists
+    # 4b. reorder with a proved rule where no order exists; 4d. specialize runs to options off
+    outcomes = [_specialized(src, _reformulated(src, _rewrite_class(src, cls, catalog), catalog),
+                             catalog) for cls in src.classes]
     defs = {s.name.value: s for s in src.module.body if isinstance(s, cst.ClassDef)}
     outcomes += [ClassOutcome(c, "refused", f"{src.where(defs[c])}: `{c}` may be an optimizer, "
                               f"but `{b}` cannot be resolved: {why}")
@@ -116,6 +117,44 @@ def _reformulated(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> C
     again.reason = (f"reordered with rule {RULE} (guarded by its condition and float32/float64 "
                     "tensors; lines refer to the reordered source)")
     return again
+
+
+def _specialized(src: SourceModule, out: ClassOutcome, catalog: OpCatalog) -> ClassOutcome:
+    """Plan again with the runs that could not be strip-mined for an option's branch duplicated
+    under the test that the option is off (transform/specialize.py); kept when fewer
+    temporaries stay whole where the options are off."""
+    from gsr_rewrite.transform.specialize import (
+        SPECIALIZED,
+        apply_specializations,
+        find_specializations,
+        option_branches,
+        options_on_paths,
+    )
+
+    if out.rules or out.analysis is None or class_view(src, out.analysis.cls) is not src:
+        return out  # (a reordered source, or methods from other modules: no)
+    specs = [s for fp in out.plans for s in find_specializations(fp)]
+    if not specs:
+        return out
+    conditions = {s.condition for s in specs}
+    new_src = parse(apply_specializations(src.module, specs).code, src.filename, src.package,
+                    src.name)
+    cls = next(c for c in new_src.classes if c.name == out.name)
+    again = _rewrite_class(new_src, cls, catalog)
+    # what stays whole where the options are off (their own branches do not run there)
+    if _whole(again, options_on_paths(new_src.module, conditions)) >= \
+            _whole(out, option_branches(specs)):
+        return out
+    again.reason = (f"{SPECIALIZED}: {len(specs)} run(s) also written without their option "
+                    "branches, taken when the options are off (lines refer to that source)")
+    return again
+
+
+def _whole(out: ClassOutcome, skipped: set[int]) -> int:
+    """Temporaries that stay whole (no buffer, no strips), but for those in `skipped` nodes."""
+    return sum(1 for fp in out.plans for p in fp.placements
+               if not p.placed and not p.strips and p.reason != "kept as state"
+               and id(p.node.line if p.node.line is not None else p.node.node) not in skipped)
 
 
 def _rewrite_class(module: SourceModule, cls: OptimizerClass,

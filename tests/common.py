@@ -79,6 +79,21 @@ def emitted_pair(source: str, path: Path, name: str) -> tuple[type, type] | None
     return getattr(module, name), getattr(module, name + "R")
 
 
+def certified_pair(source: str, path: Path, name: str) -> tuple[type, type]:
+    """`name` and `nameR` from the certified rewrite (compile_source) of `source`, whose one
+    class must come out rewritten (the module is written to `path`)."""
+    from gsr_rewrite.proof.validate import load_module
+
+    result = compile_source(source, f"{name.lower()}.py")
+    (cls,) = result.classes
+    assert cls.status == "rewritten", cls.reason
+    assert result.code is not None
+    target = path / f"{name.lower()}_r.py"
+    target.write_text(result.code)
+    module = load_module(target, f"gsr_certified_{name}_{abs(hash(result.code))}")
+    return getattr(module, name), getattr(module, name + "R")
+
+
 def steps_on_64x8(cls: type, dtype: object = None, steps: int = 3) -> tuple[object, object]:
     """(the param, what the last step returned) after `steps` steps of `cls` on one 64x8 param
     (512 elements: past the conditions the fixtures read the gradient under), fixed grads."""

@@ -29,30 +29,35 @@ from gsr_rewrite.transform import RUNTIME
 Live = dict[int, frozenset[Fact]]  # live_out of each flow node, by id
 
 
+def stable_ifs(func: cst.FunctionDef) -> tuple[set[str], dict[int, cst.If]]:
+    """(the parameters `func` never binds again, its `if` statements by the id of their test)."""
+    params = {p.name.value for p in param_list(func)}
+    rebound = set().union(*(bound_names(s) for s in func.body.body)) \
+        if isinstance(func.body, cst.IndentedBlock) else set()
+    ifs: dict[int, cst.If] = {}
+
+    class _Ifs(cst.CSTVisitor):
+        def visit_If(self, node: cst.If) -> None:
+            ifs[id(node.test)] = node
+
+        def visit_Nonlocal(self, node: cst.Nonlocal) -> None:  # a nested def rebinds it
+            rebound.update(n.name.value for n in node.names)
+
+    func.visit(_Ifs())
+    return params - rebound, ifs
+
+
 class Options:
     def __init__(self, fa: FunctionAnalysis) -> None:
         self.fa = fa
-        params = {p.name.value for p in param_list(fa.func)}
-        rebound = set().union(*(bound_names(s) for s in fa.func.body.body)) \
-            if isinstance(fa.func.body, cst.IndentedBlock) else set()
-        ifs: dict[int, cst.If] = {}
-
-        class _Ifs(cst.CSTVisitor):
-            def visit_If(self, node: cst.If) -> None:
-                ifs[id(node.test)] = node
-
-            def visit_Nonlocal(self, node: cst.Nonlocal) -> None:  # a nested def rebinds it
-                rebound.update(n.name.value for n in node.names)
-
-        fa.func.visit(_Ifs())
-        stable = params - rebound
+        stable, ifs = stable_ifs(fa.func)
         # (test node, code that is true when it goes to its first successor, ... its second)
         self.tests: list[tuple[int, str, str]] = []
         for n in fa.flow.nodes:
             if n.kind != "test" or len(n.succ) != 2 or not isinstance(n.node, cst.BaseExpression) \
                     or id(n.node) not in ifs:
                 continue
-            when = _known(n.node, True, stable), _known(n.node, False, stable)
+            when = known(n.node, True, stable), known(n.node, False, stable)
             if when[0] is not None and when[1] is not None:
                 self.tests.append((id(n), when[0], when[1]))
         # pruning a test's first successor (the `if` body) means it is false, the second true
@@ -94,13 +99,24 @@ class Options:
         return self._cache[pruned]
 
 
-def _known(e: cst.BaseExpression, value: bool, stable: set[str]) -> str | None:
+def _runtime_truth(name: str, value: bool) -> str:
+    return f"{RUNTIME}.{'truthy' if value else 'falsy'}({name})"
+
+
+def plain_truth(name: str, value: bool) -> str:
+    """`runtime.truthy`/`falsy` in plain Python, for source the analysis reads again."""
+    test = name if value else f"not {name}"
+    return f"(type({name}) in (bool, int, float, str, type(None)) and {test})"
+
+
+def known(e: cst.BaseExpression, value: bool, stable: set[str],
+          truth: Callable[[str, bool], str] = _runtime_truth) -> str | None:
     """Code true only when `e` (made of `stable` names) is known to be `value`; None when `e`
-    is not such a test."""
+    is not such a test. `truth(x, v)`: the code that `x`, a value that cannot change, is v."""
     if isinstance(e, cst.Name) and e.value in stable:
-        return f"{RUNTIME}.{'truthy' if value else 'falsy'}({e.value})"
+        return truth(e.value, value)
     if isinstance(e, cst.UnaryOperation) and isinstance(e.operator, cst.Not):
-        return _known(e.expression, not value, stable)
+        return known(e.expression, not value, stable, truth)
     if isinstance(e, cst.Comparison) and len(e.comparisons) == 1 and \
             isinstance(e.left, cst.Name) and e.left.value in stable and \
             isinstance(e.comparisons[0].comparator, cst.Name) and \
@@ -109,7 +125,7 @@ def _known(e: cst.BaseExpression, value: bool, stable: set[str]) -> str | None:
         is_none = isinstance(e.comparisons[0].operator, cst.Is) == value
         return f"{e.left.value} {'is' if is_none else 'is not'} None"
     if isinstance(e, cst.BooleanOperation):
-        left, right = _known(e.left, value, stable), _known(e.right, value, stable)
+        left, right = known(e.left, value, stable, truth), known(e.right, value, stable, truth)
         if left is None or right is None:
             return None
         both = isinstance(e.operator, cst.And) == value  # `a and b` true: both; false: either

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from gsr_rewrite.pipeline import compile_source, rewrite_source
+from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.proof.check import MEASURE_SHAPES, compare_trajectories
 from gsr_rewrite.proof.memory import measure_temporaries
-from gsr_rewrite.proof.validate import load_module
 from gsr_rewrite.runtime.strip_runs import strip_floor
+from tests.common import certified_pair
 
 RECTIFIED = '''
 import math
@@ -87,19 +87,13 @@ def _sqrt(source: str, code: str = "v.sqrt()") -> tuple[int, str]:
 def _exact(source: str, tmp_path: Path) -> tuple[float, float]:
     """The certified rewrite of `source` equals its original bitwise over 9 steps (the
     rectified branch from step 6 on), in strips however small; (before, after) temporaries."""
-    result = compile_source(source, "rectified.py")
-    (cls,) = result.classes
-    assert cls.status == "rewritten", cls.reason
-    assert result.code is not None
-    path = tmp_path / "rectified_r.py"
-    path.write_text(result.code)
-    module = load_module(path, f"gsr_rectified_{abs(hash(result.code))}")
+    original, reduced = certified_pair(source, tmp_path, "Rectified")
     with strip_floor(0):
-        res = compare_trajectories(module.Rectified, module.RectifiedR, {}, steps=9,
+        res = compare_trajectories(original, reduced, {}, steps=9,
                                    mode="bitwise", nonempty=True)  # (`.max()` of none raises)
     assert res.passed, res.message
     before, after = (measure_temporaries(lambda ps, c=c: c(ps), MEASURE_SHAPES).units
-                     for c in (module.Rectified, module.RectifiedR))
+                     for c in (original, reduced))
     return before, after
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gsr_rewrite.pipeline import compile_source
+from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.proof.check import MEASURE_SHAPES, compare_trajectories
 from gsr_rewrite.proof.memory import measure_temporaries
-from gsr_rewrite.proof.validate import load_module
 from gsr_rewrite.runtime.strip_runs import strip_floor
+from tests.common import certified_pair
 
 BOUNDED = '''
 import torch
@@ -53,19 +53,14 @@ class Bounded(Optimizer):
 def _rewrite(bound: str, tmp_path: Path) -> tuple[dict[str, str], float, float]:
     """(where each temporary lives, before, after) of the certified rewrite; it equals the
     original bitwise in strips however small."""
-    result = compile_source(BOUNDED.format(bound=bound), "bounded.py")
-    (cls,) = result.classes
-    assert cls.status == "rewritten", cls.reason
-    assert result.code is not None
-    path = tmp_path / "bounded_r.py"
-    path.write_text(result.code)
-    module = load_module(path, f"gsr_bounded_{abs(hash(result.code))}")
+    original, reduced = certified_pair(BOUNDED.format(bound=bound), tmp_path, "Bounded")
     with strip_floor(0):
-        res = compare_trajectories(module.Bounded, module.BoundedR, {}, steps=6,
+        res = compare_trajectories(original, reduced, {}, steps=6,
                                    mode="bitwise", nonempty=True)
     assert res.passed, res.message
     before, after = (measure_temporaries(lambda ps, c=c: c(ps), MEASURE_SHAPES).units
-                     for c in (module.Bounded, module.BoundedR))
+                     for c in (original, reduced))
+    (cls,) = rewrite_source(BOUNDED.format(bound=bound), "bounded.py").classes
     return {t.code: t.how for t in cls.temporaries}, before, after
 
 
