@@ -118,14 +118,10 @@ def apply_specializations(module: cst.Module, specs: Sequence[Specialization]) -
 
 def _split(s: Specialization, originals: Sequence[cst.BaseStatement],
            run: Sequence[cst.BaseStatement]) -> cst.If:
-    pruned: list[cst.BaseStatement] = []
-    for o, stmt in zip(originals, run, strict=True):
-        if id(o) not in s.dropped:
-            pruned.append(stmt)
-            continue
     first = run[0]
-    lead = list(getattr(first, "leading_lines", ()))
+    lead = list(getattr(first, "leading_lines", ()))  # the run's comments go above the `if`
     rest = [first.with_changes(leading_lines=[]) if lead else first, *run[1:]]
+    pruned = [stmt for o, stmt in zip(originals, rest, strict=True) if id(o) not in s.dropped]
     note = cst.EmptyLine(comment=cst.Comment(f"# gsr-rewrite: {SPECIALIZED}"))
     return cst.If(test=cst.parse_expression(s.condition),
                   body=cst.IndentedBlock(pruned or [cst.SimpleStatementLine([cst.Pass()])]),
