@@ -34,6 +34,7 @@ from gsr_rewrite.transform.plan import FunctionPlan, Placement, plan_class
 from gsr_rewrite.transform.stripmine import (
     StripRegion,
     per_element_helpers,
+    position_wise,
     strip_mine,
 )
 
@@ -182,10 +183,11 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     changes = layout_changes(analysis, src, catalog)  # guards by lookup, or tensor by tensor
     out.fixed_layout, out.layout_reason = changes is None, changes or ""
     per_strip = per_element_helpers(analysis.functions, catalog)  # helpers a run may call
+    chunked = position_wise(analysis.functions, per_strip)  # ... over chunks of whole tensors
     returned: dict[str, list[Placement]] = {}  # what they keep whole; a caller's run may not
     # 4c. bound what found no dead buffer by running it strip by strip (helpers first)
     for fp in sorted(plans, key=lambda fp: fp.name not in per_strip):
-        regions = strip_mine(fp, catalog, src.line_of, per_strip, returned)
+        regions = strip_mine(fp, catalog, src.line_of, per_strip, returned, chunked)
         if regions:
             out.regions[fp.name] = regions
         if fp.name in per_strip:

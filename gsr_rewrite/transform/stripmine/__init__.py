@@ -43,8 +43,8 @@ The parts, in the order a function goes through them:
 
 from gsr_rewrite.transform.stripmine.emission import fresh_name, guard_once, wrap_region
 from gsr_rewrite.transform.stripmine.finder import strip_mine
-from gsr_rewrite.transform.stripmine.helpers import per_element_helpers
+from gsr_rewrite.transform.stripmine.helpers import per_element_helpers, position_wise
 from gsr_rewrite.transform.stripmine.region import StripRegion
 
-__all__ = ["StripRegion", "fresh_name", "guard_once", "per_element_helpers", "strip_mine",
-           "wrap_region"]
+__all__ = ["StripRegion", "fresh_name", "guard_once", "per_element_helpers", "position_wise",
+           "strip_mine", "wrap_region"]

@@ -32,11 +32,13 @@ from gsr_rewrite.frontend.syntax import dotted
 _FOREACH = "torch._foreach_"
 
 
-def chunk_blocker(nodes: Sequence[Node], sliced: Iterable[str], items: bool
-                  ) -> tuple[str | None, frozenset[str]]:
+def chunk_blocker(nodes: Sequence[Node], sliced: Iterable[str], items: bool,
+                  helpers: AbstractSet[str] = frozenset()) -> tuple[str | None, frozenset[str]]:
     """(why the run may not go over chunks of whole tensors, None when it may; the names that
-    hold strip lists in it). `nodes`: its flow nodes; `sliced`: the lists `strips` cuts."""
-    lists = _strip_lists(nodes, set(sliced))
+    hold strip lists in it). `nodes`: its flow nodes; `sliced`: the lists `strips` cuts;
+    `helpers`: the calls that take and give lists position by position, as foreach calls do
+    (helpers.position_wise)."""
+    lists = _strip_lists(nodes, set(sliced), helpers)
     if items:
         return "it reads items of lists it does not cut", lists
     indices: set[str] = set()
@@ -47,14 +49,15 @@ def chunk_blocker(nodes: Sequence[Node], sliced: Iterable[str], items: bool
     for n in nodes:
         if n.node is None or n.kind in ("entry", "exit", "join", "latch"):
             continue
-        why = _loop_blocker(n.node, lists, indices) if n.kind == "for" else \
-            _statement_blocker(n.node, lists, indices)
+        why = _loop_blocker(n.node, lists, indices, helpers) if n.kind == "for" else \
+            _statement_blocker(n.node, lists, indices, helpers)
         if why is not None:
             return why, lists
     return None, lists
 
 
-def _strip_lists(nodes: Sequence[Node], sliced: set[str]) -> frozenset[str]:
+def _strip_lists(nodes: Sequence[Node], sliced: set[str],
+                 helpers: AbstractSet[str]) -> frozenset[str]:
     """The sliced lists, and the names the run binds to lists made from them, position by
     position (foreach results, `cast`, `list(xs)`, comprehensions over them)."""
     lists = set(sliced)
@@ -63,31 +66,35 @@ def _strip_lists(nodes: Sequence[Node], sliced: set[str]) -> frozenset[str]:
         grew = False
         for n in nodes:
             s = n.node
-            if isinstance(s, cst.Assign) and _list_value(s.value, lists, set(), set()):
+            if isinstance(s, cst.Assign) and _list_value(s.value, lists, set(), set(),
+                                                         helpers=helpers):
                 new = {t.target.value for t in s.targets if isinstance(t.target, cst.Name)}
                 grew = grew or not new <= lists
                 lists |= new
     return frozenset(lists)
 
 
-def _loop_blocker(loop: cst.CSTNode, lists: frozenset[str], indices: set[str]) -> str | None:
+def _loop_blocker(loop: cst.CSTNode, lists: frozenset[str], indices: set[str],
+                  helpers: AbstractSet[str]) -> str | None:
     assert isinstance(loop, cst.For)
     allowed: set[int] = set()
-    if not _iteration(loop.iter, loop.target, lists, allowed, set()):
+    if not _iteration(loop.iter, loop.target, lists, allowed, set(), helpers):
         return f"`for {_code(loop.target)} in {_code(loop.iter)}` is not over its lists"
     if any(x.value in lists for x in _names(loop.target)):
         return f"`{_code(loop.target)}` is a strip list and an item of one"
     return _unmarked(loop.iter, lists, indices, allowed, set())
 
 
-def _statement_blocker(s: cst.CSTNode, lists: frozenset[str], indices: set[str]) -> str | None:
+def _statement_blocker(s: cst.CSTNode, lists: frozenset[str], indices: set[str],
+                       helpers: AbstractSet[str]) -> str | None:
     allowed: set[int] = set()
     targets: set[int] = set()
     if isinstance(s, cst.AnnAssign) and s.value is None:
         pass  # `xs: list[Tensor]` declares, binds nothing
     elif isinstance(s, (cst.Assign, cst.AnnAssign)):
         goal = [t.target for t in s.targets] if isinstance(s, cst.Assign) else [s.target]
-        holds = s.value is not None and _list_value(s.value, lists, allowed, indices)
+        holds = s.value is not None and _list_value(s.value, lists, allowed, indices,
+                                                    helpers=helpers)
         for t in goal:
             if not isinstance(t, cst.Name):
                 if holds:
@@ -96,8 +103,8 @@ def _statement_blocker(s: cst.CSTNode, lists: frozenset[str], indices: set[str])
             targets.add(id(t))
             if (t.value in lists) != holds:
                 return f"`{t.value}` holds a strip list and another value"
-    elif isinstance(s, cst.Expr):
-        _list_value(s.value, lists, allowed, indices)
+    elif isinstance(s, (cst.Expr, cst.Return)) and s.value is not None:  # (a helper returns)
+        _list_value(s.value, lists, allowed, indices, helpers=helpers)
     elif isinstance(s, cst.Del):
         allowed |= {id(x) for x in _names(s.target) if x.value in lists}
     elif isinstance(s, cst.AugAssign) and isinstance(s.target, cst.Name) and \
@@ -125,11 +132,12 @@ def _unmarked(s: cst.CSTNode, lists: frozenset[str], indices: set[str], allowed:
 
 
 def _list_value(e: cst.BaseExpression, lists: AbstractSet[str], allowed: set[int],
-                indices: set[str], runtime: str = "") -> bool:
+                indices: set[str], runtime: str = "",
+                helpers: AbstractSet[str] = frozenset()) -> bool:
     """Is `e` a strip list, where one may be? Marks the names it reads that way in `allowed`.
     With `runtime` (emitted code), the placements' calls count too: `foreach_inplace(op_,
     target, ...)` is its target, `foreach_into(host, ...)` and `foreach_out(op, host, ...)`
-    their host."""
+    their host; calls of `helpers` count as foreach calls."""
     if isinstance(e, cst.Name):
         if e.value in lists:
             allowed.add(id(e))
@@ -137,8 +145,9 @@ def _list_value(e: cst.BaseExpression, lists: AbstractSet[str], allowed: set[int
         return False
     if isinstance(e, cst.Call):
         fn = dotted(e.func) or ""
-        if fn.startswith(_FOREACH):
-            return any([_list_value(a.value, lists, allowed, indices, runtime) for a in e.args])
+        if fn.startswith(_FOREACH) or fn in helpers:
+            return any([_list_value(a.value, lists, allowed, indices, runtime, helpers)
+                        for a in e.args if a.star == ""])
         result = {f"{runtime}.foreach_inplace": 1, f"{runtime}.foreach_into": 0,
                   f"{runtime}.foreach_out": 1}.get(fn) if runtime else None
         if result is not None and len(e.args) > result:
@@ -151,7 +160,7 @@ def _list_value(e: cst.BaseExpression, lists: AbstractSet[str], allowed: set[int
         f: cst.CompFor | None = e.for_in
         marks: set[int] = set()
         while f is not None:  # `[g.sign() for g in xs]`: one item per position, no filter
-            if f.ifs or not _iteration(f.iter, f.target, lists, marks, indices):
+            if f.ifs or not _iteration(f.iter, f.target, lists, marks, indices, helpers):
                 return False
             f = f.inner_for_in
         allowed |= marks
@@ -160,11 +169,12 @@ def _list_value(e: cst.BaseExpression, lists: AbstractSet[str], allowed: set[int
 
 
 def _iteration(it: cst.BaseExpression, target: cst.BaseExpression, lists: AbstractSet[str],
-               allowed: set[int], indices: set[str]) -> bool:
+               allowed: set[int], indices: set[str],
+               helpers: AbstractSet[str] = frozenset()) -> bool:
     """`for target in it` visits the positions of strip lists in order: `xs`, `zip(xs, ys)`,
     `enumerate(<one of these>)`, `range(len(xs))` (the index names join `indices`)."""
     if isinstance(it, cst.Name):
-        return _list_value(it, lists, allowed, indices)
+        return _list_value(it, lists, allowed, indices, helpers=helpers)
     if not isinstance(it, cst.Call):
         return False
     fn = dotted(it.func)
@@ -216,12 +226,14 @@ class PartWrapper(cst.CSTTransformer):
     `foreach_into(host, op_, first, *args)` / `foreach_out(op, host, *operands)` (their host is
     guarded by `fits_lists`, which a list of another length fails)."""
 
-    def __init__(self, strip_values: AbstractSet[str], runtime: str, piece: str) -> None:
+    def __init__(self, strip_values: AbstractSet[str], runtime: str, piece: str,
+                 helpers: AbstractSet[str] = frozenset()) -> None:
         self.names, self.runtime, self.piece = strip_values, runtime, piece
+        self.helpers = helpers
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         fn = dotted(updated.func) or ""
-        if fn.startswith(_FOREACH):
+        if fn.startswith(_FOREACH) or fn in self.helpers:
             first = 0
         elif fn == f"{self.runtime}.foreach_inplace":
             first = 1
@@ -230,7 +242,8 @@ class PartWrapper(cst.CSTTransformer):
         else:
             return updated
         args = list(updated.args)
-        strip = [_list_value(a.value, self.names, set(), set(), self.runtime) for a in args]
+        strip = [_list_value(a.value, self.names, set(), set(), self.runtime, self.helpers)
+                 for a in args]
         if not any(strip[first:]):
             return updated
         part = cst.parse_expression(f"{self.runtime}.part")

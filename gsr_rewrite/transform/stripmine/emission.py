@@ -39,7 +39,8 @@ def wrap_region(r: StripRegion, originals: Sequence[cst.BaseStatement],
                for _, s in kept]
     piece = fresh_name("strip_piece", taken) if r.chunks else ""
     if piece:  # foreach arguments that are not strip lists: cut to each chunk's positions
-        wrapper = PartWrapper({names.get(v, v) for v in r.strip_values}, runtime, piece)
+        wrapper = PartWrapper({names.get(v, v) for v in r.strip_values}, runtime, piece,
+                              r.chunk_calls)
         renamed = [cast(cst.BaseStatement, s.visit(wrapper)) for s in renamed]
     inner = guard_once([o for o, _ in kept], renamed, dict.fromkeys(r.once, flag))
     lead = _take_leading_lines(inner)

@@ -39,10 +39,12 @@ MAX_STRIPS = 512
 
 def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode], int],
                helpers: PerStrip | None = None,
-               returned: Mapping[str, Sequence[Placement]] | None = None) -> list[StripRegion]:
+               returned: Mapping[str, Sequence[Placement]] | None = None,
+               chunked: frozenset[str] = frozenset()) -> list[StripRegion]:
     """Regions for fp's unplaced temporaries; each refused temporary gets the reason appended.
     A run may call `helpers` (helpers.per_element_helpers) once per strip; `returned`: the
-    temporaries each of them keeps whole, which a run that calls it makes strip-sized.
+    temporaries each of them keeps whole, which a run that calls it makes strip-sized;
+    `chunked`: those of them a run over chunks of whole tensors may call (position_wise).
 
     Shortest live ranges first: a range that overlaps or encloses accepted regions is accepted
     only if the union of them all passes the checks; otherwise its temporary stays, and the
@@ -91,7 +93,8 @@ def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode]
                                 max([c.end, *(a.end for a in same)]), [],
                                 0, [*c.temporaries, *(p for a in joined for p in a.temporaries)])
             try:
-                union.sliced = _check_region(union, fp, cat, parents, helpers or {}, closures)
+                union.sliced = _check_region(union, fp, cat, parents, helpers or {}, closures,
+                                             chunked)
             except _Refuse as e:
                 refused[id(c)] = str(e)
                 grown = _grown(c, e.read_at, parents)

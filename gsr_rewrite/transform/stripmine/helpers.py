@@ -30,8 +30,10 @@ from gsr_rewrite.analysis.interprocedural import FunctionAnalysis
 from gsr_rewrite.analysis.local_lists import declared_outer
 from gsr_rewrite.analysis.transfer import RETURNED
 from gsr_rewrite.frontend.catalog import OpCatalog
+from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.scopes import param_list
 from gsr_rewrite.transform.stripmine.checker import _Checker
+from gsr_rewrite.transform.stripmine.chunks import chunk_blocker
 from gsr_rewrite.transform.stripmine.region import _parents, _Refuse
 from gsr_rewrite.transform.stripmine.region_checks import reads_unmodelled
 
@@ -45,6 +47,24 @@ def per_element_helpers(functions: Mapping[str, FunctionAnalysis], cat: OpCatalo
     """The helpers a run may call per strip, with the free variables of each."""
     return {name: fa.free for name, fa in functions.items()
             if name != "step" and _per_element(fa, cat)}
+
+
+def position_wise(functions: Mapping[str, FunctionAnalysis], helpers: PerStrip) -> frozenset[str]:
+    """The per-strip helpers that use their tensor-list parameters only position by position
+    (in torch foreach calls, what they return included: timm's `_foreach_lerp(xs, ys, w)`), so a
+    run over chunks of whole tensors may call them with sub-lists (chunks.py)."""
+    out = set()
+    for name in helpers:
+        fa = functions[name]
+        if LOCALS in name or isinstance(fa.func.params.star_arg, cst.Param) or \
+                fa.func.params.star_kwarg is not None:
+            continue
+        entry = next((n for n in fa.flow.nodes if n.kind == "entry"), None)
+        pt = entry.pt_out() if entry is not None else {}
+        lists = [p.name.value for p in param_list(fa.func) if "%list" in pt.get(p.name.value, ())]
+        if lists and chunk_blocker(fa.flow.nodes, lists, False)[0] is None:
+            out.add(name)
+    return frozenset(out)
 
 
 def _per_element(fa: FunctionAnalysis, cat: OpCatalog) -> bool:

@@ -36,6 +36,7 @@ class StripRegion:
     #: sliced names a nested function called in the run reads: the name itself is bound to the
     #: strip in each strip, and to the whole tensor again after the run
     rebound: set[str] = field(default_factory=set)
+    chunk_calls: frozenset[str] = frozenset()  # helpers called like foreach calls (chunks.py)
 
 
 class _Refuse(Exception):

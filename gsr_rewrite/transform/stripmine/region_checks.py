@@ -7,6 +7,7 @@ slice or raises `_Refuse`."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 import libcst as cst
 
@@ -40,11 +41,12 @@ from gsr_rewrite.transform.stripmine.region import (
 def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
                   parents: dict[int, cst.CSTNode],
                   helpers: Collection[str] = frozenset(),
-                  closures: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
+                  closures: Mapping[str, tuple[str, ...]] | None = None,
+                  chunked: AbstractSet[str] = frozenset()) -> list[str]:
     """The variables to slice, or _Refuse with the first thing that is not per-element.
     `helpers`: those the run may call once per strip (helpers.py), by the analysis's names;
     `closures`: the nested ones among them, by the name the function calls them, with the
-    variables each reads."""
+    variables each reads; `chunked`: those a run over chunks may call (helpers.position_wise)."""
     fa = fp.analysis
     _check_enclosing(r.block, parents)
     nodes = _region_nodes(r, fa.flow.nodes, parents)
@@ -150,7 +152,8 @@ def _check_region(r: StripRegion, fp: FunctionPlan, cat: OpCatalog,
             raise _Refuse(f"`{name}` may be unbound where the run starts")
     if not sliced and not items:
         raise _Refuse("it reads no tensor that could be sliced")
-    why, r.strip_values = chunk_blocker(nodes, sliced, bool(items))
+    why, r.strip_values = chunk_blocker(nodes, sliced, bool(items), chunked)
+    r.chunk_calls = frozenset(chunked)
     r.chunks = why is None and not hoisted  # chunk_blocker reads names, not hoisted reads
     return sorted(sliced)
 
