@@ -184,7 +184,7 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     out.fixed_layout, out.layout_reason = changes is None, changes or ""
     per_strip = per_element_helpers(analysis.functions, catalog)  # helpers a run may call
     chunked = position_wise(analysis.functions, per_strip)  # ... over chunks of whole tensors
-    returned: dict[str, list[Placement]] = {}  # what they keep whole; a caller's run may not
+    returned: dict[str, list[Placement]] = {}  # what they keep whole (a caller's run may cut)
     # 4c. bound what found no dead buffer by running it strip by strip (helpers first)
     for fp in sorted(plans, key=lambda fp: fp.name not in per_strip):
         regions = strip_mine(fp, catalog, src.line_of, per_strip, returned, chunked)
@@ -237,9 +237,9 @@ def _whole_where_called_outside_runs(plans: list[FunctionPlan],
         inside = _statements_of(regions.get(fp.name, []))
         for n in fp.analysis.flow.nodes:
             line = n.line if n.line is not None else n.node
+            if line is None or id(line) in inside:
+                continue
             for key in {c[0] for c in n.eff.calls if c[0] in returned}:
-                if line is None or id(line) in inside:
-                    continue
                 for p in returned[key]:
                     if p.strips:
                         p.strips = 0

@@ -27,7 +27,7 @@ import libcst as cst
 from gsr_rewrite.frontend.syntax import subtree_ids
 from gsr_rewrite.transform.options import known, plain_truth, stable_ifs
 from gsr_rewrite.transform.plan import FunctionPlan
-from gsr_rewrite.transform.stripmine.region import _contains, _live_range, _parents, _Refuse
+from gsr_rewrite.transform.stripmine.region import _contains, _parents, _Refuse, run_of
 
 SPECIALIZED = "specialized to options off"
 
@@ -59,10 +59,8 @@ def find_specializations(fp: FunctionPlan) -> list[Specialization]:
     for p in fp.placements:
         if p.placed or p.strips or "cannot be strip-mined" not in p.reason:
             continue
-        sites = {p.alloc.site} | {q.alloc.site for q in fp.placements
-                                  if q.storage == p.alloc.site}
         try:
-            block, start, end = _live_range(p, sites, fa.flow.nodes, parents)
+            block, start, end = run_of(p, fp, parents)
         except _Refuse:
             continue
         dropped = {id(s): skip[id(s)] for s in block.body[start:end] if id(s) in skip}

@@ -24,10 +24,10 @@ from gsr_rewrite.transform.stripmine.region import (
     _anchor,
     _chain,
     _contains,
-    _live_range,
     _parents,
     _Refuse,
     _region_nodes,
+    run_of,
 )
 from gsr_rewrite.transform.stripmine.region_checks import _check_region
 
@@ -57,21 +57,19 @@ def strip_mine(fp: FunctionPlan, cat: OpCatalog, line_of: Callable[[cst.CSTNode]
     for p in fp.placements:
         if p.placed or p.reason == "kept as state":
             continue
-        # temporaries placed in p's buffer (in-place chains on it) extend its live range
-        sites = {p.alloc.site} | {q.alloc.site for q in fp.placements
-                                  if q.storage == p.alloc.site}
         try:
-            block, start, end = _live_range(p, sites, fa.flow.nodes, parents)
+            block, start, end = run_of(p, fp, parents)
         except _Refuse as e:
             p.reason = _join(p.reason, f"cannot be strip-mined: {e}")
             continue
         r = candidates.setdefault((id(block), start, end),
                                   StripRegion(fp.name, block, start, end, [], 0))
         r.temporaries.append(p)
-    for helper, block, i in _helper_calls(fp, returned or {}, parents):
+    returned = returned or {}
+    for helper, block, i in _helper_calls(fp, returned, parents):
         r = candidates.setdefault((id(block), i, i + 1), StripRegion(fp.name, block, i, i + 1,
                                                                      [], 0))
-        r.temporaries += [p for p in (returned or {})[helper]
+        r.temporaries += [p for p in returned[helper]
                           if all(p is not q for q in r.temporaries)]
     closures = local_helpers(helpers or {}, fp.name)
     accepted: list[StripRegion] = []
@@ -149,11 +147,11 @@ def _helper_calls(fp: FunctionPlan, returned: Mapping[str, Sequence[Placement]],
     """(helper, block, index) of each statement of fp that calls a helper in `returned`."""
     out = []
     for n in fp.analysis.flow.nodes:
-        anchor = _anchor(n)
+        keys = sorted({c[0] for c in n.eff.calls if returned.get(c[0])})
+        anchor = _anchor(n) if keys else None
         chain = _chain(anchor, parents) if anchor is not None else []
-        for key in sorted({c[0] for c in n.eff.calls if c[0] in returned and returned[c[0]]}):
-            if chain and isinstance(chain[-1][0], cst.IndentedBlock):
-                out.append((key, chain[-1][0], chain[-1][1]))
+        if chain and isinstance(chain[-1][0], cst.IndentedBlock):
+            out += [(key, chain[-1][0], chain[-1][1]) for key in keys]
     return out
 
 

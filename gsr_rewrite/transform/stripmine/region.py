@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from gsr_rewrite.analysis.dataflow import Node, preds_of
-from gsr_rewrite.transform.plan import Placement
+from gsr_rewrite.transform.plan import FunctionPlan, Placement
 
 
 @dataclass
@@ -114,6 +114,14 @@ def _live_range(p: Placement, sites: set[str], nodes: Sequence[Node],
     assert isinstance(block, cst.IndentedBlock)
     idx = [c[level][1] for c in chains]
     return block, min(idx), max(idx) + 1
+
+
+def run_of(p: Placement, fp: FunctionPlan, parents: dict[int, cst.CSTNode]
+           ) -> tuple[cst.IndentedBlock, int, int]:
+    """p's live range as a run of statements; the temporaries placed in its buffer (in-place
+    chains on it) extend it."""
+    sites = {p.alloc.site} | {q.alloc.site for q in fp.placements if q.storage == p.alloc.site}
+    return _live_range(p, sites, fp.analysis.flow.nodes, parents)
 
 
 def _contains(root: cst.CSTNode, node: cst.CSTNode) -> bool:
