@@ -38,6 +38,7 @@ from gsr_rewrite.frontend.catalog import OpCatalog
 from gsr_rewrite.frontend.closures import Closures
 from gsr_rewrite.frontend.effects import (
     EMPTY,
+    OPAQUE,
     Evaluator,
     Value,
     buffers,
@@ -45,9 +46,10 @@ from gsr_rewrite.frontend.effects import (
     scalar_state_keys,
 )
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
-from gsr_rewrite.frontend.scopes import bound_names, why_not_followed
+from gsr_rewrite.frontend.scopes import bound_names, star_params, why_not_followed
 from gsr_rewrite.frontend.self_helpers import (
     bound_self_helpers,
+    checkable_rebound_methods,
     self_attr_targets,
     self_bound_methods,
 )
@@ -83,6 +85,9 @@ class ClassAnalysis:
     imported: dict[str, SourceModule] = field(default_factory=dict)
     #: self.ATTR taken for data that the R step checks at its start (checked_data.py)
     checked_data: frozenset[str] = frozenset()
+    #: methods followed that code outside the step may bind on the instance: the R step runs
+    #: only while the instance does not shadow them (checkable_rebound_methods)
+    unshadowed: frozenset[str] = frozenset()
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -117,7 +122,9 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     (`unknowns.ForeignModules`)."""
     helpers = set(src.functions) | set(src.imported)
     # self.m(...) runs method m, unless some method also binds self.m to something else
-    methods = {m for m in cls.methods if m != "step"} - self_bound_methods(cls)
+    # (or, where no code the step can run binds it, the R step checks it is not: `unshadowed`)
+    checkable = checkable_rebound_methods(src, cls)
+    methods = {m for m in cls.methods if m != "step"} - (self_bound_methods(cls) - checkable)
     sites = _Sites(src)
     every = [src.module, *(m.module for m in src.others)]
     combined = every[0] if len(every) == 1 else cst.Module([s for m in every for s in m.body])
@@ -140,6 +147,8 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         fa = FunctionAnalysis(name, func, is_method, build_flow(func, src.where),
                               free=nested.free if nested else (),
                               parent=nested.parent if nested else None)
+        for star in star_params(func):  # filled by no followed call: an empty tuple or dict,
+            fa.entry_pt[star] = frozenset({OPAQUE})  # whose uses are assumed the worst of
         outer = enclosing.get(nested.parent, frozenset()) if nested else frozenset()
         enclosing[name] = outer | bound_names(func)
         closures.add(name, func, outer, src.where)
@@ -158,7 +167,9 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     defined = [*src.functions.items(), *((f, node) for f, (node, _) in src.imported.items()),
                *(("self." + m, node) for m, node in cls.methods.items())]
     unknowns = dataclasses.replace(class_unknowns(src, cls, scalar_keys, combined), not_followed={
-        f: why for f, node in defined if (why := why_not_followed(node)) is not None})
+        f: why for f, node in defined if (why := why_not_followed(node)) is not None},
+        star_helpers={f: _star_signature(node, f.startswith("self.")) for f, node in defined
+                      if star_params(node)})
     foreign_reach: dict[str, int] = {}  # helper -> how far it reaches (Effects.foreign), so far
     returns: dict[str, Value] = {}  # helper -> what it returns, so far
     rooted: dict[str, frozenset[str]] = {}  # helper -> what it reads through roots, so far
@@ -169,7 +180,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
 
     def make_evaluator(fa: FunctionAnalysis) -> Callable[[PointsTo], Evaluator]:
         pos, kw = param_names(fa.func, fa.is_method)
-        local = set(pos) | set(kw)
+        local = set(pos) | set(kw) | set(star_params(fa.func))
         other = foreign_home(fa)
         names, imports = helpers, src.imports
         known = dataclasses.replace(unknowns, foreign_helpers=dict(foreign_reach),
@@ -275,7 +286,16 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                 "the gradients after it returns", src.where(d)))
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers,
                          {k: owner for k, (_, owner) in src.imported.items() if k in funcs},
-                         unknowns.checked_data)
+                         unknowns.checked_data,
+                         frozenset(m for m in checkable if "self." + m in funcs))
+
+
+def _star_signature(func: cst.FunctionDef, is_method: bool) -> tuple[int, frozenset[str]]:
+    """What a call may fill of a function with *args or **kwargs without filling those: its
+    named positional parameters (self not counted) and the parameters a keyword can name."""
+    pos, kw = param_names(func, is_method)
+    posonly = {p.name.value for p in func.params.posonly_params}
+    return len(pos), frozenset(p for p in [*pos, *kw] if p not in posonly)
 
 
 def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:

@@ -78,6 +78,8 @@ def optimizer_classes(src: SourceModule
             members.update(dict.fromkeys(patched))  # `C.m = ...` at module level: not followed
             for method, func in members.items():
                 if method in cls.methods or method in shadowed:
+                    if func is not None:
+                        cls.overridden.append(func)
                     continue
                 if func is None:  # bound by something else than `def` (it is not followed)
                     shadowed.add(method)

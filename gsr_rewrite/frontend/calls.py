@@ -8,7 +8,7 @@ import libcst as cst
 
 from gsr_rewrite.frontend.catalog import KnownFunction
 from gsr_rewrite.frontend.records import LOCAL, LOCAL_DICT, OPAQUE, SHAPED
-from gsr_rewrite.frontend.scopes import why_not_followed
+from gsr_rewrite.frontend.scopes import STAR_FILLED, fills_star_params, why_not_followed
 from gsr_rewrite.frontend.syntax import dotted
 from gsr_rewrite.frontend.tensor_ops import TensorOpEvaluator
 from gsr_rewrite.frontend.values import (
@@ -229,10 +229,14 @@ class Evaluator(TensorOpEvaluator):
         free = nested.free if nested is not None else ()
         why = self.unknowns.not_followed.get(name) or \
             (why_not_followed(nested.node) if nested is not None else None)
+        stars = self.unknowns.star_helpers.get(name)
+        if why is None and stars is not None and fills_star_params(node, *stars):
+            why = STAR_FILLED
         if why is not None:
             args = [(a, self.read(a.value)) for a in node.args] + \
                 [(cst.Arg(cst.Name(v)), self.read(cst.Name(v))) for v in free]
-            return self._unknown_call(node, f"`{name}` ({why})", EMPTY, args)
+            method = name.startswith("self.") and name[5:] not in self.unknowns.class_callables
+            return self._unknown_call(node, f"`{name}` ({why})", EMPTY, args, given_self=method)
         if any(a.star for a in node.args):  # f(*xs, **kw): which parameter gets what is unknown
             for a in node.args:
                 for b in buffers(self.read(a.value)):

@@ -78,6 +78,9 @@ class Unknowns:
     #: functions a call would follow (module functions, `self.m` methods) whose calls are taken
     #: for unknown calls instead, and why (scopes.why_not_followed)
     not_followed: Mapping[str, str] = field(default_factory=dict)
+    #: helpers with *args or **kwargs, followed only where a call fills neither: their named
+    #: positional parameters (self not counted) and the names a keyword may give
+    star_helpers: Mapping[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
 
 

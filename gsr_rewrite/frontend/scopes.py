@@ -147,11 +147,30 @@ def is_generator(func: cst.FunctionDef) -> bool:
 
 
 def why_not_followed(func: cst.FunctionDef) -> str | None:
-    """Why a call of this function is taken for an unknown call rather than followed: a generator
-    runs its body when iterated (maybe after buffers were reused); through `*args` and
-    `**kwargs` the analysis does not track which argument the function returns or keeps."""
+    """Why every call of this function is taken for an unknown call rather than followed: a
+    generator runs its body when iterated (maybe after buffers were reused). (A function with
+    `*args` or `**kwargs` is followed where a call puts nothing into them: `fills_star_params`.)"""
     if is_generator(func):
         return "a generator function: its body runs when it is iterated"
-    if isinstance(func.params.star_arg, cst.Param) or func.params.star_kwarg is not None:
-        return "it takes *args or **kwargs"
     return None
+
+
+STAR_FILLED = "it takes *args or **kwargs, and this call may pass arguments into them"
+
+
+def star_params(func: cst.FunctionDef) -> list[str]:
+    """The names of the function's `*args` and `**kwargs` parameters (none: empty)."""
+    p = func.params
+    return [s.name.value for s in (p.star_arg, p.star_kwarg) if isinstance(s, cst.Param)]
+
+
+def fills_star_params(call: cst.Call, room: int, by_keyword: frozenset[str]) -> bool:
+    """The call may put something into the `*args` or `**kwargs` of a function with `room`
+    named positional parameters (self not counted) and `by_keyword` parameters a keyword can
+    name: a positional argument past them, another keyword, or a spread `*xs` / `**kw` (which
+    parameter gets what is unknown). Through those the analysis does not track what the
+    function returns or keeps; a call that fills neither leaves them an empty tuple and dict."""
+    if any(a.star for a in call.args):
+        return True
+    return sum(a.keyword is None for a in call.args) > room or \
+        any(a.keyword is not None and a.keyword.value not in by_keyword for a in call.args)

@@ -113,7 +113,63 @@ def bound_self_helpers(src: SourceModule, cls: OptimizerClass
 
 
 def self_bound_methods(cls: OptimizerClass) -> set[str]:
-    """Method names that some method also binds on the instance (`self.m = ...`): a call
-    `self.m(...)` may then run something else than the method."""
-    bound = {a for f in cls.methods.values() for a, _ in self_attr_targets(f)}
+    """Method names that some method (an overridden one of a base too) also binds on the
+    instance (`self.m = ...`): a call `self.m(...)` may then run something else than the
+    method."""
+    every = [*cls.methods.values(), *cls.overridden]
+    bound = {a for f in every for a, _ in self_attr_targets(f)}
     return set(cls.methods) if "*" in bound else bound & set(cls.methods)
+
+
+def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str]:
+    """Of `self_bound_methods`, those only methods no code of the class or of `src` names bind
+    (pytorch_optimizer's `_compile_foreach`, which a factory calls before training, binds
+    `self._step_foreach`): no step can rebind them while it runs, so the R step may follow them
+    once it has checked, at its start, that the instance does not shadow them
+    (`runtime.r_step(..., unshadowed=...)`). Not those `__init__` binds (every instance
+    shadows them), nor any where a binder's name appears elsewhere (called, or got by
+    `getattr(self, "name")`)."""
+    every = [*cls.methods.values(), *cls.overridden]
+    binders: dict[str, set[str]] = {}  # method -> the names of the functions binding it
+    for f in every:
+        for a, _ in self_attr_targets(f):
+            binders.setdefault(a, set()).add(f.name.value)
+    if "*" in binders:
+        return set()
+    named: dict[str, set[int]] = {}  # identifier or string -> the functions naming it
+    for f in [*every, *src.functions.values()]:
+        for word in _words(f):
+            named.setdefault(word, set()).add(id(f))
+    if "*" in named:
+        return set()
+    out = set()
+    for m in self_bound_methods(cls) & set(binders):
+        outside = {b: named.get(b, set()) - {id(f) for f in every if f.name.value == b}
+                   for b in binders[m]}
+        if "__init__" not in binders[m] and "step" not in binders[m] and \
+                not any(outside.values()):
+            out.add(m)
+    return out
+
+
+def _words(func: cst.FunctionDef) -> set[str]:
+    """The names, attribute names and string constants in func, its own name excepted."""
+    found: set[str] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_Name(self, node: cst.Name) -> None:
+            found.add(node.value)
+
+        def visit_SimpleString(self, node: cst.SimpleString) -> None:
+            value = node.evaluated_value
+            found.add(value if isinstance(value, str) else "")
+
+        def visit_Call(self, node: cst.Call) -> None:  # getattr(self, name): any name at all
+            if isinstance(node.func, cst.Name) and node.func.value == "getattr" and \
+                    not (len(node.args) > 1 and isinstance(node.args[1].value, cst.SimpleString)):
+                found.add("*")
+
+    func.body.visit(_V())
+    for d in func.decorators:
+        d.visit(_V())
+    return found

@@ -23,6 +23,8 @@ class OptimizerClass:
     origin: dict[str, SourceModule] = field(default_factory=dict)
     defined_by: dict[str, str] = field(default_factory=dict)  # method -> class defining it
     unresolved: str = ""  # why its bases (and so its methods) are not all known
+    #: methods of bases that a method of the same name overrides (reached only by `super()`)
+    overridden: list[cst.FunctionDef] = field(default_factory=list)
 
 
 @dataclass

@@ -136,18 +136,20 @@ class TensorOpEvaluator(ExpressionEvaluator):
             self.eff.writes.append((var, b))
 
     def _unknown_call(self, node: cst.Call, what: str, recv: Value,
-                      args: list[tuple[cst.Arg, Value]]) -> Value:
-        """Default-deny: what it is given escapes; when it can reach the optimizer's buffers it
-        may read and write all of them and keep the gradients; its result may be anything it
-        was given, or anything at all."""
-        reach = recv.union(*(v for _, v in args))
+                      args: list[tuple[cst.Arg, Value]], given_self: bool = False) -> Value:
+        """Default-deny: what it is given escapes; when it can reach the optimizer's buffers
+        (through its arguments, the items of lists it is given, or `self` a method is given)
+        it may read and write all of them and keep the gradients; its result may be anything
+        it was given, or anything at all."""
+        given = flat(recv.union(*(v for _, v in args)))  # `f(*[group])`: the list's items too
+        reach = given | ({"%self"} if given_self else EMPTY)
         for a, v in args:
             for b in buffers(v):
                 self.eff.escapes.append((b, f"passed to {what}", a))
         if reach & {"%self", "%group", "%groups", "%statedict", "%pstate", OPAQUE, "param",
                     "grad"} or any(b.startswith("state:") for b in reach):
             self._touch_all(node, f"{what} can reach every gradient")
-        return self._opaque() | flat(reach)
+        return self._opaque() | given
 
     def _touch_all(self, node: cst.CSTNode, why: str) -> None:
         """Code the analysis cannot see, run here with access to the optimizer: it may read and

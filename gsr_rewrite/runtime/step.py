@@ -35,6 +35,7 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
 
 
 def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,
+           unshadowed: tuple[str, ...] = (),
            **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
@@ -47,6 +48,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
       `__init__` binds it to) while `self.ATTR` is anything else;
     - an ATTR in `data` (what the analysis took for data: analysis/checked_data.py) holds
       anything but `plain_data`;
+    - the instance binds one of the `unshadowed` methods (the analysis followed the class's
+      method; code outside the step may bind another: frontend/self_helpers.py);
     - what the copied code took from other modules or the class was patched since the R module
       was imported (`watch`, patches.py).
 
@@ -65,6 +68,7 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
                 any(g.get("differentiable", False) for g in self.param_groups) or \
                 any(getattr(self, a, None) is not f for a, f in bound.items()) or \
                 not all(plain_data(getattr(self, a, None)) for a in data) or \
+                any(m in getattr(self, "__dict__", ()) for m in unshadowed) or \
                 (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
@@ -79,7 +83,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
 
         def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
             return r_step(cls, *data, fixed_layout=fixed_layout,
-                          watch=watch.on(cls) if watch is not None else None, **bound)(step)
+                          watch=watch.on(cls) if watch is not None else None,
+                          unshadowed=unshadowed, **bound)(step)
 
         wrapper.gsr_on = on  # type: ignore[attr-defined]
         return wrapper

@@ -189,6 +189,8 @@ def _emit_class(out: ClassOutcome, src: SourceModule, home: SourceModule, catalo
                     bound = ", fixed_layout=True" + bound
                 # what the analysis took for data, checked at the step's start
                 bound = "".join(f", {a!r}" for a in sorted(out.analysis.checked_data)) + bound
+                if out.analysis.unshadowed:
+                    bound += f", unshadowed={tuple(sorted(out.analysis.unshadowed))!r}"
                 new = new.with_changes(decorators=[
                     cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name}{bound})")),
                     *new.decorators])
