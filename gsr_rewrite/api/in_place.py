@@ -11,8 +11,7 @@ import torch
 from gsr_rewrite.api.classes import _calls_super, _function, reduce
 from gsr_rewrite.errors import RewriteError
 from gsr_rewrite.runtime import unhooked
-
-_INSTALLED = "_gsr_installed"
+from gsr_rewrite.runtime.step import INSTALLED
 
 
 def install(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -27,7 +26,7 @@ def install(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     again after loading. `uninstall` undoes it. Returns `optimizer`.
     """
     cls = type(optimizer)
-    if _INSTALLED in vars(optimizer):
+    if INSTALLED in vars(optimizer):
         return optimizer
     if "step" in vars(optimizer):
         raise RewriteError(f"{cls.__qualname__}.step", "this optimizer's step was already "
@@ -46,12 +45,12 @@ def install(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         if name == "step":  # torch's step hooks, once (an R object's class step has them)
             fn = torch.optim.Optimizer.profile_hook_step(cast(Callable[..., Any], unhooked(fn)))
         setattr(optimizer, name, fn.__get__(optimizer, cls))
-    setattr(optimizer, _INSTALLED, tuple(methods))
+    setattr(optimizer, INSTALLED, tuple(methods))
     return optimizer
 
 
 def uninstall(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Undo `install`: the object runs its class's methods again. Returns `optimizer`."""
-    for name in vars(optimizer).pop(_INSTALLED, ()):
+    for name in vars(optimizer).pop(INSTALLED, ()):
         vars(optimizer).pop(name, None)
     return optimizer

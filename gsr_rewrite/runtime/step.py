@@ -4,6 +4,7 @@ that poisons reused gradients."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,8 +36,9 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
 
 
 def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,
-           unshadowed: tuple[str, ...] = (),
-           **bound: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+           unshadowed: tuple[str, ...] = (), followed: tuple[str, ...] = (),
+           owner: type | None = None, **bound: Any
+           ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
     - a group has `differentiable=True` (autograd must see every intermediate);
@@ -50,6 +52,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
       anything but `plain_data`;
     - the instance binds one of the `unshadowed` methods (the analysis followed the class's
       method; code outside the step may bind another: frontend/self_helpers.py);
+    - the instance's class is a subclass of the R class that resolves one of the `followed`
+      methods (each `self.m(...)` the analysis followed) to another function than the R class;
     - what the copied code took from other modules or the class was patched since the R module
       was imported (`watch`, patches.py).
 
@@ -69,6 +73,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
                 any(getattr(self, a, None) is not f for a, f in bound.items()) or \
                 not all(plain_data(getattr(self, a, None)) for a in data) or \
                 any(m in getattr(self, "__dict__", ()) for m in unshadowed) or \
+                not (INSTALLED in vars(self) or _resolves_alike(type(self), step, owner,
+                                                                 followed)) or \
                 (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
@@ -84,12 +90,30 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
         def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
             return r_step(cls, *data, fixed_layout=fixed_layout,
                           watch=watch.on(cls) if watch is not None else None,
-                          unshadowed=unshadowed, **bound)(step)
+                          unshadowed=unshadowed, followed=followed, owner=cls,
+                          **bound)(step)
 
         wrapper.gsr_on = on  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+#: set by `api.install` on an object given the R step of `reduce(type(obj))`, made for its class
+INSTALLED = "_gsr_installed"
+
+
+def _resolves_alike(cls: type, step: Any, owner: type | None, names: tuple[str, ...]) -> bool:
+    """`cls` resolves each of `names` as the R class does (`owner`, or the class on `cls`'s MRO
+    that defines `step`: a user's subclass of the R class may override them); False when no
+    class on its MRO is the R class."""
+    if owner is None:  # (torch's step hooks wrap the step of every subclass: found by name)
+        home, module = step.__qualname__.rpartition(".")[0], step.__module__
+        owner = next((c for c in cls.__mro__
+                      if c.__qualname__ == home and c.__module__ == module), None)
+    return owner is cls or owner is not None and owner in cls.__mro__ and all(
+        inspect.getattr_static(cls, m, None) is inspect.getattr_static(owner, m, None)
+        for m in names)
 
 
 def plain_data(v: Any, depth: int = 0) -> bool:

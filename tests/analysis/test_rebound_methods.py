@@ -103,3 +103,34 @@ def test_followed_where_only_code_outside_the_step_rebinds_it(tmp_path: Path) ->
 def test_not_followed_where_the_step_may_run_the_binder(init: str, head: str) -> None:
     why, placed = _denoms(_source(init, head))
     assert placed != [True], why
+
+
+
+def test_a_subclass_that_overrides_a_followed_method_runs_the_original_step(
+        tmp_path: Path) -> None:
+    """The analysis followed `self.init_group` (not rewritten: the R class inherits it) as the
+    class's method; a user's subclass of the R class that overrides it (keeping the gradients
+    the step then reuses, here) gets the original step."""
+    from tests.analysis.test_star_params import _source as starry
+
+    original, reduced = certified_pair(starry(), tmp_path, "Starry")
+
+    def keeping(base: type) -> type:
+        class KeepsGrads(base):  # type: ignore[misc, valid-type]
+            def init_group(self, group, *args, **kwargs):  # type: ignore[no-untyped-def]
+                super().init_group(group)
+                self.kept = [p.grad for p in group["params"] if p.grad is not None]
+
+        return KeepsGrads
+
+    kept = []
+    for cls in (keeping(original), keeping(reduced)):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(8, 8)) for _ in range(2)]
+        opt = cls(ps)
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        kept.append([g.clone() for g in opt.kept])
+    assert all(torch.equal(a, b) for a, b in zip(*kept, strict=True))
