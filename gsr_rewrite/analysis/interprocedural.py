@@ -50,6 +50,7 @@ from gsr_rewrite.frontend.scopes import bound_names, star_params, why_not_follow
 from gsr_rewrite.frontend.self_helpers import (
     bound_self_helpers,
     checkable_rebound_methods,
+    first_handing_self_away,
     self_attr_targets,
     self_bound_methods,
 )
@@ -85,9 +86,6 @@ class ClassAnalysis:
     imported: dict[str, SourceModule] = field(default_factory=dict)
     #: self.ATTR taken for data that the R step checks at its start (checked_data.py)
     checked_data: frozenset[str] = frozenset()
-    #: methods followed that code outside the step may bind on the instance: the R step runs
-    #: only while the instance does not shadow them (checkable_rebound_methods)
-    unshadowed: frozenset[str] = frozenset()
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -122,7 +120,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     (`unknowns.ForeignModules`)."""
     helpers = set(src.functions) | set(src.imported)
     # self.m(...) runs method m, unless some method also binds self.m to something else
-    # (or, where no code the step can run binds it, the R step checks it is not: `unshadowed`)
+    # (or, where no code the step can run binds it: the R step checks that the object does not)
     checkable = checkable_rebound_methods(src, cls)
     methods = {m for m in cls.methods if m != "step"} - (self_bound_methods(cls) - checkable)
     sites = _Sites(src)
@@ -269,6 +267,13 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     else:  # what the helpers return, append or reach might still grow: nothing is proved
         raise AnalysisLimit(src.where(cls.node), "the interprocedural analysis did not settle "
                            "in 10 rounds (helpers calling helpers too deep); not rewritten")
+    if any(n.startswith("self.") for n in funcs):  # followed as the class's methods, which
+        for fa in funcs.values():  # the R step checks when it starts (runtime.r_step) only
+            away = first_handing_self_away(fa.func)
+            if away is not None:
+                raise AnalysisLimit(src.where(away), "the optimizer is given to code that may "
+                                    "bind its methods while the step runs; the analysis "
+                                    "followed calls of them as the class's methods")
     for name in order:  # a callee found in the last round has not been solved yet
         if solved_with.get(name) != (sorted(funcs[name].entry_pt.items()),
                                      funcs[name].exit_live):
@@ -286,8 +291,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                 "the gradients after it returns", src.where(d)))
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers,
                          {k: owner for k, (_, owner) in src.imported.items() if k in funcs},
-                         unknowns.checked_data,
-                         frozenset(m for m in checkable if "self." + m in funcs))
+                         unknowns.checked_data)
 
 
 def _star_signature(func: cst.FunctionDef, is_method: bool) -> tuple[int, frozenset[str]]:

@@ -126,7 +126,7 @@ def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str
     (pytorch_optimizer's `_compile_foreach`, which a factory calls before training, binds
     `self._step_foreach`): no step can rebind them while it runs, so the R step may follow them
     once it has checked, at its start, that the instance does not shadow them
-    (`runtime.r_step(..., unshadowed=...)`). Not those `__init__` binds (every instance
+    (`runtime.r_step(..., followed=...)`). Not those `__init__` binds (every instance
     shadows them), nor any where a binder's name appears elsewhere (called, or got by
     `getattr(self, "name")`)."""
     every = [*cls.methods.values(), *cls.overridden]
@@ -137,7 +137,7 @@ def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str
     if "*" in binders:
         return set()
     named: dict[str, set[int]] = {}  # identifier or string -> the functions naming it
-    for f in [*every, *src.functions.values()]:
+    for f in [*every, *src.functions.values(), *(g for g, _ in src.imported.values())]:
         for word in _words(f):
             named.setdefault(word, set()).add(id(f))
     if "*" in named:
@@ -152,8 +152,35 @@ def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str
     return out
 
 
+#: builtins given `self` that bind nothing on it
+_GIVEN_SELF_HARMLESS = frozenset({"str", "repr", "id", "type", "isinstance", "hasattr", "getattr",
+                                  "super", "len", "hash"})
+
+
+def hands_self_away(call: cst.Call) -> bool:
+    """The call gives the object itself (`fn(self)`, `fn(opt=self)`) to code other than a few
+    builtins: that code may bind any attribute on it, methods included (`opt.m = wrapper`)."""
+    callee = call.func.value if isinstance(call.func, cst.Name) else ""
+    return callee not in _GIVEN_SELF_HARMLESS and any(
+        isinstance(a.value, cst.Name) and a.value.value == "self" for a in call.args)
+
+
+def first_handing_self_away(func: cst.FunctionDef) -> cst.Call | None:
+    """The first call in func (nested functions included) that `hands_self_away`."""
+    found: list[cst.Call] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            if not found and hands_self_away(node):
+                found.append(node)
+
+    func.body.visit(_V())
+    return found[0] if found else None
+
+
 def _words(func: cst.FunctionDef) -> set[str]:
-    """The names, attribute names and string constants in func, its own name excepted."""
+    """The names, attribute names and string constants in func, its own name excepted; "*"
+    where it may reach any method by a computed name, or hands `self` to other code."""
     found: set[str] = set()
 
     class _V(cst.CSTVisitor):
@@ -164,10 +191,13 @@ def _words(func: cst.FunctionDef) -> set[str]:
             value = node.evaluated_value
             found.add(value if isinstance(value, str) else "")
 
-        def visit_Call(self, node: cst.Call) -> None:  # getattr(self, name): any name at all
-            if isinstance(node.func, cst.Name) and node.func.value == "getattr" and \
-                    not (len(node.args) > 1 and isinstance(node.args[1].value, cst.SimpleString)):
+        def visit_Call(self, node: cst.Call) -> None:
+            callee = node.func.value if isinstance(node.func, cst.Name) else ""
+            if callee == "getattr" and not (  # getattr(self, name): any method at all
+                    len(node.args) > 1 and isinstance(node.args[1].value, cst.SimpleString)):
                 found.add("*")
+            if func.name.value != "__init__" and hands_self_away(node):
+                found.add("*")  # `fn(self)`: code the analysis may not see can bind methods
 
     func.body.visit(_V())
     for d in func.decorators:

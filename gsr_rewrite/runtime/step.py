@@ -36,7 +36,7 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
 
 
 def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,
-           unshadowed: tuple[str, ...] = (), followed: tuple[str, ...] = (),
+           followed: tuple[str, ...] = (),
            owner: type | None = None, **bound: Any
            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
@@ -50,10 +50,10 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
       `__init__` binds it to) while `self.ATTR` is anything else;
     - an ATTR in `data` (what the analysis took for data: analysis/checked_data.py) holds
       anything but `plain_data`;
-    - the instance binds one of the `unshadowed` methods (the analysis followed the class's
-      method; code outside the step may bind another: frontend/self_helpers.py);
-    - the instance's class is a subclass of the R class that resolves one of the `followed`
-      methods (each `self.m(...)` the analysis followed) to another function than the R class;
+    - a method the analysis followed (each `self.m(...)`: `followed`) is not what the R class
+      has: the object binds another on itself (user code, or pytorch_optimizer's
+      `_compile_foreach`), or the object's class is a user's subclass of the R class that
+      overrides it;
     - what the copied code took from other modules or the class was patched since the R module
       was imported (`watch`, patches.py).
 
@@ -72,9 +72,7 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
                 any(g.get("differentiable", False) for g in self.param_groups) or \
                 any(getattr(self, a, None) is not f for a, f in bound.items()) or \
                 not all(plain_data(getattr(self, a, None)) for a in data) or \
-                any(m in getattr(self, "__dict__", ()) for m in unshadowed) or \
-                not (INSTALLED in vars(self) or _resolves_alike(type(self), step, owner,
-                                                                 followed)) or \
+                not _methods_hold(self, step, owner, followed) or \
                 (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
@@ -90,7 +88,7 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
         def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
             return r_step(cls, *data, fixed_layout=fixed_layout,
                           watch=watch.on(cls) if watch is not None else None,
-                          unshadowed=unshadowed, followed=followed, owner=cls,
+                          followed=followed, owner=cls,
                           **bound)(step)
 
         wrapper.gsr_on = on  # type: ignore[attr-defined]
@@ -101,6 +99,16 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
 
 #: set by `api.install` on an object given the R step of `reduce(type(obj))`, made for its class
 INSTALLED = "_gsr_installed"
+
+
+def _methods_hold(obj: Any, step: Any, owner: type | None, names: tuple[str, ...]) -> bool:
+    """`obj.m` is the R class's `m` for each of `names`: none is bound on the object (but
+    those `api.install` put there, made for its class) and its class resolves them alike."""
+    mine = getattr(obj, "__dict__", {})
+    installed = mine.get(INSTALLED)
+    if any(m in mine and (installed is None or m not in installed) for m in names):
+        return False
+    return installed is not None or _resolves_alike(type(obj), step, owner, names)
 
 
 def _resolves_alike(cls: type, step: Any, owner: type | None, names: tuple[str, ...]) -> bool:

@@ -189,11 +189,9 @@ def _emit_class(out: ClassOutcome, src: SourceModule, home: SourceModule, catalo
                     bound = ", fixed_layout=True" + bound
                 # what the analysis took for data, checked at the step's start
                 bound = "".join(f", {a!r}" for a in sorted(out.analysis.checked_data)) + bound
-                if out.analysis.unshadowed:
-                    bound += f", unshadowed={tuple(sorted(out.analysis.unshadowed))!r}"
                 methods_followed = tuple(sorted(n.removeprefix("self.") for n in
                                                 out.analysis.functions if n.startswith("self.")))
-                if methods_followed:  # a user's subclass overriding one: the original step
+                if methods_followed:  # bound on the object, or overridden: the original step
                     bound += f", followed={methods_followed!r}"
                 new = new.with_changes(decorators=[
                     cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name}{bound})")),

@@ -2,7 +2,7 @@
 `_compile_foreach`: `self._step_foreach = compile_foreach_step(self._step_foreach)`, called by the
 user's code before training) is followed as the class's method when nothing the step can run
 binds it: the R step checks at its start that the instance does not shadow it, and runs the
-original step when it does (`runtime.r_step(..., unshadowed=...)`). Must-not-fire: the binder is
+original step when it does (`runtime.r_step(..., followed=...)`). Must-not-fire: the binder is
 `__init__`, or the step (or anything else in the class) names the binder."""
 
 from __future__ import annotations
@@ -134,3 +134,43 @@ def test_a_subclass_that_overrides_a_followed_method_runs_the_original_step(
             opt.step()
         kept.append([g.clone() for g in opt.kept])
     assert all(torch.equal(a, b) for a, b in zip(*kept, strict=True))
+
+
+UNBOUND = ("self._update = keep_grads(self._update, self.kept)", "pass")  # no method binds it
+
+
+def test_a_method_bound_on_the_object_by_user_code_runs_the_original_step(
+        tmp_path: Path) -> None:
+    """`opt._update = wrapper` from outside (nothing in the class binds it): the R step sees
+    the object's own binding and runs the original step."""
+    original, reduced = certified_pair(_source().replace(*UNBOUND), tmp_path, "Rebound")
+    kept = []
+    for cls in (original, reduced):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(16, 8)) for _ in range(3)]
+        opt = cls(ps)
+        inner = opt._update
+
+        def wrapped(group, grads, ms, vs, inner=inner, opt=opt):  # type: ignore[no-untyped-def]
+            inner(group, grads, ms, vs)
+            opt.kept.extend(grads)
+
+        opt._update = wrapped
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        kept.append([g.clone() for g in opt.kept])
+    assert len(kept[0]) == 6
+    assert all(torch.equal(a, b) for a, b in zip(*kept, strict=True))
+
+
+def test_a_step_that_hands_the_optimizer_away_is_refused() -> None:
+    """`rebind(self)` in the step: the code it runs may bind `self._update` before the step
+    calls it, after the R step's check; such a class is not rewritten."""
+    source = _source(head="rebind(self)").replace(
+        "\n\nclass Rebound", "\n\ndef rebind(opt):\n    opt._update = keep_grads(opt._update, "
+        "opt.kept)\n\n\nclass Rebound").replace(*UNBOUND)
+    (cls,) = rewrite_source(source, "rebound.py").classes
+    assert cls.status == "refused", cls.reason
+    assert "bind its methods" in cls.reason
