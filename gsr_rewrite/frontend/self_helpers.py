@@ -122,13 +122,14 @@ def self_bound_methods(cls: OptimizerClass) -> set[str]:
 
 
 def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str]:
-    """Of `self_bound_methods`, those only methods no code of the class or of `src` names bind
-    (pytorch_optimizer's `_compile_foreach`, which a factory calls before training, binds
-    `self._step_foreach`): no step can rebind them while it runs, so the R step may follow them
-    once it has checked, at its start, that the instance does not shadow them
-    (`runtime.r_step(..., followed=...)`). Not those `__init__` binds (every instance
-    shadows them), nor any where a binder's name appears elsewhere (called, or got by
-    `getattr(self, "name")`)."""
+    """Of `self_bound_methods`, those that the step cannot rebind while it runs: every method
+    binding them is named by no other code of the class, of `src` or of the functions it
+    imports (not called, not got by `getattr(self, "name")`), is not `__init__` (every object
+    would shadow them) nor `step`, and no such code hands `self` to other code or looks a
+    method up by a computed name. pytorch_optimizer's `_compile_foreach`, which its factory
+    calls before training, binds `self._step_foreach`. The analysis follows these as the
+    class's methods; the R step checks when it starts that the object does not shadow them
+    (`runtime.r_step(..., followed=...)`)."""
     every = [*cls.methods.values(), *cls.overridden]
     binders: dict[str, set[str]] = {}  # method -> the names of the functions binding it
     for f in every:
