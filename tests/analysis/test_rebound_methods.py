@@ -174,3 +174,25 @@ def test_a_step_that_hands_the_optimizer_away_is_refused() -> None:
     (cls,) = rewrite_source(source, "rebound.py").classes
     assert cls.status == "refused", cls.reason
     assert "bind its methods" in cls.reason
+
+
+def test_a_binding_in_an_overridden_base_method_counts(tmp_path: Path) -> None:
+    """The base binds `self._update` in `wrap_update`; the class overrides `wrap_update` and
+    calls super(): the binding is the base's, seen all the same. `_update` is followed (nothing
+    the step runs binds it), and an object the binding ran on gets the original step."""
+    source = _source().replace("class Rebound(Optimizer):", "class Base:").replace(
+        "\n    @torch.no_grad()\n    def step(", "\n\nclass Rebound(Base, Optimizer):\n"
+        "    def __init__(self, params, lr=1e-2, betas=(0.9, 0.99), eps=1e-8):\n"
+        "        Optimizer.__init__(self, params, dict(lr=lr, betas=betas, eps=eps))\n"
+        "        self.kept = []\n\n"
+        "    def wrap_update(self):\n        super().wrap_update()\n\n"
+        "    @torch.no_grad()\n    def step(")
+    why, placed = _denoms(source)
+    assert placed == [True], why
+    original, reduced = certified_pair(source, tmp_path, "Rebound")
+    for wrap in (False, True):
+        params_o, kept_o = _steps(original, wrap)
+        params_r, kept_r = _steps(reduced, wrap)
+        assert all(torch.equal(a, b) for a, b in zip(params_o, params_r, strict=True))
+        assert len(kept_o) == len(kept_r) == (9 if wrap else 0)
+        assert all(torch.equal(a, b) for a, b in zip(kept_o, kept_r, strict=True))
