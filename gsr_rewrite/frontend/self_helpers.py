@@ -135,7 +135,9 @@ def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str
     for f in every:
         for a, _ in self_attr_targets(f):
             binders.setdefault(a, set()).add(f.name.value)
-    if "*" in binders:
+    candidates = {m for m in set(binders) & set(cls.methods)  # (`self_bound_methods`)
+                  if "__init__" not in binders[m] and "step" not in binders[m]}
+    if "*" in binders or not candidates:  # (most classes: no module-wide scan)
         return set()
     named: dict[str, set[int]] = {}  # identifier or string -> the functions naming it
     for f in [*every, *src.functions.values(), *(g for g, _ in src.imported.values())]:
@@ -143,14 +145,8 @@ def checkable_rebound_methods(src: SourceModule, cls: OptimizerClass) -> set[str
             named.setdefault(word, set()).add(id(f))
     if "*" in named:
         return set()
-    out = set()
-    for m in self_bound_methods(cls) & set(binders):
-        outside = {b: named.get(b, set()) - {id(f) for f in every if f.name.value == b}
-                   for b in binders[m]}
-        if "__init__" not in binders[m] and "step" not in binders[m] and \
-                not any(outside.values()):
-            out.add(m)
-    return out
+    return {m for m in candidates if not any(
+        named.get(b, set()) - {id(f) for f in every if f.name.value == b} for b in binders[m])}
 
 
 #: builtins given `self` that bind nothing on it
