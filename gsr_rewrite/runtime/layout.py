@@ -80,17 +80,32 @@ class Record:
 
     def __init__(self, every: list[Tensor], shared: int) -> None:
         self.shared, self.count = shared, len(every)
+        # TensorGuards compares dispatch keys as the grad modes show them; inference mode hides
+        # what makes an inference tensor one, so a record holds only in the mode it was made in
+        self.inference = torch.is_inference_mode_enabled()
         self.guard = TensorGuards(*every, dynamic_dims_sizes=None, dynamic_dims_strides=None)
+        self.unsafe = unwritable(every[shared:])  # fixed by the dispatch keys TensorGuards checks
         self.entries = _entries(every, shared)
         # byte counts and contiguity: fixed by sizes, strides and dtype, which `check` compares
         self.sizes = tuple(t.nbytes for t in every)
         self.dense = tuple(t.is_contiguous() for t in every)
 
     def holds(self, every: list[Tensor], shared: int) -> bool:
-        return self.shared == shared and self.count == len(every) and self.guard.check(*every)
+        return self.shared == shared and self.count == len(every) and \
+            self.inference == torch.is_inference_mode_enabled() and self.guard.check(*every)
 
     def certificate(self, every: list[Tensor]) -> Certificate:
         return dict(zip(map(id, every), self.entries, strict=True))
+
+
+def unwritable(ts: list[Tensor]) -> bool:
+    """A tensor an in-place op raises on where the original only reads it: a negative view (a
+    foreach op refuses a mutable list of them) or, outside inference mode, an inference tensor."""
+    try:
+        return any(map(Tensor.is_neg, ts)) or \
+            (not torch.is_inference_mode_enabled() and any(map(Tensor.is_inference, ts)))
+    except (RuntimeError, NotImplementedError):  # a subclass that does not say: as before
+        return False
 
 
 #: optimizer -> the record of its last certified step

@@ -20,9 +20,13 @@ Tensor = torch.Tensor
 # -- the run-time precondition -----------------------------------------------------------------
 # The static analysis reasons about names; what it cannot see is how the user laid out memory.
 # An R step writes scratch into gradients (and into state it proved dead), so it is exact only
-# when, among the tensors one step touches, every gradient and every state tensor owns its bytes:
-# no two of them overlap, none overlaps a param, and no param is listed twice. Checked once per
-# step; the verdict is cached while the spans of all those tensors are unchanged.
+# when, among the tensors one step touches, every param, gradient and state tensor (those in
+# lists and dicts of state too) owns its bytes: no two of them overlap (two params sharing bytes
+# would see a strip-mined run's chunks update them in another order), no param is listed twice,
+# and no tensor among the groups' options (a tensor lr) overlaps them. Options and state hold
+# nothing but tensors and plain values (no object whose operators run user code mid-step), and no
+# gradient or state tensor is one an in-place op raises on. Checked once per step; the verdict is
+# cached while the spans of all those tensors are unchanged.
 
 _FALLBACKS = [0]  # steps that took the original path because the precondition failed
 _nbytes, _grad = operator.attrgetter("nbytes"), operator.attrgetter("grad")
@@ -70,7 +74,8 @@ def _plain_spans(ts: list[Tensor], lows: Iterable[int], sizes: Iterable[int],
 
 def _spans_disjoint(owned: list[tuple[Any, int, int]],
                     shared: list[tuple[Any, int, int]]) -> bool:
-    """No `owned` span overlaps another span; `shared` spans (params) may overlap each other."""
+    """No `owned` span overlaps another span; `shared` spans (option tensors) may overlap each
+    other."""
     by_storage: dict[Any, list[tuple[int, int, bool]]] = {}
     for spans, is_owned in ((owned, True), (shared, False)):
         for k, lo, hi in spans:
@@ -90,7 +95,7 @@ def _spans_disjoint(owned: list[tuple[Any, int, int]],
 
 def _addresses_disjoint(every: list[Tensor], lows: tuple[int, ...], sizes: tuple[int, ...],
                         dense: tuple[bool, ...], shared: int) -> bool:
-    """`_spans_disjoint` of plain tensors, the first `shared` of them params, in a few numpy
+    """`_spans_disjoint` of plain tensors, the first `shared` of them options, in a few numpy
     ops on their addresses (10,000 tensors: ~0.5 ms; the same ops in torch took ~2, sorting the
     tuples in Python ~6). Addresses of all devices are compared as one space: with unified
     virtual addressing (CUDA's on every 64-bit platform) they never coincide across devices, and
@@ -127,26 +132,31 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     (layout.py), made at its first lookup."""
     params = [p for group in opt.param_groups for p in group["params"]]
     ids = set(map(id, params))
-    if len(ids) != len(params):
+    options = _option_tensors(opt.param_groups)
+    if len(ids) != len(params) or options is None:
         return _fallback(), None
-    owned = [g for g in map(_grad, params) if g is not None]
-    # the state of the listed params, found without hashing tensors (Tensor.__hash__ is Python)
-    owned += [v for key, values in getattr(opt, "state", {}).items() if id(key) in ids
-              for v in values.values() if isinstance(v, Tensor)]
-    every = params + owned
+    grads = [g for g in map(_grad, params) if g is not None]
+    state = _state_tensors(getattr(opt, "state", {}), ids)
+    if state is None:
+        return _fallback(), None
+    every = params + grads + state
     plain = set(map(type, every)) <= _PLAIN
     if not plain:
         every = [_local(t) for t in every]  # DTensors: their shards on this rank
     found = layout.record(opt, every, len(params)) if certify and plain else None
+    if found.unsafe if found is not None else layout.unwritable(every[len(params):]):
+        return _fallback(), None
     sizes: tuple[int, ...] = ()
     dense: tuple[bool, ...] = ()
     try:
         lows = tuple(map(Tensor.data_ptr, every))
+        read = tuple((t.data_ptr(), t.nbytes, t.is_contiguous(), t.shape, t.stride())
+                     for t in options)  # few: a tensor lr, tensor betas
         if found is not None:  # sizes, strides and dtypes: the record's (it holds, TensorGuards)
-            key: Any = (len(params), lows, found)
+            key: Any = (len(params), lows, found, read)
         else:
             sizes, dense = tuple(map(_nbytes, every)), tuple(map(Tensor.is_contiguous, every))
-            key = (len(params), lows, sizes, dense, () if all(dense) else
+            key = (len(params), lows, sizes, dense, read, () if all(dense) else
                    tuple((t.shape, t.stride()) for t, d in zip(every, dense, strict=True)
                          if not d))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
@@ -154,19 +164,65 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     cached = _VERDICTS.get(opt)
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
-    elif key is not None and plain:  # the spans: what the key read, or (a record) read now
+    elif key is not None and plain and set(map(type, options)) <= _PLAIN:
         if found is not None:  # what TensorGuards re-checked fixes byte counts and contiguity
             sizes, dense = found.sizes, found.dense
-        verdict = _addresses_disjoint(every, lows, sizes, dense, len(params))
+        verdict = _addresses_disjoint(
+            options + every, tuple(r[0] for r in read) + lows,
+            tuple(r[1] for r in read) + sizes, tuple(r[2] for r in read) + dense, len(options))
         _VERDICTS[opt] = (key, verdict)
     else:
-        owned_spans, shared_spans = _spans(owned), _spans(params)
+        owned_spans, shared_spans = _spans(every), _spans(options)
         verdict = owned_spans is not None and shared_spans is not None and \
             _spans_disjoint(owned_spans, shared_spans)
         _VERDICTS[opt] = (key, verdict)
     if not verdict:
         return _fallback(), None
     return True, (layout.Pending(found, every) if found is not None else None)
+
+
+#: option and state values that hold no tensor and run no user code when a step computes with
+#: them (a float subclass's `__truediv__` could re-alias gradients in the middle of a step)
+_SCALARS = frozenset({int, float, bool, complex, str, type(None), torch.dtype, torch.device})
+
+
+def _scalar(v: Any) -> bool:
+    return type(v) in _SCALARS or (isinstance(v, np.generic) and type(v).__module__ == "numpy")
+
+
+def _tensors_in(v: Any, out: list[Tensor], depth: int = 0) -> bool:
+    """Append the tensors in `v` (a tensor, a scalar, or lists, tuples and dicts of them, up to
+    4 deep) to `out`; False when `v` holds anything else (an object the check cannot see into)."""
+    if isinstance(v, Tensor):
+        out.append(v)
+        return True
+    if _scalar(v):
+        return True
+    if depth >= 4 or type(v) not in (list, tuple, dict):
+        return False
+    return all(_tensors_in(x, out, depth + 1) for x in (v.values() if type(v) is dict else v))
+
+
+def _option_tensors(groups: list[dict[str, Any]]) -> list[Tensor] | None:
+    """The tensors among the groups' options (a tensor lr, tensor betas), each once; None when
+    an option is neither a tensor nor a plain value (see `_SCALARS`)."""
+    out: list[Tensor] = []
+    for group in groups:
+        for key, v in group.items():
+            if key != "params" and not _scalar(v) and not _tensors_in(v, out):
+                return None
+    return list({id(t): t for t in out}.values())  # one lr tensor shared by every group
+
+
+def _state_tensors(state: Any, ids: set[int]) -> list[Tensor] | None:
+    """The tensors in the state of the listed params (found without hashing tensors:
+    Tensor.__hash__ is Python), those in lists and dicts of it too; None when a state value is
+    neither (see `_tensors_in`)."""
+    values = [v for key, per in state.items() if id(key) in ids for v in per.values()]
+    if set(map(type, values)) <= _PLAIN:  # the common case: tensors only
+        return values
+    out: list[Tensor] = []
+    return out if all(_tensors_in(v, out) for v in values) else None
 
 
 #: optimizer -> (spans, verdict) of its last step; spans hold no tensors

@@ -29,10 +29,11 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
     """Debug mode only: after step, gradients are undefined; make that visible."""
     if not _DEBUG_POISON:
         return
-    for group in param_groups:
-        for p in group["params"]:
-            if p.grad is not None and p.grad.is_floating_point():
-                p.grad.fill_(float("nan"))
+    with torch.no_grad():  # a gradient that requires grad (a leaf) takes the fill too
+        for group in param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_floating_point():
+                    p.grad.fill_(float("nan"))
 
 
 def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,

@@ -103,12 +103,12 @@ def test_bitwise_equal_and_falls_back_only_when_buffers_are_shared(
     assert (precondition._FALLBACKS[0] > before) == falls_back
 
 
-def test_shared_params_may_overlap_but_not_grads() -> None:
+def test_shared_spans_may_overlap_but_not_owned_ones() -> None:
     base = torch.zeros(10)
     spans = precondition._spans([base[:6], base[4:]])
     assert spans is not None
-    assert precondition._spans_disjoint([], spans)  # params (views of one weight) may overlap
-    assert not precondition._spans_disjoint(spans[:1], spans[1:])  # a grad inside a param may not
+    assert precondition._spans_disjoint([], spans)  # options (one lr tensor, twice) may overlap
+    assert not precondition._spans_disjoint(spans[:1], spans[1:])  # a grad inside one may not
     assert precondition._spans_disjoint(precondition._spans([base[:4]]) or [],
                                    precondition._spans([base[4:]]) or [])
 
@@ -124,7 +124,7 @@ def test_strided_view_counts_its_whole_extent() -> None:
 @pytest.mark.parametrize("seed", range(200))
 def test_address_columns_agree_with_the_span_walk(seed: int) -> None:
     """The vectorized check on plain tensors (`_addresses_disjoint`) says what the span walk says,
-    on random views of two buffers: contiguous, strided, empty, params among them or not."""
+    on random views of two buffers: contiguous, strided, empty, options among them or not."""
     gen = torch.Generator().manual_seed(seed)
 
     def pick(n: int) -> int:

@@ -1,0 +1,173 @@
+"""The run-time precondition beyond gradients and state (an adversarial probe found each): a tensor
+option that shares a gradient's bytes, two params on one storage under chunked runs, an option
+or state value whose operators run user code, tensors inside lists of state, gradients an
+in-place op raises on (inference tensors, negative views), and the debug poison on a gradient
+that requires grad. Each must take the original step (or be exact), never differ."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import gsr_rewrite
+from gsr_rewrite import runtime
+from gsr_rewrite.optim import AdamW, AdamWR
+from gsr_rewrite.runtime import precondition
+
+Setup = Callable[[list[torch.nn.Parameter], int], None]
+
+
+def _fresh_grads(params: list[torch.nn.Parameter], step: int) -> None:
+    gen = torch.Generator().manual_seed(step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+
+
+def _pair(orig: type, rvar: type, params: list[torch.nn.Parameter], setup: Setup,
+          steps: int = 3, **options: object) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Params after `steps` of the original and of the R-variant from copies of `params`
+    (`setup(params, step)` lays out the gradients), and how often the R step fell back."""
+    out: list[list[torch.Tensor]] = []
+    fell = 0
+    for cls in (orig, rvar):
+        ps = copy.deepcopy(params)
+        opt = cls(ps, **copy.deepcopy(options))
+        before = precondition._FALLBACKS[0]
+        for step in range(steps):
+            setup(ps, step)
+            opt.step()
+        fell = precondition._FALLBACKS[0] - before
+        out.append([p.detach().clone() for p in ps])
+    return out[0], out[1], fell
+
+
+def _params(*shapes: tuple[int, ...]) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+
+
+def test_a_tensor_lr_inside_a_gradient_takes_the_original_step() -> None:
+    """lr, a 0-d view into the first gradient: the R step would write scratch into it before
+    the second param reads it."""
+    holder: dict[str, torch.Tensor] = {}
+
+    def setup(ps: list[torch.nn.Parameter], step: int) -> None:
+        _fresh_grads(ps, step)
+        assert ps[0].grad is not None
+        ps[0].grad[0, 0] = 1e-3
+        holder["lr"].set_(ps[0].grad.untyped_storage(), 0, ())  # lr is grad[0, 0] from now on
+
+    params = _params((4, 4), (4, 4))
+    out = []
+    for cls in (AdamW, AdamWR):
+        ps = copy.deepcopy(params)
+        holder["lr"] = torch.tensor(1e-3)
+        opt = cls(ps, lr=holder["lr"], foreach=False)
+        before = precondition._FALLBACKS[0]
+        for step in range(3):
+            setup(ps, step)
+            opt.step()
+        out.append([p.detach().clone() for p in ps])
+    assert precondition._FALLBACKS[0] - before == 3
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_two_params_on_one_storage_take_the_original_step(foreach: bool) -> None:
+    """Two Parameters over the same bytes: a strip-mined run cut into chunks (the strip floor
+    made tiny) would update them in another order than torch's foreach ops."""
+    out, fell = [], 0
+    original = torch.optim.Adagrad
+    for cls in (original, gsr_rewrite.reduce(original)):
+        base = torch.randn(1024, generator=torch.Generator().manual_seed(0))
+        params = [torch.nn.Parameter(base.view(32, 32)), torch.nn.Parameter(base.view(32, 32))]
+        opt = cls(params, lr=0.1, weight_decay=0.1, foreach=foreach)
+        before = precondition._FALLBACKS[0]
+        with runtime.strip_floor(1024):
+            for step in range(3):
+                _fresh_grads(params, step)
+                opt.step()
+        fell = precondition._FALLBACKS[0] - before
+        out.append(base.clone())
+    assert fell == 3 and torch.equal(out[0], out[1])
+
+
+class _HookedFloat(float):
+    """A float whose division runs code: user code in the middle of a step."""
+
+    def __truediv__(self, other: object) -> float:
+        return float(self) / float(other)  # type: ignore[arg-type]
+
+
+class _Opaque:
+    """A state value the precondition cannot see into."""
+
+
+def test_an_option_whose_operators_run_code_takes_the_original_step() -> None:
+    a, b, fell = _pair(AdamW, AdamWR, _params((4, 4)), _fresh_grads, lr=_HookedFloat(1e-3))
+    assert fell == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # numpy scalars and plain values run no user code: the R step runs
+    import numpy as np
+    a, b, fell = _pair(AdamW, AdamWR, _params((4, 4)), _fresh_grads, lr=np.float64(1e-3),
+                       betas=(np.float64(0.9), 0.999))
+    assert fell == 0 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_state_the_check_cannot_see_into_takes_the_original_step() -> None:
+    params = _params((4, 4))
+    opt = AdamWR(params)
+    _fresh_grads(params, 0)
+    opt.step()
+    assert precondition.distinct_buffers(opt)
+    opt.state[params[0]]["note"] = _Opaque()
+    assert not precondition.distinct_buffers(opt)
+    opt.state[params[0]]["note"] = {"tag": "plain", "sizes": (1, 2)}
+    assert precondition.distinct_buffers(opt)
+
+
+def test_a_gradient_that_is_a_state_tensor_in_a_list_takes_the_original_step() -> None:
+    params = _params((4, 4))
+    opt = AdamWR(params)
+    _fresh_grads(params, 0)
+    opt.step()
+    history = [torch.zeros(4, 4), torch.zeros(4, 4)]
+    opt.state[params[0]]["history"] = history
+    assert precondition.distinct_buffers(opt)
+    params[0].grad = history[1]  # writing scratch into it would change the optimizer's state
+    assert not precondition.distinct_buffers(opt)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("kind", ["inference", "negative view"])
+def test_gradients_an_in_place_op_raises_on_take_the_original_step(foreach: bool,
+                                                                   kind: str) -> None:
+    """The original only reads the gradient; an R step writing into it would raise ("Inplace
+    update to inference tensor outside InferenceMode"; foreach ops refuse mutable lists of
+    negative views)."""
+    def setup(ps: list[torch.nn.Parameter], step: int) -> None:
+        gen = torch.Generator().manual_seed(step)
+        for p in ps:
+            g = torch.randn(p.shape, generator=gen)
+            if kind == "inference":
+                with torch.inference_mode():
+                    p.grad = g.clone()
+            else:
+                p.grad = torch._neg_view(g.neg())
+
+    a, b, fell = _pair(AdamW, AdamWR, _params((4, 4), (6,)), setup, foreach=foreach)
+    assert fell == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_debug_poison_fills_a_gradient_that_requires_grad() -> None:
+    params = _params((4, 4))
+    opt = AdamWR(params)
+    params[0].grad = torch.randn(4, 4, requires_grad=True)
+    runtime.set_debug_poison(True)
+    try:
+        opt.step()
+    finally:
+        runtime.set_debug_poison(False)
+    assert params[0].grad is not None and bool(params[0].grad.isnan().all())
