@@ -219,8 +219,11 @@ def _state_tensors(state: Any, ids: set[int]) -> list[Tensor] | None:
     Tensor.__hash__ is Python), those in lists and dicts of it too; None when a state value is
     neither (see `_tensors_in`)."""
     values = [v for key, per in state.items() if id(key) in ids for v in per.values()]
-    if set(map(type, values)) <= _PLAIN:  # the common case: tensors only
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN:  # the common case: tensors only
         return values
+    if kinds <= _PLAIN | _SCALARS:  # and numbers (a float `rho_t`)
+        return [v for v in values if type(v) in _PLAIN]
     out: list[Tensor] = []
     return out if all(_tensors_in(v, out) for v in values) else None
 
