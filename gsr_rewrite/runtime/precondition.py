@@ -164,7 +164,7 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     cached = _VERDICTS.get(opt)
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
-    elif key is not None and plain and set(map(type, options)) <= _PLAIN:
+    elif key is not None and plain:
         if found is not None:  # what TensorGuards re-checked fixes byte counts and contiguity
             sizes, dense = found.sizes, found.dense
         verdict = _addresses_disjoint(
@@ -205,12 +205,15 @@ def _tensors_in(v: Any, out: list[Tensor], depth: int = 0) -> bool:
 
 def _option_tensors(groups: list[dict[str, Any]]) -> list[Tensor] | None:
     """The tensors among the groups' options (a tensor lr, tensor betas), each once; None when
-    an option is neither a tensor nor a plain value (see `_SCALARS`)."""
+    an option is neither a plain tensor nor a plain value (see `_SCALARS`; a tensor subclass's
+    `__torch_function__` may run code too)."""
     out: list[Tensor] = []
     for group in groups:
         for key, v in group.items():
             if key != "params" and not _scalar(v) and not _tensors_in(v, out):
                 return None
+    if not set(map(type, out)) <= _PLAIN:
+        return None
     return list({id(t): t for t in out}.values())  # one lr tensor shared by every group
 
 

@@ -106,6 +106,10 @@ class _Opaque:
     """A state value the precondition cannot see into."""
 
 
+class _SubTensor(torch.Tensor):
+    """A tensor subclass: its `__torch_function__` could run any code."""
+
+
 def test_an_option_whose_operators_run_code_takes_the_original_step() -> None:
     a, b, fell = _pair(AdamW, AdamWR, _params((4, 4)), _fresh_grads, lr=_HookedFloat(1e-3))
     assert fell == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
@@ -125,6 +129,10 @@ def test_state_the_check_cannot_see_into_takes_the_original_step() -> None:
     opt.state[params[0]]["note"] = _Opaque()
     assert not precondition.distinct_buffers(opt)
     opt.state[params[0]]["note"] = {"tag": "plain", "sizes": (1, 2)}
+    assert precondition.distinct_buffers(opt)
+    opt.param_groups[0]["lr"] = torch.tensor(1e-3).as_subclass(_SubTensor)  # may run code
+    assert not precondition.distinct_buffers(opt)
+    opt.param_groups[0]["lr"] = torch.tensor(1e-3)
     assert precondition.distinct_buffers(opt)
 
 
