@@ -24,6 +24,12 @@ Tensor = torch.Tensor
 #: Elements per strip are a multiple of this: a multiple of every CPU vector loop's step, so each
 #: element takes the same code path (vector body or scalar tail) in a strip as in its whole tensor.
 STRIP_ALIGN = 64
+#: The fewest elements ATen's CPU kernels split among threads (its vectorized math functions
+#: take 2,048 at least, TensorIterator 32,768): each thread's range ends in a scalar tail that
+#: rounds otherwise than the vector body (fp32 `pow`, `sigmoid`; bf16 `add(alpha=)`, `rsqrt`), and
+#: the ranges depend on the tensor's size, so strips of a tensor this large are exact on the CPU
+#: only with one thread; with more, it stays whole (its temporaries are one tensor, not a strip)
+CPU_PARALLEL_GRAIN = 2048
 #: A strip-mined run with k temporaries alive at once is emitted with 64 * k strips
 STRIP_FRACTION = 64
 #: GSR_STRIPS=N overrides the number of strips of every strip-mined run (1: whole tensors, the
@@ -266,9 +272,12 @@ def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
         groups = [[v[i] for v in lists if v[i] is not None] for i in range(n)]
     else:
         groups = [singles]
+    threaded = torch.get_num_threads() > 1 and not _FINE_STRIPS[0]
     for g in groups:
         if not g:
             continue
+        if threaded and g[0].device.type == "cpu" and g[0].numel() >= CPU_PARALLEL_GRAIN:
+            return None  # cut, its elements would round on other code paths than whole
         shape = g[0].shape
         for t in g:
             plain = type(t) is Tensor or isinstance(t, torch.nn.Parameter) or _FINE_STRIPS[0]
