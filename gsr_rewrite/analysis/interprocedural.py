@@ -48,9 +48,12 @@ from gsr_rewrite.frontend.effects import (
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
 from gsr_rewrite.frontend.scopes import bound_names, star_params, why_not_followed
 from gsr_rewrite.frontend.self_helpers import (
+    ATTRIBUTE_HOOKS,
+    IMPLICIT_DUNDERS,
     bound_self_helpers,
     checkable_rebound_methods,
     first_handing_self_away,
+    implicit_self_use,
     self_attr_targets,
     self_bound_methods,
 )
@@ -267,6 +270,17 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
     else:  # what the helpers return, append or reach might still grow: nothing is proved
         raise AnalysisLimit(src.where(cls.node), "the interprocedural analysis did not settle "
                            "in 10 rounds (helpers calling helpers too deep); not rewritten")
+    hooks = sorted(m for m in cls.methods if m in ATTRIBUTE_HOOKS)
+    if hooks:
+        raise AnalysisLimit(src.where(cls.methods[hooks[0]]), f"the class defines `{hooks[0]}`, "
+                            "which runs on every attribute of the optimizer the step names")
+    implicit = sorted(m for m in cls.methods if m in IMPLICIT_DUNDERS)
+    for fa in funcs.values() if implicit else ():
+        use = implicit_self_use(fa.func)
+        if use is not None:
+            raise AnalysisLimit(src.where(use), "the step uses the optimizer object itself, and "
+                                f"its class defines `{implicit[0]}`, which Python may call "
+                                "there without naming it; not followed")
     if any(n.startswith("self.") for n in funcs):  # followed as the class's methods, which
         for fa in funcs.values():  # the R step checks when it starts (runtime.r_step) only
             away = first_handing_self_away(fa.func)

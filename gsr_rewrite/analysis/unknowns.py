@@ -128,6 +128,9 @@ def class_unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozense
     if cls.node not in src.positions:  # `step` is a base's, in another module: there `Cls` is
         names = frozenset()  # not this class (`Cls.m(...)` is then an unknown call)
     checked = checked_data_attrs(cls, combined, constants)  # data where the R step checks it
+    # a constant is data as the class's own code binds it; but a constructor argument may be
+    # any object (`self.model = model`), and code outside the class may bind the attribute
+    # later (`opt.flat_grad = buffer` over `self.flat_grad = None`): the R step checks them too
     return Unknowns(roles, constants | checked, opaque_globals(src),
                     HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables,
-                    checked_data=checked)
+                    checked_data=constants | checked)

@@ -46,6 +46,10 @@ class Evaluator(TensorOpEvaluator):
     def _call(self, node: cst.Call) -> Value:
         func = node.func
         name = dotted(func)
+        if not isinstance(func, (cst.Name, cst.Attribute)):  # `getattr(grad, stat)()`, `fs[0]()`
+            callee = self.value(func)  # (its own calls and reads happen first)
+            return self._unknown_call(node, "a computed callable", callee,
+                                      [(a, self.read(a.value)) for a in node.args])
         if isinstance(func, cst.Name) and func.value in self.pt:
             bound = self.pt[func.value]
             targets = sorted(b[len("%fn:"):] for b in bound if b.startswith("%fn:"))
@@ -115,6 +119,13 @@ class Evaluator(TensorOpEvaluator):
             return got | frozenset().union(*(self.value(a.value) for a in node.args[2:]))
         if name in ("map", "filter") and node.args and isinstance(node.args[0].value, cst.Lambda):
             return _lazy_lambda_value(self, name, node)  # (filter is a container too: first)
+        called = _called_back(name, node)
+        if called is not None and not (isinstance(called, cst.Name) and called.value in
+                                       HARMLESS_BUILTINS | BUILTIN_CONTAINERS):
+            # `map(operator.attrgetter("grad"), [p])`, `sorted(ps, key=self._norm)`: it calls
+            # code the analysis does not follow on what it is given (params: their gradients)
+            return self._unknown_call(node, f"`{name}` given a callable", EMPTY,
+                                      [(a, self.read(a.value)) for a in node.args])
         args = [self.read(a.value) for a in node.args]
         if name in BUILTIN_CONTAINERS:
             return frozenset().union(*args) if args else EMPTY
@@ -328,3 +339,19 @@ def _dict_view(v: Value, method: str) -> Value:
     if method == "values":
         return v
     return container(structured([EMPTY, element(v)]), partition=PART in v)
+
+
+#: builtins that call a function they are given on the items of what they are given
+_CALLING_BACK = {"map": 0, "filter": 0, "functools.reduce": 0, "sorted": None, "min": None,
+                 "max": None}
+
+
+def _called_back(name: str | None, node: cst.Call) -> cst.BaseExpression | None:
+    """The function `name` (a builtin of `_CALLING_BACK`) calls back: its first argument, or
+    its `key=`; None for other calls."""
+    if name not in _CALLING_BACK:
+        return None
+    at = _CALLING_BACK[name]
+    if at is not None:
+        return node.args[at].value if len(node.args) > at else None
+    return next((a.value for a in node.args if a.keyword and a.keyword.value == "key"), None)

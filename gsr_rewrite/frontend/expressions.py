@@ -172,7 +172,9 @@ class ExpressionEvaluator:
                                           *node.params.kwonly_params)}
             self._capture(node.body, "captured by a lambda", own)  # `lambda n: 1 - n`
             self.keep_defaults(node, "a lambda")
-            return EMPTY
+            # `lambda q: q.grad.norm()` reads the gradient of what it is called on, when some
+            # code the analysis does not see calls it: an object it cannot model
+            return self._opaque() if _reads_attributes_by_name(node.body) else EMPTY
         if isinstance(node, cst.FormattedString):  # f"{p.grad[0].item()}": its parts run now
             for part in node.parts:
                 if isinstance(part, cst.FormattedStringExpression):
@@ -212,7 +214,10 @@ class ExpressionEvaluator:
                 return frozenset({"%statedict"})
             if attr == "defaults" or attr in self.unknowns.self_constants:
                 return EMPTY
-            return self._opaque()
+            if attr in self.methods:  # not called: a property's getter runs here (it may read
+                self._code_run_here(node, f"`self.{attr}`, a method of the class not called "
+                                    "(a property runs code)")  # any gradient), or a bound
+            return self._opaque()  # method goes where the analysis does not follow
         if attr in ("grad", "_grad") and ("param" in base or OPAQUE in base):
             self.eff.rooted.add("grad")
             if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own
@@ -222,10 +227,18 @@ class ExpressionEvaluator:
             return EMPTY
         if attr in _WHOLE_VIEWS:
             return base
-        return base | {PARTIAL} if buffers(base) else base  # .real, .imag: some of its elements
+        if attr in ("real", "imag"):
+            return base | {PARTIAL} if buffers(base) else base  # some of its elements
+        # any other attribute of a tensor is the user's (`p.main_grad`: maybe the gradient)
+        return base | {PARTIAL, OPAQUE} if buffers(base) else base
 
     def _opaque(self) -> Value:
         return frozenset({OPAQUE})
+
+    def _code_run_here(self, node: cst.CSTNode, why: str) -> None:
+        """Code the analysis does not see runs here with access to the optimizer (tensor_ops:
+        it may read and write every buffer)."""
+        raise NotImplementedError
 
     def touched(self, v: Value) -> Value:
         """The buffers a read or a write through a value of `v` may touch."""
@@ -377,3 +390,19 @@ def _leaves(e: cst.BaseExpression) -> list[cst.BaseExpression]:
     if isinstance(e, cst.Tuple):
         return [e, *(x for el in e.elements for x in _leaves(el.value))]
     return [e]
+
+
+def _reads_attributes_by_name(node: cst.CSTNode) -> bool:
+    """`node` names a gradient attribute (`.grad`, `._grad`) or reaches attributes by a
+    computed name (`getattr`, `vars`, `attrgetter`)."""
+    found: list[cst.CSTNode] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Attribute(self, n: cst.Attribute) -> None:
+            found.extend([n] if n.attr.value in ("grad", "_grad") else [])
+
+        def visit_Name(self, n: cst.Name) -> None:
+            found.extend([n] if n.value in ("getattr", "vars", "attrgetter") else [])
+
+    node.visit(_V())
+    return bool(found)

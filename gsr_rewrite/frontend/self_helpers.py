@@ -175,6 +175,48 @@ def first_handing_self_away(func: cst.FunctionDef) -> cst.Call | None:
     return found[0] if found else None
 
 
+#: methods Python calls on an object without naming them (`with self`, `if self`, `self + x`,
+#: `len(self)`, `f"{self}"`, ...); the attribute hooks run on every `self.x`
+IMPLICIT_DUNDERS = frozenset({
+    "__enter__", "__exit__", "__bool__", "__len__", "__iter__", "__next__", "__reversed__",
+    "__getitem__", "__setitem__", "__delitem__", "__contains__", "__missing__", "__call__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__format__",
+    "__str__", "__repr__", "__bytes__", "__index__", "__int__", "__float__", "__complex__",
+    "__round__", "__neg__", "__pos__", "__abs__", "__invert__",
+    *(f"__{p}{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod",
+                                 "divmod", "pow", "lshift", "rshift", "and", "xor", "or")
+      for p in ("", "r", "i")),
+})
+ATTRIBUTE_HOOKS = frozenset({"__getattr__", "__getattribute__", "__setattr__", "__delattr__"})
+
+
+def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:
+    """The first place in func (nested functions included) that uses `self` as a value other
+    than by naming an attribute of it or handing it to a call (`hands_self_away` decides on
+    those): where Python may call a dunder method of it implicitly (`with self:`, `if self:`,
+    `self + 1`, `f"{self}"`, `for x in self`, `self[k]`)."""
+    found: list[cst.CSTNode] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
+                return True
+            return False  # `self.x`: its value is visited no further
+
+        def visit_Arg(self, node: cst.Arg) -> bool:
+            return not (isinstance(node.value, cst.Name) and node.value.value == "self")
+
+        def visit_Param(self, node: cst.Param) -> bool:
+            return False
+
+        def visit_Name(self, node: cst.Name) -> None:
+            if not found and node.value == "self":
+                found.append(node)
+
+    func.body.visit(_V())
+    return found[0] if found else None
+
+
 def _words(func: cst.FunctionDef) -> set[str]:
     """The names, attribute names and string constants in func, its own name excepted; "*"
     where it may reach any method by a computed name, or hands `self` to other code."""

@@ -118,9 +118,9 @@ class TensorOpEvaluator(ExpressionEvaluator):
         if fn in cat.metadata or fn.startswith("is_"):
             return EMPTY  # not a tensor of the step: a bool (`torch.is_complex(p)`), a shape
         if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
-            for b in buffers(args_v):
+            for b in buffers(flat(args_v)):  # (the tensors of lists it is given too)
                 self.eff.writes.append(("@expr", b))
-        if "." in fn and not fn.startswith(DATA_NAMESPACES) and args_v & {
+        if "." in fn and not fn.startswith(DATA_NAMESPACES) and flat(args_v) & {
                 "param", OPAQUE, "%self", "%group", "%groups", "%statedict", "%pstate"}:
             # `torch.nn.utils.clip_grad_norm_(params)` reads and writes the params' .grad (the
             # ops of `torch.` itself see the data of the tensors they are given, never .grad)
@@ -150,6 +150,9 @@ class TensorOpEvaluator(ExpressionEvaluator):
                     "grad"} or any(b.startswith("state:") for b in reach):
             self._touch_all(node, f"{what} can reach every gradient")
         return self._opaque() | given
+
+    def _code_run_here(self, node: cst.CSTNode, why: str) -> None:
+        self._touch_all(node, f"{why} can reach every gradient")
 
     def _touch_all(self, node: cst.CSTNode, why: str) -> None:
         """Code the analysis cannot see, run here with access to the optimizer: it may read and

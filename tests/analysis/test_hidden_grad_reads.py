@@ -1,0 +1,158 @@
+"""Gradient reads the analysis did not see (an adversarial probe found each, session 18): the
+gradient is read after `v.sqrt()` could be placed in it, through
+
+- a computed callable (`getattr(grad, stat)()`: the callee expression was never evaluated);
+- a dunder method Python calls on the optimizer without naming it (`with self:`, `if self:`);
+- a property of the class (`self.grad_norm`);
+- a callable given to `map`, `functools.reduce`, ... (`operator.attrgetter("grad")`), a lambda
+  that reads `.grad` of what it is called on, a torch function given params in a list;
+- an attribute of a param that is not a tensor attribute (`p.main_grad`, Megatron's buffer);
+- an attribute of the optimizer bound to a constructor argument or None (`self.model`,
+  `self.flat_grad`): the class's own code binds it to data, but the object may hold anything;
+  the R step now checks it holds plain data (`r_step(..., "model")`).
+
+Each must keep `v.sqrt()` out of the gradient (or refuse); the must-fire control places it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gsr_rewrite.pipeline import rewrite_source
+
+SOURCE = '''
+import functools
+import operator
+import torch
+from torch.optim import Optimizer
+
+
+class Probe(Optimizer):
+    def __init__(self, params, lr=1e-2, eps=1e-8, model=None, stat=None):
+        super().__init__(params, dict(lr=lr, eps=eps))
+        self.model = model
+        self.stat = stat
+        self.flat_grad = None
+        self.last = None
+{members}
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                m, v = state["m"], state["v"]
+                m.lerp_(grad, 0.1)
+                v.mul_(0.9).addcmul_(grad, grad, value=0.1)
+                denom = v.sqrt().add_(group["eps"])
+                p.addcdiv_(m, denom, value=-group["lr"])
+                if self.stat is not None:
+                    {after}
+'''
+
+PROPERTY = '''
+    @property
+    def grad_norm(self):
+        return sum(float(q.grad.norm()) for g in self.param_groups for q in g["params"])
+'''
+ENTER = '''
+    def __enter__(self):
+        self.last = sum(float(q.grad.norm()) for g in self.param_groups for q in g["params"])
+        return self
+
+    def __exit__(self, *exc):
+        return False
+'''
+BOOL = '''
+    def __bool__(self):
+        self.last = float(self.param_groups[0]["params"][0].grad.norm())
+        return True
+'''
+
+CASES = {
+    "getattr-method": ("", 'state["s"] = getattr(grad, self.stat)()'),
+    "dunder-getattribute": ("", 'state["s"] = grad.__getattribute__("norm")()'),
+    "with-self": (ENTER, "with self:\n                        pass"),
+    "if-self": (BOOL, "if self:\n                        pass"),
+    "property": (PROPERTY, "self.last = self.grad_norm"),
+    "attrgetter-map": ("", 'state["s"] = list(map(operator.attrgetter("grad"), [p]))[0]'),
+    "reduce-lambda": ("", 'state["s"] = functools.reduce(lambda a, q: a + q.grad.norm(), '
+                          '[p], 0)'),
+    "sorted-key": ("", 'self.last = sorted([p], key=lambda q: float(q.grad.norm()))'),
+    "clip-list": ("", "torch.nn.utils.clip_grad_norm_([p], 1.0)"),
+    "main-grad": ("", 'state["s"] = getattr(p, "main_grad", torch.zeros(1)).norm()'),
+    "model": ("", "self.last = [q.grad.norm() for q in self.model.parameters()]"),
+    "flat-grad": ("", "self.last = self.flat_grad.norm()"),
+}
+
+
+def _denoms(members: str, after: str) -> tuple[str, list[bool], list[str]]:
+    (cls,) = rewrite_source(SOURCE.format(members=members, after=after), "probe.py").classes
+    denoms = [t for t in cls.temporaries if t.code == "v.sqrt()"]
+    return cls.status, [t.placed for t in denoms], [t.how for t in denoms]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_hidden_read_keeps_the_temporary_out_of_the_gradient(case: str) -> None:
+    members, after = CASES[case]
+    status, placed, how = _denoms(members, after)
+    if case in ("model", "flat-grad"):  # data as the class binds it; checked when a step starts
+        assert status == "rewritten"
+        return
+    assert status == "refused" or not any(placed), how
+
+
+def test_must_fire_the_gradient_hosts_the_temporary_without_a_later_read() -> None:
+    status, placed, how = _denoms("", "self.last = 1.0")
+    assert status == "rewritten" and placed == [True], how
+
+
+@pytest.mark.parametrize("attr", ["model", "flat_grad"])
+def test_an_attribute_bound_to_an_argument_or_none_is_checked_when_the_step_starts(
+        attr: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`self.model = model`: the step reads grads through it after the update; the R step
+    runs only while it holds plain data, else the original (bitwise)."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    import gsr_rewrite
+
+    after = {"model": "self.last = [q.grad.norm() for q in self.model.parameters()]",
+             "flat_grad": "self.last = self.flat_grad.norm()"}[attr]
+    folder = Path(str(tmp_path))
+    (folder / "probe_attr_mod.py").write_text(SOURCE.format(members="", after=after))
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(folder / "cache"))
+    sys.modules.pop("probe_attr_mod", None)
+    import probe_attr_mod  # type: ignore[import-not-found]  # noqa: PLC0415
+
+    orig = probe_attr_mod.Probe
+    r_cls = gsr_rewrite.reduce(orig)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(2)]
+    out = []
+    for cls in (orig, r_cls):
+        ps = copy.deepcopy(params)
+        model = torch.nn.Module()
+        for i, p in enumerate(ps):
+            model.register_parameter(f"p{i}", p)
+        opt = cls(ps, stat="on", model=model)
+        for step in range(3):
+            gen = torch.Generator().manual_seed(step)
+            for p in ps:
+                p.grad = torch.randn(4, 4, generator=gen)
+            opt.flat_grad = ps[0].grad
+            opt.step()
+        out.append((opt.last, [p.detach().clone() for p in ps]))
+    (last_o, ps_o), (last_r, ps_r) = out
+    assert all(torch.equal(a, b) for a, b in zip(ps_o, ps_r, strict=True))
+    flat = last_o if isinstance(last_o, list) else [last_o]
+    flat_r = last_r if isinstance(last_r, list) else [last_r]
+    assert all(torch.equal(a, b) for a, b in zip(flat, flat_r, strict=True))
+    sys.modules.pop("probe_attr_mod", None)
