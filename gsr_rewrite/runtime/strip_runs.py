@@ -24,12 +24,15 @@ Tensor = torch.Tensor
 #: Elements per strip are a multiple of this: a multiple of every CPU vector loop's step, so each
 #: element takes the same code path (vector body or scalar tail) in a strip as in its whole tensor.
 STRIP_ALIGN = 64
-#: The fewest elements ATen's CPU kernels split among threads (its vectorized math functions
-#: take 2,048 at least, TensorIterator 32,768): each thread's range ends in a scalar tail that
-#: rounds otherwise than the vector body (fp32 `pow`, `sigmoid`; bf16 `add(alpha=)`, `rsqrt`), and
-#: the ranges depend on the tensor's size, so strips of a tensor this large are exact on the CPU
-#: only with one thread; with more, it stays whole (its temporaries are one tensor, not a strip)
-CPU_PARALLEL_GRAIN = 2048
+#: ATen's CPU elementwise kernels (TensorIterator) split an op on more elements than this among
+#: threads; each thread's range ends in a scalar tail that rounds otherwise than the vector body
+#: (fp32 `pow`, bf16 `rsqrt`, `add(alpha=)`), and the ranges depend on the tensor's size, so
+#: strips of a larger tensor are exact on the CPU only with one thread: with more it stays whole
+#: (its temporaries one tensor, not a strip). At or under it, an op runs on one thread, or (the
+#: vectorized math functions, split from 2,048 elements) ends ranges in vector-width tails: no
+#: element differed between strips and whole ops of 22 ops in fp32, fp64, bf16 and fp16 at sizes
+#: 2,048 to 32,768 under 2, 8 and 16 threads (session 18); above it, pow and rsqrt did.
+CPU_PARALLEL_GRAIN = 32768
 #: A strip-mined run with k temporaries alive at once is emitted with 64 * k strips
 STRIP_FRACTION = 64
 #: GSR_STRIPS=N overrides the number of strips of every strip-mined run (1: whole tensors, the
@@ -276,7 +279,7 @@ def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
     for g in groups:
         if not g:
             continue
-        if threaded and g[0].device.type == "cpu" and g[0].numel() >= CPU_PARALLEL_GRAIN:
+        if threaded and g[0].device.type == "cpu" and g[0].numel() > CPU_PARALLEL_GRAIN:
             return None  # cut, its elements would round on other code paths than whole
         shape = g[0].shape
         for t in g:

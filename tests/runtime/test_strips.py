@@ -99,24 +99,23 @@ def test_chunks_fall_back_to_strips_where_positions_could_not_be_cut_alike() -> 
 @pytest.mark.parametrize("device_threads", [1, 2])
 def test_with_cpu_threads_a_tensor_large_enough_to_be_split_among_them_stays_whole(
         device_threads: int) -> None:
-    """ATen splits an op on a CPU tensor of 2,048 elements or more among its threads; each
+    """ATen splits an op on a CPU tensor of more than 32,768 elements among its threads; each
     thread's range ends in a scalar tail that rounds otherwise than the vector body (fp32 `pow`,
-    bf16 `add(alpha=)`), so strips would not be bitwise: with more than one thread the tensor
-    runs whole. Smaller tensors are cut as before."""
+    bf16 `rsqrt`), so strips would not be bitwise: with more than one thread the tensor runs
+    whole. Smaller tensors are cut as before."""
     saved = torch.get_num_threads()
     torch.set_num_threads(device_threads)
     try:
         with strip_floor(0):
-            big = _count(64, torch.randn(strip_runs.CPU_PARALLEL_GRAIN), torch.randn(
-                strip_runs.CPU_PARALLEL_GRAIN))
-            small = _count(64, torch.randn(1024), torch.randn(1024))
-            chunked = sum(1 for _ in strips(64, [torch.randn(4096)], [torch.randn(4096)],
+            n = strip_runs.CPU_PARALLEL_GRAIN + 64
+            big = _count(64, torch.randn(n), torch.randn(n))
+            small = _count(64, torch.randn(4096), torch.randn(4096))
+            chunked = sum(1 for _ in strips(64, [torch.randn(n)], [torch.randn(n)],
                                             chunks=True))
     finally:
         torch.set_num_threads(saved)
-    assert big == (32 if device_threads == 1 else 1)  # 2,048 elements in strips of 64
-    assert small == 16  # 1,024 elements: one thread does the whole op either way
-    assert chunked == (64 if device_threads == 1 else 1)
+    assert big == chunked and (big > 1) == (device_threads == 1)
+    assert small == 64  # 4,096 elements: cut alike under threads (tails stay where they were)
 
 
 def test_strips_agree_bitwise_with_the_whole_op_under_threads() -> None:
