@@ -40,9 +40,10 @@ from gsr_rewrite.transform.stripmine import (
 
 
 def rewrite_source(source: str, filename: str = "<string>", package: str | None = None,
-                   module: str | None = None) -> RewriteResult:
+                   module: str | None = None, import_originals: bool = False) -> RewriteResult:
     """`package` resolves the source's relative imports; `module` is its importable dotted name:
-    given, R-variants of classes that inherit from other modules import the original classes."""
+    given, R-variants of classes that inherit from other modules import the original classes,
+    and with `import_originals` (the CLI) every R module does, instead of copying the module."""
     catalog = load_catalog()
     src = parse(source, filename, package, module)  # 1. locate (syntax errors raise here)
     if not src.classes:
@@ -59,12 +60,12 @@ def rewrite_source(source: str, filename: str = "<string>", package: str | None 
                  for c, b, why in src.unresolved if c in defs]
     code = None
     if any(o.status == "rewritten" for o in outcomes):
-        code = emit_module(src, outcomes, catalog, package)  # 5. emit
+        code = emit_module(src, outcomes, catalog, package, import_originals)  # 5. emit
     return RewriteResult(filename, code, outcomes)
 
 
 def compile_source(source: str, filename: str = "<string>", package: str | None = None,
-                   module: str | None = None) -> RewriteResult:
+                   module: str | None = None, import_originals: bool = False) -> RewriteResult:
     """rewrite_source, then 6. validate: no class without proof. A class is kept only when
     `validate.certify` accepts it (symbolic execution proved it or could not run, and the
     differential stress matrix passed); otherwise it is refused with the reason and the module
@@ -74,7 +75,7 @@ def compile_source(source: str, filename: str = "<string>", package: str | None 
 
     from gsr_rewrite.proof.validate import certify, load_module
 
-    result = rewrite_source(source, filename, package, module)
+    result = rewrite_source(source, filename, package, module, import_originals)
     while result.code is not None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "gsr_candidate.py"
@@ -92,7 +93,7 @@ def compile_source(source: str, filename: str = "<string>", package: str | None 
         if not failed:
             break
         result.code = (emit_module(parse(source, filename, package, module), result.classes,
-                                   load_catalog(), package)
+                                   load_catalog(), package, import_originals)
                        if any(c.status == "rewritten" for c in result.classes) else None)
     return result
 

@@ -122,7 +122,8 @@ def _rewrite_one(job: Job, check: bool, show_diff: bool, backend: str = "eager",
 
     out = job.out
     try:
-        result = compile_source(job.source, job.label, job.package, job.module)
+        result = compile_source(job.source, job.label, job.package, job.module,
+                                import_originals=True)  # an importable module: imported
     except RewriteError as e:
         click.echo(f"error: {e}", err=True)
         return 1, None

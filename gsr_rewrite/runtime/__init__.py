@@ -12,7 +12,7 @@ runtime as _gsr`): a small, stable surface; its parts are
 """
 
 from gsr_rewrite.runtime.guards import GUARD_HITS, falsy, fits, fits_lists, truthy
-from gsr_rewrite.runtime.patches import watch
+from gsr_rewrite.runtime.patches import same_sources, watch
 from gsr_rewrite.runtime.placement import (
     foreach_inplace,
     foreach_into,
@@ -36,6 +36,6 @@ from gsr_rewrite.runtime.strip_runs import (
 
 __all__ = ["GUARD_HITS", "STRIP_ALIGN", "STRIP_FRACTION", "At", "StripItem", "at",
            "distinct_buffers", "falsy", "fine_strips", "fits", "fits_lists", "foreach_inplace",
-           "foreach_into", "foreach_out", "part", "poison_grads", "r_step", "scalar_first",
-           "scalar_first_", "set_debug_poison", "strip_floor", "strips", "truthy", "unhooked",
-           "watch"]
+           "foreach_into", "foreach_out", "part", "poison_grads", "r_step", "same_sources",
+           "scalar_first", "scalar_first_", "set_debug_poison", "strip_floor", "strips", "truthy",
+           "unhooked", "watch"]

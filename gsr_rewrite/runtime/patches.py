@@ -13,6 +13,7 @@ object's name, unwrapped), else the original step runs."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import types
@@ -92,3 +93,21 @@ def _def_name(obj: Any) -> str:
     except ValueError:
         return ""
     return fn.__code__.co_name if isinstance(fn, types.FunctionType) else ""
+
+
+def same_sources(digests: dict[str, str]) -> None:
+    """Raise ImportError unless each module's source still has the SHA-256 the R module was
+    generated from (`{module: digest}`): the R module copies and stands for their code."""
+    for name, digest in digests.items():
+        module = importlib.import_module(name)
+        spec = getattr(module, "__spec__", None)
+        loader = getattr(spec, "loader", None)
+        try:
+            text = loader.get_source(name) if loader is not None else None
+        except (ImportError, OSError):
+            text = None
+        now = hashlib.sha256(text.encode()).hexdigest() if text is not None else "unreadable"
+        if now != digest:
+            raise ImportError(f"gsr-rewrite: {name} changed since this R module was generated "
+                              f"from it (source {digest[:12]}, now {now[:12]}); run gsr-rewrite "
+                              "on it again")

@@ -3,6 +3,7 @@ its `<Name>R` subclass holding the rewritten methods (and helpers copied beside 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ def describe_storage(p: Placement) -> str:
 
 # -- emission --------------------------------------------------------------------------------
 def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCatalog,
-                package: str | None) -> str:
+                package: str | None, import_originals: bool = False) -> str:
     module = src.module
     helpers: list[cst.BaseStatement] = []  # rewritten module-level helpers, callees first
     extra: list[cst.ClassDef] = []  # the R classes
@@ -93,14 +94,20 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
     runtime = cst.parse_statement(
         f"from gsr_rewrite import runtime as {RUNTIME}  # added by gsr-rewrite\n")
     ns = Namespace(emitted={RUNTIME, *emitted_helpers})
-    importing = (foreign or inherits) and src.name is not None
+    importing = (foreign or inherits or import_originals) and src.name is not None
     if importing:  # import the originals, copy nothing
         ns.here = {o.name: f"{src.name}.{o.name}" for o in rewritten}
         for node, owner, name in copied:
             ns.need(node, owner, f"{owner.filename}: {name}", name)
         originals = ", ".join(sorted(o.name for o in rewritten))
+        # the code copied here stands for those modules' code as it was read: the R module
+        # refuses to import once one of them changed (an upgraded package, an edited file)
+        read = {m.name: m.module.code for m in [src, *src.others, *(o for _, o, _ in copied)]
+                if m.name is not None}
+        digests = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in read.items()}
         body: list[Any] = [cst.parse_statement(f"from {src.name} import {originals}  # the "
-                                               "original classes\n"), *ns.statements(), runtime]
+                                               "original classes\n"), *ns.statements(), runtime,
+                           cst.parse_statement(f"{RUNTIME}.same_sources({digests!r})\n")]
         module = module.with_changes(header=[])
     else:
         if foreign:  # a copy of the module, and what the code copied from other modules reads
