@@ -32,6 +32,8 @@ def node_effects(n: Node, ev: Evaluator) -> Effects:
     elif n.kind == "with" and isinstance(s, cst.With):
         for item in s.items:
             v = ev.value(item.item)
+            if OPAQUE in flat(v) or "%self" in v:  # its __enter__/__exit__: code not seen
+                ev.code_run_here(item.item, "a context manager the analysis does not model")
             if item.asname is not None:
                 _assign(item.asname.name, v, ev)
     elif n.kind == "def" and isinstance(s, (cst.FunctionDef, cst.ClassDef)):

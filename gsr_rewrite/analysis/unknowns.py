@@ -9,7 +9,11 @@ import libcst as cst
 from gsr_rewrite.analysis.checked_data import checked_data_attrs
 from gsr_rewrite.frontend.effects import UNNAMED_STATE, Unknowns, dotted
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
-from gsr_rewrite.frontend.self_helpers import self_attr_targets
+from gsr_rewrite.frontend.self_helpers import (
+    first_handing_self_away,
+    self_attr_targets,
+    stores_self,
+)
 
 #: methods of torch.optim.Optimizer that a step may call and that touch no tensor of it
 HARMLESS_OPTIMIZER_METHODS = frozenset({"_cuda_graph_capture_health_check",
@@ -131,6 +135,9 @@ def class_unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozense
     # a constant is data as the class's own code binds it; but a constructor argument may be
     # any object (`self.model = model`), and code outside the class may bind the attribute
     # later (`opt.flat_grad = buffer` over `self.flat_grad = None`): the R step checks them too
+    handed = any(first_handing_self_away(f) is not None or stores_self(f)
+                 for f in cls.methods.values())
     return Unknowns(roles, constants | checked, opaque_globals(src),
                     HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables,
-                    checked_data=constants | checked)
+                    checked_data=constants | checked, self_handed_away=handed,
+                    instance_attrs=None if "*" in bound else frozenset(bound))

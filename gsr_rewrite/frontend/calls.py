@@ -127,6 +127,12 @@ class Evaluator(TensorOpEvaluator):
             return self._unknown_call(node, f"`{name}` given a callable", EMPTY,
                                       [(a, self.read(a.value)) for a in node.args])
         args = [self.read(a.value) for a in node.args]
+        if name == "type" and len(args) == 1 and "%self" in args[0]:
+            return self._opaque()  # the class: its attributes are what anyone put there
+        if name not in ("id", "super", "type") and any("%self" in v for v in args):
+            # `len(self)`, `print(self)`, `isinstance(self, C)`: dunders of the object, its class
+            # or C's metaclass run here
+            self._touch_all(node, f"the optimizer given to `{name}`, which may call its methods")
         if name in BUILTIN_CONTAINERS:
             return frozenset().union(*args) if args else EMPTY
         if name in EXCEPTIONS:

@@ -214,10 +214,14 @@ class ExpressionEvaluator:
                 return frozenset({"%statedict"})
             if attr == "defaults" or attr in self.unknowns.self_constants:
                 return EMPTY
+            bound = self.unknowns.instance_attrs
             if attr in self.methods:  # not called: a property's getter runs here (it may read
-                self._code_run_here(node, f"`self.{attr}`, a method of the class not called "
-                                    "(a property runs code)")  # any gradient), or a bound
-            return self._opaque()  # method goes where the analysis does not follow
+                self.code_run_here(node, f"`self.{attr}`, a method of the class not called "
+                                   "(a property runs code)")  # any gradient), or a bound
+            elif bound is not None and attr not in bound:  # method goes where the analysis
+                self.code_run_here(node, f"`self.{attr}`, which no method binds on the object "
+                                   "(a class attribute: a property or descriptor runs code)")
+            return self._opaque()  # does not follow
         if attr in ("grad", "_grad") and ("param" in base or OPAQUE in base):
             self.eff.rooted.add("grad")
             if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own
@@ -235,7 +239,7 @@ class ExpressionEvaluator:
     def _opaque(self) -> Value:
         return frozenset({OPAQUE})
 
-    def _code_run_here(self, node: cst.CSTNode, why: str) -> None:
+    def code_run_here(self, node: cst.CSTNode, why: str) -> None:
         """Code the analysis does not see runs here with access to the optimizer (tensor_ops:
         it may read and write every buffer)."""
         raise NotImplementedError

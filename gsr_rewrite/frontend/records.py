@@ -81,6 +81,13 @@ class Unknowns:
     #: helpers with *args or **kwargs, followed only where a call fills neither: their named
     #: positional parameters (self not counted) and the names a keyword may give
     star_helpers: Mapping[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    #: a method of the class hands `self` to other code (`helpers.register(self)`): any unknown
+    #: function may reach the optimizer through what that code kept
+    self_handed_away: bool = False
+    #: attributes the class's methods bind on the object (`self.x = ...`); None: any (a
+    #: `setattr(self, name, ...)`). Another `self.x` the step reads may be a class attribute of
+    #: a base: a property or descriptor (`hidden = property(f)`) runs code there
+    instance_attrs: frozenset[str] | None = None
 
 
 

@@ -175,6 +175,21 @@ def first_handing_self_away(func: cst.FunctionDef) -> cst.Call | None:
     return found[0] if found else None
 
 
+def stores_self(func: cst.FunctionDef) -> bool:
+    """func keeps the object somewhere other code can reach (`type(self)._inst = self`,
+    `REGISTRY[k] = self`): any later call may reach the optimizer through it."""
+    found: list[cst.CSTNode] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            if isinstance(node.value, cst.Name) and node.value.value == "self" and \
+                    any(not isinstance(t.target, cst.Name) for t in node.targets):
+                found.append(node)
+
+    func.body.visit(_V())
+    return bool(found)
+
+
 #: methods Python calls on an object without naming them (`with self`, `if self`, `self + x`,
 #: `len(self)`, `f"{self}"`, ...); the attribute hooks run on every `self.x`
 IMPLICIT_DUNDERS = frozenset({
@@ -182,7 +197,8 @@ IMPLICIT_DUNDERS = frozenset({
     "__getitem__", "__setitem__", "__delitem__", "__contains__", "__missing__", "__call__",
     "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__format__",
     "__str__", "__repr__", "__bytes__", "__index__", "__int__", "__float__", "__complex__",
-    "__round__", "__neg__", "__pos__", "__abs__", "__invert__",
+    "__round__", "__neg__", "__pos__", "__abs__", "__invert__", "__class_getitem__",
+    "__instancecheck__", "__subclasscheck__",
     *(f"__{p}{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod",
                                  "divmod", "pow", "lshift", "rshift", "and", "xor", "or")
       for p in ("", "r", "i")),
@@ -192,9 +208,9 @@ ATTRIBUTE_HOOKS = frozenset({"__getattr__", "__getattribute__", "__setattr__", "
 
 def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:
     """The first place in func (nested functions included) that uses `self` as a value other
-    than by naming an attribute of it or handing it to a call (`hands_self_away` decides on
-    those): where Python may call a dunder method of it implicitly (`with self:`, `if self:`,
-    `self + 1`, `f"{self}"`, `for x in self`, `self[k]`)."""
+    than by naming an attribute of it: where Python may call a dunder method of it implicitly
+    (`with self:`, `if self:`, `self + 1`, `f"{self}"`, `for x in self`, `self[k]`, `len(self)`,
+    `type(self)[k]`)."""
     found: list[cst.CSTNode] = []
 
     class _V(cst.CSTVisitor):
@@ -202,9 +218,6 @@ def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:
             if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
                 return True
             return False  # `self.x`: its value is visited no further
-
-        def visit_Arg(self, node: cst.Arg) -> bool:
-            return not (isinstance(node.value, cst.Name) and node.value.value == "self")
 
         def visit_Param(self, node: cst.Param) -> bool:
             return False

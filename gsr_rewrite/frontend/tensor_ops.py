@@ -142,6 +142,9 @@ class TensorOpEvaluator(ExpressionEvaluator):
         it may read and write all of them and keep the gradients; its result may be anything
         it was given, or anything at all."""
         given = flat(recv.union(*(v for _, v in args)))  # `f(*[group])`: the list's items too
+        # a class whose methods hand the object to other code (`registry.add(self)` in
+        # __init__): any function may reach it through what that code kept
+        given_self = given_self or self.unknowns.self_handed_away
         reach = given | ({"%self"} if given_self else EMPTY)
         for a, v in args:
             for b in buffers(v):
@@ -151,7 +154,7 @@ class TensorOpEvaluator(ExpressionEvaluator):
             self._touch_all(node, f"{what} can reach every gradient")
         return self._opaque() | given
 
-    def _code_run_here(self, node: cst.CSTNode, why: str) -> None:
+    def code_run_here(self, node: cst.CSTNode, why: str) -> None:
         self._touch_all(node, f"{why} can reach every gradient")
 
     def _touch_all(self, node: cst.CSTNode, why: str) -> None:

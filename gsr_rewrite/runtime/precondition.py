@@ -130,18 +130,24 @@ def distinct_buffers(opt: Any) -> bool:
 def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
     """`distinct_buffers`, and where it holds and `certify`, the step's layout certificate
     (layout.py), made at its first lookup."""
-    params = [p for group in opt.param_groups for p in group["params"]]
-    ids = set(map(id, params))
-    options = _option_tensors(opt.param_groups)
-    if len(ids) != len(params) or options is None:
+    groups = opt.param_groups
+    defaults = getattr(opt, "defaults", {})
+    if not all(type(g) is dict for g in (*groups, defaults)):  # a subclass's [] may run code
+        return _fallback(), None
+    params = [p for group in groups for p in group["params"]]
+    options = _option_tensors([*groups, defaults])
+    if len(set(map(id, params))) != len(params) or options is None:
         return _fallback(), None
     grads = [g for g in map(_grad, params) if g is not None]
-    state = _state_tensors(getattr(opt, "state", {}), ids)
+    state = _state_tensors(getattr(opt, "state", {}))
     if state is None:
         return _fallback(), None
     every = params + grads + state
-    plain = set(map(type, every)) <= _PLAIN
+    kinds = set(map(type, every))
+    plain = kinds <= _PLAIN
     if not plain:
+        if not all(map(_trusted, kinds)):
+            return _fallback(), None
         every = [_local(t) for t in every]  # DTensors: their shards on this rank
     found = layout.record(opt, every, len(params)) if certify and plain else None
     if found.unsafe if found is not None else layout.unwritable(every[len(params):]):
@@ -217,11 +223,17 @@ def _option_tensors(groups: list[dict[str, Any]]) -> list[Tensor] | None:
     return list({id(t): t for t in out}.values())  # one lr tensor shared by every group
 
 
-def _state_tensors(state: Any, ids: set[int]) -> list[Tensor] | None:
-    """The tensors in the state of the listed params (found without hashing tensors:
-    Tensor.__hash__ is Python), those in lists and dicts of it too; None when a state value is
-    neither (see `_tensors_in`)."""
-    values = [v for key, per in state.items() if id(key) in ids for v in per.values()]
+def _state_tensors(state: Any) -> list[Tensor] | None:
+    """The tensors in the optimizer's state (every key's, a param's or not: `state["buf"]`),
+    those in lists and dicts of it too; None when a value is neither (see `_tensors_in`), or a
+    param's state is a dict subclass (its methods may run code)."""
+    pers = list(state.values())
+    if set(map(type, pers)) <= {dict}:
+        values = [v for per in pers for v in per.values()]
+    elif any(isinstance(per, dict) and type(per) is not dict for per in pers):
+        return None
+    else:
+        values = [v for per in pers for v in (per.values() if type(per) is dict else (per,))]
     kinds = set(map(type, values))
     if kinds <= _PLAIN:  # the common case: tensors only
         return values
@@ -229,6 +241,24 @@ def _state_tensors(state: Any, ids: set[int]) -> list[Tensor] | None:
         return [v for v in values if type(v) in _PLAIN]
     out: list[Tensor] = []
     return out if all(_tensors_in(v, out) for v in values) else None
+
+
+def _trusted(kind: type) -> bool:
+    """A tensor subclass whose ops run no code of its own: one that overrides neither
+    `__torch_function__` nor `__torch_dispatch__` (FSDP's FlatParameter), torch's DTensor, or
+    the proof's symbolic tensors (`gsr_span`). Any other may do anything on every op."""
+    if not issubclass(kind, Tensor):
+        return False
+    if getattr(kind, "gsr_span", None) is not None or (
+            kind.__name__ == "DTensor" and kind.__module__.startswith("torch.distributed")):
+        return True
+    function = getattr(kind.__torch_function__, "__func__", kind.__torch_function__)
+    return function in _DEFAULT_TORCH_FUNCTIONS and \
+        kind.__torch_dispatch__ is torch._C._disabled_torch_dispatch_impl
+
+
+_DEFAULT_TORCH_FUNCTIONS = (torch._C._disabled_torch_function_impl,
+                            getattr(Tensor.__torch_function__, "__func__", None))
 
 
 #: optimizer -> (spans, verdict) of its last step; spans hold no tensors

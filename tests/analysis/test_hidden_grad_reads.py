@@ -74,6 +74,31 @@ BOOL = '''
         return True
 '''
 
+LEN = '''
+    def __len__(self):
+        self.last = float(self.param_groups[0]["params"][0].grad.norm())
+        return 1
+'''
+PROPERTY_ASSIGNED = '''
+    def _hidden(self):
+        return float(self.param_groups[0]["params"][0].grad.norm())
+
+    hidden = property(_hidden)
+'''
+CTX = '''
+    def open(self, ctx):
+        self.ctx = ctx  # a context manager whose __exit__ may read gradients
+'''
+STORED = '''
+    def keep(self):
+        type(self).instance = self
+
+    @classmethod
+    def norm_of_kept(cls):
+        return torch.stack([q.grad.norm() for g in cls.instance.param_groups
+                            for q in g["params"]]).norm()
+'''
+
 CASES = {
     "getattr-method": ("", 'state["s"] = getattr(grad, self.stat)()'),
     "dunder-getattribute": ("", 'state["s"] = grad.__getattribute__("norm")()'),
@@ -88,6 +113,12 @@ CASES = {
     "main-grad": ("", 'state["s"] = getattr(p, "main_grad", torch.zeros(1)).norm()'),
     "model": ("", "self.last = [q.grad.norm() for q in self.model.parameters()]"),
     "flat-grad": ("", "self.last = self.flat_grad.norm()"),
+    "len-self": (LEN, "self.last = len(self)"),
+    "isinstance-self": ("", "self.last = isinstance(self, self.stat)"),
+    "type-self-attr": ("", "self.last = type(self).kept.norm()"),
+    "with-attr": (CTX, "with self.ctx:\n                        pass"),
+    "property-assigned": (PROPERTY_ASSIGNED, "self.last = self.hidden"),
+    "stored-self": (STORED, "self.last = self.norm_of_kept()"),
 }
 
 

@@ -179,3 +179,49 @@ def test_debug_poison_fills_a_gradient_that_requires_grad() -> None:
     finally:
         runtime.set_debug_poison(False)
     assert params[0].grad is not None and bool(params[0].grad.isnan().all())
+
+
+class _LoggingDict(dict):  # type: ignore[type-arg]
+    """A param group whose `[]` runs code (it could read gradients mid-step)."""
+
+    def __getitem__(self, key: object) -> object:
+        return super().__getitem__(key)
+
+
+class _SideEffectTensor(torch.Tensor):
+    """A gradient whose ops run code of its own."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _PlainSubclass(torch.nn.Parameter):
+    """A parameter subclass that overrides no op (FSDP's FlatParameter is one)."""
+
+
+def test_what_else_the_optimizer_holds_is_checked_too() -> None:
+    """A group that is a dict subclass; a tensor in `defaults` or under a state key that is
+    not a param, sharing a gradient's bytes; a gradient of a tensor subclass that runs code on
+    its ops: the original step. A subclass that overrides nothing: the R step."""
+    params = _params((4, 4))
+    opt = AdamWR(params)
+    _fresh_grads(params, 0)
+    opt.step()
+    assert precondition.distinct_buffers(opt)
+    opt.param_groups[0] = _LoggingDict(opt.param_groups[0])
+    assert not precondition.distinct_buffers(opt)
+    opt.param_groups[0] = dict(opt.param_groups[0])
+    opt.defaults["kept"] = params[0].grad
+    assert not precondition.distinct_buffers(opt)
+    del opt.defaults["kept"]
+    opt.state["kept"] = params[0].grad  # type: ignore[index]
+    assert not precondition.distinct_buffers(opt)
+    del opt.state["kept"]  # type: ignore[arg-type]
+    assert precondition.distinct_buffers(opt)
+    params[0].grad = torch.randn(4, 4).as_subclass(_SideEffectTensor)
+    assert not precondition.distinct_buffers(opt)
+    plain = [_PlainSubclass(torch.randn(4, 4))]
+    opt2 = AdamWR(plain)
+    plain[0].grad = torch.randn(4, 4)
+    assert precondition.distinct_buffers(opt2)
