@@ -89,6 +89,8 @@ class ClassAnalysis:
     imported: dict[str, SourceModule] = field(default_factory=dict)
     #: self.ATTR taken for data that the R step checks at its start (checked_data.py)
     checked_data: frozenset[str] = frozenset()
+    #: self.ATTR read that no method binds: the R step runs only while none is a descriptor
+    class_attrs: frozenset[str] = frozenset()
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -305,7 +307,9 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                 "the gradients after it returns", src.where(d)))
     return ClassAnalysis(cls, {k: funcs[k] for k in order}, escapes, self_helpers,
                          {k: owner for k, (_, owner) in src.imported.items() if k in funcs},
-                         unknowns.checked_data)
+                         unknowns.checked_data,
+                         frozenset(a for fa in funcs.values() for n in fa.flow.nodes
+                                   for a in n.eff.class_attrs))
 
 
 def _star_signature(func: cst.FunctionDef, is_method: bool) -> tuple[int, frozenset[str]]:

@@ -37,7 +37,7 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
 
 
 def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,
-           followed: tuple[str, ...] = (),
+           followed: tuple[str, ...] = (), class_attrs: tuple[str, ...] = (),
            owner: type | None = None, **bound: Any
            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
@@ -56,7 +56,9 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
       `_compile_foreach`), or the object's class is a user's subclass of the R class that
       overrides it;
     - what the copied code took from other modules or the class was patched since the R module
-      was imported (`watch`, patches.py).
+      was imported (`watch`, patches.py);
+    - an attribute the step reads on the object that no method binds (`class_attrs`) is, on the
+      object's class, a descriptor (a property runs code: it may read the gradients).
 
     - the step is being traced by `torch.compile` (Inductor plans the original's temporaries
       itself; the guards' storage checks would break the graph).
@@ -74,6 +76,7 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
                 any(getattr(self, a, None) is not f for a, f in bound.items()) or \
                 not all(plain_data(getattr(self, a, None)) for a in data) or \
                 not _methods_hold(self, step, owner, followed) or \
+                any(_runs_code(type(self), a) for a in class_attrs) or \
                 (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
@@ -89,7 +92,7 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
         def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
             return r_step(cls, *data, fixed_layout=fixed_layout,
                           watch=watch.on(cls) if watch is not None else None,
-                          followed=followed, owner=cls,
+                          followed=followed, class_attrs=class_attrs, owner=cls,
                           **bound)(step)
 
         wrapper.gsr_on = on  # type: ignore[attr-defined]
@@ -137,3 +140,13 @@ def unhooked(step: Any) -> Any:
     """`step` without the hooks `Optimizer.__init__` wraps a class's step in once an object of
     it exists (marked `hooked`): what the class really defines or inherits."""
     return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
+
+
+_ABSENT = object()
+
+
+def _runs_code(cls: type, name: str) -> bool:
+    """Reading `name` on an object of `cls` may run code: the class (its MRO) holds a descriptor
+    (a property, a function, anything with `__get__`) under that name."""
+    found = inspect.getattr_static(cls, name, _ABSENT)
+    return found is not _ABSENT and hasattr(type(found), "__get__")

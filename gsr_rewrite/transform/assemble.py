@@ -200,6 +200,8 @@ def _emit_class(out: ClassOutcome, src: SourceModule, home: SourceModule, catalo
                                                 out.analysis.functions if n.startswith("self.")))
                 if methods_followed:  # bound on the object, or overridden: the original step
                     bound += f", followed={methods_followed!r}"
+                if out.analysis.class_attrs:  # a property there: the original step
+                    bound += f", class_attrs={tuple(sorted(out.analysis.class_attrs))!r}"
                 new = new.with_changes(decorators=[
                     cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name}{bound})")),
                     *new.decorators])

@@ -128,14 +128,35 @@ def _denoms(members: str, after: str) -> tuple[str, list[bool], list[str]]:
     return cls.status, [t.placed for t in denoms], [t.how for t in denoms]
 
 
+#: cases the R step's start checks instead: data as the class binds it (`r_step(..., "model")`),
+#: or a class attribute that must not be a descriptor (`class_attrs=("hidden",)`)
+CHECKED_AT_RUN_TIME = {"model": "'model'", "flat-grad": "'flat_grad'",
+                       "property-assigned": "class_attrs=('hidden',)"}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_hidden_read_keeps_the_temporary_out_of_the_gradient(case: str) -> None:
     members, after = CASES[case]
-    status, placed, how = _denoms(members, after)
-    if case in ("model", "flat-grad"):  # data as the class binds it; checked when a step starts
-        assert status == "rewritten"
+    if case in CHECKED_AT_RUN_TIME:
+        result = rewrite_source(SOURCE.format(members=members, after=after), "probe.py")
+        assert result.code is not None and CHECKED_AT_RUN_TIME[case] in result.code
         return
+    status, placed, how = _denoms(members, after)
     assert status == "refused" or not any(placed), how
+
+
+def test_a_class_attribute_that_runs_code_sends_the_step_to_the_original() -> None:
+    from gsr_rewrite.runtime.step import _runs_code
+
+    class Base:
+        hidden = property(lambda self: 0.0)
+        eps = 1e-8
+
+    class Mine(Base):
+        pass
+
+    assert _runs_code(Mine, "hidden") and not _runs_code(Mine, "eps")
+    assert not _runs_code(Mine, "grad_scale")  # set on the object by GradScaler, or absent
 
 
 def test_must_fire_the_gradient_hosts_the_temporary_without_a_later_read() -> None:
