@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.abc
+import importlib.util
 import inspect
 import types
 from dataclasses import dataclass
@@ -95,18 +97,23 @@ def _def_name(obj: Any) -> str:
     return fn.__code__.co_name if isinstance(fn, types.FunctionType) else ""
 
 
+def source_digest(name: str) -> str | None:
+    """SHA-256 of module `name`'s source as its loader gives it (importing its parents only);
+    None when it has none to give."""
+    try:
+        spec = importlib.util.find_spec(name)
+        text = spec.loader.get_source(name) if spec is not None and \
+            isinstance(spec.loader, importlib.abc.InspectLoader) else None
+    except (ImportError, OSError, ValueError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+
+
 def same_sources(digests: dict[str, str]) -> None:
     """Raise ImportError unless each module's source still has the SHA-256 the R module was
     generated from (`{module: digest}`): the R module copies and stands for their code."""
     for name, digest in digests.items():
-        module = importlib.import_module(name)
-        spec = getattr(module, "__spec__", None)
-        loader = getattr(spec, "loader", None)
-        try:
-            text = loader.get_source(name) if loader is not None else None
-        except (ImportError, OSError):
-            text = None
-        now = hashlib.sha256(text.encode()).hexdigest() if text is not None else "unreadable"
+        now = source_digest(name) or "unreadable"
         if now != digest:
             raise ImportError(f"gsr-rewrite: {name} changed since this R module was generated "
                               f"from it (source {digest[:12]}, now {now[:12]}); run gsr-rewrite "

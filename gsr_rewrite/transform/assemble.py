@@ -3,7 +3,6 @@ its `<Name>R` subclass holding the rewritten methods (and helpers copied beside 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from gsr_rewrite.frontend.closures import LOCALS
 from gsr_rewrite.frontend.locate import SourceModule
 from gsr_rewrite.frontend.source import same_module
 from gsr_rewrite.outcome import ClassOutcome
+from gsr_rewrite.runtime.patches import source_digest
 from gsr_rewrite.transform import RUNTIME
 from gsr_rewrite.transform.emit import Renamer, guard_expression, rewrite_statement
 from gsr_rewrite.transform.guard_leaves import code_of, statement_leaves
@@ -102,9 +102,9 @@ def emit_module(src: SourceModule, outcomes: list[ClassOutcome], catalog: OpCata
         originals = ", ".join(sorted(o.name for o in rewritten))
         # the code copied here stands for those modules' code as it was read: the R module
         # refuses to import once one of them changed (an upgraded package, an edited file)
-        read = {m.name: m.module.code for m in [src, *src.others, *(o for _, o, _ in copied)]
-                if m.name is not None}
-        digests = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in read.items()}
+        # (digests of the files: the text analysed may be a rewrite of one, specialized)
+        named = {m.name for m in [src, *src.others, *(o for _, o, _ in copied)] if m.name}
+        digests = {name: d for name in sorted(named) if (d := source_digest(name)) is not None}
         body: list[Any] = [cst.parse_statement(f"from {src.name} import {originals}  # the "
                                                "original classes\n"), *ns.statements(), runtime,
                            cst.parse_statement(f"{RUNTIME}.same_sources({digests!r})\n")]
