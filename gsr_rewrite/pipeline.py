@@ -80,7 +80,13 @@ def compile_source(source: str, filename: str = "<string>", package: str | None 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "gsr_candidate.py"
             path.write_text(result.code)
-            loaded = load_module(path, f"gsr_candidate_{abs(hash(result.code))}")
+            try:
+                loaded = load_module(path, f"gsr_candidate_{abs(hash(result.code))}")
+            except ImportError as e:  # what the module imports is not on the import path
+                raise RewriteError(f"{filename}:1:1", f"its R module does not import "
+                                   f"({type(e).__name__}: {e}), so nothing could be checked; "
+                                   "put the folders it imports from on the import path "
+                                   "(PYTHONPATH), or name it as an importable module") from e
             failed = False
             for c in result.classes:
                 if c.status != "rewritten" or c.validation:

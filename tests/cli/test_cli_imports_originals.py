@@ -95,3 +95,19 @@ def test_the_output_imports_the_original_module(tmp_path: Path,
     with pytest.raises(ImportError, match="settled_mod changed since this R module"):
         load_module(out, "gsr_cli_settled_r_stale")
     sys.modules.pop("settled_mod", None)
+
+
+def test_a_file_whose_imports_are_not_on_the_path_is_an_error_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    (folder / "loose_cfg.py").write_text('SETTINGS = {"decay": 0.0}\n')
+    (folder / "loose_opt.py").write_text(SOURCE.replace(
+        'SETTINGS = {"decay": 0.0}', "from loose_cfg import SETTINGS"))
+    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, [str(folder / "loose_opt.py"), "-o",
+                                       str(tmp_path / "loose_r.py")])
+    assert result.exit_code == 1
+    assert "does not import (ModuleNotFoundError: No module named 'loose_cfg')" in \
+        result.stdout + result.stderr
+    assert not (tmp_path / "loose_r.py").exists()
