@@ -218,9 +218,10 @@ class ExpressionEvaluator:
             if attr in self.methods:  # not called: a property's getter runs here (it may read
                 self.code_run_here(node, f"`self.{attr}`, a method of the class not called "
                                    "(a property runs code)")  # any gradient), or a bound
-            elif bound is None or attr not in bound:  # method goes where the analysis does
-                self.eff.class_attrs.add(attr)  # not follow; a class attribute may be a
-            return self._opaque()  # property (`hidden = property(f)`): checked at run time
+            elif (bound is None or attr not in bound) and not (
+                    attr.startswith("__") and attr.endswith("__")):  # (`__dict__`: Python's)
+                self.eff.class_attrs.add(attr)  # a class attribute may be a property
+            return self._opaque()  # (`hidden = property(f)`): checked at run time
         if attr in ("grad", "_grad") and ("param" in base or OPAQUE in base):
             self.eff.rooted.add("grad")
             if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own
