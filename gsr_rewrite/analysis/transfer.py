@@ -24,7 +24,9 @@ from gsr_rewrite.frontend.values import LIST, PART, element, flat, is_role, is_s
 def node_effects(n: Node, ev: Evaluator) -> Effects:
     s = n.node
     if n.kind in ("stmt", "return", "raise") and s is not None:
+        ev.raising = n.kind == "raise"  # `raise E(str(self))`: see Evaluator._call
         _small_statement(s, ev)
+        ev.raising = False
     elif n.kind == "test" and isinstance(s, cst.BaseExpression):
         ev.value(s)
     elif n.kind == "for" and isinstance(s, cst.For):

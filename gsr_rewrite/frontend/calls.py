@@ -129,9 +129,11 @@ class Evaluator(TensorOpEvaluator):
         args = [self.read(a.value) for a in node.args]
         if name == "type" and len(args) == 1 and "%self" in args[0]:
             return self._opaque()  # the class: its attributes are what anyone put there
-        if name not in ("id", "super", "type") and any("%self" in v for v in args):
+        if name not in ("id", "super", "type") and any("%self" in v for v in args) and \
+                not self.raising:
             # `len(self)`, `print(self)`, `isinstance(self, C)`: dunders of the object, its class
-            # or C's metaclass run here
+            # or C's metaclass run here (in `raise E(str(self))` the step ends raising: what a
+            # step that raises leaves may differ from the original's anyway, README)
             self._touch_all(node, f"the optimizer given to `{name}`, which may call its methods")
         if name in BUILTIN_CONTAINERS:
             return frozenset().union(*args) if args else EMPTY

@@ -73,6 +73,7 @@ class ExpressionEvaluator:
         self.cat = catalog
         self.helpers = helpers  # module functions the analysis follows (called by plain name)
         self.methods = methods  # methods of the class (called as self.m)
+        self.raising = False  # evaluating a `raise` statement: the step ends there, raising
         # per helper: its parameter names, and what it appends to each (out-parameter lists)
         self.appends = appends or {}
         self.site_of = site_of

@@ -210,7 +210,8 @@ def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:
     """The first place in func (nested functions included) that uses `self` as a value other
     than by naming an attribute of it: where Python may call a dunder method of it implicitly
     (`with self:`, `if self:`, `self + 1`, `f"{self}"`, `for x in self`, `self[k]`, `len(self)`,
-    `type(self)[k]`)."""
+    `type(self)[k]`). Not in a `raise` statement (pytorch_optimizer's every step raises
+    `NoSparseGradientError(str(self))` where its class defines `__str__`)."""
     found: list[cst.CSTNode] = []
 
     class _V(cst.CSTVisitor):
@@ -220,6 +221,11 @@ def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:
             return False  # `self.x`: its value is visited no further
 
         def visit_Param(self, node: cst.Param) -> bool:
+            return False
+
+        def visit_Raise(self, node: cst.Raise) -> bool:
+            # `raise E(str(self))`: the step ends there, raising; what a step that raises leaves
+            # may differ from the original's anyway (README, the contract)
             return False
 
         def visit_Name(self, node: cst.Name) -> None:

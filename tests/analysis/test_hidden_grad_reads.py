@@ -208,3 +208,22 @@ def test_an_attribute_bound_to_an_argument_or_none_is_checked_when_the_step_star
     flat_r = last_r if isinstance(last_r, list) else [last_r]
     assert all(torch.equal(a, b) for a, b in zip(flat, flat_r, strict=True))
     sys.modules.pop("probe_attr_mod", None)
+
+
+STR = '''
+    def __str__(self):
+        return "Probe"
+'''
+
+
+def test_the_optimizer_named_in_a_raise_costs_nothing() -> None:
+    """pytorch_optimizer's steps raise `NoSparseGradientError(str(self))` in a class that
+    defines `__str__`: the step ends there, raising (what a step that raises leaves may differ
+    anyway: README), so neither the dunder rule nor the builtin rule fires there."""
+    source = SOURCE.format(members=STR, after="self.last = 1.0").replace(
+        "                grad = p.grad\n",
+        "                grad = p.grad\n                if grad.is_sparse:\n"
+        "                    raise RuntimeError(str(self))\n")
+    (cls,) = rewrite_source(source, "probe.py").classes
+    assert cls.status == "rewritten"
+    assert [t.placed for t in cls.temporaries if t.code == "v.sqrt()"] == [True]
