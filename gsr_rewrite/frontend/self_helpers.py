@@ -215,10 +215,8 @@ def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:
     found: list[cst.CSTNode] = []
 
     class _V(cst.CSTVisitor):
-        def visit_Attribute(self, node: cst.Attribute) -> bool:
-            if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
-                return True
-            return False  # `self.x`: its value is visited no further
+        def visit_Attribute(self, node: cst.Attribute) -> bool:  # `self.x`: not visited further
+            return not (isinstance(node.value, cst.Name) and node.value.value == "self")
 
         def visit_Param(self, node: cst.Param) -> bool:
             return False

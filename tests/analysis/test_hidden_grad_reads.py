@@ -227,3 +227,11 @@ def test_the_optimizer_named_in_a_raise_costs_nothing() -> None:
     (cls,) = rewrite_source(source, "probe.py").classes
     assert cls.status == "rewritten"
     assert [t.placed for t in cls.temporaries if t.code == "v.sqrt()"] == [True]
+
+
+def test_must_not_fire_the_optimizer_named_outside_a_raise_is_still_a_use() -> None:
+    """The exemption is the raise statement only: `str(self)` on the step's normal path, in a
+    class whose `__str__` could read gradients, is still refused."""
+    (cls,) = rewrite_source(SOURCE.format(members=STR, after="self.last = str(self)"),
+                            "probe.py").classes
+    assert cls.status == "refused" and "`__str__`" in cls.reason
