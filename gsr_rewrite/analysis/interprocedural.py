@@ -48,7 +48,6 @@ from gsr_rewrite.frontend.effects import (
 from gsr_rewrite.frontend.locate import OptimizerClass, SourceModule
 from gsr_rewrite.frontend.scopes import bound_names, star_params, why_not_followed
 from gsr_rewrite.frontend.self_helpers import (
-    ATTRIBUTE_HOOKS,
     IMPLICIT_DUNDERS,
     bound_self_helpers,
     checkable_rebound_methods,
@@ -58,6 +57,7 @@ from gsr_rewrite.frontend.self_helpers import (
     self_bound_methods,
 )
 from gsr_rewrite.frontend.syntax import subtree_ids
+from gsr_rewrite.runtime.step import ATTRIBUTE_HOOKS
 
 
 @dataclass

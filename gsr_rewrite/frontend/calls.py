@@ -111,11 +111,15 @@ class Evaluator(TensorOpEvaluator):
             return self._torch(node, name[len("torch."):])
         if name in self.helpers:
             return self._helper_call(name, node)
-        if name == "getattr" and len(node.args) >= 2 and \
-                isinstance(node.args[1].value, cst.SimpleString):  # getattr(p, "grad", None)
+        if name in ("getattr", "hasattr") and len(node.args) >= 2 and \
+                isinstance(node.args[1].value, cst.SimpleString) and \
+                str(node.args[1].value.evaluated_value).isidentifier():
+            # `getattr(p, "grad", None)`, `hasattr(self, "_cuda_graph_capture_health_check")`:
+            # the attribute is read as `p.grad` is (a property of the class runs code there)
             attr = str(node.args[1].value.evaluated_value)
-            got = self.value(cst.Attribute(node.args[0].value, cst.Name(attr))) \
-                if attr.isidentifier() else self._opaque()
+            got = self.value(cst.Attribute(node.args[0].value, cst.Name(attr)))
+            if name == "hasattr":
+                return EMPTY
             return got | frozenset().union(*(self.value(a.value) for a in node.args[2:]))
         if name in ("map", "filter") and node.args and isinstance(node.args[0].value, cst.Lambda):
             return _lazy_lambda_value(self, name, node)  # (filter is a container too: first)

@@ -191,7 +191,8 @@ def stores_self(func: cst.FunctionDef) -> bool:
 
 
 #: methods Python calls on an object without naming them (`with self`, `if self`, `self + x`,
-#: `len(self)`, `f"{self}"`, ...); the attribute hooks run on every `self.x`
+#: `len(self)`, `f"{self}"`, ...); the attribute hooks (runtime.step.ATTRIBUTE_HOOKS) run on
+#: every `self.x`
 IMPLICIT_DUNDERS = frozenset({
     "__enter__", "__exit__", "__bool__", "__len__", "__iter__", "__next__", "__reversed__",
     "__getitem__", "__setitem__", "__delitem__", "__contains__", "__missing__", "__call__",
@@ -203,7 +204,6 @@ IMPLICIT_DUNDERS = frozenset({
                                  "divmod", "pow", "lshift", "rshift", "and", "xor", "or")
       for p in ("", "r", "i")),
 })
-ATTRIBUTE_HOOKS = frozenset({"__getattr__", "__getattribute__", "__setattr__", "__delattr__"})
 
 
 def implicit_self_use(func: cst.FunctionDef) -> cst.CSTNode | None:

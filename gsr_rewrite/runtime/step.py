@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +59,10 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
     - what the copied code took from other modules or the class was patched since the R module
       was imported (`watch`, patches.py);
     - an attribute the step reads on the object that no method binds (`class_attrs`) is, on the
-      object's class, a descriptor (a property runs code: it may read the gradients).
+      object's class, a descriptor (a property runs code: it may read the gradients);
+    - the object's class hooks attribute access (`ATTRIBUTE_HOOKS`: a user's subclass of the R
+      class; the analysis refuses a class that defines one, but the hook of a subclass runs on
+      every `self.x` and `hasattr(self, "x")` of the step).
 
     - the step is being traced by `torch.compile` (Inductor plans the original's temporaries
       itself; the guards' storage checks would break the graph).
@@ -77,6 +81,7 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
                 not all(plain_data(getattr(self, a, None)) for a in data) or \
                 not _methods_hold(self, step, owner, followed) or \
                 any(_runs_code(type(self), a) for a in class_attrs) or \
+                hooks_attributes(type(self)) or \
                 (watch is not None and not watch.holds(type(self)))
             holds, cert = (False, None) if original_only else checked(self, fixed_layout)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
@@ -144,9 +149,25 @@ def unhooked(step: Any) -> Any:
 
 _ABSENT = object()
 
+#: methods Python runs on every attribute of an object its code names (`__getattr__` on one
+#: that is absent: `hasattr(self, "x")`)
+ATTRIBUTE_HOOKS = ("__getattr__", "__getattribute__", "__setattr__", "__delattr__")
+
+
+def hooks_attributes(cls: type) -> bool:
+    """`cls` (its MRO) defines an attribute hook other than `object`'s."""
+    return any(getattr(cls, h, None) is not getattr(object, h, None) for h in ATTRIBUTE_HOOKS)
+
+
+#: descriptors whose `__get__` is Python's own binding: reading a method runs no user code
+_BINDING = (types.FunctionType, staticmethod, classmethod, types.BuiltinFunctionType,
+            types.MethodDescriptorType, types.WrapperDescriptorType)
+
 
 def _runs_code(cls: type, name: str) -> bool:
     """Reading `name` on an object of `cls` may run code: the class (its MRO) holds a descriptor
-    (a property, a function, anything with `__get__`) under that name."""
+    (a property, anything with `__get__`) under that name, other than a plain function or
+    method (exactly those types: a subclass of staticmethod may bring its own `__get__`)."""
     found = inspect.getattr_static(cls, name, _ABSENT)
-    return found is not _ABSENT and hasattr(type(found), "__get__")
+    return found is not _ABSENT and hasattr(type(found), "__get__") and \
+        type(found) not in _BINDING

@@ -119,6 +119,9 @@ CASES = {
     "with-attr": (CTX, "with self.ctx:\n                        pass"),
     "property-assigned": (PROPERTY_ASSIGNED, "self.last = self.hidden"),
     "stored-self": (STORED, "self.last = self.norm_of_kept()"),
+    "hasattr-property": (PROPERTY, "self.last = hasattr(self, 'grad_norm')"),
+    "hasattr-property-assigned": (PROPERTY_ASSIGNED, "self.last = hasattr(self, 'hidden')"),
+    "hasattr-computed-name": (PROPERTY, "self.last = hasattr(self, self.stat)"),
 }
 
 
@@ -131,7 +134,8 @@ def _denoms(members: str, after: str) -> tuple[str, list[bool], list[str]]:
 #: cases the R step's start checks instead: data as the class binds it (`r_step(..., "model")`),
 #: or a class attribute that must not be a descriptor (`class_attrs=("hidden",)`)
 CHECKED_AT_RUN_TIME = {"model": "'model'", "flat-grad": "'flat_grad'",
-                       "property-assigned": "class_attrs=('hidden',)"}
+                       "property-assigned": "class_attrs=('hidden',)",
+                       "hasattr-property-assigned": "class_attrs=('hidden',)"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -156,6 +160,18 @@ def test_a_class_attribute_that_runs_code_sends_the_step_to_the_original() -> No
         pass
 
     assert _runs_code(Mine, "hidden") and not _runs_code(Mine, "eps")
+    # a method read (`hasattr(self, "_cuda_graph_capture_health_check")`) only binds it
+    assert not _runs_code(Mine, "__init__") and not _runs_code(torch.optim.Adam, "step")
+    assert not _runs_code(torch.optim.Adam, "_cuda_graph_capture_health_check")
+
+    class Binder(staticmethod):  # its own `__get__` runs code
+        def __get__(self, obj: object, cls: object = None) -> object:
+            return 0
+
+    class WithBinder(Base):
+        odd = Binder(len)
+
+    assert _runs_code(WithBinder, "odd")
     assert not _runs_code(Mine, "grad_scale")  # set on the object by GradScaler, or absent
 
 
@@ -235,3 +251,66 @@ def test_must_not_fire_the_optimizer_named_outside_a_raise_is_still_a_use() -> N
     (cls,) = rewrite_source(SOURCE.format(members=STR, after="self.last = str(self)"),
                             "probe.py").classes
     assert cls.status == "refused" and "`__str__`" in cls.reason
+
+
+def test_hasattr_of_the_optimizer_reads_one_attribute() -> None:
+    """timm's steps start with `if hasattr(self, "_cuda_graph_capture_health_check"):`: that
+    reads one attribute of the object (a class attribute is checked at run time not to be a
+    descriptor), it does not hand the object to code that may read gradients."""
+    source = SOURCE.format(members="", after="self.last = 1.0").replace(
+        "        for group in self.param_groups:\n",
+        "        if hasattr(self, '_cuda_graph_capture_health_check'):\n"
+        "            self.last = 0.0\n        for group in self.param_groups:\n", 1)
+    result = rewrite_source(source, "probe.py")
+    (cls,) = result.classes
+    assert cls.status == "rewritten"
+    assert [t.placed for t in cls.temporaries if t.code == "v.sqrt()"] == [True]
+    assert result.code is not None and "_cuda_graph_capture_health_check" in result.code
+
+
+def test_a_subclass_that_hooks_attributes_gets_the_original_step(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's subclass of the R class whose `__getattr__` reads the gradients (it runs on
+    `hasattr(self, "absent")` and `self.stat` when absent): the R step hands over to the
+    original, so what the hook saw and the params come out bitwise as the original's."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    import gsr_rewrite
+
+    source = SOURCE.format(members="", after="self.last = hasattr(self, 'absent')")
+    folder = Path(str(tmp_path))
+    (folder / "probe_hook_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(folder / "cache"))
+    sys.modules.pop("probe_hook_mod", None)
+    import probe_hook_mod  # type: ignore[import-not-found]  # noqa: PLC0415
+
+    def hooked(base: type) -> type:
+        class Hooked(base):  # type: ignore[misc, valid-type]
+            def __getattr__(self, name: str) -> object:
+                if name == "absent":
+                    self.__dict__["seen"] = [q.grad.clone() for g in self.param_groups
+                                             for q in g["params"]]
+                    return True
+                raise AttributeError(name)
+        return Hooked
+
+    orig = probe_hook_mod.Probe
+    r_cls = gsr_rewrite.reduce(orig)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(2)]
+    out = []
+    for cls in (hooked(orig), hooked(r_cls)):
+        ps = copy.deepcopy(params)
+        opt = cls(ps, stat="on")
+        for step in range(3):
+            gen = torch.Generator().manual_seed(step)
+            for p in ps:
+                p.grad = torch.randn(4, 4, generator=gen)
+            opt.step()
+        out.append((opt.seen, [p.detach().clone() for p in ps]))
+    (seen_o, ps_o), (seen_r, ps_r) = out
+    assert all(torch.equal(a, b) for a, b in zip(ps_o + seen_o, ps_r + seen_r, strict=True))
+    sys.modules.pop("probe_hook_mod", None)
