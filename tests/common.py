@@ -80,12 +80,12 @@ def emitted_pair(source: str, path: Path, name: str) -> tuple[type, type] | None
 
 
 def certified_pair(source: str, path: Path, name: str) -> tuple[type, type]:
-    """`name` and `nameR` from the certified rewrite (compile_source) of `source`, whose one
-    class must come out rewritten (the module is written to `path`)."""
+    """`name` and `nameR` from the certified rewrite (compile_source) of `source`, whose class
+    `name` must come out rewritten (the module is written to `path`)."""
     from gsr_rewrite.proof.validate import load_module
 
     result = compile_source(source, f"{name.lower()}.py")
-    (cls,) = result.classes
+    (cls,) = [c for c in result.classes if c.name == name]
     assert cls.status == "rewritten", cls.reason
     assert result.code is not None
     target = path / f"{name.lower()}_r.py"

@@ -57,6 +57,7 @@ from gsr_rewrite.frontend.self_helpers import (
     self_bound_methods,
 )
 from gsr_rewrite.frontend.syntax import subtree_ids
+from gsr_rewrite.frontend.values import structured
 from gsr_rewrite.runtime.step import ATTRIBUTE_HOOKS
 
 
@@ -150,8 +151,9 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
         fa = FunctionAnalysis(name, func, is_method, build_flow(func, src.where),
                               free=nested.free if nested else (),
                               parent=nested.parent if nested else None)
-        for star in star_params(func):  # filled by no followed call: an empty tuple or dict,
-            fa.entry_pt[star] = frozenset({OPAQUE})  # whose uses are assumed the worst of
+        kwargs = func.params.star_kwarg  # filled by no followed call: an empty dict, whose
+        if isinstance(kwargs, cst.Param):  # uses are assumed the worst of (`*args`: the tuple
+            fa.entry_pt[kwargs.name.value] = frozenset({OPAQUE})  # of what calls give, _bind)
         outer = enclosing.get(nested.parent, frozenset()) if nested else frozenset()
         enclosing[name] = outer | bound_names(func)
         closures.add(name, func, outer, src.where)
@@ -312,12 +314,15 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                                    for a in n.eff.class_attrs))
 
 
-def _star_signature(func: cst.FunctionDef, is_method: bool) -> tuple[int, frozenset[str]]:
-    """What a call may fill of a function with *args or **kwargs without filling those: its
-    named positional parameters (self not counted) and the parameters a keyword can name."""
+def _star_signature(func: cst.FunctionDef, is_method: bool
+                    ) -> tuple[int, frozenset[str], bool]:
+    """What a call may fill of a function with *args or **kwargs without filling `**kwargs`:
+    its named positional parameters (self not counted), the parameters a keyword can name, and
+    whether it takes `*args` (positional arguments past the named ones)."""
     pos, kw = param_names(func, is_method)
     posonly = {p.name.value for p in func.params.posonly_params}
-    return len(pos), frozenset(p for p in [*pos, *kw] if p not in posonly)
+    return len(pos), frozenset(p for p in [*pos, *kw] if p not in posonly), \
+        isinstance(func.params.star_arg, cst.Param)
 
 
 def _handed_back(b: str, why: str, fa: FunctionAnalysis) -> bool:
@@ -364,6 +369,10 @@ def _bind(fa: FunctionAnalysis, pos_v: list[Value], kw_v: dict[str, Value],
     for name, v in [*zip(pos, pos_v, strict=False), *kw_v.items()]:
         if name in pos or name in kw or name in fa.free:
             fa.entry_pt[name] = fa.entry_pt.get(name, EMPTY) | v
+    star = fa.func.params.star_arg
+    if isinstance(star, cst.Param) and len(pos_v) > len(pos):  # `*tensors`: the tuple of the
+        extra = structured(pos_v[len(pos):])  # positional arguments past the named ones
+        fa.entry_pt[star.name.value] = fa.entry_pt.get(star.name.value, EMPTY) | extra
     needed = {b for _, b in live_after}
     fa.exit_live = fa.exit_live | frozenset(("@" + b, b) for b in needed)
     return (dict(fa.entry_pt), fa.exit_live) != before

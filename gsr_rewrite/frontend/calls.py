@@ -28,6 +28,8 @@ from gsr_rewrite.frontend.values import (
 
 BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted", "iter",
                       "filter"}
+#: containers whose items are the argument's in another order, or some of them
+REORDERING = {"reversed", "sorted", "filter"}
 HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "abs", "print",
                      "any", "all", "type", "id", "hasattr", "round"}
 #: exceptions keep their arguments (`err.args`): what they are given escapes
@@ -140,7 +142,9 @@ class Evaluator(TensorOpEvaluator):
             # step that raises leaves may differ from the original's anyway, README)
             self._touch_all(node, f"the optimizer given to `{name}`, which may call its methods")
         if name in BUILTIN_CONTAINERS:
-            return frozenset().union(*args) if args else EMPTY
+            got = frozenset().union(*args) if args else EMPTY
+            # `reversed((g, m))`, `sorted(...)`, `filter(...)`: not the tuple's order
+            return flat(got) if name in REORDERING else got
         if name in EXCEPTIONS:
             for a, v in zip(node.args, args, strict=True):
                 for b in buffers(v):

@@ -24,7 +24,15 @@ from gsr_rewrite.frontend.records import (
     Unknowns,
 )
 from gsr_rewrite.frontend.scopes import loaded_names
-from gsr_rewrite.frontend.syntax import const_key, dotted, for_ins
+from gsr_rewrite.frontend.syntax import (
+    const_index,
+    const_key,
+    dotted,
+    for_ins,
+    reads_attributes_by_name,
+    target_names,
+    tuple_leaves,
+)
 from gsr_rewrite.frontend.values import (
     EMPTY,
     LIST,
@@ -32,6 +40,7 @@ from gsr_rewrite.frontend.values import (
     buffers,
     container,
     element,
+    exact_items,
     flat,
     is_role,
     is_structured,
@@ -162,8 +171,12 @@ class ExpressionEvaluator:
             return self.value(node.left) | self.value(node.right)
         if isinstance(node, (cst.Tuple, cst.List)):
             items = [self.value(el.value) for el in node.elements]
-            if not any(isinstance(el, cst.StarredElement) for el in node.elements):
+            stars = [isinstance(el, cst.StarredElement) for el in node.elements]
+            if not any(stars):
                 return structured(items)
+            spliced = exact_items(items[-1]) if stars[-1] and not any(stars[:-1]) else None
+            if spliced is not None:  # `(param, *tensors)` of a tuple of known positions
+                return structured([*items[:-1], *spliced])
             out = frozenset().union(*map(flat, items))  # positions after a *star are unknown
             return out | LIST if buffers(out) else out
         if isinstance(node, (cst.ListComp, cst.GeneratorExp)):
@@ -175,7 +188,7 @@ class ExpressionEvaluator:
             self.keep_defaults(node, "a lambda")
             # `lambda q: q.grad.norm()` reads the gradient of what it is called on, when some
             # code the analysis does not see calls it: an object it cannot model
-            return self._opaque() if _reads_attributes_by_name(node.body) else EMPTY
+            return self._opaque() if reads_attributes_by_name(node.body) else EMPTY
         if isinstance(node, cst.FormattedString):  # f"{p.grad[0].item()}": its parts run now
             for part in node.parts:
                 if isinstance(part, cst.FormattedStringExpression):
@@ -278,7 +291,7 @@ class ExpressionEvaluator:
             return frozenset({"param"}) | LIST
         if OPAQUE in base:  # an element of an unknown object, or of what else it may be
             return self._opaque() | element(base)
-        index = _const_index(node)
+        index = const_index(node)
         if index is not None and is_structured(base):
             return item(base, index)
         if "%list" in base or not buffers(base):
@@ -300,7 +313,7 @@ class ExpressionEvaluator:
         contents = EMPTY
         for e in entries:
             if not all(isinstance(x, (cst.Name, cst.BaseNumber, cst.BaseString, cst.Tuple))
-                       for x in _leaves(e)):
+                       for x in tuple_leaves(e)):
                 return LOCAL_DICT | container(frozenset({OPAQUE}))
             contents |= flat(self.value(e))
         return LOCAL_DICT | container(contents)
@@ -313,24 +326,46 @@ class ExpressionEvaluator:
         reads (using it reads them), unless a builtin consumes it at once (`sum(...)`)."""
         saved, first_read, inside = self.pt, len(self.eff.reads), False
         self.pt = dict(self.pt)
+        clauses = for_ins(node.for_in)
         try:
-            for f in for_ins(node.for_in):
-                it = element(self.value(f.iter))
+            for f in clauses:
+                iterated = self.value(f.iter)
+                it = element(iterated)
                 if not inside:  # the first iterable runs once, in the enclosing scope
                     self._comprehension, inside = self._comprehension + 1, True
-                for name in _target_names(f.target):
+                for name in target_names(f.target):
                     self.pt[name] = it if isinstance(f.target, cst.Name) else flat(it)
                 for cond in f.ifs:
                     self.value(cond.test)
             elts = [node.key, node.value] if isinstance(node, cst.DictComp) else [node.elt]
             v = frozenset().union(*(self.read(e) for e in elts))
             v = v | LIST if buffers(v) else v
+            if isinstance(node, (cst.ListComp, cst.GeneratorExp)) and len(clauses) == 1 and \
+                    not clauses[0].ifs and isinstance(clauses[0].target, cst.Name):
+                v = self._positional(node.elt, clauses[0].target.value, iterated) or v
             if isinstance(node, cst.GeneratorExp) and id(node) not in self._eager:
                 v |= self.lazy_reads(first_read)
             return v
         finally:
             self._comprehension -= inside
             self.pt = saved
+
+    def _positional(self, elt: cst.BaseExpression, name: str, iterated: Value) -> Value:
+        """`tuple(view(s) for s in tensors)` over a tuple of known positions (values.exact_items):
+        the element evaluated for each item, at its position; EMPTY for any other iterable. Its
+        effects were recorded by the evaluation for all items at once: these are not kept."""
+        items = exact_items(iterated)
+        if items is None:
+            return EMPTY
+        saved, scope, out = (self.eff, self.pt), dict(self.pt), []
+        self.pt = scope
+        try:
+            for v in items:
+                self.eff, scope[name] = Effects(), v
+                out.append(self.value(elt))
+        finally:
+            self.eff, self.pt = saved
+        return structured(out)
 
     def lazy_reads(self, first_read: int) -> Value:
         """The buffers read since `first_read`, as what a value that reads them when used later
@@ -372,42 +407,3 @@ def is_sequence(node: cst.BaseExpression, v: Value) -> bool:
     (its items stay the same objects) rather than compute a new tensor?"""
     return isinstance(node, (cst.List, cst.Tuple, cst.ListComp)) or "%list" in flat(v) or \
         is_structured(v) or any(b.startswith("%*:") for b in v) or "%local" in v
-
-
-def _const_index(node: cst.Subscript) -> int | None:
-    if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
-        v = node.slice[0].slice.value
-        if isinstance(v, cst.Integer):
-            return int(v.evaluated_value)
-    return None
-
-
-def _target_names(t: cst.BaseExpression) -> list[str]:
-    if isinstance(t, cst.Name):
-        return [t.value]
-    if isinstance(t, (cst.Tuple, cst.List)):
-        return [n for el in t.elements for n in _target_names(el.value)]
-    return []
-
-
-def _leaves(e: cst.BaseExpression) -> list[cst.BaseExpression]:
-    """`e` and, when it is a tuple, its elements' leaves (`(n.device, n.dtype)` is not a leaf)."""
-    if isinstance(e, cst.Tuple):
-        return [e, *(x for el in e.elements for x in _leaves(el.value))]
-    return [e]
-
-
-def _reads_attributes_by_name(node: cst.CSTNode) -> bool:
-    """`node` names a gradient attribute (`.grad`, `._grad`) or reaches attributes by a
-    computed name (`getattr`, `vars`, `attrgetter`)."""
-    found: list[cst.CSTNode] = []
-
-    class _V(cst.CSTVisitor):
-        def visit_Attribute(self, n: cst.Attribute) -> None:
-            found.extend([n] if n.attr.value in ("grad", "_grad") else [])
-
-        def visit_Name(self, n: cst.Name) -> None:
-            found.extend([n] if n.value in ("getattr", "vars", "attrgetter") else [])
-
-    node.visit(_V())
-    return bool(found)

@@ -78,9 +78,10 @@ class Unknowns:
     #: functions a call would follow (module functions, `self.m` methods) whose calls are taken
     #: for unknown calls instead, and why (scopes.why_not_followed)
     not_followed: Mapping[str, str] = field(default_factory=dict)
-    #: helpers with *args or **kwargs, followed only where a call fills neither: their named
-    #: positional parameters (self not counted) and the names a keyword may give
-    star_helpers: Mapping[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    #: helpers with *args or **kwargs, followed only where a call fills no `**kwargs` (and
+    #: `*args` with plain positional arguments only): their named positional parameters (self
+    #: not counted), the names a keyword may give, and whether they take `*args`
+    star_helpers: Mapping[str, tuple[int, frozenset[str], bool]] = field(default_factory=dict)
     #: a method of the class hands `self` to other code (`helpers.register(self)`): any unknown
     #: function may reach the optimizer through what that code kept
     self_handed_away: bool = False

@@ -155,7 +155,7 @@ def why_not_followed(func: cst.FunctionDef) -> str | None:
     return None
 
 
-STAR_FILLED = "it takes *args or **kwargs, and this call may pass arguments into them"
+STAR_FILLED = "it takes **kwargs or *args, and this call may pass arguments into them"
 
 
 def star_params(func: cst.FunctionDef) -> list[str]:
@@ -164,13 +164,16 @@ def star_params(func: cst.FunctionDef) -> list[str]:
     return [s.name.value for s in (p.star_arg, p.star_kwarg) if isinstance(s, cst.Param)]
 
 
-def fills_star_params(call: cst.Call, room: int, by_keyword: frozenset[str]) -> bool:
-    """The call may put something into the `*args` or `**kwargs` of a function with `room`
-    named positional parameters (self not counted) and `by_keyword` parameters a keyword can
-    name: a positional argument past them, another keyword, or a spread `*xs` / `**kw` (which
-    parameter gets what is unknown). Through those the analysis does not track what the
-    function returns or keeps; a call that fills neither leaves them an empty tuple and dict."""
+def fills_star_params(call: cst.Call, room: int, by_keyword: frozenset[str],
+                      star_args: bool) -> bool:
+    """The call may put something into the `**kwargs` of a function with `room` named
+    positional parameters (self not counted), `by_keyword` parameters a keyword can name and
+    (`star_args`) a `*args`: another keyword, a spread `*xs` / `**kw` (which parameter gets
+    what is unknown), or a positional argument past them where it has no `*args`. Through those
+    the analysis does not track what the function returns or keeps. Positional arguments past
+    the named ones are its `*args`, a tuple of them (interprocedural._bind); a call that fills
+    neither leaves them an empty tuple and dict."""
     if any(a.star for a in call.args):
         return True
-    return sum(a.keyword is None for a in call.args) > room or \
+    return (sum(a.keyword is None for a in call.args) > room and not star_args) or \
         any(a.keyword is not None and a.keyword.value not in by_keyword for a in call.args)

@@ -67,3 +67,42 @@ def subtree_ids(node: cst.CSTNode) -> frozenset[int]:
         _SUBTREES.clear()
     _SUBTREES[id(node)] = (node, frozenset(ids))
     return _SUBTREES[id(node)][1]
+
+
+def const_index(node: cst.Subscript) -> int | None:
+    if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        v = node.slice[0].slice.value
+        if isinstance(v, cst.Integer):
+            return int(v.evaluated_value)
+    return None
+
+
+def target_names(t: cst.BaseExpression) -> list[str]:
+    if isinstance(t, cst.Name):
+        return [t.value]
+    if isinstance(t, (cst.Tuple, cst.List)):
+        return [n for el in t.elements for n in target_names(el.value)]
+    return []
+
+
+def tuple_leaves(e: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """`e` and, when it is a tuple, its elements' leaves (`(n.device, n.dtype)` is not a leaf)."""
+    if isinstance(e, cst.Tuple):
+        return [e, *(x for el in e.elements for x in tuple_leaves(el.value))]
+    return [e]
+
+
+def reads_attributes_by_name(node: cst.CSTNode) -> bool:
+    """`node` names a gradient attribute (`.grad`, `._grad`) or reaches attributes by a
+    computed name (`getattr`, `vars`, `attrgetter`)."""
+    found: list[cst.CSTNode] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Attribute(self, n: cst.Attribute) -> None:
+            found.extend([n] if n.attr.value in ("grad", "_grad") else [])
+
+        def visit_Name(self, n: cst.Name) -> None:
+            found.extend([n] if n.value in ("getattr", "vars", "attrgetter") else [])
+
+    node.visit(_V())
+    return bool(found)

@@ -81,6 +81,16 @@ def item(v: Value, k: int) -> Value:
     return _part(v, f"%@{k}:") | _part(v, _EACH) | _loose(v)
 
 
+def exact_items(v: Value) -> list[Value] | None:
+    """The items of a tuple-like value every part of which has a position (`(g, m)`, no loose
+    or iterated part), item 0 first; None for any other value. A real value may be shorter than
+    the list (a join of tuples of several lengths), never longer."""
+    if not v or not all(b.startswith("%@") for b in v):
+        return None
+    n = 1 + max(int(b[2:b.index(":")]) for b in v)
+    return [_part(v, f"%@{k}:") for k in range(n)]
+
+
 def element(v: Value) -> Value:
     """What iterating over `v` (or indexing it with an unknown index) yields: a group from
     self.param_groups, an element of a tensor list (the same buffers), a tuple's items, a

@@ -1,9 +1,10 @@
-"""A helper that takes `*args` or `**kwargs` is followed at a call that puts nothing into them
-(pytorch_optimizer: every optimizer's step calls `self.init_group(group)` of an
-`init_group(self, group, **kwargs)`; refusing it refused 41 classes of that package). The star
-parameters are then an empty tuple and dict: the analysis binds them to an object it does not
-model (any use of them is assumed the worst of). Must-not-fire: a call that passes an extra
-positional argument, a keyword no named parameter takes, or spreads `*xs` / `**kw`."""
+"""A helper that takes `*args` or `**kwargs` is followed at a call that puts nothing into
+`**kwargs` (pytorch_optimizer: every optimizer's step calls `self.init_group(group)` of an
+`init_group(self, group, **kwargs)`; refusing it refused 41 classes of that package).
+`**kwargs` is then an empty dict: the analysis binds it to an object it does not model (any use
+of it is assumed the worst of); `*args` is the tuple of the extra positional arguments a call
+gives (test_star_tuples.py). Must-not-fire: a call that passes a keyword no named parameter
+takes, or spreads `*xs` / `**kw`."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def _outcome(source: str) -> tuple[str, str, list[bool]]:
         [t.placed for t in denoms]
 
 
-@pytest.mark.parametrize("call", ["group", "group=group"])
+@pytest.mark.parametrize("call", ["group", "group=group",
+                                  # an extra positional: `*args` is the tuple of it (unused)
+                                  "group, p_extra := group['params'][0].grad"])
 def test_a_call_that_fills_no_star_parameter_is_followed(call: str, tmp_path: Path) -> None:
     status, reason, placed = _outcome(_source(call))
     assert status == "rewritten", reason
@@ -70,7 +73,6 @@ def test_a_call_that_fills_no_star_parameter_is_followed(call: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("call", [
-    "group, p_extra := group['params'][0].grad",  # an extra positional: into *args
     "group, extra=group['params'][0].grad",       # a keyword no parameter takes: into **kwargs
     "*[group]",                                    # a spread: which parameter gets what is unknown
     "group, **{'extra': group['params'][0].grad}",
@@ -78,6 +80,15 @@ def test_a_call_that_fills_no_star_parameter_is_followed(call: str, tmp_path: Pa
 def test_a_call_that_fills_a_star_parameter_stays_unknown(call: str) -> None:
     status, reason, placed = _outcome(_source(call))
     assert placed != [True], (call, status, reason)
+    assert "the gradient buffer escapes" in reason, reason
+
+
+def test_what_a_call_puts_into_args_is_followed_there() -> None:
+    """The gradient given as an extra positional argument is kept by the helper (`args[0]`):
+    it escapes there, as it would given by name."""
+    status, reason, placed = _outcome(_source("group, group['params'][0].grad",
+                                              "self.seen.append(args[0])"))
+    assert placed != [True], (status, reason)
     assert "the gradient buffer escapes" in reason, reason
 
 
