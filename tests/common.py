@@ -3,6 +3,9 @@ the certified rewrite of a fixture module."""
 
 import functools
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gsr_rewrite.outcome import RewriteResult
 from gsr_rewrite.pipeline import compile_source
@@ -108,3 +111,18 @@ def steps_on_64x8(cls: type, dtype: object = None, steps: int = 3) -> tuple[obje
         p.grad = torch.randn(64, 8, dtype=dt, generator=torch.Generator().manual_seed(s))
         got = opt.step()
     return p.detach().clone(), got
+
+
+def imported_fixture(source: str, module: str, folder: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`source` written to `folder/module.py` and imported afresh (for `gsr_rewrite.reduce`,
+    which reads a class's module from its file), with the rewrite cache in `folder`; the
+    caller's monkeypatch undoes the path and environment."""
+    import importlib
+    import sys
+
+    (folder / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(folder / "cache"))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    return importlib.import_module(module)

@@ -92,6 +92,9 @@ class ClassAnalysis:
     checked_data: frozenset[str] = frozenset()
     #: self.ATTR read that no method binds: the R step runs only while none is a descriptor
     class_attrs: frozenset[str] = frozenset()
+    #: state keys taken for host scalars (host_scalars.py): the R step runs only while each
+    #: holds a number or a one-element tensor
+    scalar_state: frozenset[str] = frozenset()
 
 
 class _Sites(Mapping[cst.CSTNode, str]):
@@ -311,7 +314,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) ->
                          {k: owner for k, (_, owner) in src.imported.items() if k in funcs},
                          unknowns.checked_data,
                          frozenset(a for fa in funcs.values() for n in fa.flow.nodes
-                                   for a in n.eff.class_attrs))
+                                   for a in n.eff.class_attrs), scalar_keys)
 
 
 def _star_signature(func: cst.FunctionDef, is_method: bool

@@ -14,10 +14,19 @@ entry a number, and state starts empty), and names every binding of which is one
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import libcst as cst
 
+from gsr_rewrite.frontend.bindings import (
+    Bindings,
+    bound_arguments,
+    bound_by,
+    is_group,
+    is_state,
+    returns_of,
+)
+from gsr_rewrite.frontend.scopes import is_generator
 from gsr_rewrite.frontend.source import module_imports
 from gsr_rewrite.frontend.syntax import const_key, dotted, names_in
 
@@ -33,159 +42,25 @@ _TO_NUMBER = {"float", "int", "bool", "len"}
 _OF_NUMBERS = {"min", "max", "abs", "round", "pow"}
 
 
-class _Bindings(cst.CSTVisitor):
-    """Every binding of a name in one function's own scope: (name, value) where the name is
-    bound to a value this module can judge, `bad` where it is bound any other way."""
-
-    def __init__(self, root: cst.FunctionDef) -> None:
-        self.root = root
-        self.values: list[tuple[str, cst.BaseExpression]] = []
-        self.ranges: set[str] = set()  # `for i in range(...)`: an int
-        self.groups: list[tuple[str, bool]] = []  # (name, bound to a param group)
-        self.states: list[tuple[str, bool]] = []  # (name, bound to self.state[p])
-        self.loops: set[str] = set()  # `for group in self.param_groups`
-        self.elements: list[tuple[str, cst.BaseExpression]] = []  # `a, b = value`
-        p = root.params
-        star = [p.star_arg] if isinstance(p.star_arg, cst.Param) else []
-        kwargs = [p.star_kwarg] if p.star_kwarg is not None else []
-        self.bad: set[str] = {x.name.value for x in (*p.posonly_params, *p.params, *star,
-                                                      *p.kwonly_params, *kwargs)}
-        self._comprehension = 0
-
-    def _bind(self, target: cst.BaseExpression, value: cst.BaseExpression | None) -> None:
-        if isinstance(target, cst.Name):
-            if value is None:
-                self.bad.add(target.value)
-            else:
-                self.values.append((target.value, value))
-                self.groups.append((target.value, _is_group(value)))
-                self.states.append((target.value, _is_state(value)))
-        elif isinstance(target, (cst.Tuple, cst.List)):
-            els = target.elements
-            if any(isinstance(el, cst.StarredElement) for el in els):
-                self.bad.update(_names(target))
-            elif isinstance(value, (cst.Tuple, cst.List)) and len(value.elements) == len(els) \
-                    and not any(isinstance(x, cst.StarredElement) for x in value.elements):
-                for el, x in zip(els, value.elements, strict=True):
-                    self._bind(el.value, x.value)
-            else:  # `beta1, beta2 = group["betas"]`: scalars when the whole is host data
-                for el in els:
-                    if isinstance(el.value, cst.Name) and value is not None:
-                        self.elements.append((el.value.value, value))
-                    else:
-                        self.bad.update(_names(el.value))
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        if node is self.root:
-            return True
-        self.bad.add(node.name.value)
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        self.bad.add(node.name.value)
-        return False
-
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return False
-
-    def visit_CompFor(self, node: cst.CompFor) -> None:
-        self._comprehension += 1
-
-    def leave_CompFor(self, original_node: cst.CompFor) -> None:
-        self._comprehension -= 1
-
-    def visit_Assign(self, node: cst.Assign) -> None:
-        for t in node.targets:
-            self._bind(t.target, node.value)
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        if node.value is not None:
-            self._bind(node.target, node.value)
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        if isinstance(node.target, cst.Name):  # `x += v`: a number when x and v are
-            self.values.append((node.target.value, node.value))
-
-    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-        if self._comprehension:  # its value may name the comprehension's own variables
-            self.bad.update(_names(node.target))
-        else:
-            self._bind(node.target, node.value)
-
-    def visit_For(self, node: cst.For) -> None:
-        it = node.iter
-        fn = dotted(it.func) if isinstance(it, cst.Call) else None
-        target = node.target
-        if fn == "range" and isinstance(target, cst.Name):
-            self.ranges.add(target.value)
-        elif fn == "enumerate" and isinstance(target, cst.Tuple) and \
-                len(target.elements) == 2 and isinstance(target.elements[0].value, cst.Name):
-            self.ranges.add(target.elements[0].value.value)
-            self.bad.update(_names(target.elements[1].value))
-        elif isinstance(target, cst.Name) and dotted(it) == "self.param_groups":
-            self.loops.add(target.value)  # a param group: never a number itself
-            self.groups.append((target.value, True))
-        else:
-            self.bad.update(_names(target))
-
-    def visit_AsName(self, node: cst.AsName) -> None:  # with ... as x, except E as x, imports
-        self.bad.update(_names(node.name))
-
-    def visit_ImportAlias(self, node: cst.ImportAlias) -> None:
-        self.bad.update(_names(node.name))
-
-    def visit_Global(self, node: cst.Global) -> None:
-        self.bad.update(n.name.value for n in node.names)
-
-    def visit_Nonlocal(self, node: cst.Nonlocal) -> None:
-        self.bad.update(n.name.value for n in node.names)
-
-    def visit_MatchAs(self, node: cst.MatchAs) -> None:
-        if node.name is not None:
-            self.bad.add(node.name.value)
-
-    def visit_MatchStar(self, node: cst.MatchStar) -> None:
-        if node.name is not None:
-            self.bad.add(node.name.value)
-
-    def visit_MatchMapping(self, node: cst.MatchMapping) -> None:
-        if node.rest is not None:
-            self.bad.add(node.rest.value)
-
-
-def _names(t: cst.CSTNode) -> list[str]:
-    if isinstance(t, cst.Name):
-        return [t.value]
-    if isinstance(t, (cst.Tuple, cst.List)):
-        return [n for el in t.elements for n in _names(el.value)]
-    if isinstance(t, cst.StarredElement):
-        return _names(t.value)
-    if isinstance(t, cst.Attribute):  # `import a.b` binds a
-        return _names(t.value)
-    return []
-
-
-def _is_group(v: cst.BaseExpression) -> bool:
-    return isinstance(v, cst.Subscript) and dotted(v.value) == "self.param_groups"
-
-
-def _is_state(v: cst.BaseExpression) -> bool:
-    """`self.state[p]`, `self.state.get(p, ...)`: a parameter's state dict."""
-    return (isinstance(v, cst.Subscript) and dotted(v.value) == "self.state") or (
-        isinstance(v, cst.Call) and dotted(v.func) == "self.state.get")
-
-
 class _Function:
     """What one function's own names are: host data, scalar numbers, param groups, parameters'
     state dicts. Host data (`data`) is a number, a tuple of them, a param group's option or a
     host-scalar state entry; a scalar (`scalar`) is one number and nothing else."""
 
-    def __init__(self, func: cst.FunctionDef | None, host: _Host) -> None:
+    def __init__(self, func: cst.FunctionDef | None, host: _Host,
+                 seeds: dict[int, frozenset[str]] | None = None) -> None:
         self.host = host
-        b = _Bindings(func) if func is not None else None
+        b = Bindings(func, params_bad=seeds is None) if func is not None else None
         if b is not None and func is not None:
             func.visit(b)
         self.b = b
+        #: a helper judged at one call (Host.returns_scalar): its parameters, never bound again
+        #: in its body, are at each level what the call gives them
+        self.seeds = seeds or {}
+        if b is not None and seeds is not None:
+            rebound = {n for n, _ in [*b.values, *b.elements]} | b.ranges | b.bad
+            b.bad |= b.params - set().union(*seeds.values()) - rebound
+            self.seeds = {k: v - rebound for k, v in seeds.items()}
         self.groups = _only(b.groups, b.bad) if b else frozenset()
         self.states = _only(b.states, b.bad) if b else frozenset()
         self.shadowed = (b.bad | b.loops | {n for n, _ in [*b.values, *b.elements]} | b.ranges) \
@@ -203,7 +78,7 @@ class _Function:
         for level in (DATA, SCALAR, NUMBER):
             names = ({n for n, _ in [*b.values, *b.elements]} | b.ranges) - b.bad - b.loops
             while True:
-                self.names[level] = frozenset(names)
+                self.names[level] = frozenset(names) | self.seeds.get(level, frozenset())
                 bad = {n for n, v in b.values if n in names and not self.data(v, level)}
                 # an element of host data (a param group's option): a scalar, never a number
                 bad |= {n for n, v in b.elements if n in names and
@@ -220,6 +95,9 @@ class _Function:
         if isinstance(v, cst.Call) and isinstance(v.func, cst.Attribute) and \
                 v.func.attr.value in ("clone", "detach", "to"):
             return self.made_scalar(v.func.value)  # `torch.as_tensor(lr).clone()`: a copy
+        if isinstance(v, cst.Call) and isinstance(v.func, cst.Name) and \
+                v.func.value not in self.shadowed and v.func.value in self.host.functions:
+            return self.host.returns_scalar(v.func.value, v, self)
         if isinstance(v, cst.Call) and dotted(v.func) in _SCALAR_MAKERS:
             pos = [a.value for a in v.args if a.keyword is None]
             if any(a.star for a in v.args):
@@ -300,10 +178,10 @@ class _Function:
         base = e.value
         if key is None:
             return False
-        if (isinstance(base, cst.Name) and base.value in self.groups) or _is_group(base) or \
+        if (isinstance(base, cst.Name) and base.value in self.groups) or is_group(base) or \
                 dotted(base) == "self.defaults":
             return key != "params" and level < NUMBER
-        if (isinstance(base, cst.Name) and base.value in self.states) or _is_state(base):
+        if (isinstance(base, cst.Name) and base.value in self.states) or is_state(base):
             return key in self.keys
         return False
 
@@ -327,13 +205,50 @@ class _Host:
                     if isinstance(s, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
                         targets = [t.target for t in s.targets] if isinstance(s, cst.Assign) \
                             else [s.target]
-                        self.top_level.update(n for t in targets for n in _names(t))
+                        self.top_level.update(n for t in targets for n in bound_by(t))
             else:  # a compound statement at the top level may bind anything
                 self.top_level.update(names_in(stmt))  # (every name it mentions)
         self.imports = imports
+        defs: dict[str, list[cst.FunctionDef]] = {}
+        for stmt in module.body:
+            if isinstance(stmt, cst.FunctionDef):
+                defs.setdefault(stmt.name.value, []).append(stmt)
+        #: module functions by name (a name two modules define: neither, it is ambiguous)
+        self.functions = {k: fs[0] for k, fs in defs.items() if len(fs) == 1}
+        self._judging: set[str] = set()  # (a helper that calls itself: not judged again)
         self.math = {k for k, v in imports.items() if v == "math"} - self.top_level
         self.math_functions = {k for k, v in imports.items() if v.startswith("math.")} - \
             self.top_level
+
+    def returns_scalar(self, name: str, call: cst.Call, caller: _Function) -> bool:
+        """Does the module function `name`, called so from `caller`, return a 0-dim tensor or
+        a number on every path (timm's `_init_scalar(value=0., device=None)`: `value` itself
+        when it is a tensor, else `torch.tensor(value, ...)`)? Each parameter is what the call
+        gives it (or its default, a constant); every `return` must be `made_scalar`, and the
+        body must end in one (falling off the end returns None)."""
+        func = self.functions[name]
+        body = func.body.body if isinstance(func.body, cst.IndentedBlock) else ()
+        bound = bound_arguments(func, call)
+        if name in self._judging or bound is None or not body or \
+                not isinstance(body[-1], cst.SimpleStatementLine) or \
+                not isinstance(body[-1].body[-1], cst.Return) or is_generator(func):
+            return False
+        constants = _Function(None, self)
+        judges: dict[int, Callable[[cst.BaseExpression], bool]] = {
+            DATA: caller.data, SCALAR: caller.made_scalar,
+            NUMBER: lambda e: caller.data(e, NUMBER)}
+        seeds = {level: frozenset(p for p, (arg, default) in bound.items()
+                                  if (judge(arg) if arg is not None else
+                                      default is not None and constants.data(default, level)))
+                 for level, judge in judges.items()}
+        self._judging.add(name)
+        try:
+            helper = _Function(func, self, seeds)
+            helper.solve(caller.keys)
+            return all(r.value is not None and helper.made_scalar(r.value)
+                       for r in returns_of(func))
+        finally:
+            self._judging.discard(name)
 
     def is_math(self, name: str, shadowed: Iterable[str]) -> bool:
         first, _, rest = name.partition(".")

@@ -271,7 +271,7 @@ class AdanR(Adan):
     contents of p.grad are undefined: the gradient buffers hold scratch values.
     """
 
-    @_gsr.r_step(Adan, fixed_layout=True)
+    @_gsr.r_step(Adan, fixed_layout=True, scalar_state=('step',))
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform a single optimization step.

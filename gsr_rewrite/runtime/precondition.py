@@ -127,9 +127,12 @@ def distinct_buffers(opt: Any) -> bool:
     return checked(opt, certify=False)[0]
 
 
-def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
+def checked(opt: Any, certify: bool, scalar_state: tuple[str, ...] = ()
+            ) -> tuple[bool, layout.Pending | None]:
     """`distinct_buffers`, and where it holds and `certify`, the step's layout certificate
-    (layout.py), made at its first lookup."""
+    (layout.py), made at its first lookup; with `scalar_state`, those state entries hold
+    numbers or one-element tensors (checked with the verdict: a tensor put there changes the
+    verdict's key, its address and size)."""
     groups = opt.param_groups
     defaults = getattr(opt, "defaults", {})
     if not all(type(g) is dict for g in (*groups, defaults)):  # a subclass's [] may run code
@@ -175,12 +178,14 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
             sizes, dense = found.sizes, found.dense
         verdict = _addresses_disjoint(
             options + every, tuple(r[0] for r in read) + lows,
-            tuple(r[1] for r in read) + sizes, tuple(r[2] for r in read) + dense, len(options))
+            tuple(r[1] for r in read) + sizes, tuple(r[2] for r in read) + dense,
+            len(options)) and _scalars_hold(getattr(opt, "state", {}), scalar_state)
         _VERDICTS[opt] = (key, verdict)
     else:
         owned_spans, shared_spans = _spans(every), _spans(options)
         verdict = owned_spans is not None and shared_spans is not None and \
-            _spans_disjoint(owned_spans, shared_spans)
+            _spans_disjoint(owned_spans, shared_spans) and \
+            _scalars_hold(getattr(opt, "state", {}), scalar_state)
         _VERDICTS[opt] = (key, verdict)
     if not verdict:
         return _fallback(), None
@@ -190,6 +195,15 @@ def checked(opt: Any, certify: bool) -> tuple[bool, layout.Pending | None]:
 #: option and state values that hold no tensor and run no user code when a step computes with
 #: them (a float subclass's `__truediv__` could re-alias gradients in the middle of a step)
 _SCALARS = frozenset({int, float, bool, complex, str, type(None), torch.dtype, torch.device})
+
+
+def _scalars_hold(state: Any, keys: tuple[str, ...]) -> bool:
+    """Each of `keys` in each param's state is a number, or a tensor of one element (what the
+    analysis took it for: arithmetic on it makes no parameter-sized tensor)."""
+    return not keys or all(
+        _scalar(v) or (isinstance(v, Tensor) and v.numel() == 1)
+        for per in state.values() if type(per) is dict
+        for v in (per[k] for k in keys if k in per))
 
 
 def _scalar(v: Any) -> bool:

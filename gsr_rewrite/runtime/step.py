@@ -39,7 +39,7 @@ def poison_grads(param_groups: Sequence[dict[str, Any]]) -> None:
 
 def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watched | None = None,
            followed: tuple[str, ...] = (), class_attrs: tuple[str, ...] = (),
-           owner: type | None = None, **bound: Any
+           scalar_state: tuple[str, ...] = (), owner: type | None = None, **bound: Any
            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorates an R-variant's `step`. The original class's step runs instead when
 
@@ -47,7 +47,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
     - `step` is given a closure or any other argument (a closure may replace the gradients
       after the run-time precondition was checked);
     - the run-time precondition `distinct_buffers` does not hold (duplicated params, gradients
-      that overlap each other, a param or a state tensor);
+      that overlap each other, a param or a state tensor), or a state entry the analysis took
+      for a host scalar (`scalar_state`) holds a tensor of more than one element;
     - ATTR=F in `bound` (each `self.ATTR(...)` the rewrite analysed as a call of F, what
       `__init__` binds it to) while `self.ATTR` is anything else;
     - an ATTR in `data` (what the analysis took for data: analysis/checked_data.py) holds
@@ -83,7 +84,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
                 any(_runs_code(type(self), a) for a in class_attrs) or \
                 hooks_attributes(type(self)) or \
                 (watch is not None and not watch.holds(type(self)))
-            holds, cert = (False, None) if original_only else checked(self, fixed_layout)
+            holds, cert = (False, None) if original_only else \
+                checked(self, fixed_layout, scalar_state)
             if not holds:  # the R step already runs inside torch's step hooks: not twice
                 return unhooked(original.step)(self, *args, **kwargs)  # type: ignore[attr-defined]
             previous = layout.enter(cert)
@@ -97,7 +99,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
         def on(cls: type) -> Callable[..., Any]:  # the R step moved onto `cls` (api/classes.py)
             return r_step(cls, *data, fixed_layout=fixed_layout,
                           watch=watch.on(cls) if watch is not None else None,
-                          followed=followed, class_attrs=class_attrs, owner=cls,
+                          followed=followed, class_attrs=class_attrs,
+                          scalar_state=scalar_state, owner=cls,
                           **bound)(step)
 
         wrapper.gsr_on = on  # type: ignore[attr-defined]

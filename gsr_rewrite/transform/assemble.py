@@ -202,6 +202,8 @@ def _emit_class(out: ClassOutcome, src: SourceModule, home: SourceModule, catalo
                     bound += f", followed={methods_followed!r}"
                 if out.analysis.class_attrs:  # a property there: the original step
                     bound += f", class_attrs={tuple(sorted(out.analysis.class_attrs))!r}"
+                if out.analysis.scalar_state:  # a tensor of more elements: the original step
+                    bound += f", scalar_state={tuple(sorted(out.analysis.scalar_state))!r}"
                 new = new.with_changes(decorators=[
                     cst.Decorator(cst.parse_expression(f"{RUNTIME}.r_step({out.name}{bound})")),
                     *new.decorators])

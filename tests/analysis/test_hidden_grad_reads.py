@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from gsr_rewrite.pipeline import rewrite_source
+from tests.common import imported_fixture
 
 SOURCE = '''
 import functools
@@ -186,21 +187,14 @@ def test_an_attribute_bound_to_an_argument_or_none_is_checked_when_the_step_star
     """`self.model = model`: the step reads grads through it after the update; the R step
     runs only while it holds plain data, else the original (bitwise)."""
     import copy
-    import sys
     from pathlib import Path
 
     import gsr_rewrite
 
     after = {"model": "self.last = [q.grad.norm() for q in self.model.parameters()]",
              "flat_grad": "self.last = self.flat_grad.norm()"}[attr]
-    folder = Path(str(tmp_path))
-    (folder / "probe_attr_mod.py").write_text(SOURCE.format(members="", after=after))
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(folder / "cache"))
-    sys.modules.pop("probe_attr_mod", None)
-    import probe_attr_mod  # type: ignore[import-not-found]  # noqa: PLC0415
-
-    orig = probe_attr_mod.Probe
+    orig = imported_fixture(SOURCE.format(members="", after=after), "probe_attr_mod",
+                            Path(str(tmp_path)), monkeypatch).Probe
     r_cls = gsr_rewrite.reduce(orig)
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(2)]
@@ -223,7 +217,6 @@ def test_an_attribute_bound_to_an_argument_or_none_is_checked_when_the_step_star
     flat = last_o if isinstance(last_o, list) else [last_o]
     flat_r = last_r if isinstance(last_r, list) else [last_r]
     assert all(torch.equal(a, b) for a, b in zip(flat, flat_r, strict=True))
-    sys.modules.pop("probe_attr_mod", None)
 
 
 STR = '''
@@ -274,18 +267,13 @@ def test_a_subclass_that_hooks_attributes_gets_the_original_step(
     `hasattr(self, "absent")` and `self.stat` when absent): the R step hands over to the
     original, so what the hook saw and the params come out bitwise as the original's."""
     import copy
-    import sys
     from pathlib import Path
 
     import gsr_rewrite
 
     source = SOURCE.format(members="", after="self.last = hasattr(self, 'absent')")
-    folder = Path(str(tmp_path))
-    (folder / "probe_hook_mod.py").write_text(source)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("GSR_REWRITE_CACHE_DIR", str(folder / "cache"))
-    sys.modules.pop("probe_hook_mod", None)
-    import probe_hook_mod  # type: ignore[import-not-found]  # noqa: PLC0415
+    probe_hook_mod = imported_fixture(source, "probe_hook_mod", Path(str(tmp_path)),
+                                      monkeypatch)
 
     def hooked(base: type) -> type:
         class Hooked(base):  # type: ignore[misc, valid-type]
@@ -313,4 +301,3 @@ def test_a_subclass_that_hooks_attributes_gets_the_original_step(
         out.append((opt.seen, [p.detach().clone() for p in ps]))
     (seen_o, ps_o), (seen_r, ps_r) = out
     assert all(torch.equal(a, b) for a, b in zip(ps_o + seen_o, ps_r + seen_r, strict=True))
-    sys.modules.pop("probe_hook_mod", None)

@@ -234,8 +234,9 @@ def test_function_diff_of_the_shipped_example() -> None:
         "--- examples/adamw.py:AdamW.step", "+++ AdamWR.step"]
     assert "__init__" not in diff and "__setstate__" not in diff
     # dedented: the method lines up with a helper
-    assert "+    @_gsr.r_step(AdamW, fixed_layout=True)" not in diff
-    assert "+@_gsr.r_step(AdamW, fixed_layout=True)" in diff
+    decorator = "@_gsr.r_step(AdamW, fixed_layout=True, scalar_state=('step',))"
+    assert f"+    {decorator}" not in diff
+    assert f"+{decorator}" in diff
     assert "+        func = _multi_tensor_adamw_gsr if foreach else _single_tensor_adamw_gsr" \
         in diff
     assert "+            if _gsr.fits((grad,), (exp_avg_sq,)):  # gsr: sqrt -> gradient" in diff

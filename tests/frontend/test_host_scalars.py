@@ -112,7 +112,9 @@ def test_every_way_of_writing_an_entry_is_judged(write: str) -> None:
 
 
 def test_shadowed_builtins_and_names_bound_otherwise_are_not_numbers() -> None:
-    assert "k" not in _keys('state["k"] = float(2)\n', prelude="def float(x):\n    return x\n")
+    # a module's own `float` is no builtin: its body decides (test_a_helper_...)
+    assert "k" not in _keys('state["k"] = float(2)\n',
+                            prelude="def float(x):\n    return torch.ones(3) * x\n")
     assert "k" not in _keys('with open("f") as r:\n    state["k"] = r\n')
     assert "k" not in _keys('r = 1.0\nfor r in group["params"]:\n    pass\nstate["k"] = r\n')
     assert "k" not in _keys('state["k"] = beta1\nstate["j"] = state["k"]\nstate["k"] = p\n')
@@ -138,3 +140,52 @@ def test_radam_rho_in_state_has_no_phantom_temporaries() -> None:
 def test_radam_rho_that_may_be_a_tensor_stays_a_buffer(rho: str) -> None:
     temps = _temps(rho)
     assert any("rho_t" in code for code in temps), temps  # its arithmetic allocates
+
+
+INIT_SCALAR = '''
+def init_scalar(value=0.0, device=None, dtype=None):
+    if isinstance(value, torch.Tensor):
+        if value.device == device:
+            return value
+        return value.to(device=device, dtype=dtype)
+    return torch.tensor(value, dtype=dtype or torch.float32, device=device)
+'''
+
+
+@pytest.mark.parametrize("write", [
+    'state["step"] = init_scalar(device="cpu")',
+    'state["step"] = init_scalar(0.0, "cpu")',
+    'state["step"] = init_scalar(state["step"], device=p.device)',  # a host scalar stays one
+    'state["step"] = zeros_scalar()',
+])
+def test_a_helper_that_returns_a_0_dim_tensor_makes_a_host_scalar(write: str) -> None:
+    """timm's `state["step"] = _init_scalar(device=...)`: the helper's every return is a 0-dim
+    tensor made from a number, or the tensor it was given, when that is one."""
+    prelude = INIT_SCALAR + '\n\ndef zeros_scalar(device=None):\n' \
+        '    return torch.zeros((), device=device)\n'
+    assert "step" in _keys(f'state["step"] = 0\n{write}', prelude=prelude)
+
+
+@pytest.mark.parametrize("write, helper", [
+    ('state["step"] = init_scalar(p)', INIT_SCALAR),                # given a parameter
+    ('state["step"] = init_scalar(values)', INIT_SCALAR),           # a list: a 1-d tensor
+    ('state["step"] = init_scalar(*[0.0])', INIT_SCALAR),           # a spread
+    ('state["step"] = init_scalar(0.0, bad=1)', INIT_SCALAR),       # a keyword it lacks
+    ('state["step"] = make(p)', "def make(x):\n    if x.dim():\n        return x\n"),  # None
+    ('state["step"] = make(0.0)', "def make(x):\n    x = torch.ones(3)\n    return x\n"),
+    ('state["step"] = make(p)', "def make(*xs):\n    return torch.tensor(0.0)\n"),
+    ('state["step"] = make()', "def make():\n    return make()\n"),  # recursion: not judged
+    ('state["step"] = make()', "def make():\n    yield torch.tensor(0.0)\n"),
+])
+def test_a_helper_that_may_return_another_tensor_keeps_the_entry_a_buffer(
+        write: str, helper: str) -> None:
+    assert "step" not in _keys(f'values = [1.0, 2.0]\nstate["step"] = 0\n{write}',
+                               prelude=helper)
+
+
+def test_a_helper_defined_twice_is_not_judged() -> None:
+    """Two modules of the analysis define `make` (one returns a tensor of the param's shape):
+    which one a call reaches is not known."""
+    prelude = "def make():\n    return torch.tensor(0.0)\n\n\n" \
+        "def make():\n    return torch.zeros(5)\n"
+    assert "step" not in _keys('state["step"] = make()', prelude=prelude)

@@ -15,7 +15,9 @@ import torch
 import gsr_rewrite
 from gsr_rewrite import runtime
 from gsr_rewrite.optim import AdamW, AdamWR
+from gsr_rewrite.pipeline import rewrite_source
 from gsr_rewrite.runtime import precondition
+from tests.common import imported_fixture
 
 Setup = Callable[[list[torch.nn.Parameter], int], None]
 
@@ -225,3 +227,70 @@ def test_what_else_the_optimizer_holds_is_checked_too() -> None:
     opt2 = AdamWR(plain)
     plain[0].grad = torch.randn(4, 4)
     assert precondition.distinct_buffers(opt2)
+
+
+
+STEP_COUNT = '''
+import torch
+from torch.optim import Optimizer
+
+
+class StepCount(Optimizer):
+    def __init__(self, params, lr=1e-2, eps=1e-8):
+        super().__init__(params, dict(lr=lr, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v = state["m"], state["v"]
+                m.lerp_(p.grad, 0.1)
+                v.mul_(0.9).addcmul_(p.grad, p.grad, value=0.1)
+                bc = 1 - 0.9 ** state["step"]
+                denom = (v / bc).sqrt_().add_(group["eps"])
+                p.addcdiv_(m, denom, value=-group["lr"])
+                p.add_(p.grad, alpha=-1e-4)
+'''
+
+
+def test_a_host_scalar_state_entry_that_holds_a_tensor_takes_the_original_step(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis took `state["step"]` for a host scalar (every write in the module is a
+    number), so the strip-mined run of `denom` uses it whole. A user who puts a tensor of the
+    param's shape there (a loaded state, by hand) gets the original step
+    (`r_step(..., scalar_state=("step",))`), not strips divided by a whole tensor."""
+    from pathlib import Path
+
+    orig = imported_fixture(STEP_COUNT, "step_count_mod", Path(str(tmp_path)),
+                            monkeypatch).StepCount
+    rvar = gsr_rewrite.reduce(orig)
+    code = rewrite_source(STEP_COUNT, "step_count_mod.py").code
+    assert code is not None and "scalar_state=('step',)" in code
+    assert "_gsr.strips(" in code  # denom's run is strip-mined: the gradient is read after it
+    params = _params((64, 8), (64, 8))
+    out = []
+    fell = 0
+    for cls in (orig, rvar):
+        ps = copy.deepcopy(params)
+        opt = cls(ps)
+        _fresh_grads(ps, 0)
+        opt.step()
+        for p in ps:
+            opt.state[p]["step"] = torch.full_like(p, float(opt.state[p]["step"]))
+        before = precondition._FALLBACKS[0]
+        with runtime.fine_strips():
+            for step in range(1, 3):
+                _fresh_grads(ps, step)
+                opt.step()
+        fell = precondition._FALLBACKS[0] - before
+        out.append([p.detach().clone() for p in ps])
+    assert fell == 2
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
