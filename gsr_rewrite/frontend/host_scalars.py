@@ -59,8 +59,9 @@ class _Function:
         self.seeds = seeds or {}
         if b is not None and seeds is not None:
             rebound = {n for n, _ in [*b.values, *b.elements]} | b.ranges | b.bad
-            b.bad |= b.params - set().union(*seeds.values()) - rebound
-            self.seeds = {k: v - rebound for k, v in seeds.items()}
+            kept = set().union(*seeds.values()) - rebound  # (a parameter bound again may
+            b.bad |= b.params - kept  # still hold what the call gave it on some path: bad)
+            self.seeds = {k: v & kept for k, v in seeds.items()}
         self.groups = _only(b.groups, b.bad) if b else frozenset()
         self.states = _only(b.states, b.bad) if b else frozenset()
         self.shadowed = (b.bad | b.loops | {n for n, _ in [*b.values, *b.elements]} | b.ranges) \

@@ -174,6 +174,9 @@ def test_a_helper_that_returns_a_0_dim_tensor_makes_a_host_scalar(write: str) ->
     ('state["step"] = make(p)', "def make(x):\n    if x.dim():\n        return x\n"),  # None
     ('state["step"] = make(0.0)', "def make(x):\n    x = torch.ones(3)\n    return x\n"),
     ('state["step"] = make(p)', "def make(*xs):\n    return torch.tensor(0.0)\n"),
+    # the parameter bound again to a number on one path only: it may still be `p`
+    ('state["step"] = make(p)', "def make(x):\n    if x is None:\n        x = 0.0\n"
+                                "    return x\n"),
     ('state["step"] = make()', "def make():\n    return make()\n"),  # recursion: not judged
     ('state["step"] = make()', "def make():\n    yield torch.tensor(0.0)\n"),
 ])
