@@ -11,7 +11,9 @@ from gsr_rewrite.frontend.syntax import dotted
 
 class Bindings(cst.CSTVisitor):
     """Every binding of a name in one function's own scope: (name, value) where the name is
-    bound to a value this module can judge, `bad` where it is bound any other way."""
+    bound to a value host_scalars.py can judge, `bad` where it is bound any other way. The
+    parameters are `bad` too, unless `params_bad` is off (a helper judged at one call: what
+    the call gives them is judged by the caller)."""
 
     def __init__(self, root: cst.FunctionDef, params_bad: bool = True) -> None:
         self.root = root
