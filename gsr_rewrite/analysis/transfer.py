@@ -78,6 +78,8 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
         for gone in _targets(s.target):
             if isinstance(gone, cst.Name):
                 ev.eff.assigns[gone.value] = EMPTY
+            elif isinstance(gone, cst.Subscript):  # `del xs[0]`: the items after it move
+                _positions_lost(gone, ev)
     else:
         for child in s.children:
             if isinstance(child, cst.BaseExpression):
@@ -108,6 +110,23 @@ def _extend(target: cst.BaseExpression, v: Value, ev: Evaluator) -> None:
             ev.eff.escapes.append((b, "added in place to a container", target))
 
 
+def _positions_lost(target: cst.Subscript, ev: Evaluator) -> None:
+    """An item of a tuple-like list of known positions (values.py) was replaced or removed:
+    its name keeps every item at every position, and what it held escapes (another name may
+    still hold it with the old positions)."""
+    for index in target.slice:
+        if isinstance(index.slice, cst.Index):
+            ev.read(index.slice.value)
+    base = ev.peek(target.value)
+    if not is_structured(base):
+        return
+    if isinstance(target.value, cst.Name):
+        ev.eff.assigns[target.value.value] = flat(base)
+    for b in buffers(base):
+        ev.eff.escapes.append((b, "its container's items moved (`del` or an item assigned)",
+                               target))
+
+
 def _targets(t: cst.BaseExpression) -> list[cst.BaseExpression]:
     if isinstance(t, (cst.Tuple, cst.List)):
         return [x for el in t.elements for x in _targets(el.value)]
@@ -130,6 +149,10 @@ def _assign(target: cst.BaseExpression, v: Value, ev: Evaluator,
     elif isinstance(target, (cst.Tuple, cst.List)):
         for el, sub in zip(target.elements, _unpack(target, value, v, ev), strict=True):
             _assign(el.value, sub, ev)
+    elif isinstance(target, cst.Subscript) and is_structured(ev.peek(target.value)):
+        _positions_lost(target, ev)  # `xs[0] = g`, `xs[1:] = []`: what sits where changed
+        for b in buffers(v):
+            ev.eff.escapes.append((b, "stored into a container or tensor", target))
     elif isinstance(target, cst.Subscript):
         key = EMPTY  # `t[t.gt(0)] = c` reads t to build its mask
         for index in target.slice:

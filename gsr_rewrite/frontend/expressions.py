@@ -340,8 +340,12 @@ class ExpressionEvaluator:
             elts = [node.key, node.value] if isinstance(node, cst.DictComp) else [node.elt]
             v = frozenset().union(*(self.read(e) for e in elts))
             v = v | LIST if buffers(v) else v
-            if isinstance(node, (cst.ListComp, cst.GeneratorExp)) and len(clauses) == 1 and \
-                    not clauses[0].ifs and isinstance(clauses[0].target, cst.Name):
+            # positions: a list, or a generator a builtin consumes at once (one iterated
+            # later may have been advanced: `next(gen)` before `(p, *gen)`)
+            eager = isinstance(node, cst.ListComp) or id(node) in self._eager
+            if isinstance(node, (cst.ListComp, cst.GeneratorExp)) and eager and \
+                    len(clauses) == 1 and not clauses[0].ifs and \
+                    isinstance(clauses[0].target, cst.Name):
                 v = self._positional(node.elt, clauses[0].target.value, iterated) or v
             if isinstance(node, cst.GeneratorExp) and id(node) not in self._eager:
                 v |= self.lazy_reads(first_read)

@@ -124,3 +124,68 @@ def test_calls_of_several_lengths_join_their_positions() -> None:
         "                state = self.state[p]\n                q, _ = self.as_real(p, p.grad)\n")
     status, placed, how = _placed(source)
     assert status == "rewritten" and placed == [True], how
+
+
+SHIFTED = '''
+import torch
+from torch.optim import Optimizer
+
+
+def shift(param, *tensors):
+    views = (t.view_as(t) for t in tensors)
+    next(views)
+    return (param, *views)
+
+
+class Shifted(Optimizer):
+    def __init__(self, params, lr=1e-2, eps=1e-8):
+        super().__init__(params, dict(lr=lr, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                v = state["v"]
+                q, grad, m = shift(p, v, p.grad, state["m"])
+                m.lerp_(grad, 0.1)
+                denom = v.sqrt().add_(group["eps"])
+                p.addcdiv_(grad, denom, value=-group["lr"])
+'''
+
+
+def test_a_generator_advanced_before_it_is_spliced_has_no_positions() -> None:
+    """`next(views)` drops the first item: `(param, *views)` is `(param, grad, m)`, not
+    `(param, v, grad, m)` cut short. A generator iterated later gets no positions (one a
+    builtin consumes at once, `tuple(...)`, does): the gradient, read after `denom`, stays.
+    (A guard: the reads such a generator carries already kept it without positions.)"""
+    (cls,) = [c for c in rewrite_source(SHIFTED, "shifted.py").classes if c.name == "Shifted"]
+    denoms = [t for t in cls.temporaries if t.code == "v.sqrt()"]
+    assert not any(t.placed and "gradient" in t.how for t in denoms), [t.how for t in denoms]
+
+
+@pytest.mark.parametrize("change", [
+    "del ys[0]",               # the items after it move
+    "ys[0:1] = []",            # a slice assigned: the same
+    "ys[0] = ys[1]",           # an item replaced
+])
+def test_a_list_whose_items_move_has_no_positions(change: str) -> None:
+    """`ys = [m, grad]`, then `change`, then `g = ys[0]`: g may be the gradient (after `del`,
+    it is), read after `denom`; before, `del` changed nothing in the analysis and `g` was
+    taken for `m`, so `denom` went into the gradient (translation validation caught it)."""
+    source = _source(convert="pass", returned="(param, *tensors)", unpack="p, g0, m0, v") \
+        .replace("                m.lerp_(grad, 0.1)\n",
+                 f"                ys = [m0, g0]\n                {change}\n"
+                 "                grad, m = ys[0], m0\n                m.lerp_(g0, 0.1)\n") \
+        .replace("v.mul_(0.9).addcmul_(grad, grad, value=0.1)",
+                 "v.mul_(0.9).addcmul_(g0, g0, value=0.1)") \
+        .replace("p.addcdiv_(m, denom, value=-group[\"lr\"])",
+                 "p.addcdiv_(m, denom, value=-group[\"lr\"])\n"
+                 "                p.add_(grad, alpha=-1e-3)")
+    status, placed, how = _placed(source)
+    assert placed != [True] or "the gradient buffer" not in how[0], (change, status, how)
