@@ -139,5 +139,4 @@ def class_unknowns(src: SourceModule, cls: OptimizerClass, scalar_keys: frozense
                  for f in cls.methods.values())
     return Unknowns(roles, constants | checked, opaque_globals(src),
                     HARMLESS_OPTIMIZER_METHODS, class_names=names, class_callables=callables,
-                    checked_data=constants | checked, self_handed_away=handed,
-                    instance_attrs=None if "*" in bound else frozenset(bound))
+                    checked_data=constants | checked, self_handed_away=handed)

@@ -226,16 +226,19 @@ class ExpressionEvaluator:
                 return frozenset({"%groups"})
             if attr == "state":
                 return frozenset({"%statedict"})
-            if attr == "defaults" or attr in self.unknowns.self_constants:
+            if attr == "defaults":
                 return EMPTY
-            bound = self.unknowns.instance_attrs
             if attr in self.methods:  # not called: a property's getter runs here (it may read
                 self.code_run_here(node, f"`self.{attr}`, a method of the class not called "
-                                   "(a property runs code)")  # any gradient), or a bound
-            elif (bound is None or attr not in bound) and not (
-                    attr.startswith("__") and attr.endswith("__")):  # (`__dict__`: Python's)
-                self.eff.class_attrs.add(attr)  # a class attribute may be a property
-            return self._opaque()  # (`hidden = property(f)`): checked at run time
+                                   "(a property runs code)")  # any gradient)
+            elif not (attr.startswith("__") and attr.endswith("__")):  # (`__dict__`: Python's)
+                # a class attribute (a base's `hidden = property(f)`) may be a descriptor, a
+                # data descriptor even where a method binds the name (`scale = property(get,
+                # set)` and `self.scale = 1.0`): checked at run time (runtime.r_step)
+                self.eff.class_attrs.add(attr)
+            if attr in self.unknowns.self_constants:
+                return EMPTY
+            return self._opaque()
         if attr in ("grad", "_grad") and ("param" in base or OPAQUE in base):
             self.eff.rooted.add("grad")
             if OPAQUE in base:  # some parameter's gradient, not necessarily a loop's own

@@ -105,8 +105,10 @@ class _Function:
                 return False
             if dotted(v.func) in ("torch.tensor", "torch.as_tensor"):
                 return bool(pos) and (self.data(pos[0], NUMBER) or self._one(pos[0]))
-            return not pos or (isinstance(pos[0], (cst.Tuple, cst.List))  # the shape `()`
-                               and not pos[0].elements)
+            size = pos[0] if pos else next((a.value for a in v.args if a.keyword is not None
+                                            and a.keyword.value == "size"), None)
+            return size is None or (isinstance(size, (cst.Tuple, cst.List))  # the shape `()`
+                                    and not size.elements)  # (`size=p.shape`: no scalar)
         return self.data(v, SCALAR)
 
     def _one(self, e: cst.BaseExpression) -> bool:

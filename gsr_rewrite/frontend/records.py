@@ -85,10 +85,6 @@ class Unknowns:
     #: a method of the class hands `self` to other code (`helpers.register(self)`): any unknown
     #: function may reach the optimizer through what that code kept
     self_handed_away: bool = False
-    #: attributes the class's methods bind on the object (`self.x = ...`); None: any (a
-    #: `setattr(self, name, ...)`). Another `self.x` the step reads may be a class attribute of
-    #: a base: a property or descriptor (`hidden = property(f)`) runs code there
-    instance_attrs: frozenset[str] | None = None
 
 
 

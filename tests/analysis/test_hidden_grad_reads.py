@@ -135,8 +135,8 @@ def _denoms(members: str, after: str) -> tuple[str, list[bool], list[str]]:
 #: cases the R step's start checks instead: data as the class binds it (`r_step(..., "model")`),
 #: or a class attribute that must not be a descriptor (`class_attrs=("hidden",)`)
 CHECKED_AT_RUN_TIME = {"model": "'model'", "flat-grad": "'flat_grad'",
-                       "property-assigned": "class_attrs=('hidden',)",
-                       "hasattr-property-assigned": "class_attrs=('hidden',)"}
+                       "property-assigned": "class_attrs=(", "hasattr-property-assigned":
+                       "class_attrs=("}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -145,6 +145,9 @@ def test_a_hidden_read_keeps_the_temporary_out_of_the_gradient(case: str) -> Non
     if case in CHECKED_AT_RUN_TIME:
         result = rewrite_source(SOURCE.format(members=members, after=after), "probe.py")
         assert result.code is not None and CHECKED_AT_RUN_TIME[case] in result.code
+        if "class_attrs" in CHECKED_AT_RUN_TIME[case]:  # `hidden` among the checked names
+            checked = result.code.split("class_attrs=(", 1)[1].split(")", 1)[0]
+            assert "'hidden'" in checked, checked
         return
     status, placed, how = _denoms(members, after)
     assert status == "refused" or not any(placed), how
@@ -301,3 +304,68 @@ def test_a_subclass_that_hooks_attributes_gets_the_original_step(
         out.append((opt.seen, [p.detach().clone() for p in ps]))
     (seen_o, ps_o), (seen_r, ps_r) = out
     assert all(torch.equal(a, b) for a, b in zip(ps_o + seen_o, ps_r + seen_r, strict=True))
+
+
+BASE_PROPERTY = '''
+import torch
+
+
+def _get(self):
+    return 1.0 + float(self.param_groups[0]["params"][0].grad.sum())
+
+
+def _set(self, value):
+    self._scale = value
+
+
+class Base(torch.optim.Optimizer):
+    scale = property(_get, _set)
+
+
+class Scaled(Base):
+    def __init__(self, params, lr=1e-2, eps=1e-8):
+        super().__init__(params, dict(lr=lr, eps=eps))
+        self.scale = 1.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                v = self.state[p].setdefault("v", torch.zeros_like(p))
+                v.mul_(0.99).addcmul_(p.grad, p.grad, value=0.01)
+                denom = v.sqrt().add_(group["eps"])
+                p.div_(denom).mul_(SCALE_READ)
+'''
+
+
+@pytest.mark.parametrize("read", ["self.scale", "getattr(self, 'scale', 1.0)"])
+def test_a_base_property_with_a_setter_is_checked_where_init_binds_the_name(
+        read: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe's: `scale = property(get, set)` on a base and `self.scale = 1.0` in `__init__`
+    (through the setter): `self.scale` looked like data the class binds, but every read runs the
+    getter, which reads a gradient after `denom` went into it. Every `self.x` the step reads is
+    now checked at the step's start not to be a descriptor of the class (`class_attrs`)."""
+    import copy
+    from pathlib import Path
+
+    import gsr_rewrite
+
+    source = BASE_PROPERTY.replace("SCALE_READ", read)
+    result = rewrite_source(source, "scaled.py")
+    assert result.code is not None and "'scale'" in result.code.split("class_attrs=(")[1]
+    orig = imported_fixture(source, "probe_scaled_mod", Path(str(tmp_path)), monkeypatch).Scaled
+    rvar = gsr_rewrite.reduce(orig)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 8)), torch.nn.Parameter(torch.randn(33))]
+    out = []
+    for cls in (orig, rvar):
+        ps = copy.deepcopy(params)
+        opt = cls(ps)
+        for step in range(3):
+            for i, p in enumerate(ps):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step + i))
+            opt.step()
+        out.append([p.detach().clone() for p in ps])
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))

@@ -92,6 +92,7 @@ state["b"] = beta1 if state["n"] > 2 else beta2
     "torch.zeros_like(p)", "p.grad.clone()", "unknown(state)", "x", "p.grad.norm(dim=0)",
     "torch.tensor(values)", "torch.tensor((1.0, 2.0))", "torch.zeros(p.shape)",
     "torch.zeros((3,))", "[]", "beta1 * p", "self.scale", "group", "torch.tensor(group['b'])",
+    "torch.zeros(size=p.shape)", "torch.full(size=p.shape, fill_value=0.0)",  # (a probe's)
 ])
 def test_a_value_that_may_be_a_tensor_keeps_the_entry_a_buffer(value: str) -> None:
     keys = _keys(f'''
