@@ -90,7 +90,7 @@ class ClassAnalysis:
     imported: dict[str, SourceModule] = field(default_factory=dict)
     #: self.ATTR taken for data that the R step checks at its start (checked_data.py)
     checked_data: frozenset[str] = frozenset()
-    #: self.ATTR read that no method binds: the R step runs only while none is a descriptor
+    #: self.ATTR the step reads: the R step runs only while none is a descriptor of the class
     class_attrs: frozenset[str] = frozenset()
     #: state keys taken for host scalars (host_scalars.py): the R step runs only while each
     #: holds a number or a one-element tensor

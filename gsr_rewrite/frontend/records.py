@@ -113,8 +113,8 @@ class Effects:
     persistent: set[Buf] = field(default_factory=set)  # temporaries stored into state
     partition: bool = False  # a for-loop over disjoint subsets of the parameters (device groups)
     rooted: set[Buf] = field(default_factory=set)  # reached from a root: p.grad, state["k"], ...
-    #: `self.x` read where no method binds x on the object: a class attribute, maybe a property
-    #: (runtime.r_step checks that none of them runs code: `class_attrs=`)
+    #: `self.x` read (not a method of the class): on the class it may be a property or another
+    #: descriptor (runtime.r_step checks that none of them runs code: `class_attrs=`)
     class_attrs: set[str] = field(default_factory=set)
     # reaches buffers of other parameters than a per-element loop's own: 1 through its group's
     # params list (`group["params"][i - 1]`), 2 through anything else (self.param_groups, an

@@ -173,19 +173,19 @@ def checked(opt: Any, certify: bool, scalar_state: tuple[str, ...] = ()
     cached = _VERDICTS.get(opt)
     if key is not None and cached is not None and cached[0] == key:
         verdict = cached[1]
-    elif key is not None and plain:
-        if found is not None:  # what TensorGuards re-checked fixes byte counts and contiguity
-            sizes, dense = found.sizes, found.dense
-        verdict = _addresses_disjoint(
-            options + every, tuple(r[0] for r in read) + lows,
-            tuple(r[1] for r in read) + sizes, tuple(r[2] for r in read) + dense,
-            len(options)) and _scalars_hold(getattr(opt, "state", {}), scalar_state)
-        _VERDICTS[opt] = (key, verdict)
     else:
-        owned_spans, shared_spans = _spans(every), _spans(options)
-        verdict = owned_spans is not None and shared_spans is not None and \
-            _spans_disjoint(owned_spans, shared_spans) and \
-            _scalars_hold(getattr(opt, "state", {}), scalar_state)
+        if key is not None and plain:
+            if found is not None:  # what TensorGuards re-checked fixes byte counts, contiguity
+                sizes, dense = found.sizes, found.dense
+            verdict = _addresses_disjoint(
+                options + every, tuple(r[0] for r in read) + lows,
+                tuple(r[1] for r in read) + sizes, tuple(r[2] for r in read) + dense,
+                len(options))
+        else:
+            owned_spans, shared_spans = _spans(every), _spans(options)
+            verdict = owned_spans is not None and shared_spans is not None and \
+                _spans_disjoint(owned_spans, shared_spans)
+        verdict = verdict and _scalars_hold(getattr(opt, "state", {}), scalar_state)
         _VERDICTS[opt] = (key, verdict)
     if not verdict:
         return _fallback(), None

@@ -59,8 +59,9 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
       overrides it;
     - what the copied code took from other modules or the class was patched since the R module
       was imported (`watch`, patches.py);
-    - an attribute the step reads on the object that no method binds (`class_attrs`) is, on the
-      object's class, a descriptor (a property runs code: it may read the gradients);
+    - an attribute the step reads on the object (`class_attrs`) is, on the object's class, a
+      descriptor (a property runs code: it may read the gradients; a data descriptor runs even
+      where a method binds the name on the object);
     - the object's class hooks attribute access (`ATTRIBUTE_HOOKS`: a user's subclass of the R
       class; the analysis refuses a class that defines one, but the hook of a subclass runs on
       every `self.x` and `hasattr(self, "x")` of the step).
