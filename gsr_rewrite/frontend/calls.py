@@ -145,6 +145,12 @@ class Evaluator(TensorOpEvaluator):
             got = frozenset().union(*args) if args else EMPTY
             # `reversed((g, m))`, `sorted(...)`, `filter(...)`: not the tuple's order
             return flat(got) if name in REORDERING else got
+        if name in ("set", "frozenset"):  # as `{x, y}` is: what goes in escapes, out opaque
+            for a, v in zip(node.args, args, strict=True):
+                for b in buffers(v):
+                    self.eff.escapes.append((b, "stored in a container the analysis does not "
+                                             "follow", a))
+            return LOCAL
         if name in EXCEPTIONS:
             for a, v in zip(node.args, args, strict=True):
                 for b in buffers(v):

@@ -156,17 +156,16 @@ class ExpressionEvaluator:
             v = self.read(node.expression)
             if isinstance(node.operator, cst.Minus):
                 return self._alloc(node, "neg", "operator", [node.expression], v)
-            return EMPTY
+            if isinstance(node.operator, cst.Plus):  # `+t` is `t` itself (torch.positive)
+                return v
+            if isinstance(node.operator, cst.BitInvert):  # `~mask`: a new tensor
+                return self._alloc(node, "bitwise_not", "operator", [node.expression], v)
+            return EMPTY  # `not x`: a bool
         if isinstance(node, cst.IfExp):
             self.peek(node.test)
             return self.value(node.body) | self.value(node.orelse)
         if isinstance(node, cst.Comparison):
-            ident = all(isinstance(c.operator, (cst.Is, cst.IsNot, cst.In, cst.NotIn))
-                        for c in node.comparisons)
-            (self.peek if ident else self.read)(node.left)
-            for c in node.comparisons:
-                (self.peek if ident else self.read)(c.comparator)
-            return EMPTY
+            return self._comparison(node)
         if isinstance(node, cst.BooleanOperation):
             return self.value(node.left) | self.value(node.right)
         if isinstance(node, (cst.Tuple, cst.List)):
@@ -406,6 +405,10 @@ class ExpressionEvaluator:
     # -- calls -------------------------------------------------------------------------------
     def _call(self, node: cst.Call) -> Value:
         """A call's value; its effects go to `eff`. Defined by `Evaluator` (calls.py)."""
+        raise NotImplementedError
+
+    def _comparison(self, node: cst.Comparison) -> Value:
+        """`a > b`'s value (tensor_ops.py)."""
         raise NotImplementedError
 
 

@@ -20,8 +20,33 @@ _WHOLE_VIEW_METHODS = frozenset({"view", "view_as", "squeeze", "unsqueeze", "unf
                                  "view_as_complex"})
 
 
+#: operators that compare element by element, as the op catalog names them
+_COMPARISONS: dict[type, str] = {cst.GreaterThan: "gt", cst.LessThan: "lt",
+                                 cst.GreaterThanEqual: "ge", cst.LessThanEqual: "le",
+                                 cst.Equal: "eq", cst.NotEqual: "ne"}
+
+
 class TensorOpEvaluator(ExpressionEvaluator):
     """`x.op(...)` and `torch.op(...)`, and calls nothing in the analysis knows."""
+
+    def _comparison(self, node: cst.Comparison) -> Value:
+        """`a > b` of a tensor is a new bool tensor of the operands' broadcast shape: the op
+        `gt` allocating, as `torch.gt(a, b)` does (no dead buffer takes it: op_catalog.toml);
+        a chain `a < b < c` is a tensor of unknown shape (SHAPED) where a link holds one. `is`,
+        `in` and comparisons of numbers make a bool."""
+        ident = all(isinstance(c.operator, (cst.Is, cst.IsNot, cst.In, cst.NotIn))
+                    for c in node.comparisons)
+        if ident:
+            self.peek(node.left)
+            for c in node.comparisons:
+                self.peek(c.comparator)
+            return EMPTY
+        operands = [node.left, *(c.comparator for c in node.comparisons)]
+        inputs = frozenset().union(*map(self.read, operands))
+        op = _COMPARISONS.get(type(node.comparisons[0].operator))
+        if len(node.comparisons) == 1 and op is not None:
+            return self._alloc(node, op, "operator", operands, inputs)
+        return flat(inputs) & {OPAQUE, SHAPED} | ({SHAPED} if buffers(inputs) else EMPTY)
 
     def _method(self, node: cst.Call, func: cst.Attribute, recv: Value) -> Value:
         m = func.attr.value

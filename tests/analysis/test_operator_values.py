@@ -1,0 +1,127 @@
+"""What Python's operators give when applied to tensors (session 20): each was taken for a bool
+or a number, so the planner saw no tensor where there was one. Translation validation caught
+both (the class was refused); the plan itself must be right:
+
+- `+t` is `t` itself (`torch.positive`): a name bound to `+p.grad` reads the gradient later, so
+  no temporary may move into it before;
+- `g > 0` (and `~mask`) is a new tensor of the operands' shape: a mask made from it is a tensor
+  operand of what it is combined with, so a guard compares its dtype with the host's (a float64
+  mask times a float32 gradient made in the gradient would round where the original does not).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gsr_rewrite.outcome import ClassOutcome
+from gsr_rewrite.pipeline import rewrite_source
+
+SOURCE = '''
+import torch
+from torch.optim import Optimizer
+
+
+class Probe(Optimizer):
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+{body}
+'''
+
+ALIAS = '''\
+                a = +g
+                t = g * 2
+                p.add_(t, alpha=-group["lr"])
+                p.add_(a, alpha=-group["lr"])
+'''
+NO_ALIAS = ALIAS.replace("a = +g", "a = -g")  # a new tensor: the gradient is dead after `g * 2`
+
+MASK = '''\
+                m = {mask}
+                upd = g * m
+                p.add_(upd, alpha=-group["lr"])
+'''
+
+
+def _outcome(body: str) -> ClassOutcome:
+    (cls,) = rewrite_source(SOURCE.format(body=body), "probe.py").classes
+    return cls
+
+
+def _one(cls: ClassOutcome, code: str) -> tuple[bool, str, str]:
+    (t,) = [t for t in cls.temporaries if t.code == code]
+    return t.placed, t.lives_in, t.how
+
+
+def test_unary_plus_aliases_its_operand() -> None:
+    cls = _outcome(ALIAS)
+    placed, lives_in, how = _one(cls, "g * 2")
+    assert cls.status == "rewritten", cls.reason  # the plan held: validation had nothing to undo
+    assert not (placed and lives_in == "gradient"), how
+
+
+def test_must_fire_a_negated_copy_leaves_the_gradient_dead() -> None:
+    cls = _outcome(NO_ALIAS)
+    placed, _, how = _one(cls, "g * 2")
+    assert cls.status == "rewritten" and placed, how
+
+
+@pytest.mark.parametrize("mask", ["(g > 0).double() * 0.1", "(~(g > 0)).double() * 0.1",
+                                  "(0 < g).to(torch.float64) * 0.1", "(g > 0).float()"])
+def test_a_comparison_of_tensors_is_a_tensor_operand(mask: str) -> None:
+    result = rewrite_source(SOURCE.format(body=MASK.format(mask=mask)), "probe.py")
+    (cls,) = result.classes
+    assert cls.status == "rewritten" and result.code is not None, cls.reason
+    placed, lives_in, how = _one(cls, "g * m")
+    assert placed and lives_in == "gradient", how
+    guards = [line.strip() for line in result.code.splitlines() if "# gsr: mul" in line]
+    assert guards == ["if _gsr.fits((g,), (m,)):  # gsr: mul -> gradient"], guards
+    comparisons = [t for t in cls.temporaries if t.op in ("gt", "lt")]
+    assert comparisons and not any(t.placed for t in comparisons)  # a mask holds bools
+
+
+def test_comparisons_of_numbers_stay_host_values() -> None:
+    """`if group["lr"] > 0`, `k < 3`: no tensor, no temporary."""
+    cls = _outcome('''\
+                if group["lr"] > 0 and len(group["params"]) < 3:
+                    p.add_(g, alpha=-group["lr"])
+''')
+    assert cls.temporaries == [] or all(t.op not in ("gt", "lt") for t in cls.temporaries)
+
+
+SET_ALIAS = '''\
+                a = next(iter({make}))
+                t = g * 2
+                p.add_(t, alpha=-group["lr"])
+                p.add_(a, alpha=-group["lr"])
+'''
+
+
+@pytest.mark.parametrize("make", ["set([g])", "frozenset((g,))", "{g}"])
+def test_a_set_of_the_gradient_keeps_it_out_of_reach(make: str) -> None:
+    """`set(xs)` is read as `{x, ...}` is: what goes in escapes (no temporary in it)."""
+    cls = _outcome(SET_ALIAS.format(make=make))
+    placed, lives_in, how = _one(cls, "g * 2")
+    assert not (placed and lives_in == "gradient"), how
+
+
+def test_a_set_of_host_values_touches_no_gradient() -> None:
+    """timm's `len(set(step_sizes)) == 1`: hashing numbers reaches no gradient (it was an
+    unknown function that could reach every one, so no temporary went into any)."""
+    cls = _outcome('''\
+                sizes = [group["lr"], 0.5 * group["lr"]]
+                t = g * 2
+                if len(set(sizes)) == 1:
+                    p.add_(t, alpha=-sizes[0])
+                else:
+                    p.add_(t, alpha=-sizes[1])
+''')
+    placed, lives_in, how = _one(cls, "g * 2")
+    assert cls.status == "rewritten" and placed and lives_in == "gradient", how
