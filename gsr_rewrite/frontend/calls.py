@@ -32,6 +32,8 @@ BUILTIN_CONTAINERS = {"zip", "enumerate", "list", "tuple", "reversed", "sorted",
 REORDERING = {"reversed", "sorted", "filter"}
 HARMLESS_BUILTINS = {"len", "isinstance", "range", "float", "int", "bool", "str", "abs", "print",
                      "any", "all", "type", "id", "hasattr", "round"}
+#: builtins that read no tensor's contents: a list's length, a tensor's first dimension, types
+METADATA_BUILTINS = {"len", "isinstance", "type", "id"}
 #: exceptions keep their arguments (`err.args`): what they are given escapes
 EXCEPTIONS = {"RuntimeError", "ValueError", "TypeError", "NotImplementedError", "AssertionError",
               "KeyError", "IndexError", "Exception"}
@@ -132,7 +134,7 @@ class Evaluator(TensorOpEvaluator):
             # code the analysis does not follow on what it is given (params: their gradients)
             return self._unknown_call(node, f"`{name}` given a callable", EMPTY,
                                       [(a, self.read(a.value)) for a in node.args])
-        args = [self.read(a.value) for a in node.args]
+        args = [self._builtin_argument(name, a.value) for a in node.args]
         if name == "type" and len(args) == 1 and "%self" in args[0]:
             return self._opaque()  # the class: its attributes are what anyone put there
         if name not in ("id", "super", "type") and any("%self" in v for v in args) and \
@@ -179,6 +181,20 @@ class Evaluator(TensorOpEvaluator):
                 func.value.value in self.imports and func.value.value not in self.pt
             return got - self._opaque() if module_function else got & {SHAPED}
         return got
+
+    def _builtin_argument(self, name: str | None, e: cst.BaseExpression) -> Value:
+        """An argument of a call by name: read, but for the builtins that look at what they
+        are given only as objects (`len(group["params"])`, `isinstance(x, T)`), which read no
+        tensor's contents (an object the analysis does not model may run code there: read)."""
+        if name not in METADATA_BUILTINS:
+            return self.read(e)
+        reach = self.eff.foreign
+        v = self.peek(e)
+        if OPAQUE in flat(v):
+            return self._note_read(e, v)
+        if _access_path(e):  # `len(group["params"])` reaches no other param's buffers
+            self.eff.foreign = reach
+        return v
 
     def _names_the_class(self, e: cst.BaseExpression) -> bool:
         """`Cls`, `type(self)`, `self.__class__` (the static or class method they reach is the
@@ -377,3 +393,14 @@ def _called_back(name: str | None, node: cst.Call) -> cst.BaseExpression | None:
     if at is not None:
         return node.args[at].value if len(node.args) > at else None
     return next((a.value for a in node.args if a.keyword and a.keyword.value == "key"), None)
+
+
+def _access_path(e: cst.BaseExpression) -> bool:
+    """`x`, `x.a`, `x["k"]`, `x[0].a`: names, attributes and constant subscripts only."""
+    while isinstance(e, (cst.Attribute, cst.Subscript)):
+        if isinstance(e, cst.Subscript) and (
+                len(e.slice) != 1 or not isinstance(e.slice[0].slice, cst.Index) or
+                not isinstance(e.slice[0].slice.value, (cst.SimpleString, cst.Integer))):
+            return False
+        e = e.value
+    return isinstance(e, cst.Name)

@@ -125,3 +125,29 @@ def test_a_set_of_host_values_touches_no_gradient() -> None:
 ''')
     placed, lives_in, how = _one(cls, "g * 2")
     assert cls.status == "rewritten" and placed and lives_in == "gradient", how
+
+
+AFTER_UPDATE = '''\
+                t = g * 2
+                p.add_(t, alpha=-group["lr"])
+                n = {after}
+'''
+
+
+@pytest.mark.parametrize("after", ['len(group["params"])', "len(self.param_groups)",
+                                   'isinstance(group["params"], list)',
+                                   'type(group["params"][0])', 'len(group["params"][0].grad)'])
+def test_looking_at_other_params_as_objects_reads_no_gradient(after: str) -> None:
+    """`len(group["params"])` in a per-parameter loop: the length reaches no other param's
+    buffers, so the loop stays per-element and the gradient is dead after its last read."""
+    placed, lives_in, how = _one(_outcome(AFTER_UPDATE.format(after=after)), "g * 2")
+    assert placed and lives_in == "gradient", how
+
+
+@pytest.mark.parametrize("after", ['group["params"]', 'len([q.grad.sum() for q in '
+                                   'group["params"]])', 'len(group["params"][0].grad.sum(0))',
+                                   'float(group["params"][0].grad.sum())'])
+def test_reading_other_params_keeps_the_gradient_live(after: str) -> None:
+    """A later iteration may read a gradient an earlier one used as scratch: no placement."""
+    placed, lives_in, how = _one(_outcome(AFTER_UPDATE.format(after=after)), "g * 2")
+    assert not (placed and lives_in == "gradient"), how
