@@ -23,9 +23,10 @@ Tensor = torch.Tensor
 # when, among the tensors one step touches, every param, gradient and state tensor (those in
 # lists and dicts of state too) owns its bytes: no two of them overlap (two params sharing bytes
 # would see a strip-mined run's chunks update them in another order), no param is listed twice,
-# and no tensor among the groups' options (a tensor lr) overlaps them. Options and state hold
-# nothing but tensors and plain values (no object whose operators run user code mid-step), and no
-# gradient or state tensor is one an in-place op raises on. Checked once per step; the verdict is
+# and no tensor among the groups' options (a tensor lr, 0-d: the analysis takes options for
+# numbers) overlaps them. Options and state hold nothing but tensors and plain values (no object
+# whose operators run user code mid-step), and no gradient or state tensor is one an in-place op
+# raises on. Checked once per step; the verdict is
 # cached while the spans of all those tensors are unchanged.
 
 _FALLBACKS = [0]  # steps that took the original path because the precondition failed
@@ -131,8 +132,8 @@ def checked(opt: Any, certify: bool, scalar_state: tuple[str, ...] = ()
             ) -> tuple[bool, layout.Pending | None]:
     """`distinct_buffers`, and where it holds and `certify`, the step's layout certificate
     (layout.py), made at its first lookup; with `scalar_state`, those state entries hold
-    numbers or one-element tensors (checked with the verdict: a tensor put there changes the
-    verdict's key, its address and size)."""
+    numbers or 0-d tensors (checked with the verdict: a tensor put there changes the verdict's
+    key, its address, size or number of dimensions)."""
     groups = opt.param_groups
     defaults = getattr(opt, "defaults", {})
     if not all(type(g) is dict for g in (*groups, defaults)):  # a subclass's [] may run code
@@ -165,7 +166,9 @@ def checked(opt: Any, certify: bool, scalar_state: tuple[str, ...] = ()
             key: Any = (len(params), lows, found, read)
         else:
             sizes, dense = tuple(map(_nbytes, every)), tuple(map(Tensor.is_contiguous, every))
-            key = (len(params), lows, sizes, dense, read, () if all(dense) else
+            # dims: a host-scalar state tensor unsqueezed in place keeps its address and size
+            dims = tuple(map(Tensor.dim, every)) if scalar_state else ()
+            key = (len(params), lows, sizes, dense, dims, read, () if all(dense) else
                    tuple((t.shape, t.stride()) for t, d in zip(every, dense, strict=True)
                          if not d))
     except (RuntimeError, NotImplementedError):  # a subclass without storage: never cached
@@ -193,21 +196,32 @@ def checked(opt: Any, certify: bool, scalar_state: tuple[str, ...] = ()
 
 
 #: option and state values that hold no tensor and run no user code when a step computes with
-#: them (a float subclass's `__truediv__` could re-alias gradients in the middle of a step)
-_SCALARS = frozenset({int, float, bool, complex, str, type(None), torch.dtype, torch.device})
+#: them (a float subclass's `__truediv__` could re-alias gradients in the middle of a step); not
+#: complex: a complex factor makes a float gradient's product complex, which no float buffer
+#: the rewrite moved it into can hold
+_SCALARS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
 
 
 def _scalars_hold(state: Any, keys: tuple[str, ...]) -> bool:
-    """Each of `keys` in each param's state is a number, or a tensor of one element (what the
-    analysis took it for: arithmetic on it makes no parameter-sized tensor)."""
+    """Each of `keys` in each param's state is a number, or a 0-d tensor (what the analysis
+    took it for: arithmetic on it makes no parameter-sized tensor of another dtype)."""
     return not keys or all(
-        _scalar(v) or (isinstance(v, Tensor) and v.numel() == 1)
+        _scalar(v) or _host_tensor(v)
         for per in state.values() if type(per) is dict
         for v in (per[k] for k in keys if k in per))
 
 
+def _host_tensor(v: Any) -> bool:
+    """A 0-d real tensor: combined with a tensor of dimensions it decides neither the result's
+    shape nor, within one category (float with float), its dtype, as a number would not. A
+    tensor of one element and one dimension does: `g * torch.tensor([0.1], dtype=float64)` is
+    float64, which the float32 gradient the rewrite put it in would round."""
+    return isinstance(v, Tensor) and v.dim() == 0 and not v.is_complex()
+
+
 def _scalar(v: Any) -> bool:
-    return type(v) in _SCALARS or (isinstance(v, np.generic) and type(v).__module__ == "numpy")
+    return type(v) in _SCALARS or (isinstance(v, np.generic) and type(v).__module__ == "numpy"
+                                   and not isinstance(v, np.complexfloating))
 
 
 def _tensors_in(v: Any, out: list[Tensor], depth: int = 0) -> bool:
@@ -225,15 +239,15 @@ def _tensors_in(v: Any, out: list[Tensor], depth: int = 0) -> bool:
 
 def _option_tensors(groups: list[dict[str, Any]]) -> list[Tensor] | None:
     """The tensors among the groups' options (a tensor lr, tensor betas), each once; None when
-    an option is neither a plain tensor nor a plain value (see `_SCALARS`; a tensor subclass's
-    `__torch_function__` may run code too)."""
+    an option is neither a plain 0-d tensor nor a plain value (see `_SCALARS`; a tensor
+    subclass's `__torch_function__` may run code too)."""
     out: list[Tensor] = []
     for group in groups:
         for key, v in group.items():
             if key != "params" and not _scalar(v) and not _tensors_in(v, out):
                 return None
-    if not set(map(type, out)) <= _PLAIN:
-        return None
+    if not set(map(type, out)) <= _PLAIN or not all(map(_host_tensor, out)):
+        return None  # the analysis takes options for numbers: 0-d tensors only (a tensor lr)
     return list({id(t): t for t in out}.values())  # one lr tensor shared by every group
 
 

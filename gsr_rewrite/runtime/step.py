@@ -48,7 +48,8 @@ def r_step(original: type, *data: str, fixed_layout: bool = False, watch: Watche
       after the run-time precondition was checked);
     - the run-time precondition `distinct_buffers` does not hold (duplicated params, gradients
       that overlap each other, a param or a state tensor), or a state entry the analysis took
-      for a host scalar (`scalar_state`) holds a tensor of more than one element;
+      for a host scalar (`scalar_state`) holds a tensor of dimensions, or a
+      complex value (so does an option);
     - ATTR=F in `bound` (each `self.ATTR(...)` the rewrite analysed as a call of F, what
       `__init__` binds it to) while `self.ATTR` is anything else;
     - an ATTR in `data` (what the analysis took for data: analysis/checked_data.py) holds

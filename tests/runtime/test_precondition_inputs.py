@@ -294,3 +294,66 @@ def test_a_host_scalar_state_entry_that_holds_a_tensor_takes_the_original_step(
         out.append([p.detach().clone() for p in ps])
     assert fell == 2
     assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
+SCALED_SGD = '''
+import torch
+from torch.optim import Optimizer
+
+
+class ScaledSGD(Optimizer):
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                upd = p.grad * group["lr"]
+                p.sub_(upd)
+'''
+
+
+@pytest.mark.parametrize("lr", [torch.tensor([0.01], dtype=torch.float64),
+                                torch.tensor([0.01]), 0.01 + 0j])
+def test_an_option_tensor_of_dimensions_takes_the_original_step(
+        lr: object, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`p.grad * group["lr"]` goes into the gradient: the analysis takes options for numbers,
+    and a 0-d tensor lr decides the product's dtype no more than one does. `lr` of shape (1,)
+    does (float64: the original's product is float64, the float32 gradient would round it),
+    and a complex lr makes it complex: the original step runs (a probe found the first)."""
+    from pathlib import Path
+
+    orig = imported_fixture(SCALED_SGD, "scaled_sgd_mod", Path(str(tmp_path)),
+                            monkeypatch).ScaledSGD
+    code = rewrite_source(SCALED_SGD, "scaled_sgd_mod.py").code
+    assert code is not None and "gsr: mul -> gradient" in code
+    rvar = gsr_rewrite.reduce(orig)
+    params = _params((1000,))
+    try:
+        a, b, fell = _pair(orig, rvar, params, _fresh_grads, lr=lr)
+    except RuntimeError:  # the complex lr: the original raises as well (a complex product)
+        assert isinstance(lr, complex)
+        return
+    assert fell == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    _, _, fell = _pair(orig, rvar, params, _fresh_grads, lr=torch.tensor(0.01))  # 0-d: R runs
+    assert fell == 0
+
+
+def test_a_state_entry_unsqueezed_in_place_is_no_host_scalar() -> None:
+    """`state["s"] = torch.tensor(0.1, dtype=float64)` then `.unsqueeze_(0)` in the step: the
+    check at the step's start sees an empty state, so the analysis may not take `state["s"]`
+    for a host scalar where the step changes layouts in place."""
+    source = SCALED_SGD.replace('''                upd = p.grad * group["lr"]''', '''\
+                state = self.state[p]
+                if len(state) == 0:
+                    state["s"] = torch.tensor(0.1, dtype=torch.float64)
+                    state["s"].unsqueeze_(0)
+                upd = p.grad * state["s"]''')
+    result = rewrite_source(source, "unsqueezed.py")
+    (cls,) = result.classes
+    assert cls.analysis is not None and not cls.analysis.scalar_state
+    assert result.code is None or "scalar_state" not in result.code
+    assert "gsr: mul -> gradient" not in (result.code or "")
