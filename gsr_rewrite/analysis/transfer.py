@@ -28,7 +28,7 @@ def node_effects(n: Node, ev: Evaluator) -> Effects:
         _small_statement(s, ev)
         ev.raising = False
     elif n.kind == "test" and isinstance(s, cst.BaseExpression):
-        ev.value(s)
+        ev.read(s)  # `if g[0]:`, `while t:`: a tensor's truth is its contents
     elif n.kind == "for" and isinstance(s, cst.For):
         _bind_for(s, ev)
     elif n.kind == "with" and isinstance(s, cst.With):
@@ -74,6 +74,10 @@ def _small_statement(s: cst.CSTNode, ev: Evaluator) -> None:
             # temporary would outlive the helper's plan
             if not (ev.unknowns.returns_to_caller and is_role(b)):
                 ev.eff.escapes.append((b, RETURNED, s))
+    elif isinstance(s, cst.Assert):
+        ev.read(s.test)
+        if s.msg is not None:
+            ev.value(s.msg)
     elif isinstance(s, cst.Del):
         for gone in _targets(s.target):
             if isinstance(gone, cst.Name):

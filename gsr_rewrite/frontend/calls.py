@@ -58,10 +58,10 @@ class Evaluator(TensorOpEvaluator):
             bound = self.pt[func.value]
             targets = sorted(b[len("%fn:"):] for b in bound if b.startswith("%fn:"))
             ops = sorted(b[len("%torch:"):] for b in bound if b.startswith("%torch:"))
-            if targets or ops:  # `func = _multi if foreach else _single; func(...)`
-                for t in targets:
-                    self._helper_call(t, node)
-                return frozenset().union(*(self._torch(node, op) for op in ops))
+            if targets or ops:  # `func = _multi if foreach else _single; func(...)`: what
+                # any of them returns (`h = lambda_like_helper; a = h(g)`: a is g)
+                return frozenset().union(*(self._helper_call(t, node) for t in targets),
+                                         *(self._torch(node, op) for op in ops))
         if isinstance(func, cst.Attribute) and func.attr.value in self.unknowns.class_callables \
                 and func.attr.value in self.methods and self._names_the_class(func.value):
             return self._helper_call("self." + func.attr.value, node)

@@ -161,13 +161,13 @@ class ExpressionEvaluator:
             if isinstance(node.operator, cst.BitInvert):  # `~mask`: a new tensor
                 return self._alloc(node, "bitwise_not", "operator", [node.expression], v)
             return EMPTY  # `not x`: a bool
-        if isinstance(node, cst.IfExp):
-            self.peek(node.test)
+        if isinstance(node, cst.IfExp):  # the test's truth, a tensor's: its contents
+            self.read(node.test)
             return self.value(node.body) | self.value(node.orelse)
         if isinstance(node, cst.Comparison):
             return self._comparison(node)
-        if isinstance(node, cst.BooleanOperation):
-            return self.value(node.left) | self.value(node.right)
+        if isinstance(node, cst.BooleanOperation):  # `a and b` tests a's truth
+            return self.read(node.left) | self.value(node.right)
         if isinstance(node, (cst.Tuple, cst.List)):
             items = [self.value(el.value) for el in node.elements]
             stars = [isinstance(el, cst.StarredElement) for el in node.elements]
@@ -267,9 +267,10 @@ class ExpressionEvaluator:
     def _subscript(self, node: cst.Subscript) -> Value:
         base = self.peek(node.value)
         key = const_key(node)
-        for el in node.slice:
+        keyed = bool(base & {"%statedict", "%pstate", "%groups", "%group", "%dict", "%local"})
+        for el in node.slice:  # a tensor indexing anything but a dict is read (`lut[g.long()]`)
             if isinstance(el.slice, cst.Index):
-                self.peek(el.slice.value)
+                (self.peek if keyed else self.read)(el.slice.value)
         if "%statedict" in base:
             return frozenset({"%pstate"})
         if LOCAL_DICT <= base:  # `d[k]` of a dict the analysis follows: anything put in it

@@ -20,6 +20,9 @@ _WHOLE_VIEW_METHODS = frozenset({"view", "view_as", "squeeze", "unsqueeze", "unf
                                  "view_as_complex"})
 
 
+#: `torch.linalg` functions that reduce (the others make matrices or views: `diagonal`)
+_LINALG_REDUCTIONS = frozenset({"linalg.norm", "linalg.vector_norm", "linalg.matrix_norm",
+                                "linalg.det", "linalg.cond", "linalg.matrix_rank"})
 #: operators that compare element by element, as the op catalog names them
 _COMPARISONS: dict[type, str] = {cst.GreaterThan: "gt", cst.LessThan: "lt",
                                  cst.GreaterThanEqual: "ge", cst.LessThanEqual: "le",
@@ -32,17 +35,17 @@ class TensorOpEvaluator(ExpressionEvaluator):
     def _comparison(self, node: cst.Comparison) -> Value:
         """`a > b` of a tensor is a new bool tensor of the operands' broadcast shape: the op
         `gt` allocating, as `torch.gt(a, b)` does (no dead buffer takes it: op_catalog.toml);
-        a chain `a < b < c` is a tensor of unknown shape (SHAPED) where a link holds one. `is`,
-        `in` and comparisons of numbers make a bool."""
-        ident = all(isinstance(c.operator, (cst.Is, cst.IsNot, cst.In, cst.NotIn))
-                    for c in node.comparisons)
-        if ident:
-            self.peek(node.left)
-            for c in node.comparisons:
-                self.peek(c.comparator)
-            return EMPTY
+        a chain `a < b < c` is a tensor of unknown shape (SHAPED) where a link holds one. `is`
+        (no contents read), `in` (`x in t` compares with t's elements) and comparisons of
+        numbers make a bool."""
         operands = [node.left, *(c.comparator for c in node.comparisons)]
+        if all(isinstance(c.operator, (cst.Is, cst.IsNot)) for c in node.comparisons):
+            for e in operands:
+                self.peek(e)
+            return EMPTY
         inputs = frozenset().union(*map(self.read, operands))
+        if any(isinstance(c.operator, (cst.In, cst.NotIn)) for c in node.comparisons):
+            return EMPTY
         op = _COMPARISONS.get(type(node.comparisons[0].operator))
         if len(node.comparisons) == 1 and op is not None:
             return self._alloc(node, op, "operator", operands, inputs)
@@ -138,7 +141,7 @@ class TensorOpEvaluator(ExpressionEvaluator):
         if fn in ("max", "min") and len(pos) == 2 and not _is_int(pos[1]):
             # `torch.max(a, b)`: the elementwise maximum (torch.maximum), parameter-sized
             return self._alloc(node, fn + "imum", "function", pos, args_v)
-        if fn in cat.reduce or fn.startswith("linalg."):
+        if fn in cat.reduce or fn in _LINALG_REDUCTIONS:
             return _reduced(node, 1)  # a reduction: 0-d without dims, else of unknown shape
         if fn in cat.metadata or fn.startswith("is_"):
             return EMPTY  # not a tensor of the step: a bool (`torch.is_complex(p)`), a shape
@@ -199,6 +202,8 @@ def _is_int(e: cst.BaseExpression) -> bool:
 
 def _reduced(node: cst.Call, first: int) -> Value:
     """A reduction's result: a 0-d tensor (a host scalar to the analysis, it broadcasts like
-    one) when it is given no dimension, else SHAPED."""
-    dims = [a for a in node.args[first:] if a.keyword is None or a.keyword.value in ("dim", "axis")]
+    one) when it is given no dimension and does not keep them, else SHAPED (`keepdim=True`: a
+    tensor of dimensions, which decides a product's dtype as a 0-d one does not)."""
+    dims = [a for a in node.args[first:] if a.keyword is None or a.keyword.value in
+            ("dim", "axis", "keepdim", "keepdims")]
     return frozenset({SHAPED}) if dims else EMPTY
