@@ -183,15 +183,11 @@ def _rewrite_one(module: SourceModule, cls: OptimizerClass,
     src = class_view(module, cls)  # the module of `step`, knowing where inherited methods are
     src = with_imported_functions(src, catalog)  # ... and the functions it imports
     analysis = analyse_class(src, cls, catalog)  # 2-3. lower to effects, points-to, liveness
-    changes = layout_changes(analysis, src, catalog)  # guards by lookup, or tensor by tensor
-    if changes is not None and analysis.scalar_state:
-        # a 0-d state entry the step may unsqueeze in place is no host scalar mid-step (the R
-        # step checks them when it starts): every state entry a tensor buffer
-        analysis = analyse_class(src, cls, catalog, host_state=False)
     plans = plan_class(analysis, catalog)  # 4. place temporaries in dead buffers
     for fp in plans:
         _drop_unguardable(fp, catalog)
     out = ClassOutcome(cls.name, "unchanged", analysis=analysis, plans=plans)
+    changes = layout_changes(analysis, src, catalog)  # guards by lookup, or tensor by tensor
     out.fixed_layout, out.layout_reason = changes is None, changes or ""
     per_strip = per_element_helpers(analysis.functions, catalog)  # helpers a run may call
     chunked = position_wise(analysis.functions, per_strip)  # ... over chunks of whole tensors

@@ -123,11 +123,10 @@ class _Sites(Mapping[cst.CSTNode, str]):
         return len(self.names)
 
 
-def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog,
-                  host_state: bool = True) -> ClassAnalysis:
+def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog) -> ClassAnalysis:
     """`src`: the module whose source defines `step` (locate.class_view); methods the class
     inherits from other modules are analysed with their own module's names
-    (`unknowns.ForeignModules`). Without `host_state`, no state entry is a host scalar."""
+    (`unknowns.ForeignModules`)."""
     helpers = set(src.functions) | set(src.imported)
     # self.m(...) runs method m, unless some method also binds self.m to something else
     # (or, where no code the step can run binds it: the R step checks that the object does not)
@@ -136,7 +135,7 @@ def analyse_class(src: SourceModule, cls: OptimizerClass, catalog: OpCatalog,
     sites = _Sites(src)
     every = [src.module, *(m.module for m in src.others)]
     combined = every[0] if len(every) == 1 else cst.Module([s for m in every for s in m.body])
-    scalar_keys = scalar_state_keys(combined) if host_state else frozenset()
+    scalar_keys = scalar_state_keys(combined)
     appends: dict[str, tuple[list[str], dict[str, Value]]] = {}  # out-parameter lists
     funcs: dict[str, FunctionAnalysis] = {}
     closures = Closures()

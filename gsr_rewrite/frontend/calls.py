@@ -160,6 +160,8 @@ class Evaluator(TensorOpEvaluator):
             return EMPTY
         if name in RETURNS_AN_ARGUMENT:
             return frozenset().union(*map(element, args), *args) if args else EMPTY
+        if name in ("abs", "round") and args and (buffers(args[0]) or SHAPED in args[0]):
+            return frozenset({SHAPED})  # `abs(t)`: a new tensor of t's shape (Tensor.__abs__)
         if name in HARMLESS_BUILTINS or (name or "").startswith("math."):
             return EMPTY
         if name in self.local_callables:  # e.g. closure(): runs arbitrary code on params/grads

@@ -261,9 +261,22 @@ class _Host:
             (not rest and first in self.math_functions)
 
 
+#: in-place ops that give a tensor another shape: a 0-d entry unsqueezed in the step that made
+#: it is no host scalar, and the R step's check when it starts saw no entry yet
+_RESHAPE_IN_PLACE = frozenset({"unsqueeze_", "squeeze_", "resize_", "resize_as_", "set_",
+                               "as_strided_", "t_", "transpose_", "swapdims_", "swapaxes_",
+                               "swap_tensors", "set_data"})
+
+
 def scalar_state_keys(module: cst.Module) -> frozenset[str]:
     """State keys every write of which in the module is a host scalar (see the module doc):
-    `d[k] = v`, `d[k] += v`, `d.setdefault(k, v)`, `d.update(k=v)`, `dict(k=v)`, `{k: v}`."""
+    `d[k] = v`, `d[k] += v`, `d.setdefault(k, v)`, `d.update(k=v)`, `dict(k=v)`, `{k: v}`.
+    None where the module reshapes a tensor in place (`x.unsqueeze_(0)`, `x.data = y`)."""
+    if any(isinstance(n, cst.Attribute) and n.attr.value in _RESHAPE_IN_PLACE or
+           isinstance(n, (cst.AssignTarget, cst.AugAssign)) and isinstance(
+               n.target, cst.Attribute) and n.target.attr.value == "data"
+           for n in _walk(module)):
+        return frozenset()
     host = _Host(module)
     writes: list[tuple[_Function, str, cst.BaseExpression]] = []
     functions: list[_Function] = []
@@ -316,3 +329,9 @@ def scalar_state_keys(module: cst.Module) -> frozenset[str]:
         if new == keys:
             return keys
         keys = new
+
+
+def _walk(node: cst.CSTNode) -> Iterable[cst.CSTNode]:
+    yield node
+    for child in node.children:
+        yield from _walk(child)

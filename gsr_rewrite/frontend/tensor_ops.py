@@ -20,6 +20,16 @@ _WHOLE_VIEW_METHODS = frozenset({"view", "view_as", "squeeze", "unsqueeze", "unf
                                  "view_as_complex"})
 
 
+#: torch functions that make a tensor from sizes or data (`torch.full(p.shape, 0.1)`): of
+#: dimensions unless given none (`_made`); never a host scalar then, which decides neither a
+#: product's shape nor its dtype (a float64 `torch.ones(1, dtype=float64)` does)
+_MAKERS = frozenset({"zeros", "ones", "full", "empty", "rand", "randn", "randint", "randperm",
+                     "arange", "linspace", "logspace", "eye", "empty_strided", "tensor",
+                     "as_tensor", "asarray", "from_numpy", "atleast_1d", "atleast_2d",
+                     "atleast_3d", "broadcast_to", "stack", "cat", "concat", "concatenate"})
+#: views that may give a 0-d tensor dimensions (of a host scalar: `.view(1)`)
+_ADDS_DIMENSIONS = frozenset({"view", "reshape", "unsqueeze", "expand", "flatten", "ravel",
+                              "unflatten", "view_as", "reshape_as", "expand_as", "broadcast_to"})
 #: `torch.linalg` functions that reduce (the others make matrices or views: `diagonal`)
 _LINALG_REDUCTIONS = frozenset({"linalg.norm", "linalg.vector_norm", "linalg.matrix_norm",
                                 "linalg.det", "linalg.cond", "linalg.matrix_rank"})
@@ -57,9 +67,11 @@ class TensorOpEvaluator(ExpressionEvaluator):
         if m in cat.metadata or m in cat.constructor:  # x.new_zeros(n): only metadata of x
             for a in node.args:
                 self.read(a.value)
-            return EMPTY
+            return _made(node, m) if m in cat.constructor else EMPTY
         if m in cat.view:
             got = self._note_read(func.value, recv) if m == "contiguous" else recv
+            if not buffers(got) and m in _ADDS_DIMENSIONS:  # `torch.tensor(0.1).view(1)`
+                return got | {SHAPED}
             return got if m in _WHOLE_VIEW_METHODS or not buffers(got) else got | {PARTIAL}
         if m in cat.reduce:
             self._note_read(func.value, recv)
@@ -145,6 +157,8 @@ class TensorOpEvaluator(ExpressionEvaluator):
             return _reduced(node, 1)  # a reduction: 0-d without dims, else of unknown shape
         if fn in cat.metadata or fn.startswith("is_"):
             return EMPTY  # not a tensor of the step: a bool (`torch.is_complex(p)`), a shape
+        if fn in _MAKERS:  # a new tensor of a given shape, made from numbers
+            return args_v | _made(node, fn)
         if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
             for b in buffers(flat(args_v)):  # (the tensors of lists it is given too)
                 self.eff.writes.append(("@expr", b))
@@ -200,10 +214,30 @@ def _is_int(e: cst.BaseExpression) -> bool:
                                           and isinstance(e.expression, cst.Integer))
 
 
+def _made(node: cst.Call, maker: str) -> Value:
+    """What `torch.zeros(...)`, `x.new_full(...)`, `torch.tensor(...)` make: 0-d (a host
+    scalar) when made from what is not a sequence (`torch.tensor(-lr)`) or an empty size
+    (`x.new_zeros(())`), else a tensor of dimensions that aliases nothing (SHAPED)."""
+    first = next((a.value for a in node.args if a.keyword is None or a.keyword.value in
+                  ("size", "data")), None)
+    if maker in _FROM_DATA and first is not None and not isinstance(first, _SEQUENCES):
+        return EMPTY  # (a name holding a list of numbers is taken for one number: a limit)
+    if maker in _FROM_SIZE and isinstance(first, (cst.Tuple, cst.List)) and not first.elements:
+        return EMPTY
+    return frozenset({SHAPED})
+
+
+_SEQUENCES = (cst.List, cst.Tuple, cst.Set, cst.ListComp, cst.GeneratorExp, cst.SetComp,
+              cst.Call)  # `torch.tensor([lr])`, `torch.tensor(list(xs))`: of dimensions
+_FROM_DATA = frozenset({"tensor", "as_tensor", "asarray", "new_tensor"})
+_FROM_SIZE = frozenset({"zeros", "ones", "full", "empty", "rand", "randn", "new_zeros",
+                        "new_ones", "new_empty", "new_full"})
+
+
 def _reduced(node: cst.Call, first: int) -> Value:
     """A reduction's result: a 0-d tensor (a host scalar to the analysis, it broadcasts like
     one) when it is given no dimension and does not keep them, else SHAPED (`keepdim=True`: a
     tensor of dimensions, which decides a product's dtype as a 0-d one does not)."""
     dims = [a for a in node.args[first:] if a.keyword is None or a.keyword.value in
-            ("dim", "axis", "keepdim", "keepdims")]
+            ("dim", "axis", "keepdim", "keepdims", "other")]
     return frozenset({SHAPED}) if dims else EMPTY

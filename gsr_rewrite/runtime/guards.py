@@ -66,7 +66,10 @@ def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     if not dtype.is_floating_point or ref.layout != torch.strided:
         return False
     layout = _distribution(ref)
+    scalars = [t for t in like if hosts and _host_scalar(t)]
     for t in (*hosts, *like):
+        if any(t is x for x in scalars):
+            continue
         if not isinstance(t, Tensor) or t.shape != shape or t.dtype != dtype or \
                 t.device != device or t.layout != torch.strided or _distribution(t) != layout:
             return False
@@ -86,10 +89,18 @@ def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
                 return False
             # the original's result takes its operands' memory layout; in the host it takes
             # the host's: a later reduction over it (`update.norm()`) would add in another order
-            if not _same_layout(t, h):
+            if not any(t is x for x in scalars) and not _same_layout(t, h):
                 return False
     GUARD_HITS[0] += 1
     return True
+
+
+def _host_scalar(t: Any) -> bool:
+    """A plain 0-d real tensor (`torch.tensor(-lr)`, a norm) among the operands: it broadcasts
+    as a number does and, beside a floating host, leaves the result's dtype the host's (a
+    complex one would not). Its storage is still checked: a 0-d view into the host changes as
+    an in-place op writes it."""
+    return type(t) in _PLAIN and t.dim() == 0 and not t.is_complex()
 
 
 def _recorded(like: Iterable[Any]) -> bool:

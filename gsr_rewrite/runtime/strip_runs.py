@@ -279,6 +279,8 @@ def _strip_positions(values: Sequence[Any]) -> list[list[Tensor]] | None:
     for g in groups:
         if not g:
             continue
+        if not all(isinstance(t, Tensor) for t in g):  # a list of numbers: nothing to cut
+            return None
         if threaded and g[0].device.type == "cpu" and g[0].numel() > CPU_PARALLEL_GRAIN:
             return None  # cut, its elements would round on other code paths than whole
         shape = g[0].shape

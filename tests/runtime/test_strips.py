@@ -133,3 +133,13 @@ def test_strips_agree_bitwise_with_the_whole_op_under_threads() -> None:
     finally:
         torch.set_num_threads(saved)
     assert torch.equal(out, whole)
+
+
+def test_a_list_of_numbers_beside_tensor_lists_is_not_cut() -> None:
+    """torch's Adamax: `bias_corrections` (floats) ran in a strip-mined run once the analysis
+    took `state["step"]` for a tensor; cutting asked a float for its device and raised."""
+    from gsr_rewrite.runtime.strip_runs import _strip_positions
+
+    ts = [torch.zeros(64, 64), torch.zeros(64, 64)]
+    assert _strip_positions([[0.1, 0.2], ts]) is None
+    assert _strip_positions([ts, [torch.ones(64, 64), torch.ones(64, 64)]]) is not None
