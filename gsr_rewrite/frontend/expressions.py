@@ -1,9 +1,7 @@
 """The evaluator's first layer: names, attributes, subscripts, operators and comprehensions.
-
-`ExpressionEvaluator` holds what the whole evaluator is given (the points-to map, the op catalog,
-the helpers it follows, ...) and the effects it accumulates. Calls are the later layers:
-`TensorOpEvaluator` (tensor_ops.py) and `Evaluator` (calls.py), which defines `_call`.
-"""
+`ExpressionEvaluator` holds what the whole evaluator is given (points-to map, op catalog,
+helpers, ...) and the effects it accumulates; calls are `TensorOpEvaluator` (tensor_ops.py) and
+`Evaluator` (calls.py)."""
 
 from __future__ import annotations
 
@@ -211,6 +209,8 @@ class ExpressionEvaluator:
                             self.eff.escapes.append((b, "stored in a container the analysis "
                                                      "does not follow", item))
             return LOCAL
+        if isinstance(node, cst.Imaginary):
+            return frozenset({SHAPED})  # `0.3 + 0j`: a complex factor, guarded as one
         for child in node.children:  # constants, f-strings, ...
             if isinstance(child, cst.BaseExpression):
                 self.peek(child)

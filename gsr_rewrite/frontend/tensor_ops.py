@@ -8,6 +8,7 @@ import libcst as cst
 
 from gsr_rewrite.frontend.expressions import ExpressionEvaluator
 from gsr_rewrite.frontend.records import OPAQUE, PARTIAL, SHAPED
+from gsr_rewrite.frontend.syntax import dotted
 from gsr_rewrite.frontend.values import EMPTY, Value, buffers, flat
 
 #: torch namespaces of functions of tensor data only (no `.grad`, no module state)
@@ -65,9 +66,8 @@ class TensorOpEvaluator(ExpressionEvaluator):
         m = func.attr.value
         cat = self.cat
         if m in cat.metadata or m in cat.constructor:  # x.new_zeros(n): only metadata of x
-            for a in node.args:
-                self.read(a.value)
-            return _made(node, m) if m in cat.constructor else EMPTY
+            given = frozenset().union(*(self.read(a.value) for a in node.args))
+            return _made(node, m, given) if m in cat.constructor else EMPTY
         if m in cat.view:
             got = self._note_read(func.value, recv) if m == "contiguous" else recv
             if not buffers(got) and m in _ADDS_DIMENSIONS:  # `torch.tensor(0.1).view(1)`
@@ -158,7 +158,7 @@ class TensorOpEvaluator(ExpressionEvaluator):
         if fn in cat.metadata or fn.startswith("is_"):
             return EMPTY  # not a tensor of the step: a bool (`torch.is_complex(p)`), a shape
         if fn in _MAKERS:  # a new tensor of a given shape, made from numbers
-            return args_v | _made(node, fn)
+            return args_v | _made(node, fn, args_v)
         if fn.endswith("_"):  # unknown in-place torch function (`torch._fused_adam_`)
             for b in buffers(flat(args_v)):  # (the tensors of lists it is given too)
                 self.eff.writes.append(("@expr", b))
@@ -214,21 +214,37 @@ def _is_int(e: cst.BaseExpression) -> bool:
                                           and isinstance(e.expression, cst.Integer))
 
 
-def _made(node: cst.Call, maker: str) -> Value:
+def _made(node: cst.Call, maker: str, given: Value) -> Value:
     """What `torch.zeros(...)`, `x.new_full(...)`, `torch.tensor(...)` make: 0-d (a host
-    scalar) when made from what is not a sequence (`torch.tensor(-lr)`) or an empty size
-    (`x.new_zeros(())`), else a tensor of dimensions that aliases nothing (SHAPED)."""
+    scalar) when made from a number (`torch.tensor(-lr)`) or an empty size (`x.new_zeros(())`),
+    else a tensor of dimensions that aliases nothing (SHAPED)."""
     first = next((a.value for a in node.args if a.keyword is None or a.keyword.value in
                   ("size", "data")), None)
-    if maker in _FROM_DATA and first is not None and not isinstance(first, _SEQUENCES):
-        return EMPTY  # (a name holding a list of numbers is taken for one number: a limit)
+    if maker in _FROM_DATA and first is not None and _a_number(first) and \
+            not buffers(given) and not flat(given) & {OPAQUE, SHAPED}:
+        return EMPTY  # (`given`: what its arguments hold; `torch.tensor(-g)` is g's shape)
     if maker in _FROM_SIZE and isinstance(first, (cst.Tuple, cst.List)) and not first.elements:
         return EMPTY
     return frozenset({SHAPED})
 
 
-_SEQUENCES = (cst.List, cst.Tuple, cst.Set, cst.ListComp, cst.GeneratorExp, cst.SetComp,
-              cst.Call)  # `torch.tensor([lr])`, `torch.tensor(list(xs))`: of dimensions
+def _a_number(e: cst.BaseExpression) -> bool:
+    """`e` gives a number if anything, given host values: a literal, `-x`, `x / y` (on a list
+    they raise: `torch.tensor(-lr)`), `float(x)`, `math.f(x)`, `x.item()`. Not a name (it may
+    hold a list: `torch.tensor(vals)`), nor `x + y`, `x * y` (`[x] * 2` is a list)."""
+    if isinstance(e, (cst.Integer, cst.Float)):
+        return True
+    if isinstance(e, cst.UnaryOperation):
+        return isinstance(e.operator, (cst.Minus, cst.Plus))
+    if isinstance(e, cst.BinaryOperation):
+        return not isinstance(e.operator, (cst.Add, cst.Multiply))
+    if isinstance(e, cst.Call):
+        name = dotted(e.func) or ""
+        return name in ("float", "int") or name.startswith("math.") or \
+            isinstance(e.func, cst.Attribute) and e.func.attr.value == "item"
+    return False
+
+
 _FROM_DATA = frozenset({"tensor", "as_tensor", "asarray", "new_tensor"})
 _FROM_SIZE = frozenset({"zeros", "ones", "full", "empty", "rand", "randn", "new_zeros",
                         "new_ones", "new_empty", "new_full"})

@@ -159,16 +159,22 @@ def test_reading_other_params_keeps_the_gradient_live(after: str) -> None:
                                   "torch.tensor([0.1], dtype=torch.float64)",
                                   "torch.tensor(0.1, dtype=torch.float64).view(1)",
                                   "g.double().abs().amax(keepdim=True)",
-                                  "abs(g.double())", "torch.rand(g.shape, dtype=torch.float64)"])
+                                  "abs(g.double())", "torch.rand(g.shape, dtype=torch.float64)",
+                                  "g.new_tensor(g, dtype=torch.float64)",
+                                  "g.new_tensor(g).double()", "(0.3 + 0j) * 1.0",
+                                  "torch.tensor(vals, dtype=torch.float64)",
+                                  "torch.tensor(-g, dtype=torch.float64)"])
 def test_a_made_tensor_of_dimensions_is_a_tensor_operand(mask: str) -> None:
     """Made from sizes or data, a tensor of dimensions decides a product's dtype (a 0-d one
     does not, nor does a number): where `g * m` goes into the gradient, m is guarded."""
-    result = rewrite_source(SOURCE.format(body=MASK.format(mask=mask)), "probe.py")
+    body = "                vals = [0.3]\n" + MASK.format(mask=mask)  # a list in a name
+    result = rewrite_source(SOURCE.format(body=body), "probe.py")
     guards = [line.strip() for line in (result.code or "").splitlines() if "# gsr: mul" in line]
     assert all("(m,)" in line for line in guards), guards
 
 
 @pytest.mark.parametrize("scalar", ["torch.tensor(0.1, dtype=torch.float64)",
+                                    "torch.tensor(-group['lr'], dtype=torch.float64)",
                                     "g.new_zeros(()) + 0.1", "g.double().norm()"])
 def test_a_made_0d_tensor_is_a_host_scalar(scalar: str) -> None:
     """0-d: it broadcasts like a number and leaves a float32 product float32."""

@@ -3,7 +3,8 @@ infinity norm via `torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=
 import torch
 from torch.optim import Optimizer
 
-EXPECT = "refused"
+EXPECT = "rewritten"  # session 20: `unsqueeze_` in the step: `state["step"]` is no host
+# scalar there (a 0-d entry may be reshaped), so nothing moves and the check finds it equal
 
 
 class AdamaxGetattr(Optimizer):
