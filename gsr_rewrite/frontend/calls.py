@@ -38,7 +38,8 @@ METADATA_BUILTINS = {"len", "isinstance", "type", "id"}
 EXCEPTIONS = {"RuntimeError", "ValueError", "TypeError", "NotImplementedError", "AssertionError",
               "KeyError", "IndexError", "Exception"}
 #: builtins whose result may be (an element of) one of their arguments
-RETURNS_AN_ARGUMENT = {"max", "min", "next", "sum", "map", "functools.reduce", "copy.copy"}
+RETURNS_AN_ARGUMENT = {"max", "min", "next", "sum", "map", "functools.reduce", "copy.copy",
+                       "math.prod"}  # (`math.prod([t])` is `1 * t`: a tensor)
 
 
 class Evaluator(TensorOpEvaluator):

@@ -23,6 +23,7 @@ from gsr_rewrite.frontend.records import (
 )
 from gsr_rewrite.frontend.scopes import loaded_names
 from gsr_rewrite.frontend.syntax import (
+    adds_axis,
     const_index,
     const_key,
     dotted,
@@ -183,8 +184,7 @@ class ExpressionEvaluator:
                                           *node.params.kwonly_params)}
             self._capture(node.body, "captured by a lambda", own)  # `lambda n: 1 - n`
             self.keep_defaults(node, "a lambda")
-            # `lambda q: q.grad.norm()` reads the gradient of what it is called on, when some
-            # code the analysis does not see calls it: an object it cannot model
+            # `lambda q: q.grad.norm()`, called by code not seen, reads its argument's gradient
             return self._opaque() if reads_attributes_by_name(node.body) else EMPTY
         if isinstance(node, cst.FormattedString):  # f"{p.grad[0].item()}": its parts run now
             for part in node.parts:
@@ -298,7 +298,7 @@ class ExpressionEvaluator:
         if index is not None and is_structured(base):
             return item(base, index)
         if "%list" in base or not buffers(base):
-            return element(base)  # an element of a tensor list: the whole tensor
+            return element(base) | ({SHAPED} if adds_axis(node) else EMPTY)  # `t0d[None]`
         return element(base) | {PARTIAL}  # a view into a tensor: maybe some of its elements
 
     def new_dict(self, node: cst.BaseExpression) -> Value:

@@ -77,6 +77,12 @@ def const_index(node: cst.Subscript) -> int | None:
     return None
 
 
+def adds_axis(node: cst.Subscript) -> bool:
+    """`x[None]`, `x[..., None]`: a 0-d tensor indexed so has dimensions."""
+    return any(isinstance(el.slice, cst.Index) and isinstance(el.slice.value, cst.Name) and
+               el.slice.value.value == "None" for el in node.slice)
+
+
 def target_names(t: cst.BaseExpression) -> list[str]:
     if isinstance(t, cst.Name):
         return [t.value]

@@ -181,3 +181,13 @@ def test_a_made_0d_tensor_is_a_host_scalar(scalar: str) -> None:
     result = rewrite_source(SOURCE.format(body=MASK.format(mask=scalar)), "probe.py")
     guards = [line.strip() for line in (result.code or "").splitlines() if "# gsr: mul" in line]
     assert guards == ["if _gsr.fits((g,), ()):  # gsr: mul -> gradient"], guards
+
+
+@pytest.mark.parametrize("mask", ["torch.tensor(0.3, dtype=torch.float64)[None]",
+                                  "math.prod([torch.tensor([0.3], dtype=torch.float64)])"])
+def test_an_axis_added_or_a_product_of_tensors_is_a_tensor_operand(mask: str) -> None:
+    """`t0d[None]` has a dimension; `math.prod([t])` is `1 * t`, a tensor (a probe's)."""
+    body = "                import math\n" + MASK.format(mask=mask)
+    result = rewrite_source(SOURCE.format(body=body), "probe.py")
+    guards = [line.strip() for line in (result.code or "").splitlines() if "# gsr: mul" in line]
+    assert all("(m,)" in line for line in guards), guards
