@@ -18,29 +18,10 @@ from __future__ import annotations
 import pytest
 
 from gsr_rewrite.pipeline import rewrite_source
+from tests.analysis.test_operator_values import SOURCE as PROBE
 
-SOURCE = '''
-import torch
-from torch.optim import Optimizer
-
-
-def ident(x):
-    return x
-
-
-class Probe(Optimizer):
-    def __init__(self, params, lr=0.1):
-        super().__init__(params, dict(lr=lr))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-{body}
-'''
+#: test_operator_values' probe optimizer, with a module-level helper that returns its argument
+SOURCE = PROBE.replace("\n\nclass Probe", "\n\ndef ident(x):\n    return x\n\n\nclass Probe", 1)
 
 TAIL = '''\
                 t = g * 2
