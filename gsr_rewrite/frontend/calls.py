@@ -148,17 +148,14 @@ class Evaluator(TensorOpEvaluator):
             got = frozenset().union(*args) if args else EMPTY
             # `reversed((g, m))`, `sorted(...)`, `filter(...)`: not the tuple's order
             return flat(got) if name in REORDERING else got
-        if name in ("set", "frozenset"):  # as `{x, y}` is: what goes in escapes, out opaque
+        if name in EXCEPTIONS or name in ("set", "frozenset"):
+            # `set(xs)` as `{x, y}` is: what goes in escapes, what comes out is opaque
+            kept = f"kept in the arguments of `{name}`" if name in EXCEPTIONS else \
+                "stored in a container the analysis does not follow"
             for a, v in zip(node.args, args, strict=True):
                 for b in buffers(v):
-                    self.eff.escapes.append((b, "stored in a container the analysis does not "
-                                             "follow", a))
-            return LOCAL
-        if name in EXCEPTIONS:
-            for a, v in zip(node.args, args, strict=True):
-                for b in buffers(v):
-                    self.eff.escapes.append((b, f"kept in the arguments of `{name}`", a))
-            return EMPTY
+                    self.eff.escapes.append((b, kept, a))
+            return EMPTY if name in EXCEPTIONS else LOCAL
         if name in RETURNS_AN_ARGUMENT:
             return frozenset().union(*map(element, args), *args) if args else EMPTY
         if name in ("abs", "round") and args and (buffers(args[0]) or SHAPED in args[0]):

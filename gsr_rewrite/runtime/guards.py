@@ -66,9 +66,9 @@ def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
     if not dtype.is_floating_point or ref.layout != torch.strided:
         return False
     layout = _distribution(ref)
-    scalars = [t for t in like if hosts and _host_scalar(t)]
+    scalars = {id(t) for t in like if _host_scalar(t)} if hosts else set()
     for t in (*hosts, *like):
-        if any(t is x for x in scalars):
+        if id(t) in scalars:
             continue
         if not isinstance(t, Tensor) or t.shape != shape or t.dtype != dtype or \
                 t.device != device or t.layout != torch.strided or _distribution(t) != layout:
@@ -89,7 +89,7 @@ def _fits_each(hosts: Sequence[Any], like: Sequence[Any]) -> bool:
                 return False
             # the original's result takes its operands' memory layout; in the host it takes
             # the host's: a later reduction over it (`update.norm()`) would add in another order
-            if not any(t is x for x in scalars) and not _same_layout(t, h):
+            if id(t) not in scalars and not _same_layout(t, h):
                 return False
     GUARD_HITS[0] += 1
     return True
