@@ -162,3 +162,15 @@ def test_no_rewritten_statement_where_autograd_would_record_it() -> None:
     finally:
         layout.leave(previous)
     assert fits((host,), (torch.randn(4, 5),))  # nothing requires grad: grad mode alone is fine
+
+
+def test_a_0d_operand_fits_as_a_number_unless_it_shares_the_host_or_is_complex() -> None:
+    """Session 20: a 0-d real tensor among the operands (`torch.tensor(-lr)`) broadcasts as a
+    number and leaves a float host's dtype; one inside the host changes as an in-place op
+    writes the host, and a complex one makes the result complex: both refused."""
+    g, other = torch.randn(8, 8), torch.randn(8, 8)
+    with torch.no_grad():
+        assert fits((g,), (other, torch.tensor(0.5, dtype=torch.float64)))
+        assert not fits((g,), (other, g.view(-1)[3]))  # 0-d, in the host's storage
+        assert not fits((g,), (other, torch.tensor(0.5 + 0j)))
+        assert not fits((g,), (other, torch.tensor([0.5])))  # of a dimension: not a number
